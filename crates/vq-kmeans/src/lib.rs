@@ -1,0 +1,1 @@
+//! Rayon-parallel CPU k-means for codebook initialisation (see issue 3).
