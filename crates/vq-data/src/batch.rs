@@ -281,7 +281,7 @@ mod tests {
         let out = gather(images.view(), &batch, PixelRange::ZeroOne);
         assert_eq!(out.dim(), (3, 1, 2, 3));
         let row = |b: usize, r: usize| out.slice(ndarray::s![b, 0, r, ..]).to_vec();
-        let f = |bytes: [u8; 3]| bytes.map(|b| b as f32 / 255.0).to_vec();
+        let f = |bytes: [u8; 3]| bytes.map(|b| PixelRange::ZeroOne.from_byte(b)).to_vec();
         assert_eq!(row(0, 0), f([0, 51, 102]));
         assert_eq!(row(1, 0), f([102, 51, 0]));
         assert_eq!(row(1, 1), f([255, 204, 153]));
