@@ -1,0 +1,159 @@
+//! The project's automation, in Rust: `cargo xtask <command>` (see `cargo xtask --help`).
+
+mod cmd;
+mod download;
+mod libtorch;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "vqvae-rs automation: set-up, data, training, tests, benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install LibTorch (PyTorch 2.13.0 from PyPI) into .libtorch/ unless LIBTORCH is set.
+    Setup {
+        /// Install the full CUDA wheel set even if no GPU is detected.
+        #[arg(long)]
+        cuda: bool,
+    },
+    /// Download, check and unpack CIFAR-10 into datasets/cifar-10-batches-bin/.
+    DownloadCifar(DownloadArgs),
+    /// Set-up, data, then `cargo run --release -p vq-train` with the given arguments.
+    Train {
+        #[command(flatten)]
+        data: DownloadArgs,
+        /// Arguments passed on to vq-train.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Everything CI checks: set-up, `cargo fmt --check`, clippy with -D warnings, all tests.
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks, each printing a table and a final JSON line.
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct DownloadArgs {
+    /// A local archive or a mirror URL instead of the official archive. An archive whose md5 is
+    /// not the official one is accepted only if its files pass the structural check.
+    #[arg(long, value_name = "PATH_OR_URL")]
+    from: Option<String>,
+    /// Folder that receives cifar-10-batches-bin/ [default: datasets/ in the checkout].
+    #[arg(long, value_name = "DIR")]
+    dest: Option<PathBuf>,
+    /// Attempts per download before giving up on transient network errors.
+    #[arg(long, default_value_t = 5)]
+    retries: u32,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// CIFAR-10 load rate from page cache (MB/s).
+    Data {
+        #[command(flatten)]
+        data: DownloadArgs,
+    },
+}
+
+fn root() -> Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = manifest.parent().context("xtask has no parent folder")?;
+    std::fs::canonicalize(root).with_context(|| format!("resolving {}", root.display()))
+}
+
+fn download(root: &std::path::Path, args: &DownloadArgs) -> Result<PathBuf> {
+    download::run(&download::Options {
+        from: args.from.clone(),
+        dest: args.dest.clone().unwrap_or_else(|| root.join("datasets")),
+        retries: args.retries,
+    })
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .without_time()
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = real_main() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = root()?;
+    match cli.command {
+        Command::Setup { cuda } => {
+            let choice = if cuda {
+                libtorch::CudaChoice::Force
+            } else {
+                libtorch::CudaChoice::Auto
+            };
+            libtorch::ensure(&root, choice)?;
+            tracing::info!("LibTorch is ready; `cargo build` now finds it through .cargo/config.toml");
+        }
+        Command::DownloadCifar(args) => {
+            download(&root, &args)?;
+        }
+        Command::Train { data, args } => {
+            libtorch::ensure(&root, libtorch::CudaChoice::Auto)?;
+            let dir = download(&root, &data)?;
+            cmd::run(
+                cmd::cargo(&root)
+                    .args(["run", "--release", "-p", "vq-train", "--", "--data"])
+                    .arg(&dir)
+                    .args(&args),
+            )?;
+        }
+        Command::Test { args } => {
+            libtorch::ensure(&root, libtorch::CudaChoice::Auto)?;
+            cmd::run(cmd::cargo(&root).args(["fmt", "--all", "--", "--check"]))
+                .context("code is not formatted: run `cargo fmt --all`")?;
+            cmd::run(cmd::cargo(&root).args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
+            cmd::run(
+                cmd::cargo(&root)
+                    .args(["test", "--workspace", "--"])
+                    .args(&args),
+            )?;
+        }
+        Command::Bench { which } => match which {
+            Bench::Data { data } => {
+                let dir = download(&root, &data)?;
+                cmd::run(
+                    cmd::cargo(&root)
+                        .args(["bench", "-p", "vq-data", "--bench", "load", "--"])
+                        .arg(&dir),
+                )?;
+            }
+        },
+    }
+    Ok(())
+}

@@ -122,6 +122,27 @@ impl Cifar10 {
         })
     }
 
+    /// The structural check of a whole dataset folder: every file of both splits present with
+    /// the official size, every label in range, ten class names. Returns what it found.
+    pub fn verify_dir(dir: impl AsRef<Path>) -> Result<DatasetSummary, DataError> {
+        let dir = dir.as_ref();
+        let train = Self::load(dir, Split::Train)?;
+        let test = Self::load(dir, Split::Test)?;
+        let mut train_per_class = [0usize; NUM_CLASSES];
+        for &l in &train.labels {
+            train_per_class[l as usize] += 1;
+        }
+        let mut test_per_class = [0usize; NUM_CLASSES];
+        for &l in &test.labels {
+            test_per_class[l as usize] += 1;
+        }
+        Ok(DatasetSummary {
+            class_names: train.class_names,
+            train_per_class,
+            test_per_class,
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.labels.len()
     }
@@ -159,6 +180,14 @@ impl Cifar10 {
         }
         write_class_names(&dir.join(META_FILE), &self.class_names)
     }
+}
+
+/// What [`Cifar10::verify_dir`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DatasetSummary {
+    pub class_names: Vec<String>,
+    pub train_per_class: [usize; NUM_CLASSES],
+    pub test_per_class: [usize; NUM_CLASSES],
 }
 
 /// Reads `batches.meta.txt`: the class names, one a line (blank lines ignored).

@@ -46,6 +46,9 @@ pub enum DataError {
     #[error("{path}: {reason}")]
     BadMeta { path: PathBuf, reason: String },
 
+    #[error("{path}: {reason}")]
+    Archive { path: PathBuf, reason: String },
+
     #[error("batch size {batch_size} must be between 1 and the dataset's {records} records")]
     BadBatchSize { batch_size: usize, records: usize },
 

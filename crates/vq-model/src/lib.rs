@@ -1,0 +1,94 @@
+//! The LibTorch-backed VQ-VAE (encoder, vector quantizer, decoder; issue 4). For now: the
+//! device choice and the hand-over of data batches to LibTorch.
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+/// Which device to compute on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// CUDA when a GPU is usable, the CPU otherwise.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda),
+            other => Err(format!("unknown device {other:?} (expected auto, cpu or cuda)")),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("--device cuda was asked for, but LibTorch sees no CUDA GPU (run `cargo xtask setup --cuda` on a machine with one)")]
+    NoCuda,
+    #[error("LibTorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+impl DeviceChoice {
+    pub fn resolve(self) -> Result<Device, ModelError> {
+        match self {
+            DeviceChoice::Auto => Ok(Device::cuda_if_available()),
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+            DeviceChoice::Cuda => Err(ModelError::NoCuda),
+        }
+    }
+}
+
+/// A `(B, C, H, W)` float batch from `vq-data` as a LibTorch tensor on `device`.
+pub fn images_to_tensor(images: &ndarray::Array4<f32>, device: Device) -> Result<Tensor, ModelError> {
+    let standard = images.as_standard_layout();
+    let data = standard.as_slice().expect("standard layout is contiguous");
+    let dims: Vec<i64> = images.shape().iter().map(|&d| d as i64).collect();
+    Ok(Tensor::f_from_slice(data)?
+        .f_reshape(&dims)?
+        .f_to_device(device)?
+        .f_to_kind(Kind::Float)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vq_data::{gather, BatchIndices, PixelRange};
+
+    #[test]
+    fn batch_reaches_libtorch_with_its_values() {
+        let images = ndarray::Array4::from_shape_fn((3, 3, 4, 5), |(n, c, h, w)| {
+            (n * 60 + c * 20 + h * 5 + w) as u8
+        });
+        let batch = BatchIndices {
+            indices: vec![2, 0],
+            flips: vec![true, false],
+        };
+        let floats = gather(images.view(), &batch, PixelRange::MinusHalfToHalf);
+        let t = images_to_tensor(&floats, Device::Cpu).unwrap();
+        assert_eq!(t.size(), vec![2, 3, 4, 5]);
+        assert_eq!(t.kind(), Kind::Float);
+        // Image 2, channel 1, row 3, flipped: column 0 holds source column 4.
+        let v = t.double_value(&[0, 1, 3, 0]) as f32;
+        assert_eq!(v, PixelRange::MinusHalfToHalf.from_byte((2 * 60 + 20 + 15 + 4) as u8));
+        let sum = t.sum(Kind::Double).double_value(&[]);
+        let expect: f64 = floats.iter().map(|&x| x as f64).sum();
+        assert!((sum - expect).abs() < 1e-3, "{sum} vs {expect}");
+    }
+
+    #[test]
+    fn device_choice_parses_and_cpu_always_resolves() {
+        assert_eq!("cpu".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cpu);
+        assert!("gpu".parse::<DeviceChoice>().is_err());
+        assert_eq!(DeviceChoice::Cpu.resolve().unwrap(), Device::Cpu);
+        let auto = DeviceChoice::Auto.resolve().unwrap();
+        assert_eq!(auto.is_cuda(), tch::Cuda::is_available());
+    }
+}

@@ -1,0 +1,51 @@
+//! Build script shared by every crate that links LibTorch (`build = "../libtorch-link.rs"`).
+//!
+//! tch's own build script adds an rpath only to tch's targets (`rustc-link-arg` is not
+//! transitive), so binaries and tests of our crates would need `LD_LIBRARY_PATH` to start. A
+//! direct dependency on torch-sys hands us its library folder as `DEP_TCH_LIBTORCH_LIB`; we
+//! bake it into every target of the crate. When the CUDA libraries are really installed we also
+//! keep `libtorch_cuda` linked: with the default `--as-needed` the linker drops it (no symbol of
+//! ours refers to it) and `Cuda::is_available()` would then be false.
+
+use std::path::Path;
+use std::process::Command;
+
+fn main() {
+    println!("cargo:rerun-if-changed=../libtorch-link.rs");
+    println!("cargo:rerun-if-env-changed=VQ_LINK_CUDA");
+    let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
+        println!("cargo:warning=torch-sys did not report its library folder; no rpath set");
+        return;
+    };
+    let lib = Path::new(&lib);
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    // The CUDA wheels land beside torch in site-packages/nvidia: rerun when that set changes.
+    for watched in [lib.to_path_buf(), lib.join("../../nvidia")] {
+        if watched.exists() {
+            println!("cargo:rerun-if-changed={}", watched.display());
+        }
+    }
+    let cuda = match std::env::var("VQ_LINK_CUDA").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => cuda_loadable(&lib.join("libtorch_cuda.so")),
+    };
+    if cuda {
+        println!("cargo:rustc-link-search=native={}", lib.display());
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,-ltorch,--as-needed");
+    }
+}
+
+/// True when `libtorch_cuda.so` exists and all of its dependencies resolve (the lean CPU
+/// install ships the library without cuBLAS/cuDNN, and linking it then would break start-up).
+fn cuda_loadable(lib: &Path) -> bool {
+    if !lib.exists() {
+        return false;
+    }
+    match Command::new("ldd").arg(lib).output() {
+        Ok(out) if out.status.success() => {
+            !String::from_utf8_lossy(&out.stdout).contains("not found")
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,208 @@
+//! `cargo xtask setup`: LibTorch from PyPI's `torch` wheel, in a virtualenv inside the checkout.
+//!
+//! `.cargo/config.toml` points `LIBTORCH` at `.libtorch/torch`, a symlink this module makes to the
+//! wheel's `torch` folder (it holds `include/` and `lib/`, which is all torch-sys needs).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::cmd;
+
+/// The PyTorch version tch 0.26 is built against (`TORCH_VERSION` in torch-sys's build.rs).
+pub const TORCH_VERSION: &str = "2.13.0";
+/// `libtorch_cpu.so` of the CUDA 13 wheel links the CUDA runtime and CUPTI even on a CPU-only
+/// machine; these two wheels are all it needs beside torch itself (1.2 GB instead of 4.7 GB).
+const CPU_EXTRA_WHEELS: [&str; 2] = ["nvidia-cuda-runtime==13.0.96", "nvidia-cuda-cupti==13.0.85"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    /// torch without its dependencies, plus the two CUDA runtime wheels: runs on CPU only.
+    Cpu,
+    /// The full wheel set, including cuBLAS and cuDNN: runs on an NVIDIA GPU.
+    Cuda,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Installed {
+    version: String,
+    variant: Variant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CudaChoice {
+    /// CUDA if `nvidia-smi` reports a GPU.
+    Auto,
+    Force,
+}
+
+pub struct Layout {
+    pub dir: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: &Path) -> Self {
+        Layout {
+            dir: root.join(".libtorch"),
+        }
+    }
+    fn venv(&self) -> PathBuf {
+        self.dir.join("venv")
+    }
+    /// What `.cargo/config.toml` sets `LIBTORCH` to.
+    pub fn link(&self) -> PathBuf {
+        self.dir.join("torch")
+    }
+    fn marker(&self) -> PathBuf {
+        self.dir.join("installed.json")
+    }
+}
+
+fn gpu_present() -> bool {
+    Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("GPU"))
+        .unwrap_or(false)
+}
+
+/// Reads `torch/version.py` (importing torch would need the Python dependencies the lean
+/// install leaves out).
+fn wheel_version(torch_dir: &Path) -> Result<String> {
+    let path = torch_dir.join("version.py");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("__version__ = "))
+        .map(|v| v.trim().trim_matches('\'').trim_matches('"').to_owned())
+        .with_context(|| format!("{}: no __version__ line", path.display()))
+}
+
+/// The user's own LibTorch, if they set one: then setup has nothing to do. (Cargo's `[env]`
+/// sets `LIBTORCH` to ours for every cargo-run process, the xtask included.)
+fn user_libtorch(root: &Path) -> Option<String> {
+    if let Ok(v) = std::env::var("LIBTORCH_USE_PYTORCH") {
+        return Some(format!("LIBTORCH_USE_PYTORCH={v}"));
+    }
+    let set = PathBuf::from(std::env::var_os("LIBTORCH")?);
+    let checkout = set
+        .parent()
+        .filter(|p| p.file_name() == Some(".libtorch".as_ref()) && set.file_name() == Some("torch".as_ref()))
+        .and_then(Path::parent)
+        .and_then(|p| std::fs::canonicalize(p).ok());
+    let ours = checkout.is_some() && checkout == std::fs::canonicalize(root).ok();
+    (!ours).then(|| format!("LIBTORCH={}", set.display()))
+}
+
+/// Makes sure LibTorch is installed; quick and silent when it already is.
+pub fn ensure(root: &Path, cuda: CudaChoice) -> Result<()> {
+    let layout = Layout::new(root);
+    if let Some(user) = user_libtorch(root) {
+        tracing::info!("{user} is set: using that LibTorch, installing nothing");
+        return Ok(());
+    }
+    let want = if cuda == CudaChoice::Force || gpu_present() {
+        Variant::Cuda
+    } else {
+        Variant::Cpu
+    };
+    if let Some(have) = current(&layout) {
+        if have == Variant::Cuda || want == Variant::Cpu {
+            tracing::debug!("LibTorch {TORCH_VERSION} ({have:?}) already installed");
+            return Ok(());
+        }
+        tracing::info!("LibTorch is the CPU-only set; installing the CUDA set");
+    }
+    install(&layout, want)
+}
+
+/// The installed variant, if the install is complete and of the right version.
+fn current(layout: &Layout) -> Option<Variant> {
+    let text = std::fs::read_to_string(layout.marker()).ok()?;
+    let installed: Installed = serde_json::from_str(&text).ok()?;
+    let version = wheel_version(&layout.link()).ok()?;
+    (installed.version == TORCH_VERSION && version.split('+').next() == Some(TORCH_VERSION))
+        .then_some(installed.variant)
+}
+
+fn install(layout: &Layout, variant: Variant) -> Result<()> {
+    std::fs::create_dir_all(&layout.dir)?;
+    let venv = layout.venv();
+    let python = venv.join("bin").join("python");
+    if !python.exists() {
+        tracing::info!("creating a Python virtualenv at {}", venv.display());
+        let py = ["python3", "python"]
+            .into_iter()
+            .find(|p| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success()))
+            .context("LibTorch is installed from PyPI's torch wheel, which needs Python 3 (python3) on PATH")?;
+        cmd::run(Command::new(py).args(["-m", "venv"]).arg(&venv))
+            .context("creating the virtualenv (on Debian/Ubuntu: apt-get install python3-venv)")?;
+    }
+    let torch = format!("torch=={TORCH_VERSION}");
+    let mut pip = Command::new(&python);
+    pip.args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input"]);
+    match variant {
+        Variant::Cpu => {
+            tracing::info!("installing LibTorch {TORCH_VERSION}, CPU-only set (about 1.2 GB)");
+            pip.arg("--no-deps").arg(&torch).args(CPU_EXTRA_WHEELS);
+        }
+        Variant::Cuda => {
+            tracing::info!("installing LibTorch {TORCH_VERSION} with CUDA (about 4.7 GB)");
+            pip.arg(&torch);
+        }
+    }
+    cmd::run(&mut pip).context("pip could not install torch")?;
+
+    let site = find_site_packages(&venv)?;
+    let torch_dir = site.join("torch");
+    let version = wheel_version(&torch_dir)?;
+    if version.split('+').next() != Some(TORCH_VERSION) {
+        bail!("pip installed torch {version}, but tch 0.26 needs exactly {TORCH_VERSION}");
+    }
+    for needed in [
+        "include/torch/csrc/api/include/torch/torch.h",
+        "lib/libtorch_cpu.so",
+    ] {
+        if !torch_dir.join(needed).exists() {
+            bail!("{} lacks {needed}: not a usable LibTorch", torch_dir.display());
+        }
+    }
+    let link = layout.link();
+    let target = torch_dir
+        .strip_prefix(&layout.dir)
+        .map(Path::to_path_buf)
+        .unwrap_or(torch_dir.clone());
+    let _ = std::fs::remove_file(&link);
+    symlink(&target, &link)?;
+    let marker = serde_json::to_string_pretty(&Installed {
+        version: TORCH_VERSION.into(),
+        variant,
+    })?;
+    vq_data::write_atomic(&layout.marker(), |w| w.write_all(marker.as_bytes()))?;
+    tracing::info!("LibTorch {version} ({variant:?}) ready at {}", link.display());
+    Ok(())
+}
+
+fn find_site_packages(venv: &Path) -> Result<PathBuf> {
+    let lib = venv.join("lib");
+    for entry in std::fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))? {
+        let candidate = entry?.path().join("site-packages");
+        if candidate.join("torch").is_dir() {
+            return Ok(candidate);
+        }
+    }
+    bail!("no site-packages/torch under {}", lib.display())
+}
+
+#[cfg(unix)]
+fn symlink(target: &Path, link: &Path) -> Result<()> {
+    std::os::unix::fs::symlink(target, link)
+        .with_context(|| format!("linking {} -> {}", link.display(), target.display()))
+}
+
+#[cfg(not(unix))]
+fn symlink(_target: &Path, _link: &Path) -> Result<()> {
+    bail!("the LibTorch set-up supports Linux and macOS; set LIBTORCH to your LibTorch instead")
+}
