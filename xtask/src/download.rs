@@ -38,7 +38,10 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
                 tracing::info!("CIFAR-10 is already at {} and valid", final_dir.display());
                 return Ok(final_dir);
             }
-            Err(e) => tracing::warn!("the copy at {} is not valid ({e}); fetching it again", final_dir.display()),
+            Err(e) => tracing::warn!(
+                "the copy at {} is not valid ({e}); fetching it again",
+                final_dir.display()
+            ),
         }
     }
     std::fs::create_dir_all(&opts.dest)
@@ -84,7 +87,12 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
     Ok(final_dir)
 }
 
-fn check_and_unpack(archive: &Path, dest: &Path, final_dir: &Path, must_be_official: bool) -> Result<()> {
+fn check_and_unpack(
+    archive: &Path,
+    dest: &Path,
+    final_dir: &Path,
+    must_be_official: bool,
+) -> Result<()> {
     let md5 = md5_file(archive)?;
     let official = md5 == OFFICIAL_MD5;
     if official {
@@ -111,8 +119,12 @@ fn check_and_unpack(archive: &Path, dest: &Path, final_dir: &Path, must_be_offic
         tracing::info!("skipped archive entry {skipped} (not part of the dataset)");
     }
     let unpacked = staging.path().join(DIR_NAME);
-    let summary = Cifar10::verify_dir(&unpacked)
-        .with_context(|| format!("{}: the unpacked files fail the structural check", archive.display()))?;
+    let summary = Cifar10::verify_dir(&unpacked).with_context(|| {
+        format!(
+            "{}: the unpacked files fail the structural check",
+            archive.display()
+        )
+    })?;
 
     // Swap into place. A previous invalid copy is moved aside first, then removed.
     if final_dir.exists() {
@@ -129,7 +141,11 @@ fn check_and_unpack(archive: &Path, dest: &Path, final_dir: &Path, must_be_offic
         "CIFAR-10 ready at {}: {train} train and {test} test images, classes {}{}",
         final_dir.display(),
         summary.class_names.join(", "),
-        if official { "" } else { " (NOT the official archive: structurally valid, pixels unverified)" }
+        if official {
+            ""
+        } else {
+            " (NOT the official archive: structurally valid, pixels unverified)"
+        }
     );
     Ok(())
 }
@@ -139,7 +155,9 @@ fn md5_file(path: &Path) -> Result<String> {
     let mut hasher = Md5::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -188,10 +206,12 @@ fn fetch(url: &str, part: &Path, retries: u32) -> Result<()> {
                 failures = if after > before { 1 } else { failures + 1 };
                 if failures > retries {
                     bar.abandon();
-                    return Err(e.context(format!(
-                        "giving up after {retries} attempts; run the command again to resume from {}",
-                        part.display()
-                    )));
+                    let resume = if after > 0 {
+                        format!("; run the command again to resume from {}", part.display())
+                    } else {
+                        String::new()
+                    };
+                    return Err(e.context(format!("giving up after {retries} attempts{resume}")));
                 }
                 let wait = Duration::from_millis(250 * (1 << failures.min(6)));
                 tracing::warn!("{e:#}; retrying in {:.1} s", wait.as_secs_f32());
@@ -201,7 +221,12 @@ fn fetch(url: &str, part: &Path, retries: u32) -> Result<()> {
     }
 }
 
-fn fetch_once(agent: &ureq::Agent, url: &str, part: &Path, bar: &ProgressBar) -> Result<(), Failure> {
+fn fetch_once(
+    agent: &ureq::Agent,
+    url: &str,
+    part: &Path,
+    bar: &ProgressBar,
+) -> Result<(), Failure> {
     let have = part.metadata().map(|m| m.len()).unwrap_or(0);
     let mut request = agent.get(url);
     if have > 0 {
@@ -212,7 +237,9 @@ fn fetch_once(agent: &ureq::Agent, url: &str, part: &Path, bar: &ProgressBar) ->
         Err(ureq::Error::Status(416, _)) if have > 0 => {
             // Our partial file does not fit the server's: start over.
             let _ = std::fs::remove_file(part);
-            return Err(Failure::Transient(anyhow::anyhow!("{url}: server refused to resume")));
+            return Err(Failure::Transient(anyhow::anyhow!(
+                "{url}: server refused to resume"
+            )));
         }
         Err(ureq::Error::Status(code, r)) => {
             let e = anyhow::anyhow!("{url}: HTTP {code} {}", r.status_text());
@@ -222,9 +249,11 @@ fn fetch_once(agent: &ureq::Agent, url: &str, part: &Path, bar: &ProgressBar) ->
                 Failure::Permanent(e)
             });
         }
-        Err(e) => return Err(Failure::Transient(anyhow::anyhow!("{url}: {e}"))),
+        Err(e) => return Err(Failure::Transient(anyhow::anyhow!("{e}"))),
     };
-    let length: Option<u64> = response.header("Content-Length").and_then(|v| v.parse().ok());
+    let length: Option<u64> = response
+        .header("Content-Length")
+        .and_then(|v| v.parse().ok());
     let (append, total) = if response.status() == 206 {
         let range = response.header("Content-Range").unwrap_or("");
         match parse_content_range(range) {
@@ -299,7 +328,10 @@ mod tests {
 
     #[test]
     fn content_range() {
-        assert_eq!(parse_content_range("bytes 100-199/200"), Some((100, Some(200))));
+        assert_eq!(
+            parse_content_range("bytes 100-199/200"),
+            Some((100, Some(200)))
+        );
         assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
         assert_eq!(parse_content_range("items 1-2/3"), None);
         assert_eq!(parse_content_range("bytes x-2/3"), None);

@@ -73,7 +73,8 @@ fn gpu_present() -> bool {
 /// install leaves out).
 fn wheel_version(torch_dir: &Path) -> Result<String> {
     let path = torch_dir.join("version.py");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     text.lines()
         .find_map(|l| l.strip_prefix("__version__ = "))
         .map(|v| v.trim().trim_matches('\'').trim_matches('"').to_owned())
@@ -89,7 +90,9 @@ fn user_libtorch(root: &Path) -> Option<String> {
     let set = PathBuf::from(std::env::var_os("LIBTORCH")?);
     let checkout = set
         .parent()
-        .filter(|p| p.file_name() == Some(".libtorch".as_ref()) && set.file_name() == Some("torch".as_ref()))
+        .filter(|p| {
+            p.file_name() == Some(".libtorch".as_ref()) && set.file_name() == Some("torch".as_ref())
+        })
         .and_then(Path::parent)
         .and_then(|p| std::fs::canonicalize(p).ok());
     let ours = checkout.is_some() && checkout == std::fs::canonicalize(root).ok();
@@ -142,7 +145,13 @@ fn install(layout: &Layout, variant: Variant) -> Result<()> {
     }
     let torch = format!("torch=={TORCH_VERSION}");
     let mut pip = Command::new(&python);
-    pip.args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input"]);
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-input",
+    ]);
     match variant {
         Variant::Cpu => {
             tracing::info!("installing LibTorch {TORCH_VERSION}, CPU-only set (about 1.2 GB)");
@@ -166,7 +175,10 @@ fn install(layout: &Layout, variant: Variant) -> Result<()> {
         "lib/libtorch_cpu.so",
     ] {
         if !torch_dir.join(needed).exists() {
-            bail!("{} lacks {needed}: not a usable LibTorch", torch_dir.display());
+            bail!(
+                "{} lacks {needed}: not a usable LibTorch",
+                torch_dir.display()
+            );
         }
     }
     let link = layout.link();
@@ -181,7 +193,10 @@ fn install(layout: &Layout, variant: Variant) -> Result<()> {
         variant,
     })?;
     vq_data::write_atomic(&layout.marker(), |w| w.write_all(marker.as_bytes()))?;
-    tracing::info!("LibTorch {version} ({variant:?}) ready at {}", link.display());
+    tracing::info!(
+        "LibTorch {version} ({variant:?}) ready at {}",
+        link.display()
+    );
     Ok(())
 }
 

@@ -10,7 +10,10 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "vqvae-rs automation: set-up, data, training, tests, benchmarks")]
+#[command(
+    name = "cargo xtask",
+    about = "vqvae-rs automation: set-up, data, training, tests, benchmarks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -111,7 +114,9 @@ fn real_main() -> Result<()> {
                 libtorch::CudaChoice::Auto
             };
             libtorch::ensure(&root, choice)?;
-            tracing::info!("LibTorch is ready; `cargo build` now finds it through .cargo/config.toml");
+            tracing::info!(
+                "LibTorch is ready; `cargo build` now finds it through .cargo/config.toml"
+            );
         }
         Command::DownloadCifar(args) => {
             download(&root, &args)?;

@@ -20,7 +20,8 @@ fn synthetic_archive(bad_label: bool) -> Vec<u8> {
         header.set_size(data.len() as u64);
         header.set_mode(0o644);
         header.set_cksum();
-        tar.append_data(&mut header, format!("{DIR_NAME}/{name}"), data).unwrap();
+        tar.append_data(&mut header, format!("{DIR_NAME}/{name}"), data)
+            .unwrap();
     };
     for (f, name) in TRAIN_FILES.iter().chain(TEST_FILES.iter()).enumerate() {
         let mut data = vec![0u8; FILE_BYTES as usize];
@@ -33,7 +34,10 @@ fn synthetic_archive(bad_label: bool) -> Vec<u8> {
         }
         add(name, &data);
     }
-    add("batches.meta.txt", vq_data::CLASS_NAMES.join("\n").as_bytes());
+    add(
+        "batches.meta.txt",
+        vq_data::CLASS_NAMES.join("\n").as_bytes(),
+    );
     add("readme.html", b"<html>synthetic</html>");
     tar.into_inner().unwrap().finish().unwrap()
 }
@@ -62,7 +66,12 @@ fn serve(body: Vec<u8>, behaviour: Behaviour) -> (String, Arc<Mutex<Vec<String>>
     (url, log)
 }
 
-fn respond(mut stream: TcpStream, body: &[u8], cut: bool, log: &Mutex<Vec<String>>) -> std::io::Result<()> {
+fn respond(
+    mut stream: TcpStream,
+    body: &[u8],
+    cut: bool,
+    log: &Mutex<Vec<String>>,
+) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
@@ -81,7 +90,9 @@ fn respond(mut stream: TcpStream, body: &[u8], cut: bool, log: &Mutex<Vec<String
     }
     log.lock().unwrap().push(range.clone());
     if request_line.split_whitespace().nth(1) != Some("/cifar.tar.gz") {
-        return stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return stream.write_all(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
     }
     let start: usize = range
         .strip_prefix("bytes=")
@@ -97,7 +108,10 @@ fn respond(mut stream: TcpStream, body: &[u8], cut: bool, log: &Mutex<Vec<String
             body.len()
         )
     } else {
-        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", part.len())
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            part.len()
+        )
     };
     stream.write_all(head.as_bytes())?;
     if cut {
@@ -117,12 +131,22 @@ fn xtask(args: &[&str]) -> Output {
 }
 
 fn download(from: &str, dest: &Path) -> Output {
-    xtask(&["download-cifar", "--from", from, "--dest", dest.to_str().unwrap(), "--retries", "3"])
+    xtask(&[
+        "download-cifar",
+        "--from",
+        from,
+        "--dest",
+        dest.to_str().unwrap(),
+        "--retries",
+        "3",
+    ])
 }
 
 fn entries(dir: &Path) -> Vec<String> {
     match std::fs::read_dir(dir) {
-        Ok(rd) => rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
         Err(_) => Vec::new(),
     }
 }
@@ -133,10 +157,15 @@ fn check_dataset(dest: &Path) {
     let test = Cifar10::load(&dir, Split::Test).unwrap();
     assert_eq!(train.len(), 50_000);
     assert_eq!(test.len(), 10_000);
-    assert_eq!(train.labels[10_001], ((10_001 % 10_000 + 1) % 10) as u8);
-    assert_eq!(train.images[[10_001, 0, 0, 0]], (1 % 251) as u8);
+    // Train record 10,001 is record 1 of file 1 (data_batch_2.bin): label (1 + 1) % 10, pixel 1.
+    assert_eq!(train.labels[10_001], 2);
+    assert_eq!(train.images[[10_001, 0, 0, 0]], 1);
     assert_eq!(train.class_names[3], "cat");
-    assert_eq!(entries(dest), vec![DIR_NAME.to_string()], "only the dataset is left");
+    assert_eq!(
+        entries(dest),
+        vec![DIR_NAME.to_string()],
+        "only the dataset is left"
+    );
 }
 
 fn stderr(out: &Output) -> String {
@@ -151,7 +180,11 @@ fn normal_download_then_nothing_to_do() {
     let out = download(&url, &dest);
     assert!(out.status.success(), "{}", stderr(&out));
     check_dataset(&dest);
-    assert!(stderr(&out).contains("not the official archive"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not the official archive"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(log.lock().unwrap().len(), 1);
 
     let again = download(&url, &dest);
@@ -184,7 +217,11 @@ fn corrupt_archives_leave_nothing_behind() {
     let dest = tmp.path().join("datasets");
     let out = download(&url, &dest);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("cifar-10-binary.tar.gz"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cifar-10-binary.tar.gz"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(entries(&dest), Vec::<String>::new());
 
     // A well-formed archive whose third file has a label of 12.
@@ -192,7 +229,12 @@ fn corrupt_archives_leave_nothing_behind() {
     let out = download(&url, &dest);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("structural check") && err.contains("data_batch_3.bin") && err.contains("record 7"), "{err}");
+    assert!(
+        err.contains("structural check")
+            && err.contains("data_batch_3.bin")
+            && err.contains("record 7"),
+        "{err}"
+    );
     assert_eq!(entries(&dest), Vec::<String>::new());
 
     // A truncated archive (half of it, from a local file).
@@ -231,6 +273,13 @@ fn local_archive_is_accepted_after_the_structural_check() {
     assert!(local.exists());
     // Read the whole archive once more to make sure the test data itself is sane.
     let mut bytes = Vec::new();
-    std::fs::File::open(&local).unwrap().read_to_end(&mut bytes).unwrap();
-    assert!(bytes.len() < 2_000_000, "synthetic archive is small: {}", bytes.len());
+    std::fs::File::open(&local)
+        .unwrap()
+        .read_to_end(&mut bytes)
+        .unwrap();
+    assert!(
+        bytes.len() < 2_000_000,
+        "synthetic archive is small: {}",
+        bytes.len()
+    );
 }

@@ -32,9 +32,20 @@ fn main() {
     let median = times[runs / 2];
     let best = times[0];
     let threads = rayon::current_num_threads();
-    println!("CIFAR-10 load (train + test, {:.1} MB, page cache, {threads} threads, {runs} runs)", bytes / 1e6);
-    println!("  median {:.1} ms  {:>7.0} MB/s", median * 1e3, bytes / median / 1e6);
-    println!("  best   {:.1} ms  {:>7.0} MB/s", best * 1e3, bytes / best / 1e6);
+    println!(
+        "CIFAR-10 load (train + test, {:.1} MB, page cache, {threads} threads, {runs} runs)",
+        bytes / 1e6
+    );
+    println!(
+        "  median {:.1} ms  {:>7.0} MB/s",
+        median * 1e3,
+        bytes / median / 1e6
+    );
+    println!(
+        "  best   {:.1} ms  {:>7.0} MB/s",
+        best * 1e3,
+        bytes / best / 1e6
+    );
     println!(
         "{{\"bench\":\"data_load\",\"bytes\":{bytes},\"threads\":{threads},\"median_s\":{median:.6},\"best_s\":{best:.6},\"median_mb_per_s\":{:.1},\"best_mb_per_s\":{:.1}}}",
         bytes / median / 1e6,

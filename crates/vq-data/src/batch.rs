@@ -247,8 +247,19 @@ mod tests {
         assert_eq!(seen, (0..100).collect::<Vec<_>>());
         // The next epoch is a different permutation.
         let next = a.next_indices();
-        assert_eq!(a.state(), BatcherState { epoch: 1, position: 10 });
-        assert_ne!(next, Batcher::new(100, config(10, 7, true)).unwrap().next_indices());
+        assert_eq!(
+            a.state(),
+            BatcherState {
+                epoch: 1,
+                position: 10
+            }
+        );
+        assert_ne!(
+            next,
+            Batcher::new(100, config(10, 7, true))
+                .unwrap()
+                .next_indices()
+        );
     }
 
     #[test]
@@ -273,7 +284,11 @@ mod tests {
     #[test]
     fn gather_flips_and_scales() {
         // Two 1×2×3 images with distinct pixels.
-        let images = Array4::from_shape_vec((2, 1, 2, 3), vec![0, 51, 102, 153, 204, 255, 1, 2, 3, 4, 5, 6]).unwrap();
+        let images = Array4::from_shape_vec(
+            (2, 1, 2, 3),
+            vec![0, 51, 102, 153, 204, 255, 1, 2, 3, 4, 5, 6],
+        )
+        .unwrap();
         let batch = BatchIndices {
             indices: vec![0, 0, 1],
             flips: vec![false, true, false],

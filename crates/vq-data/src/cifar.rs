@@ -157,7 +157,7 @@ impl Cifar10 {
     pub fn save(&self, dir: impl AsRef<Path>, split: Split) -> Result<(), DataError> {
         let dir = dir.as_ref();
         let files = split.file_names();
-        if self.len() % files.len() != 0 {
+        if !self.len().is_multiple_of(files.len()) {
             return Err(DataError::BadWrite {
                 path: dir.to_path_buf(),
                 what: "CIFAR-10 split",
@@ -206,10 +206,7 @@ pub fn read_class_names(path: &Path) -> Result<Vec<String>, DataError> {
     if names.len() != NUM_CLASSES {
         return Err(DataError::BadMeta {
             path: path.to_path_buf(),
-            reason: format!(
-                "lists {} class names, expected {NUM_CLASSES}",
-                names.len()
-            ),
+            reason: format!("lists {} class names, expected {NUM_CLASSES}", names.len()),
         });
     }
     Ok(names)
@@ -262,7 +259,7 @@ pub fn read_batch_files(
 
 fn record_count(path: &Path, len: u64, options: &LoadOptions) -> Result<usize, DataError> {
     let record = RECORD_BYTES as u64;
-    if len % record != 0 {
+    if !len.is_multiple_of(record) {
         return Err(DataError::Truncated {
             path: path.to_path_buf(),
             len,
@@ -371,7 +368,9 @@ pub fn write_batch_file(
     };
     let shape = images.shape();
     if shape[1..] != [CHANNELS, SIDE, SIDE] {
-        return Err(bad(format!("images have shape {shape:?}, expected (N, 3, 32, 32)")));
+        return Err(bad(format!(
+            "images have shape {shape:?}, expected (N, 3, 32, 32)"
+        )));
     }
     if shape[0] != labels.len() {
         return Err(bad(format!(
@@ -438,7 +437,10 @@ mod tests {
         assert_eq!(images[[0, 1, 0, 0]], 22);
         assert_eq!(images[[0, 2, 5, 3]], 33);
         assert_eq!(images[[1, 2, 31, 31]], 44);
-        assert_eq!(images.iter().map(|&v| v as u32).sum::<u32>(), 11 + 22 + 33 + 44);
+        assert_eq!(
+            images.iter().map(|&v| v as u32).sum::<u32>(),
+            11 + 22 + 33 + 44
+        );
     }
 
     #[test]
@@ -449,11 +451,19 @@ mod tests {
         train.save(dir.path(), Split::Train).unwrap();
         test.save(dir.path(), Split::Test).unwrap();
         assert_eq!(
-            std::fs::metadata(dir.path().join("data_batch_3.bin")).unwrap().len(),
+            std::fs::metadata(dir.path().join("data_batch_3.bin"))
+                .unwrap()
+                .len(),
             5 * RECORD_BYTES as u64
         );
-        assert_eq!(Cifar10::load_with(dir.path(), Split::Train, &small()).unwrap(), train);
-        assert_eq!(Cifar10::load_with(dir.path(), Split::Test, &small()).unwrap(), test);
+        assert_eq!(
+            Cifar10::load_with(dir.path(), Split::Train, &small()).unwrap(),
+            train
+        );
+        assert_eq!(
+            Cifar10::load_with(dir.path(), Split::Test, &small()).unwrap(),
+            test
+        );
     }
 
     #[test]
@@ -463,19 +473,34 @@ mod tests {
 
         // The official layout wants 10,000 records a file.
         let err = Cifar10::load(dir.path(), Split::Train).unwrap_err();
-        assert!(matches!(err, DataError::WrongCount { found: 1, expected: 10_000, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                DataError::WrongCount {
+                    found: 1,
+                    expected: 10_000,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(err.to_string().contains("data_batch_1.bin"), "{err}");
 
         // A label above 9 in the third record of the fourth file.
         let path = dir.path().join("data_batch_4.bin");
         let mut bytes = std::fs::read(&path).unwrap();
-        bytes.extend_from_slice(&bytes.clone());
-        bytes.extend_from_slice(&bytes[..RECORD_BYTES].to_vec());
+        let first = bytes[..RECORD_BYTES].to_vec();
+        bytes.extend_from_slice(&first);
+        bytes.extend_from_slice(&first);
         bytes[2 * RECORD_BYTES] = 10;
         std::fs::write(&path, &bytes).unwrap();
         let err = Cifar10::load_with(dir.path(), Split::Train, &small()).unwrap_err();
         match &err {
-            DataError::BadLabel { path: p, record: 2, label: 10 } => assert_eq!(p, &path),
+            DataError::BadLabel {
+                path: p,
+                record: 2,
+                label: 10,
+            } => assert_eq!(p, &path),
             other => panic!("unexpected {other:?}"),
         }
         assert!(err.to_string().contains("record 2"), "{err}");
@@ -484,14 +509,24 @@ mod tests {
         std::fs::write(&path, &bytes[..RECORD_BYTES + 100]).unwrap();
         let err = Cifar10::load_with(dir.path(), Split::Train, &small()).unwrap_err();
         assert!(
-            matches!(err, DataError::Truncated { complete_records: 1, trailing: 100, .. }),
+            matches!(
+                err,
+                DataError::Truncated {
+                    complete_records: 1,
+                    trailing: 100,
+                    ..
+                }
+            ),
             "{err}"
         );
 
         // A missing file.
         std::fs::remove_file(&path).unwrap();
         let err = Cifar10::load_with(dir.path(), Split::Train, &small()).unwrap_err();
-        assert!(matches!(&err, DataError::Missing { path: p } if p == &path), "{err}");
+        assert!(
+            matches!(&err, DataError::Missing { path: p } if p == &path),
+            "{err}"
+        );
         assert!(err.to_string().contains("download-cifar"), "{err}");
 
         // A meta file with the wrong number of classes.
@@ -505,12 +540,18 @@ mod tests {
         let bytes = vec![1u8; 2 * RECORD_BYTES + 1];
         let mut images = vec![0u8; IMAGE_BYTES];
         let mut labels = vec![0u8; 1];
-        let err =
-            read_records_into(&bytes[..], Path::new("x.bin"), &mut images, &mut labels).unwrap_err();
-        assert!(matches!(err, DataError::ChangedWhileReading { .. }), "{err}");
+        let err = read_records_into(&bytes[..], Path::new("x.bin"), &mut images, &mut labels)
+            .unwrap_err();
+        assert!(
+            matches!(err, DataError::ChangedWhileReading { .. }),
+            "{err}"
+        );
         let err = read_records_into(&bytes[..10], Path::new("x.bin"), &mut images, &mut labels)
             .unwrap_err();
-        assert!(matches!(err, DataError::ChangedWhileReading { .. }), "{err}");
+        assert!(
+            matches!(err, DataError::ChangedWhileReading { .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -533,7 +574,7 @@ mod tests {
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4 * RECORD_BYTES)) {
             let result = parse_records(&bytes, Path::new("fuzz.bin"));
-            let valid = bytes.len() % RECORD_BYTES == 0
+            let valid = bytes.len().is_multiple_of(RECORD_BYTES)
                 && bytes.chunks(RECORD_BYTES).all(|r| r[0] < 10);
             prop_assert_eq!(result.is_ok(), valid);
         }
@@ -554,8 +595,8 @@ mod tests {
             let cut = cut.min(bytes.len());
             let truncated = &bytes[..bytes.len() - cut];
             std::fs::write(&path, truncated).unwrap();
-            let result = read_batch_files(&[path.clone()], &small());
-            if truncated.len() % RECORD_BYTES == 0 {
+            let result = read_batch_files(std::slice::from_ref(&path), &small());
+            if truncated.len().is_multiple_of(RECORD_BYTES) {
                 let (images, _) = result.unwrap();
                 prop_assert_eq!(images.view(), split.images.slice(ndarray::s![..truncated.len() / RECORD_BYTES, .., .., ..]));
             } else {

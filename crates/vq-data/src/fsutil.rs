@@ -19,9 +19,7 @@ pub fn write_atomic(
     // tempfile's default mode is 0600; outputs are meant to be shared like any other file.
     #[cfg(unix)]
     builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
-    let tmp = builder
-        .tempfile_in(dir)
-        .map_err(io)?;
+    let tmp = builder.tempfile_in(dir).map_err(io)?;
     let mut writer = BufWriter::with_capacity(1 << 20, tmp);
     fill(&mut writer).map_err(io)?;
     writer.flush().map_err(io)?;

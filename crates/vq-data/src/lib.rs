@@ -17,8 +17,8 @@ pub use archive::{unpack_archive, unpack_reader, UnpackReport};
 pub use batch::{gather, Batch, BatchConfig, BatchIndices, Batcher, BatcherState, PixelRange};
 pub use cifar::{
     parse_records, read_batch_files, read_class_names, write_batch_file, write_class_names,
-    Cifar10, DatasetSummary, LoadOptions, Split, CHANNELS, DIR_NAME, FILE_BYTES, IMAGE_BYTES, META_FILE,
-    NUM_CLASSES, RECORDS_PER_FILE, RECORD_BYTES, SIDE, TEST_FILES, TRAIN_FILES,
+    Cifar10, DatasetSummary, LoadOptions, Split, CHANNELS, DIR_NAME, FILE_BYTES, IMAGE_BYTES,
+    META_FILE, NUM_CLASSES, RECORDS_PER_FILE, RECORD_BYTES, SIDE, TEST_FILES, TRAIN_FILES,
 };
 pub use error::DataError;
 pub use fsutil::write_atomic;

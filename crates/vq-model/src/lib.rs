@@ -22,7 +22,9 @@ impl std::str::FromStr for DeviceChoice {
             "auto" => Ok(DeviceChoice::Auto),
             "cpu" => Ok(DeviceChoice::Cpu),
             "cuda" => Ok(DeviceChoice::Cuda),
-            other => Err(format!("unknown device {other:?} (expected auto, cpu or cuda)")),
+            other => Err(format!(
+                "unknown device {other:?} (expected auto, cpu or cuda)"
+            )),
         }
     }
 }
@@ -47,7 +49,10 @@ impl DeviceChoice {
 }
 
 /// A `(B, C, H, W)` float batch from `vq-data` as a LibTorch tensor on `device`.
-pub fn images_to_tensor(images: &ndarray::Array4<f32>, device: Device) -> Result<Tensor, ModelError> {
+pub fn images_to_tensor(
+    images: &ndarray::Array4<f32>,
+    device: Device,
+) -> Result<Tensor, ModelError> {
     let standard = images.as_standard_layout();
     let data = standard.as_slice().expect("standard layout is contiguous");
     let dims: Vec<i64> = images.shape().iter().map(|&d| d as i64).collect();
@@ -77,7 +82,10 @@ mod tests {
         assert_eq!(t.kind(), Kind::Float);
         // Image 2, channel 1, row 3, flipped: column 0 holds source column 4.
         let v = t.double_value(&[0, 1, 3, 0]) as f32;
-        assert_eq!(v, PixelRange::MinusHalfToHalf.from_byte((2 * 60 + 20 + 15 + 4) as u8));
+        assert_eq!(
+            v,
+            PixelRange::MinusHalfToHalf.from_byte((2 * 60 + 20 + 15 + 4) as u8)
+        );
         let sum = t.sum(Kind::Double).double_value(&[]);
         let expect: f64 = floats.iter().map(|&x| x as f64).sum();
         assert!((sum - expect).abs() < 1e-3, "{sum} vs {expect}");

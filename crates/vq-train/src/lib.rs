@@ -29,7 +29,10 @@ pub struct SmokeReport {
 
 pub fn smoke_run(cfg: &SmokeConfig) -> Result<SmokeReport> {
     let device = cfg.device.resolve()?;
-    tracing::info!("device: {device:?}, LibTorch threads: {}", tch::get_num_threads());
+    tracing::info!(
+        "device: {device:?}, LibTorch threads: {}",
+        tch::get_num_threads()
+    );
     let started = Instant::now();
     let train = Cifar10::load(&cfg.data, Split::Train)
         .with_context(|| format!("loading CIFAR-10 from {}", cfg.data.display()))?;
