@@ -1,5 +1,6 @@
 //! The project's automation, in Rust: `cargo xtask <command>` (see `cargo xtask --help`).
 
+mod bench;
 mod cmd;
 mod download;
 mod libtorch;
@@ -66,6 +67,13 @@ struct DownloadArgs {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// k-means: ours against scikit-learn and faiss-cpu on the same data (Python peers are
+    /// installed into target/bench-venv on first use).
+    Kmeans {
+        /// Lloyd iterations for every peer.
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+    },
     /// CIFAR-10 load rate from page cache (MB/s).
     Data {
         #[command(flatten)]
@@ -150,6 +158,7 @@ fn real_main() -> Result<()> {
             )?;
         }
         Command::Bench { which } => match which {
+            Bench::Kmeans { iters } => bench::kmeans(&root, iters)?,
             Bench::Data { data } => {
                 let dir = download(&root, &data)?;
                 cmd::run(

@@ -164,7 +164,7 @@ impl KMeans {
 
         let started = std::time::Instant::now();
         let mut centroids = match config.init {
-            Init::KMeansPlusPlus => seed_plus_plus(fit_points, &norms, config.k, &mut rng),
+            Init::KMeansPlusPlus => seed_plus_plus(fit_points, config.k, &mut rng),
             Init::Random => {
                 let idx =
                     rand::seq::index::sample(&mut rng, fit_points.nrows(), config.k).into_vec();
@@ -272,15 +272,31 @@ fn inertia_of(distances: &[f32]) -> f64 {
 
 /// Exact Euclidean distance (the bounds and the inertia use it, not the GEMM form).
 fn distance(a: ndarray::ArrayView1<'_, f32>, b: ndarray::ArrayView1<'_, f32>) -> f32 {
-    let (a, b) = (
+    squared_distance(
         a.as_slice().expect("row-major rows"),
         b.as_slice().expect("row-major rows"),
-    );
-    a.iter()
-        .zip(b)
+    )
+    .sqrt()
+}
+
+/// Eight independent partial sums, so that the compiler can keep them in one SIMD register
+/// (a single running sum is a serial dependency chain it may not reorder).
+fn squared_distance(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
         .map(|(x, y)| (x - y) * (x - y))
-        .sum::<f32>()
-        .sqrt()
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            let t = x[l] - y[l];
+            acc[l] += t * t;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// For each row of `rows`: the nearest centroid, its squared distance, and a lower bound on the
@@ -568,27 +584,28 @@ fn repair_empty(
     }
 }
 
-/// Greedy k-means++ with incremental nearest-distance updates: O(N·K·D·candidates).
-fn seed_plus_plus(
-    points: ArrayView2<'_, f32>,
-    norms: &[f32],
-    k: usize,
-    rng: &mut ChaCha8Rng,
-) -> Array2<f32> {
+/// Greedy k-means++ with incremental nearest-distance updates: O(N·K·D·candidates) at worst,
+/// and far less in practice: a point `x` whose nearest chosen centroid `c` satisfies
+/// `‖cand − c‖ ≥ 2‖x − c‖` cannot get closer to the candidate (triangle inequality), so its
+/// distance is not computed. Late in seeding almost every point is skipped that way.
+fn seed_plus_plus(points: ArrayView2<'_, f32>, k: usize, rng: &mut ChaCha8Rng) -> Array2<f32> {
     let (n, d) = points.dim();
     let candidates = 2 + (k as f64).ln() as usize;
+    let rows = points.as_slice().expect("standard layout");
+    let row = |i: usize| &rows[i * d..(i + 1) * d];
     let mut centroids = Array2::<f32>::zeros((k, d));
     let first = rng.random_range(0..n);
     centroids.row_mut(0).assign(&points.row(first));
-    // Squared distance of each point to its nearest chosen centroid.
+    // Squared distance of each point to its nearest chosen centroid, and which one that is.
     let mut nearest: Vec<f32> = vec![0.0; n];
+    let mut owner: Vec<u32> = vec![0; n];
+    let c0 = row(first).to_vec();
     nearest
         .par_chunks_mut(CHUNK_ROWS)
         .enumerate()
         .for_each(|(c, out)| {
             for (i, o) in out.iter_mut().enumerate() {
-                let dist = distance(points.row(c * CHUNK_ROWS + i), centroids.row(0));
-                *o = dist * dist;
+                *o = squared_distance(row(c * CHUNK_ROWS + i), &c0);
             }
         });
     let mut chunk_sums = chunk_totals(&nearest);
@@ -604,25 +621,35 @@ fn seed_plus_plus(
                 }
             })
             .collect();
-        let cand = points.select(Axis(0), &picks);
-        let cand_norms: Vec<f32> = picks.iter().map(|&i| norms[i]).collect();
-        // Squared distances of every point to every candidate, min'ed with the current nearest,
-        // and each candidate's resulting potential per chunk.
+        // Squared distances from each candidate to each centroid chosen so far.
+        let chosen = centroids.slice(s![..step, ..]);
+        let gap: Vec<Vec<f32>> = picks
+            .iter()
+            .map(|&p| {
+                chosen
+                    .outer_iter()
+                    .map(|c| squared_distance(row(p), c.as_slice().expect("row-major")))
+                    .collect()
+            })
+            .collect();
+        // Each point's distance to each candidate (min'ed with its current one), and each
+        // candidate's resulting potential per chunk.
         let potentials: Vec<Vec<f64>> = trial
             .par_chunks_mut(CHUNK_ROWS * candidates)
             .zip(nearest.par_chunks(CHUNK_ROWS))
+            .zip(owner.par_chunks(CHUNK_ROWS))
             .enumerate()
-            .map(|(c, (out, near))| {
+            .map(|(c, ((out, near), own))| {
                 let start = c * CHUNK_ROWS;
-                let rows = points.slice(s![start..start + near.len(), ..]);
-                let mut products = Array2::<f32>::zeros((near.len(), candidates));
-                general_mat_mul(1.0, &rows, &cand.t(), 0.0, &mut products);
                 let mut pot = vec![0f64; candidates];
-                for (i, dots) in products.outer_iter().enumerate() {
-                    for (t, &dot) in dots.iter().enumerate() {
-                        let dist = (norms[start + i] + cand_norms[t] - 2.0 * dot)
-                            .max(0.0)
-                            .min(near[i]);
+                for i in 0..near.len() {
+                    let limit = 4.0 * near[i];
+                    for (t, &p) in picks.iter().enumerate() {
+                        let dist = if gap[t][own[i] as usize] >= limit {
+                            near[i]
+                        } else {
+                            squared_distance(row(start + i), row(p)).min(near[i])
+                        };
                         out[i * candidates + t] = dist;
                         pot[t] += dist as f64;
                     }
@@ -639,13 +666,18 @@ fn seed_plus_plus(
                 best = t;
             }
         }
-        centroids.row_mut(step).assign(&cand.row(best));
+        centroids.row_mut(step).assign(&points.row(picks[best]));
         nearest
             .par_chunks_mut(CHUNK_ROWS)
+            .zip(owner.par_chunks_mut(CHUNK_ROWS))
             .zip(trial.par_chunks(CHUNK_ROWS * candidates))
-            .for_each(|(near, out)| {
-                for (i, v) in near.iter_mut().enumerate() {
-                    *v = out[i * candidates + best];
+            .for_each(|((near, own), out)| {
+                for i in 0..near.len() {
+                    let v = out[i * candidates + best];
+                    if v < near[i] {
+                        near[i] = v;
+                        own[i] = step as u32;
+                    }
                 }
             });
         chunk_sums = chunk_totals(&nearest);

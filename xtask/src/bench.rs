@@ -1,0 +1,183 @@
+//! `cargo xtask bench ...`: our code and its peers, side by side in one run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::cmd;
+
+/// The machine's f32 matrix-product peak, measured on the 2-core development machine
+/// (see ../shared/NOTES.md); used to put GFLOP/s in context.
+const F32_PEAK_GFLOPS: f64 = 220.0;
+
+/// A virtualenv with the Python peers (numpy, scikit-learn, faiss-cpu), made on first use.
+pub fn peer_python(root: &Path) -> Result<PathBuf> {
+    let venv = root.join("target").join("bench-venv");
+    let python = venv.join("bin").join("python");
+    let ready = python.exists()
+        && Command::new(&python)
+            .args(["-c", "import numpy, sklearn, faiss, threadpoolctl"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !ready {
+        tracing::info!(
+            "installing the benchmark peers (numpy, scikit-learn, faiss-cpu) into {}",
+            venv.display()
+        );
+        if !python.exists() {
+            cmd::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        }
+        cmd::run(Command::new(&python).args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "numpy",
+            "scikit-learn",
+            "faiss-cpu",
+            "threadpoolctl",
+        ]))?;
+    }
+    Ok(python)
+}
+
+fn json_lines(stdout: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
+        .collect()
+}
+
+fn num(v: &Value, key: &str) -> f64 {
+    v.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN)
+}
+
+pub fn kmeans(root: &Path, iters: usize) -> Result<()> {
+    let python = peer_python(root)?;
+    let out_dir = root.join("target").join("bench").join("kmeans");
+    let output = cmd::cargo(root)
+        .args([
+            "bench",
+            "-q",
+            "-p",
+            "vq-kmeans",
+            "--bench",
+            "kmeans",
+            "--",
+            "--out",
+        ])
+        .arg(&out_dir)
+        .args(["--iters", &iters.to_string()])
+        .output()
+        .context("running the k-means benchmark")?;
+    if !output.status.success() {
+        bail!(
+            "k-means benchmark failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let mut all = Vec::new();
+    for ours in json_lines(&output.stdout) {
+        let get = |k: &str| ours.get(k).and_then(Value::as_u64).unwrap_or(0).to_string();
+        let peers = Command::new(&python)
+            .arg(root.join("scripts").join("kmeans_peer.py"))
+            .args(["--data", ours["data"].as_str().unwrap_or("")])
+            .args(["--n", &get("n"), "--d", &get("d"), "--k", &get("k")])
+            .args(["--iters", &iters.to_string()])
+            .args(["--ours-centroids", ours["centroids"].as_str().unwrap_or("")])
+            // Left over from older OpenBLAS builds on some CPUs; they slow a current numpy.
+            .env_remove("OPENBLAS_CORETYPE")
+            .env_remove("OPENBLAS_L2_SIZE")
+            .output()
+            .context("running scripts/kmeans_peer.py")?;
+        if !peers.status.success() {
+            bail!(
+                "kmeans_peer.py failed:\n{}",
+                String::from_utf8_lossy(&peers.stderr)
+            );
+        }
+        let peers = json_lines(&peers.stdout);
+        let find = |name: &str| {
+            peers
+                .iter()
+                .find(|p| p["peer"] == name)
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
+        let (sk, fa, rescored) = (find("scikit-learn"), find("faiss"), find("ours-rescored"));
+        let ratio = |a: f64, b: f64| a / b;
+        let first_gflops = num(&ours, "gflop_per_assignment") / num(&ours, "first_iter_s");
+        let row = json!({
+            "workload": ours["workload"],
+            "n": ours["n"], "d": ours["d"], "k": ours["k"], "iters": iters,
+            "ours": ours,
+            "ours_inertia_rescored": rescored["inertia"],
+            "scikit_learn": sk,
+            "faiss": fa,
+            "total_speedup_vs_sklearn": ratio(num(&sk, "total_s"), num(&ours, "total_s")),
+            "seeding_speedup_vs_sklearn": ratio(num(&sk, "seed_s"), num(&ours, "seed_s")),
+            "iter_speedup_vs_sklearn": ratio(num(&sk, "iter_s"), num(&ours, "iter_s")),
+            "iter_speedup_vs_faiss": ratio(num(&fa, "iter_s"), num(&ours, "iter_s")),
+            "inertia_ratio_vs_sklearn": ratio(num(&rescored, "inertia"), num(&sk, "inertia")),
+            "inertia_ratio_vs_faiss": ratio(num(&rescored, "inertia"), num(&fa, "inertia")),
+            "full_assignment_gflops": first_gflops,
+            "full_assignment_fraction_of_f32_peak": first_gflops / F32_PEAK_GFLOPS,
+        });
+        print_table(&row);
+        all.push(row);
+    }
+    println!("{}", json!({"bench": "kmeans", "results": all}));
+    Ok(())
+}
+
+fn print_table(r: &Value) {
+    println!(
+        "\nk-means {}: N = {}, D = {}, K = {}, {} Lloyd iterations, {} threads",
+        r["workload"].as_str().unwrap_or(""),
+        r["n"],
+        r["d"],
+        r["k"],
+        r["iters"],
+        r["ours"]["threads"]
+    );
+    println!(
+        "{:<14} {:>10} {:>10} {:>10} {:>16}",
+        "", "seeding s", "s / iter", "total s", "inertia"
+    );
+    let line = |name: &str, v: &Value, inertia: f64| {
+        println!(
+            "{:<14} {:>10.3} {:>10.4} {:>10.3} {:>16.6e}",
+            name,
+            num(v, "seed_s"),
+            num(v, "iter_s"),
+            num(v, "total_s"),
+            inertia
+        )
+    };
+    line("vqvae-rs", &r["ours"], num(r, "ours_inertia_rescored"));
+    line(
+        "scikit-learn",
+        &r["scikit_learn"],
+        num(&r["scikit_learn"], "inertia"),
+    );
+    line("faiss", &r["faiss"], num(&r["faiss"], "inertia"));
+    println!(
+        "ratios: whole fit {:.2}x faster than scikit-learn (seeding {:.2}x); per iteration {:.2}x scikit-learn, {:.2}x faiss; inertia {:.4} of scikit-learn's, {:.4} of faiss's",
+        num(r, "total_speedup_vs_sklearn"),
+        num(r, "seeding_speedup_vs_sklearn"),
+        num(r, "iter_speedup_vs_sklearn"),
+        num(r, "iter_speedup_vs_faiss"),
+        num(r, "inertia_ratio_vs_sklearn"),
+        num(r, "inertia_ratio_vs_faiss"),
+    );
+    println!(
+        "assignment: a full pass is {:.1} GFLOP; the first (full) pass ran at {:.0} GFLOP/s ({:.0}% of the {F32_PEAK_GFLOPS:.0} GFLOP/s f32 peak); later passes recompute {:.1}% of the points (Hamerly bounds), {:.0} GFLOP/s effective",
+        num(&r["ours"], "gflop_per_assignment"),
+        num(r, "full_assignment_gflops"),
+        100.0 * num(r, "full_assignment_fraction_of_f32_peak"),
+        100.0 * num(&r["ours"], "recomputed_fraction"),
+        num(&r["ours"], "effective_gflops"),
+    );
+}
