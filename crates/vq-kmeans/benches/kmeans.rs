@@ -16,9 +16,10 @@ use vq_kmeans::{KMeans, KMeansConfig};
 
 #[derive(Parser)]
 struct Args {
-    /// Folder for the data files shared with the peers.
-    #[arg(long, default_value = "target/bench/kmeans")]
-    out: PathBuf,
+    /// Folder for the data files shared with the peers [default: target/bench/kmeans in the
+    /// workspace].
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Lloyd iterations (the same for every peer).
     #[arg(long, default_value_t = 20)]
     iters: usize,
@@ -50,7 +51,11 @@ fn blobs(n: usize, d: usize, centres: usize, seed: u64) -> Array2<f32> {
 
 fn main() -> std::io::Result<()> {
     let args = Args::parse();
-    std::fs::create_dir_all(&args.out)?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/bench/kmeans")));
+    std::fs::create_dir_all(&out)?;
     for spec in args.workloads.split(',') {
         let parts: Vec<&str> = spec.split(':').collect();
         let [name, n, d, k] = parts[..] else {
@@ -59,7 +64,7 @@ fn main() -> std::io::Result<()> {
         let (n, d, k): (usize, usize, usize) =
             (n.parse().unwrap(), d.parse().unwrap(), k.parse().unwrap());
         let points = blobs(n, d, 2 * k, args.seed);
-        let path = args.out.join(format!("{name}.f32"));
+        let path = out.join(format!("{name}.f32"));
         let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
         for v in points.iter() {
             file.write_all(&v.to_le_bytes())?;
@@ -73,7 +78,7 @@ fn main() -> std::io::Result<()> {
         let started = Instant::now();
         let fit = KMeans::fit(points.view(), &config).expect("valid workload");
         let total = started.elapsed().as_secs_f64();
-        let ours = args.out.join(format!("{name}.ours.f32"));
+        let ours = out.join(format!("{name}.ours.f32"));
         let mut file = std::io::BufWriter::new(std::fs::File::create(&ours)?);
         for v in fit.centroids.iter() {
             file.write_all(&v.to_le_bytes())?;
