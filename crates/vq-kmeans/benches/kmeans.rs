@@ -51,10 +51,12 @@ fn blobs(n: usize, d: usize, centres: usize, seed: u64) -> Array2<f32> {
 
 fn main() -> std::io::Result<()> {
     let args = Args::parse();
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/bench/kmeans")));
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../target/bench/kmeans"
+        ))
+    });
     std::fs::create_dir_all(&out)?;
     for spec in args.workloads.split(',') {
         let parts: Vec<&str> = spec.split(':').collect();

@@ -1,5 +1,17 @@
-//! The LibTorch-backed VQ-VAE (encoder, vector quantizer, decoder; issue 4). For now: the
-//! device choice and the hand-over of data batches to LibTorch.
+//! The LibTorch-backed VQ-VAE: encoder, vector quantizer, decoder, with the device choice and
+//! the hand-over of data batches to LibTorch.
+
+mod config;
+mod model;
+mod nets;
+mod quantizer;
+
+pub use config::{CodebookUpdate, VqVaeConfig};
+pub use model::{load_weights, save_weights, VqVae, VqVaeOutput};
+pub use nets::{Decoder, Encoder, ResidualStack};
+pub use quantizer::{Quantized, Quantizer};
+
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -35,6 +47,14 @@ pub enum ModelError {
     NoCuda,
     #[error("LibTorch: {0}")]
     Torch(#[from] tch::TchError),
+    #[error("{0}: {1}")]
+    Io(PathBuf, String),
+    #[error("{0}: variable {1} holds NaN or infinite values")]
+    NonFinite(PathBuf, String),
+    #[error("shape: {0}")]
+    Shape(String),
+    #[error("k-means codebook initialisation: {0}")]
+    KMeans(#[from] vq_kmeans::KMeansError),
 }
 
 impl DeviceChoice {
