@@ -24,41 +24,54 @@ fn cli_info_starts_without_library_path() {
 }
 
 #[test]
-fn train_smoke_run_on_full_size_synthetic_data() {
+fn train_on_full_size_synthetic_data_from_a_config_file() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join(DIR_NAME);
     synthetic_split(50_000).save(&dir, Split::Train).unwrap();
     synthetic_split(10_000).save(&dir, Split::Test).unwrap();
+    let config = tmp.path().join("tiny.json");
+    std::fs::write(
+        &config,
+        r#"{"model": {"hidden_channels": 8, "residual_hidden_channels": 4, "residual_layers": 1,
+                      "codebook_size": 16, "code_dim": 4},
+            "steps": 3, "batch_size": 8, "kmeans_init_images": 32, "eval_every": 100}"#,
+    )
+    .unwrap();
     let out = run(
         "vq-train",
         &[
+            "--config",
+            config.to_str().unwrap(),
             "--data",
             dir.to_str().unwrap(),
-            "--steps",
-            "3",
-            "--batch-size",
-            "16",
+            "--run-dir",
+            "run",
             "--device",
             "cpu",
         ],
         tmp.path(),
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("50000 train / 10000 test images, 3 batches"),
-        "{}",
-        stdout(&out)
-    );
+    assert!(stdout(&out).contains("3 steps"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("/ 16 codes used"), "{}", stdout(&out));
+    assert!(tmp
+        .path()
+        .join("run/checkpoints/last/model.safetensors")
+        .is_file());
 }
 
 #[test]
 fn train_without_data_says_how_to_get_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = run("vq-train", &["--steps", "1"], tmp.path());
+    let out = run("vq-train", &["--steps", "1", "--run-dir", "r"], tmp.path());
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(err.contains("datasets/cifar-10-batches-bin"), "{err}");
     assert!(err.contains("cargo xtask download-cifar"), "{err}");
+    assert!(
+        !tmp.path().join("r").exists(),
+        "no half-made run folder is left"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 

@@ -2,13 +2,17 @@
 //! the hand-over of data batches to LibTorch.
 
 mod config;
+mod metrics;
 mod model;
 mod nets;
+mod picture;
 mod quantizer;
 
 pub use config::{CodebookUpdate, VqVaeConfig};
+pub use metrics::{quality, ssim_per_image, QualitySums};
 pub use model::{load_weights, save_weights, VqVae, VqVaeOutput};
 pub use nets::{Decoder, Encoder, ResidualStack};
+pub use picture::{save_grid, save_png};
 pub use quantizer::{Quantized, Quantizer};
 
 use std::path::PathBuf;

@@ -1,31 +1,55 @@
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Parser;
-use vq_data::BatchConfig;
 use vq_model::DeviceChoice;
-use vq_train::{smoke_run, SmokeConfig};
+use vq_train::{checkpoint, resume, train, TrainConfig};
 
-/// Train a VQ-VAE on CIFAR-10. (Until the model lands: a smoke run of the data pipeline.)
+/// Train a VQ-VAE on CIFAR-10. With no arguments: the default recipe on
+/// datasets/cifar-10-batches-bin, into runs/run-<time>/.
 #[derive(Parser)]
 #[command(name = "vq-train", version)]
 struct Args {
+    /// A JSON file with any TrainConfig fields (the rest take their defaults); flags below
+    /// override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The run folder [default: runs/run-<unix time>].
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Continue the run in this folder from its last checkpoint, exactly.
+    #[arg(long, conflicts_with_all = ["config", "run_dir"])]
+    resume: Option<PathBuf>,
     /// The cifar-10-batches-bin folder (`cargo xtask download-cifar` fills it).
-    #[arg(long, default_value = "datasets/cifar-10-batches-bin")]
-    data: PathBuf,
-    /// Batches to draw.
-    #[arg(long, default_value_t = 100)]
-    steps: usize,
-    #[arg(long, default_value_t = 128)]
-    batch_size: usize,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
     /// auto, cpu or cuda.
-    #[arg(long, default_value = "auto")]
-    device: DeviceChoice,
-    /// LibTorch CPU threads (default: LibTorch's choice).
+    #[arg(long)]
+    device: Option<DeviceChoice>,
+    /// LibTorch CPU threads.
     #[arg(long)]
     threads: Option<i32>,
+    #[arg(long)]
+    eval_every: Option<usize>,
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    /// Codebook size K.
+    #[arg(long)]
+    codebook_size: Option<i64>,
+    /// 4 (8×8 codes) or 2 (16×16 codes).
+    #[arg(long)]
+    downsample: Option<i64>,
+    /// Train images used for the k-means codebook initialisation (0: random codebook).
+    #[arg(long)]
+    kmeans_init_images: Option<usize>,
 }
 
 fn main() {
@@ -43,23 +67,57 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<()> {
-    if let Some(n) = args.threads {
-        tch::set_num_threads(n);
-    }
-    let report = smoke_run(&SmokeConfig {
-        data: args.data,
-        steps: args.steps,
-        batch: BatchConfig {
-            batch_size: args.batch_size,
-            seed: args.seed,
-            ..BatchConfig::default()
-        },
-        device: args.device,
-    })?;
+    let summary = if let Some(dir) = &args.resume {
+        resume(dir)?
+    } else {
+        let mut config: TrainConfig = match &args.config {
+            Some(path) => checkpoint::read_json(path)
+                .with_context(|| format!("reading the config {}", path.display()))?,
+            None => TrainConfig::default(),
+        };
+        macro_rules! set {
+            ($($field:ident).+ <- $value:expr) => {
+                if let Some(v) = $value { config.$($field).+ = v; }
+            };
+        }
+        set!(data <- args.data);
+        set!(steps <- args.steps);
+        set!(batch_size <- args.batch_size);
+        set!(lr <- args.lr);
+        set!(seed <- args.seed);
+        set!(device <- args.device);
+        set!(eval_every <- args.eval_every);
+        set!(checkpoint_every <- args.checkpoint_every);
+        set!(model.codebook_size <- args.codebook_size);
+        set!(model.downsample <- args.downsample);
+        set!(kmeans_init_images <- args.kmeans_init_images);
+        if args.threads.is_some() {
+            config.threads = args.threads;
+        }
+        let run_dir = args.run_dir.unwrap_or_else(|| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            PathBuf::from(format!("runs/run-{now}"))
+        });
+        train(config, &run_dir)?
+    };
+    let e = &summary.final_eval;
     println!(
-        "smoke run: {} train / {} test images, {} batches, {:.0} images/s to the device, mean input {:.4}",
-        report.train_images, report.test_images, report.steps, report.images_per_second, report.mean
+        "{}: {} steps in {:.0} s ({:.0} images/s); test PSNR {:.2} dB, SSIM {:.4}, MSE {:.5}, perplexity {:.1}, {} / {} codes used; best PSNR {:.2} dB at step {}",
+        summary.run_dir.display(),
+        summary.steps,
+        summary.train_seconds,
+        summary.images_per_second,
+        e.psnr,
+        e.ssim,
+        e.mse,
+        e.perplexity,
+        e.codes_used,
+        e.codebook_size,
+        summary.best_psnr,
+        summary.best_step
     );
-    println!("(the VQ-VAE model and its training loop arrive with issue 4)");
     Ok(())
 }
