@@ -43,6 +43,111 @@ pub fn peer_python(root: &Path) -> Result<PathBuf> {
     Ok(python)
 }
 
+/// A virtualenv with PyTorch 2.13.0 (CPU set) for the PyTorch reference, made on first use.
+pub fn torch_python(root: &Path) -> Result<PathBuf> {
+    let python = peer_python(root)?;
+    let ready = Command::new(&python)
+        .args([
+            "-c",
+            "import torch; assert torch.__version__.startswith('2.13.0')",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ready {
+        tracing::info!("installing PyTorch 2.13.0 (CPU set) for the reference peer");
+        cmd::run(Command::new(&python).args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "torch==2.13.0",
+            "nvidia-cuda-runtime==13.0.96",
+            "nvidia-cuda-cupti==13.0.85",
+        ]))?;
+        cmd::run(Command::new(&python).args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "typing_extensions",
+            "sympy",
+            "networkx",
+            "jinja2",
+            "fsspec",
+            "filelock",
+        ]))?;
+    }
+    Ok(python)
+}
+
+/// Training images/s of our step and the PyTorch reference's: same model, batch, threads.
+pub fn train(root: &Path, data: &Path, steps: usize, threads: usize) -> Result<()> {
+    let python = torch_python(root)?;
+    let threads_s = threads.to_string();
+    let steps_s = steps.to_string();
+    let ours = cmd::cargo(root)
+        .args([
+            "bench",
+            "-q",
+            "-p",
+            "vq-train",
+            "--bench",
+            "train_step",
+            "--",
+            "--data",
+        ])
+        .arg(data)
+        .args(["--steps", &steps_s, "--threads", &threads_s])
+        .output()
+        .context("running the training benchmark")?;
+    if !ours.status.success() {
+        bail!(
+            "training benchmark failed:\n{}",
+            String::from_utf8_lossy(&ours.stderr)
+        );
+    }
+    let peer = Command::new(&python)
+        .arg(root.join("scripts").join("vqvae_reference.py"))
+        .args(["--mode", "speed", "--data"])
+        .arg(data)
+        .args(["--steps", &steps_s, "--threads", &threads_s])
+        .env_remove("OPENBLAS_CORETYPE")
+        .env_remove("OPENBLAS_L2_SIZE")
+        .output()
+        .context("running scripts/vqvae_reference.py")?;
+    if !peer.status.success() {
+        bail!(
+            "vqvae_reference.py failed:\n{}",
+            String::from_utf8_lossy(&peer.stderr)
+        );
+    }
+    let ours = json_lines(&ours.stdout)
+        .pop()
+        .context("no figures from the training benchmark")?;
+    let peer = json_lines(&peer.stdout)
+        .pop()
+        .context("no figures from the reference")?;
+    let ratio = num(&ours, "images_per_s") / num(&peer, "images_per_s");
+    println!(
+        "\nVQ-VAE training step (default model, batch {}, {threads} threads, {steps} timed steps)",
+        ours["batch_size"]
+    );
+    println!("{:<20} {:>12}", "", "images/s");
+    println!("{:<20} {:>12.1}", "vqvae-rs", num(&ours, "images_per_s"));
+    println!(
+        "{:<20} {:>12.1}",
+        "PyTorch reference",
+        num(&peer, "images_per_s")
+    );
+    println!("ratio (ours / reference): {ratio:.2}");
+    println!(
+        "{}",
+        json!({"bench": "train", "ours": ours, "reference": peer, "ratio": ratio})
+    );
+    Ok(())
+}
+
 fn json_lines(stdout: &[u8]) -> Vec<Value> {
     String::from_utf8_lossy(stdout)
         .lines()

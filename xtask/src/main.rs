@@ -74,6 +74,18 @@ enum Bench {
         #[arg(long, default_value_t = 20)]
         iters: usize,
     },
+    /// Training images/s: ours against the plain PyTorch reference (scripts/vqvae_reference.py),
+    /// same model, batch and threads.
+    Train {
+        #[command(flatten)]
+        data: DownloadArgs,
+        /// Timed steps for each.
+        #[arg(long, default_value_t = 30)]
+        steps: usize,
+        /// CPU threads for both [default: all cores].
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// CIFAR-10 load rate from page cache (MB/s).
     Data {
         #[command(flatten)]
@@ -159,6 +171,20 @@ fn real_main() -> Result<()> {
         }
         Command::Bench { which } => match which {
             Bench::Kmeans { iters } => bench::kmeans(&root, iters)?,
+            Bench::Train {
+                data,
+                steps,
+                threads,
+            } => {
+                libtorch::ensure(&root, libtorch::CudaChoice::Auto)?;
+                let dir = download(&root, &data)?;
+                let threads = threads.unwrap_or_else(|| {
+                    std::thread::available_parallelism()
+                        .map(|n| n.get())
+                        .unwrap_or(1)
+                });
+                bench::train(&root, &dir, steps, threads)?;
+            }
             Bench::Data { data } => {
                 let dir = download(&root, &data)?;
                 cmd::run(

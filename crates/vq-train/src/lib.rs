@@ -9,4 +9,6 @@ mod trainer;
 pub use adam::Adam;
 pub use config::TrainConfig;
 pub use curves::plot as plot_curves;
-pub use trainer::{evaluate, resume, synthetic_split, to_unit, train, Evaluation, RunSummary};
+pub use trainer::{
+    evaluate, resume, synthetic_split, to_unit, train, train_step, Evaluation, RunSummary,
+};

@@ -192,22 +192,16 @@ fn run(config: TrainConfig, run_dir: &Path, from: Option<PathBuf>) -> Result<Run
         tch::manual_seed(step_seed(config.seed, step));
         let batch = batcher.next_batch(train_set.images.view(), &train_set.labels);
         let xs = images_to_tensor(&batch.images, device)?;
-        let out = model.forward(&xs);
-        let loss = out.loss.double_value(&[]);
-        if !loss.is_finite() {
+        let Some((out, restarted)) =
+            train_step(&mut model, &mut adam, &xs, config.lr_at(step), step)
+        else {
             bar.abandon();
             let kept = checkpoint::last(run_dir)
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "none yet".into());
-            bail!(
-                "the loss became {loss} at step {}; stopping (last good checkpoint: {kept})",
-                step + 1
-            );
-        }
-        adam.zero_grad();
-        out.loss.backward();
-        adam.step(config.lr_at(step));
-        let restarted = model.quantizer.update(&out.quantized, step as i64 + 1);
+            bail!("the loss became NaN or infinite at step {}; stopping (last good checkpoint: {kept})", step + 1);
+        };
+        let loss = out.loss.double_value(&[]);
         state.step += 1;
         state.batcher = batcher.state();
         state.adam_steps = adam.steps;
@@ -312,6 +306,27 @@ fn run(config: TrainConfig, run_dir: &Path, from: Option<PathBuf>) -> Result<Run
         w.write_all(text.as_bytes())
     })?;
     Ok(summary)
+}
+
+/// One optimisation step on the batch `xs` (0-based `step`): forward, backward, Adam, then the
+/// codebook's EMA update and dead-code restarts. Returns the forward pass and the number of
+/// codes restarted, or `None` (nothing updated) when the loss is not finite.
+pub fn train_step(
+    model: &mut VqVae,
+    adam: &mut Adam,
+    xs: &Tensor,
+    lr: f64,
+    step: usize,
+) -> Option<(vq_model::VqVaeOutput, i64)> {
+    let out = model.forward(xs);
+    if !out.loss.double_value(&[]).is_finite() {
+        return None;
+    }
+    adam.zero_grad();
+    out.loss.backward();
+    adam.step(lr);
+    let restarted = model.quantizer.update(&out.quantized, step as i64 + 1);
+    Some((out, restarted))
 }
 
 /// Drops the metric lines written after the checkpoint a resume starts from, so that the file

@@ -187,7 +187,7 @@ fn diverging_loss_stops_with_a_clear_message() {
     ]));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("the loss became"), "{err}");
+    assert!(err.contains("the loss became NaN or infinite"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
 

@@ -1,0 +1,66 @@
+//! Training throughput of the default model: `cargo xtask bench train` runs this beside the
+//! PyTorch reference (scripts/vqvae_reference.py) with the same batch, model and threads.
+
+use std::time::Instant;
+
+use clap::Parser;
+use tch::nn;
+use vq_data::{BatchConfig, Batcher, Cifar10, Split};
+use vq_model::{images_to_tensor, VqVae, VqVaeConfig};
+use vq_train::{train_step, Adam};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../datasets/cifar-10-batches-bin"))]
+    data: std::path::PathBuf,
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    #[arg(long)]
+    threads: Option<i32>,
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(t) = args.threads {
+        tch::set_num_threads(t);
+    }
+    let device = tch::Device::cuda_if_available();
+    let train = Cifar10::load(&args.data, Split::Train)?;
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(device);
+    let mut model = VqVae::new(vs.root(), &VqVaeConfig::default());
+    let mut adam = Adam::new(&vs);
+    let mut batcher = Batcher::new(
+        train.len(),
+        BatchConfig {
+            batch_size: args.batch_size,
+            ..BatchConfig::default()
+        },
+    )?;
+    let mut run = |steps: usize, offset: usize| -> anyhow::Result<f64> {
+        let start = Instant::now();
+        for s in 0..steps {
+            let batch = batcher.next_batch(train.images.view(), &train.labels);
+            let xs = images_to_tensor(&batch.images, device)?;
+            train_step(&mut model, &mut adam, &xs, 3e-4, offset + s)
+                .ok_or_else(|| anyhow::anyhow!("loss diverged"))?;
+        }
+        Ok(start.elapsed().as_secs_f64())
+    };
+    run(args.warmup, 0)?;
+    let seconds = run(args.steps, args.warmup)?;
+    println!(
+        "{{\"peer\":\"vqvae-rs\",\"device\":\"{device:?}\",\"threads\":{},\"batch_size\":{},\"steps\":{},\"seconds\":{seconds:.4},\"images_per_s\":{:.1}}}",
+        tch::get_num_threads(),
+        args.batch_size,
+        args.steps,
+        (args.steps * args.batch_size) as f64 / seconds
+    );
+    Ok(())
+}
