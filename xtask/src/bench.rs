@@ -43,7 +43,7 @@ pub fn peer_python(root: &Path) -> Result<PathBuf> {
     Ok(python)
 }
 
-/// A virtualenv with PyTorch 2.13.0 (CPU set) for the PyTorch reference, made on first use.
+/// A virtualenv with PyTorch 2.13.0 for the PyTorch reference, made on first use.
 pub fn torch_python(root: &Path) -> Result<PathBuf> {
     let python = peer_python(root)?;
     let ready = Command::new(&python)
@@ -54,28 +54,15 @@ pub fn torch_python(root: &Path) -> Result<PathBuf> {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ready {
-        tracing::info!("installing PyTorch 2.13.0 (CPU set) for the reference peer");
+        // Python's torch module links cuDNN, NCCL and cuBLAS even to run on the CPU, so the
+        // reference needs the full wheel set (about 4.7 GB), unlike our LibTorch.
+        tracing::info!("installing PyTorch 2.13.0 for the reference peer (about 4.7 GB)");
         cmd::run(Command::new(&python).args([
             "-m",
             "pip",
             "install",
             "--disable-pip-version-check",
-            "--no-deps",
             "torch==2.13.0",
-            "nvidia-cuda-runtime==13.0.96",
-            "nvidia-cuda-cupti==13.0.85",
-        ]))?;
-        cmd::run(Command::new(&python).args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "typing_extensions",
-            "sympy",
-            "networkx",
-            "jinja2",
-            "fsspec",
-            "filelock",
         ]))?;
     }
     Ok(python)
@@ -86,25 +73,40 @@ pub fn train(root: &Path, data: &Path, steps: usize, threads: usize) -> Result<(
     let python = torch_python(root)?;
     let threads_s = threads.to_string();
     let steps_s = steps.to_string();
-    let ours = cmd::cargo(root)
-        .args([
-            "bench",
-            "-q",
-            "-p",
-            "vq-train",
-            "--bench",
-            "train_step",
-            "--",
-            "--data",
-        ])
-        .arg(data)
-        .args(["--steps", &steps_s, "--threads", &threads_s])
-        .output()
-        .context("running the training benchmark")?;
-    if !ours.status.success() {
-        bail!(
-            "training benchmark failed:\n{}",
-            String::from_utf8_lossy(&ours.stderr)
+    let mut ours = Vec::new();
+    for compute in ["f32", "bf16"] {
+        let out = cmd::cargo(root)
+            .args([
+                "bench",
+                "-q",
+                "-p",
+                "vq-train",
+                "--bench",
+                "train_step",
+                "--",
+                "--data",
+            ])
+            .arg(data)
+            .args([
+                "--steps",
+                &steps_s,
+                "--threads",
+                &threads_s,
+                "--compute",
+                compute,
+            ])
+            .output()
+            .context("running the training benchmark")?;
+        if !out.status.success() {
+            bail!(
+                "training benchmark failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        ours.push(
+            json_lines(&out.stdout)
+                .pop()
+                .context("no figures from the training benchmark")?,
         );
     }
     let peer = Command::new(&python)
@@ -122,28 +124,40 @@ pub fn train(root: &Path, data: &Path, steps: usize, threads: usize) -> Result<(
             String::from_utf8_lossy(&peer.stderr)
         );
     }
-    let ours = json_lines(&ours.stdout)
-        .pop()
-        .context("no figures from the training benchmark")?;
     let peer = json_lines(&peer.stdout)
         .pop()
         .context("no figures from the reference")?;
-    let ratio = num(&ours, "images_per_s") / num(&peer, "images_per_s");
+    let reference = num(&peer, "images_per_s");
     println!(
         "\nVQ-VAE training step (default model, batch {}, {threads} threads, {steps} timed steps)",
-        ours["batch_size"]
+        peer["batch_size"]
     );
-    println!("{:<20} {:>12}", "", "images/s");
-    println!("{:<20} {:>12.1}", "vqvae-rs", num(&ours, "images_per_s"));
+    println!("{:<24} {:>10} {:>8}", "", "images/s", "ratio");
+    for o in &ours {
+        let name = format!(
+            "vqvae-rs ({})",
+            o["compute"].as_str().unwrap_or("?").to_lowercase()
+        );
+        println!(
+            "{name:<24} {:>10.1} {:>8.2}",
+            num(o, "images_per_s"),
+            num(o, "images_per_s") / reference
+        );
+    }
     println!(
-        "{:<20} {:>12.1}",
-        "PyTorch reference",
-        num(&peer, "images_per_s")
+        "{:<24} {:>10.1} {:>8.2}",
+        "PyTorch reference (f32)", reference, 1.0
     );
-    println!("ratio (ours / reference): {ratio:.2}");
     println!(
         "{}",
-        json!({"bench": "train", "ours": ours, "reference": peer, "ratio": ratio})
+        json!({
+            "bench": "train",
+            "ours_f32": ours[0],
+            "ours_bf16": ours[1],
+            "reference": peer,
+            "ratio_f32": num(&ours[0], "images_per_s") / reference,
+            "ratio_bf16": num(&ours[1], "images_per_s") / reference,
+        })
     );
     Ok(())
 }

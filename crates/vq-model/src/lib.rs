@@ -8,7 +8,7 @@ mod nets;
 mod picture;
 mod quantizer;
 
-pub use config::{CodebookUpdate, VqVaeConfig};
+pub use config::{native_bf16, CodebookUpdate, ComputeKind, VqVaeConfig};
 pub use metrics::{quality, ssim_per_image, QualitySums};
 pub use model::{load_weights, save_weights, VqVae, VqVaeOutput};
 pub use nets::{Decoder, Encoder, ResidualStack};

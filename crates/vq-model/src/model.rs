@@ -169,6 +169,7 @@ mod tests {
             code_dim: 4,
             codebook_update: update,
             dead_code_steps: 0,
+            compute: crate::config::ComputeKind::F32,
             ..VqVaeConfig::default()
         }
     }
@@ -202,6 +203,38 @@ mod tests {
                 .double_value(&[]);
             assert!(diff < 1e-6, "{diff}");
         }
+    }
+
+    #[test]
+    fn bf16_compute_keeps_f32_weights_outputs_and_gradients() {
+        tch::manual_seed(8);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = VqVaeConfig {
+            compute: crate::config::ComputeKind::Bf16,
+            ..tiny(CodebookUpdate::default(), 4)
+        };
+        let model = VqVae::new(vs.root(), &cfg);
+        let x = images(2);
+        let out = model.forward(&x);
+        assert_eq!(out.reconstruction.kind(), Kind::Float);
+        assert_eq!(out.reconstruction.size(), vec![2, 3, 32, 32]);
+        assert!(out.loss.double_value(&[]).is_finite());
+        out.loss.backward();
+        for (name, var) in vs.variables() {
+            assert_eq!(var.kind(), Kind::Float, "{name}");
+        }
+        let g = vs.variables()["encoder.down0.weight"].grad();
+        assert_eq!(g.kind(), Kind::Float);
+        assert!(g.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        // Same weights in f32: the bf16 reconstruction is close to it.
+        let vs32 = nn::VarStore::new(Device::Cpu);
+        let model32 = VqVae::new(vs32.root(), &tiny(CodebookUpdate::default(), 4));
+        let mut vs32 = vs32;
+        vs32.copy(&vs).unwrap();
+        let r32 = model32.decode(&model.encode(&x));
+        let r16 = model.decode(&model.encode(&x));
+        let err = (r32 - r16).abs().max().double_value(&[]);
+        assert!(err < 0.05, "{err}");
     }
 
     #[test]

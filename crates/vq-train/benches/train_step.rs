@@ -21,6 +21,9 @@ struct Args {
     batch_size: usize,
     #[arg(long)]
     threads: Option<i32>,
+    /// f32 or bf16 convolutions.
+    #[arg(long, default_value = "f32")]
+    compute: vq_model::ComputeKind,
     #[arg(long, hide = true)]
     bench: bool,
 }
@@ -34,7 +37,11 @@ fn main() -> anyhow::Result<()> {
     let train = Cifar10::load(&args.data, Split::Train)?;
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
-    let mut model = VqVae::new(vs.root(), &VqVaeConfig::default());
+    let config = VqVaeConfig {
+        compute: args.compute,
+        ..VqVaeConfig::default()
+    };
+    let mut model = VqVae::new(vs.root(), &config);
     let mut adam = Adam::new(&vs);
     let mut batcher = Batcher::new(
         train.len(),
@@ -56,7 +63,8 @@ fn main() -> anyhow::Result<()> {
     run(args.warmup, 0)?;
     let seconds = run(args.steps, args.warmup)?;
     println!(
-        "{{\"peer\":\"vqvae-rs\",\"device\":\"{device:?}\",\"threads\":{},\"batch_size\":{},\"steps\":{},\"seconds\":{seconds:.4},\"images_per_s\":{:.1}}}",
+        "{{\"peer\":\"vqvae-rs\",\"compute\":\"{:?}\",\"device\":\"{device:?}\",\"threads\":{},\"batch_size\":{},\"steps\":{},\"seconds\":{seconds:.4},\"images_per_s\":{:.1}}}",
+        args.compute,
         tch::get_num_threads(),
         args.batch_size,
         args.steps,

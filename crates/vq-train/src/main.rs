@@ -47,6 +47,9 @@ struct Args {
     /// 4 (8×8 codes) or 2 (16×16 codes).
     #[arg(long)]
     downsample: Option<i64>,
+    /// Number type of the convolutions: auto (bf16 where the CPU has native bf16), f32 or bf16.
+    #[arg(long)]
+    compute: Option<vq_model::ComputeKind>,
     /// Train images used for the k-means codebook initialisation (0: random codebook).
     #[arg(long)]
     kmeans_init_images: Option<usize>,
@@ -90,6 +93,7 @@ fn run(args: Args) -> Result<()> {
         set!(checkpoint_every <- args.checkpoint_every);
         set!(model.codebook_size <- args.codebook_size);
         set!(model.downsample <- args.downsample);
+        set!(model.compute <- args.compute);
         set!(kmeans_init_images <- args.kmeans_init_images);
         if args.threads.is_some() {
             config.threads = args.threads;
