@@ -113,7 +113,7 @@ impl Default for VqVaeConfig {
             code_dim: 64,
             commitment_cost: 0.25,
             codebook_update: CodebookUpdate::default(),
-            dead_code_steps: 200,
+            dead_code_steps: 50,
             input_range: PixelRange::MinusHalfToHalf,
             compute: ComputeKind::Auto,
         }
