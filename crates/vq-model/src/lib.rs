@@ -2,13 +2,15 @@
 //! the hand-over of data batches to LibTorch.
 
 mod config;
+mod eval;
 mod metrics;
 mod model;
 mod nets;
 mod picture;
 mod quantizer;
 
-pub use config::{native_bf16, CodebookUpdate, ComputeKind, VqVaeConfig};
+pub use config::{native_bf16, CodebookUpdate, ComputeKind, GradientEstimator, VqVaeConfig};
+pub use eval::{evaluate, evaluate_with_progress, to_unit, Evaluation};
 pub use metrics::{quality, ssim_per_image, QualitySums};
 pub use model::{load_weights, save_weights, VqVae, VqVaeOutput};
 pub use nets::{Decoder, Encoder, ResidualStack};

@@ -271,6 +271,44 @@ mod tests {
     }
 
     #[test]
+    fn rotation_trick_gives_the_code_forward_and_a_rotated_gradient_back() {
+        use crate::config::GradientEstimator;
+        tch::manual_seed(9);
+        for gradient in [
+            GradientEstimator::StraightThrough,
+            GradientEstimator::Rotation,
+        ] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let cfg = VqVaeConfig {
+                gradient,
+                ..tiny(CodebookUpdate::default(), 4)
+            };
+            let q = Quantizer::new(vs.root(), &cfg);
+            let z = (Tensor::randn([2, 4, 3, 3], (Kind::Float, Device::Cpu)) * 0.1)
+                .set_requires_grad(true);
+            let out = q.forward(&z);
+            let codes = q.embed(&out.codes);
+            // Forward: exactly the chosen codes.
+            assert_eq!(out.quantized.detach(), codes);
+            // Backward with the codes themselves as the upstream gradient.
+            (&out.quantized * &codes).sum(Kind::Float).backward();
+            let grad = z.grad();
+            let expected = match gradient {
+                GradientEstimator::StraightThrough => codes.shallow_clone(),
+                // λ·Rᵀ·e = ‖e‖²/‖z‖² · z: R maps z's direction onto e's and is orthogonal.
+                GradientEstimator::Rotation => {
+                    let e2 = codes.square().sum_dim_intlist(1, true, Kind::Float);
+                    let z2 = z.detach().square().sum_dim_intlist(1, true, Kind::Float);
+                    z.detach() * e2 / z2
+                }
+            };
+            let err = (&grad - &expected).abs().max().double_value(&[]);
+            let scale = expected.abs().max().double_value(&[]);
+            assert!(err <= 1e-4 * scale, "{gradient:?}: {err} vs {scale}");
+        }
+    }
+
+    #[test]
     fn ema_with_no_memory_moves_codes_to_their_means() {
         tch::manual_seed(3);
         let vs = nn::VarStore::new(Device::Cpu);

@@ -3,7 +3,7 @@
 
 use tch::{nn, Kind, Reduction, Tensor};
 
-use crate::config::{CodebookUpdate, VqVaeConfig};
+use crate::config::{CodebookUpdate, GradientEstimator, VqVaeConfig};
 
 #[derive(Debug)]
 pub struct Quantizer {
@@ -15,6 +15,7 @@ pub struct Quantizer {
     /// Training step at which each code was last chosen (non-trainable, saved).
     last_used: Tensor,
     update: CodebookUpdate,
+    gradient: GradientEstimator,
     commitment_cost: f64,
     dead_code_steps: usize,
 }
@@ -50,6 +51,29 @@ impl Quantized {
     }
 }
 
+/// `λ·R·z` for each row: `R` is the rotation taking the direction of `z` onto that of `e` (a
+/// Householder reflection through their bisector followed by one through `e`), `λ = ‖e‖/‖z‖`.
+/// `R` and `λ` are constants to autograd, so `∂L/∂z = λ·Rᵀ·∂L/∂e`.
+fn rotate_onto(z: &Tensor, e: &Tensor) -> Tensor {
+    const TINY: f64 = 1e-6;
+    let (r, e_dir, z_dir, scale) = {
+        let _guard = tch::no_grad_guard();
+        let z = z.detach().to_kind(Kind::Float);
+        let e = e.detach().to_kind(Kind::Float);
+        let z_norm = z.norm_scalaropt_dim(2, [1], true).clamp_min(TINY);
+        let e_norm = e.norm_scalaropt_dim(2, [1], true).clamp_min(TINY);
+        let z_dir = &z / &z_norm;
+        let e_dir = &e / &e_norm;
+        let bisector = &z_dir + &e_dir;
+        let r = &bisector / bisector.norm_scalaropt_dim(2, [1], true).clamp_min(TINY);
+        (r, e_dir, z_dir, e_norm / z_norm)
+    };
+    let z = z.to_kind(Kind::Float);
+    let along_r = (&z * &r).sum_dim_intlist(1, true, Kind::Float);
+    let along_z = (&z * &z_dir).sum_dim_intlist(1, true, Kind::Float);
+    (&z - r * along_r * 2.0 + e_dir * along_z * 2.0) * scale
+}
+
 impl Quantizer {
     pub fn new(vs: nn::Path<'_>, cfg: &VqVaeConfig) -> Self {
         let (k, d) = (cfg.codebook_size, cfg.code_dim);
@@ -78,6 +102,7 @@ impl Quantizer {
             ema_sum,
             last_used: vs.zeros_no_train("last_used", &[k]),
             update: cfg.codebook_update,
+            gradient: cfg.gradient,
             commitment_cost: cfg.commitment_cost,
             dead_code_steps: cfg.dead_code_steps,
         }
@@ -130,9 +155,18 @@ impl Quantizer {
                 &Tensor::ones([codes_flat.size()[0]], (Kind::Float, z.device())),
             )
         };
-        let straight_through = z + (&quantized - z).detach();
+        let quantized = match self.gradient {
+            GradientEstimator::StraightThrough => z + (&quantized - z).detach(),
+            GradientEstimator::Rotation => {
+                let rotated = rotate_onto(&flat, &quantized.permute([0, 2, 3, 1]).reshape([-1, d]));
+                let rotated = rotated.view([b, h, w, d]).permute([0, 3, 1, 2]);
+                // The forward value is the code itself, bit for bit; only the gradient is
+                // the rotation's.
+                &rotated - rotated.detach() + quantized.detach()
+            }
+        };
         Quantized {
-            quantized: straight_through,
+            quantized,
             codes: codes_flat.view([b, h, w]),
             commitment_loss,
             codebook_loss,

@@ -9,6 +9,5 @@ mod trainer;
 pub use adam::Adam;
 pub use config::TrainConfig;
 pub use curves::plot as plot_curves;
-pub use trainer::{
-    evaluate, resume, synthetic_split, to_unit, train, train_step, Evaluation, RunSummary,
-};
+pub use trainer::{resume, synthetic_split, train, train_step, RunSummary};
+pub use vq_model::{evaluate, to_unit, Evaluation};

@@ -50,6 +50,12 @@ struct Args {
     /// Number type of the convolutions: auto (bf16 where the CPU has native bf16), f32 or bf16.
     #[arg(long)]
     compute: Option<vq_model::ComputeKind>,
+    /// Gradient through the code lookup: straight_through (default) or rotation.
+    #[arg(long)]
+    gradient: Option<vq_model::GradientEstimator>,
+    /// Weight of the commitment loss β.
+    #[arg(long)]
+    commitment_cost: Option<f64>,
     /// Train images used for the k-means codebook initialisation (0: random codebook).
     #[arg(long)]
     kmeans_init_images: Option<usize>,
@@ -94,6 +100,8 @@ fn run(args: Args) -> Result<()> {
         set!(model.codebook_size <- args.codebook_size);
         set!(model.downsample <- args.downsample);
         set!(model.compute <- args.compute);
+        set!(model.gradient <- args.gradient);
+        set!(model.commitment_cost <- args.commitment_cost);
         set!(kmeans_init_images <- args.kmeans_init_images);
         if args.threads.is_some() {
             config.threads = args.threads;

@@ -11,31 +11,13 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
 use serde_json::json;
-use tch::{nn, Device, Kind, Tensor};
-use vq_data::{
-    gather, BatchConfig, BatchIndices, Batcher, Cifar10, LoadOptions, PixelRange, Split,
-};
-use vq_model::{images_to_tensor, quality, save_grid, QualitySums, VqVae};
+use tch::{nn, Device, Tensor};
+use vq_data::{gather, BatchConfig, BatchIndices, Batcher, Cifar10, LoadOptions, Split};
+use vq_model::{evaluate, images_to_tensor, save_grid, Evaluation, VqVae};
 
 use crate::adam::Adam;
 use crate::checkpoint::{self, RunState};
 use crate::config::TrainConfig;
-
-/// Figures of one evaluation on the test split.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Evaluation {
-    pub step: usize,
-    pub images: i64,
-    pub mse: f64,
-    pub psnr: f64,
-    pub ssim: f64,
-    /// `exp(entropy)` of the code usage over all evaluated images.
-    pub perplexity: f64,
-    pub codes_used: i64,
-    pub codebook_size: i64,
-    /// Training seconds when it was taken.
-    pub elapsed_s: f64,
-}
 
 /// What a finished run reports.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -47,12 +29,6 @@ pub struct RunSummary {
     pub best_step: usize,
     pub train_seconds: f64,
     pub images_per_second: f64,
-}
-
-/// Maps model-range tensors to `[0, 1]` pixels.
-pub fn to_unit(t: &Tensor, range: PixelRange) -> Tensor {
-    let (scale, offset) = range.scale_offset();
-    (t - offset as f64) / (scale as f64 * 255.0)
 }
 
 /// Per-step seed of LibTorch's generator (dead-code restarts draw from it), so that a resumed
@@ -437,53 +413,6 @@ fn init_codebook(
         started.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// MSE, PSNR, SSIM (on `[0, 1]` pixels), perplexity and code usage over the first `count`
-/// test images.
-pub fn evaluate(
-    model: &VqVae,
-    test: &Cifar10,
-    count: usize,
-    device: Device,
-    step: usize,
-    elapsed_s: f64,
-) -> Result<Evaluation> {
-    let _guard = tch::no_grad_guard();
-    let range = model.config.input_range;
-    let k = model.config.codebook_size;
-    let mut sums = QualitySums::default();
-    let mut counts = Tensor::zeros([k], (Kind::Float, device));
-    let chunk = 500;
-    for start in (0..count).step_by(chunk) {
-        let end = (start + chunk).min(count);
-        let batch = BatchIndices {
-            indices: (start..end).collect(),
-            flips: vec![false; end - start],
-        };
-        let xs = images_to_tensor(&gather(test.images.view(), &batch, range), device)?;
-        let out = model.forward(&xs);
-        sums.add(&quality(
-            &to_unit(&out.reconstruction, range),
-            &to_unit(&xs, range),
-        ));
-        counts += &out.quantized.counts;
-    }
-    let p = &counts / counts.sum(Kind::Float).clamp_min(1.0);
-    let perplexity = (-(&p * (&p + 1e-10).log()).sum(Kind::Float))
-        .exp()
-        .double_value(&[]);
-    Ok(Evaluation {
-        step,
-        images: sums.images,
-        mse: sums.mean_mse(),
-        psnr: sums.mean_psnr(),
-        ssim: sums.mean_ssim(),
-        perplexity,
-        codes_used: counts.gt(0.0).sum(Kind::Int64).int64_value(&[]),
-        codebook_size: k,
-        elapsed_s,
-    })
 }
 
 /// The first 32 test images, in rows of 8, each row followed by its reconstructions.

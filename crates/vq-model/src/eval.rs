@@ -1,0 +1,91 @@
+//! Reconstruction quality of a model over a CIFAR-10 split.
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+use vq_data::{gather, BatchIndices, Cifar10, PixelRange};
+
+use crate::metrics::{quality, QualitySums};
+use crate::{images_to_tensor, ModelError, VqVae};
+
+/// Figures of one evaluation on the test split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub step: usize,
+    pub images: i64,
+    pub mse: f64,
+    pub psnr: f64,
+    pub ssim: f64,
+    /// `exp(entropy)` of the code usage over all evaluated images.
+    pub perplexity: f64,
+    pub codes_used: i64,
+    pub codebook_size: i64,
+    /// Training seconds when it was taken.
+    pub elapsed_s: f64,
+}
+
+/// Maps model-range tensors to `[0, 1]` pixels.
+pub fn to_unit(t: &Tensor, range: PixelRange) -> Tensor {
+    let (scale, offset) = range.scale_offset();
+    (t - offset as f64) / (scale as f64 * 255.0)
+}
+
+/// MSE, PSNR, SSIM (on `[0, 1]` pixels), perplexity and code usage over the first `count`
+/// test images.
+pub fn evaluate(
+    model: &VqVae,
+    test: &Cifar10,
+    count: usize,
+    device: Device,
+    step: usize,
+    elapsed_s: f64,
+) -> Result<Evaluation, ModelError> {
+    evaluate_with_progress(model, test, count, device, step, elapsed_s, |_| {})
+}
+
+/// [`evaluate`], calling `progress` with the number of images done after each chunk.
+pub fn evaluate_with_progress(
+    model: &VqVae,
+    test: &Cifar10,
+    count: usize,
+    device: Device,
+    step: usize,
+    elapsed_s: f64,
+    mut progress: impl FnMut(usize),
+) -> Result<Evaluation, ModelError> {
+    let _guard = tch::no_grad_guard();
+    let range = model.config.input_range;
+    let k = model.config.codebook_size;
+    let mut sums = QualitySums::default();
+    let mut counts = Tensor::zeros([k], (Kind::Float, device));
+    let chunk = 500;
+    for start in (0..count).step_by(chunk) {
+        let end = (start + chunk).min(count);
+        let batch = BatchIndices {
+            indices: (start..end).collect(),
+            flips: vec![false; end - start],
+        };
+        let xs = images_to_tensor(&gather(test.images.view(), &batch, range), device)?;
+        let out = model.forward(&xs);
+        sums.add(&quality(
+            &to_unit(&out.reconstruction, range),
+            &to_unit(&xs, range),
+        ));
+        counts += &out.quantized.counts;
+        progress(end);
+    }
+    let p = &counts / counts.sum(Kind::Float).clamp_min(1.0);
+    let perplexity = (-(&p * (&p + 1e-10).log()).sum(Kind::Float))
+        .exp()
+        .double_value(&[]);
+    Ok(Evaluation {
+        step,
+        images: sums.images,
+        mse: sums.mean_mse(),
+        psnr: sums.mean_psnr(),
+        ssim: sums.mean_ssim(),
+        perplexity,
+        codes_used: counts.gt(0.0).sum(Kind::Int64).int64_value(&[]),
+        codebook_size: k,
+        elapsed_s,
+    })
+}
