@@ -20,7 +20,11 @@ fn cli_info_starts_without_library_path() {
     let tmp = tempfile::tempdir().unwrap();
     let out = run("vq-cli", &["info", "--device", "cpu"], tmp.path());
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("device: Cpu"), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("device       Cpu") && text.contains("models/cifar10-default"),
+        "{text}"
+    );
 }
 
 #[test]

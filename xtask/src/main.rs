@@ -1,6 +1,7 @@
 //! The project's automation, in Rust: `cargo xtask <command>` (see `cargo xtask --help`).
 
 mod bench;
+mod bundle;
 mod cmd;
 mod download;
 mod libtorch;
@@ -44,6 +45,20 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Reconstruction figures (MSE, PSNR, SSIM, perplexity, codes used) of a run or checkpoint
+    /// on the CIFAR-10 test split: set-up, data, then `vq-cli eval`.
+    Eval {
+        /// A run folder or checkpoint folder [default: the bundled model].
+        run_dir: Option<PathBuf>,
+        #[command(flatten)]
+        data: DownloadArgs,
+        /// Arguments passed on to `vq-cli eval` (e.g. --json, --limit N).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Copy a finished run's last checkpoint, figures and pictures into models/cifar10-default/,
+    /// the model vq-cli uses by default.
+    BundleModel { run_dir: PathBuf },
     /// Benchmarks, each printing a table and a final JSON line.
     Bench {
         #[command(subcommand)]
@@ -169,6 +184,22 @@ fn real_main() -> Result<()> {
                     .args(&args),
             )?;
         }
+        Command::Eval {
+            run_dir,
+            data,
+            args,
+        } => {
+            libtorch::ensure(&root, libtorch::CudaChoice::Auto)?;
+            let dir = download(&root, &data)?;
+            let mut command = cmd::cargo(&root);
+            command.args(["run", "--release", "-p", "vq-cli", "--", "eval", "--data"]);
+            command.arg(&dir);
+            if let Some(run) = run_dir {
+                command.arg("--checkpoint").arg(std::path::absolute(run)?);
+            }
+            cmd::run(command.args(&args))?;
+        }
+        Command::BundleModel { run_dir } => bundle::run(&root, &run_dir)?,
         Command::Bench { which } => match which {
             Bench::Kmeans { iters } => bench::kmeans(&root, iters)?,
             Bench::Train {

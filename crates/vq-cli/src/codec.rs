@@ -1,0 +1,204 @@
+//! Images of any size to code grids and back, in overlapping tiles so that memory stays bounded.
+//!
+//! The code grid covers the image padded (by repeating its edge pixels) to a multiple of the
+//! downsampling factor. Encoding and decoding each run the network on tiles of
+//! `tile` × `tile` codes plus a `halo` of context on every side and keep only the tile's core:
+//! with a halo as wide as the network's reach, the result equals one pass over the whole image.
+//! An image that fits in one tile takes one pass and no halo. Reconstruction is *defined* as
+//! `decode(encode(image))`, so a `.vqz` file decodes to exactly what `reconstruct` writes.
+
+use image::RgbImage;
+use tch::{Device, Kind, Tensor};
+use vq_codes::{grid_side, Colour};
+use vq_model::VqVae;
+
+/// Tiling of the code grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tiling {
+    /// Side of a tile's core, in codes.
+    pub tile: u32,
+    /// Codes of context added on each side of a tile.
+    pub halo: u32,
+}
+
+impl Default for Tiling {
+    /// 64 codes = 256 pixels at 4× downsampling; a 6-code (24-pixel) halo covers the reach of
+    /// the default encoder (34-pixel receptive field) and decoder.
+    fn default() -> Self {
+        Tiling { tile: 64, halo: 6 }
+    }
+}
+
+/// A code grid, row-major.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeGrid {
+    pub width: u32,
+    pub height: u32,
+    pub codes: Vec<u32>,
+}
+
+/// The model plus how to run it over big images.
+#[derive(Debug)]
+pub struct Codec<'a> {
+    pub model: &'a VqVae,
+    pub device: Device,
+    pub tiling: Tiling,
+}
+
+/// `[start, end)` of each tile core and of its window with halo, along one axis of `len` codes.
+fn spans(len: u32, tiling: Tiling) -> Vec<((u32, u32), (u32, u32))> {
+    if len <= tiling.tile {
+        return vec![((0, len), (0, len))];
+    }
+    (0..len)
+        .step_by(tiling.tile as usize)
+        .map(|start| {
+            let end = (start + tiling.tile).min(len);
+            let window = (
+                start.saturating_sub(tiling.halo),
+                (end + tiling.halo).min(len),
+            );
+            ((start, end), window)
+        })
+        .collect()
+}
+
+impl Codec<'_> {
+    fn factor(&self) -> u32 {
+        self.model.config.downsample as u32
+    }
+
+    /// Codes along each side for a `width` × `height` image.
+    pub fn grid_size(&self, width: u32, height: u32) -> (u32, u32) {
+        let f = self.factor() as u8;
+        (grid_side(width, f), grid_side(height, f))
+    }
+
+    /// The model-range `(1, 3, h, w)` tensor of pixels `[x0, x1) × [y0, y1)`, edge pixels
+    /// repeated beyond the image.
+    fn window_pixels(&self, img: &RgbImage, (x0, x1): (u32, u32), (y0, y1): (u32, u32)) -> Tensor {
+        let range = self.model.config.input_range;
+        let (w, h) = (x1 - x0, y1 - y0);
+        let mut data = vec![0f32; 3 * (w * h) as usize];
+        let plane = (w * h) as usize;
+        for y in 0..h {
+            let sy = (y0 + y).min(img.height() - 1);
+            for x in 0..w {
+                let sx = (x0 + x).min(img.width() - 1);
+                let p = img.get_pixel(sx, sy).0;
+                let i = (y * w + x) as usize;
+                for c in 0..3 {
+                    data[c * plane + i] = range.from_byte(p[c]);
+                }
+            }
+        }
+        Tensor::from_slice(&data)
+            .view([1, 3, h as i64, w as i64])
+            .to_device(self.device)
+    }
+
+    pub fn encode(&self, img: &RgbImage) -> CodeGrid {
+        let _guard = tch::no_grad_guard();
+        let f = self.factor();
+        let (gw, gh) = self.grid_size(img.width(), img.height());
+        let mut codes = vec![0u32; (gw * gh) as usize];
+        for ((cy0, cy1), (wy0, wy1)) in spans(gh, self.tiling) {
+            for ((cx0, cx1), (wx0, wx1)) in spans(gw, self.tiling) {
+                let xs = self.window_pixels(img, (wx0 * f, wx1 * f), (wy0 * f, wy1 * f));
+                let window = self.model.encode(&xs).to_device(Device::Cpu);
+                let window = window
+                    .narrow(1, (cy0 - wy0) as i64, (cy1 - cy0) as i64)
+                    .narrow(2, (cx0 - wx0) as i64, (cx1 - cx0) as i64)
+                    .contiguous();
+                let core = Vec::<i64>::try_from(window.flatten(0, -1))
+                    .expect("codes are a CPU i64 tensor");
+                let cw = (cx1 - cx0) as usize;
+                for (row, chunk) in core.chunks(cw).enumerate() {
+                    let start = (cy0 as usize + row) * gw as usize + cx0 as usize;
+                    for (dst, &src) in codes[start..start + cw].iter_mut().zip(chunk) {
+                        *dst = src as u32;
+                    }
+                }
+            }
+        }
+        CodeGrid {
+            width: gw,
+            height: gh,
+            codes,
+        }
+    }
+
+    /// The `width` × `height` image the codes stand for.
+    pub fn decode(&self, grid: &CodeGrid, width: u32, height: u32) -> RgbImage {
+        let _guard = tch::no_grad_guard();
+        let f = self.factor();
+        let range = self.model.config.input_range;
+        let (scale, offset) = range.scale_offset();
+        let mut out = RgbImage::new(width, height);
+        let all = Tensor::from_slice(&grid.codes.iter().map(|&c| c as i64).collect::<Vec<_>>())
+            .view([1, grid.height as i64, grid.width as i64]);
+        for ((cy0, cy1), (wy0, wy1)) in spans(grid.height, self.tiling) {
+            for ((cx0, cx1), (wx0, wx1)) in spans(grid.width, self.tiling) {
+                let window = all
+                    .narrow(1, wy0 as i64, (wy1 - wy0) as i64)
+                    .narrow(2, wx0 as i64, (wx1 - wx0) as i64)
+                    .to_device(self.device);
+                let pixels = self.model.decode(&window);
+                let bytes = ((pixels.to_device(Device::Cpu).to_kind(Kind::Float) - offset as f64)
+                    / scale as f64)
+                    .round()
+                    .clamp(0.0, 255.0)
+                    .to_kind(Kind::Uint8)
+                    .squeeze_dim(0)
+                    .permute([1, 2, 0])
+                    .contiguous();
+                let ww = ((wx1 - wx0) * f) as usize;
+                let bytes =
+                    Vec::<u8>::try_from(bytes.flatten(0, -1)).expect("pixels are a CPU u8 tensor");
+                for y in cy0 * f..(cy1 * f).min(height) {
+                    for x in cx0 * f..(cx1 * f).min(width) {
+                        let i = (((y - wy0 * f) as usize) * ww + (x - wx0 * f) as usize) * 3;
+                        out.put_pixel(x, y, image::Rgb([bytes[i], bytes[i + 1], bytes[i + 2]]));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// An input image as the model sees it.
+#[derive(Debug, Clone)]
+pub struct LoadedImage {
+    /// RGB; transparent pixels composited over white.
+    pub rgb: RgbImage,
+    /// Grayscale inputs are written back as grayscale.
+    pub colour: Colour,
+    pub had_alpha: bool,
+}
+
+/// Writes `img` as a PNG of the input's colour type, through a temporary file.
+pub fn encode_png(img: &RgbImage, colour: Colour) -> Result<Vec<u8>, image::ImageError> {
+    let dynamic = image::DynamicImage::ImageRgb8(img.clone());
+    let dynamic = match colour {
+        Colour::Rgb => dynamic,
+        Colour::Gray => image::DynamicImage::ImageLuma8(dynamic.to_luma8()),
+    };
+    let mut bytes = Vec::new();
+    dynamic.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )?;
+    Ok(bytes)
+}
+
+/// What a written image looks like when read back as RGB (grayscale repeated).
+pub fn as_written(img: &RgbImage, colour: Colour) -> RgbImage {
+    match colour {
+        Colour::Rgb => img.clone(),
+        Colour::Gray => {
+            image::DynamicImage::ImageLuma8(image::DynamicImage::ImageRgb8(img.clone()).to_luma8())
+                .to_rgb8()
+        }
+    }
+}

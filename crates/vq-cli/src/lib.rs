@@ -1,0 +1,248 @@
+//! The logic behind `vq-cli`: opening checkpoints, reading images, tiled encoding and
+//! decoding, and the `.vqz` files.
+
+pub mod checkpoint;
+pub mod codec;
+
+use std::path::{Path, PathBuf};
+
+use image::RgbImage;
+use tch::{Kind, Tensor};
+use vq_codes::{CodeFile, Colour};
+
+pub use checkpoint::{Checkpoint, CheckpointError};
+pub use codec::{CodeGrid, Codec, LoadedImage, Tiling};
+
+/// Largest image side accepted: a 20,000-pixel-wide header is refused before anything is
+/// allocated; 16,384 × 16,384 RGB is 0.8 GB of pixels.
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+
+/// File extensions taken when a folder is given.
+pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("{0}: no such file")]
+    Missing(PathBuf),
+    #[error("{0}: {1}")]
+    Unreadable(PathBuf, String),
+    #[error("{0}: not an image in a format this tool reads (PNG, JPEG, GIF, BMP, TIFF, WebP)")]
+    NotAnImage(PathBuf),
+    #[error("{0}: the image is damaged or unsupported: {1}")]
+    Corrupt(PathBuf, String),
+    #[error("{path}: {width}×{height} pixels is too large (at most {MAX_IMAGE_SIDE} a side)")]
+    TooLarge {
+        path: PathBuf,
+        width: u32,
+        height: u32,
+    },
+    #[error("{0}: the image has no pixels (0 wide or 0 high)")]
+    Empty(PathBuf),
+}
+
+/// Reads an image file: format from its content, size checked from the header before decoding.
+pub fn load_image(path: &Path) -> Result<LoadedImage, InputError> {
+    if !path.is_file() {
+        return Err(InputError::Missing(path.to_path_buf()));
+    }
+    // The content decides the format, not the extension: a text file named .png is "not an
+    // image", not "a damaged PNG".
+    let mut head = Vec::with_capacity(64);
+    std::fs::File::open(path)
+        .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, 64), &mut head))
+        .map_err(|e| InputError::Unreadable(path.to_path_buf(), e.to_string()))?;
+    let format =
+        image::guess_format(&head).map_err(|_| InputError::NotAnImage(path.to_path_buf()))?;
+    let open = || -> Result<image::ImageReader<_>, InputError> {
+        let mut reader = image::ImageReader::open(path)
+            .map_err(|e| InputError::Unreadable(path.to_path_buf(), e.to_string()))?;
+        reader.set_format(format);
+        Ok(reader)
+    };
+    let reader = open()?;
+    let (width, height) = reader
+        .into_dimensions()
+        .map_err(|e| InputError::Corrupt(path.to_path_buf(), e.to_string()))?;
+    if width == 0 || height == 0 {
+        return Err(InputError::Empty(path.to_path_buf()));
+    }
+    if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
+        return Err(InputError::TooLarge {
+            path: path.to_path_buf(),
+            width,
+            height,
+        });
+    }
+    let mut reader = open()?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(4 << 30);
+    reader.limits(limits);
+    let img = reader
+        .decode()
+        .map_err(|e| InputError::Corrupt(path.to_path_buf(), e.to_string()))?;
+    let colour = if img.color().has_color() {
+        Colour::Rgb
+    } else {
+        Colour::Gray
+    };
+    let had_alpha = img.color().has_alpha();
+    let rgb = if had_alpha {
+        // Transparent pixels are shown over white, as image viewers do.
+        let rgba = img.to_rgba8();
+        let mut rgb = RgbImage::new(rgba.width(), rgba.height());
+        for (dst, src) in rgb.pixels_mut().zip(rgba.pixels()) {
+            let a = src.0[3] as u32;
+            for c in 0..3 {
+                dst.0[c] = ((src.0[c] as u32 * a + 255 * (255 - a) + 127) / 255) as u8;
+            }
+        }
+        rgb
+    } else {
+        img.to_rgb8()
+    };
+    Ok(LoadedImage {
+        rgb,
+        colour,
+        had_alpha,
+    })
+}
+
+/// PSNR (dB, on `[0, 1]` pixels) and SSIM of `output` against `original`; SSIM needs at least
+/// 11 pixels a side (its window) and is `None` below that.
+pub fn compare(original: &RgbImage, output: &RgbImage) -> (f64, Option<f64>) {
+    let _guard = tch::no_grad_guard();
+    let to_tensor = |img: &RgbImage| {
+        Tensor::from_slice(img.as_raw())
+            .view([1, img.height() as i64, img.width() as i64, 3])
+            .permute([0, 3, 1, 2])
+            .to_kind(Kind::Float)
+            / 255.0
+    };
+    let (a, b) = (to_tensor(original), to_tensor(output));
+    if original.width() >= 11 && original.height() >= 11 {
+        let q = vq_model::quality(&b, &a);
+        (q.mean_psnr(), Some(q.mean_ssim()))
+    } else {
+        let mse = (&a - &b).square().mean(Kind::Float).double_value(&[]);
+        (-10.0 * mse.max(1e-10).log10(), None)
+    }
+}
+
+/// The `.vqz` file for `grid`, made by `checkpoint` from a `width` × `height` image.
+pub fn code_file(
+    checkpoint: &Checkpoint,
+    grid: &CodeGrid,
+    width: u32,
+    height: u32,
+    colour: Colour,
+) -> CodeFile {
+    CodeFile {
+        model_id: checkpoint.model_id,
+        colour,
+        downsample: checkpoint.config.downsample as u8,
+        width,
+        height,
+        grid_width: grid.width,
+        grid_height: grid.height,
+        codebook_size: checkpoint.config.codebook_size as u32,
+        codes: grid.codes.clone(),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodeFileMismatch {
+    #[error("{file}: made by model {file_model}, but the checkpoint {checkpoint} is model {checkpoint_model}; decode it with the checkpoint that encoded it (--checkpoint)")]
+    OtherModel {
+        file: PathBuf,
+        file_model: String,
+        checkpoint: PathBuf,
+        checkpoint_model: String,
+    },
+}
+
+/// Refuses a code file made by another model.
+pub fn check_code_file(
+    path: &Path,
+    file: &CodeFile,
+    checkpoint: &Checkpoint,
+) -> Result<(), CodeFileMismatch> {
+    if file.model_id != checkpoint.model_id {
+        return Err(CodeFileMismatch::OtherModel {
+            file: path.to_path_buf(),
+            file_model: checkpoint::hex(&file.model_id),
+            checkpoint: checkpoint.dir.clone(),
+            checkpoint_model: checkpoint::hex(&checkpoint.model_id),
+        });
+    }
+    // Same weights imply the same K and downsampling; checked anyway for a clear message
+    // should the id ever collide.
+    debug_assert_eq!(file.codebook_size as i64, checkpoint.config.codebook_size);
+    Ok(())
+}
+
+/// Collects the images to process: files as given, folders searched recursively for image
+/// extensions (skipping this tool's own `.recon.png` outputs).
+pub fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<PathBuf>, InputError> {
+    let mut out = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut found = Vec::new();
+            walk(path, &mut found)?;
+            found.sort();
+            out.extend(found);
+        } else {
+            out.push(path.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), InputError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| InputError::Unreadable(dir.to_path_buf(), e.to_string()))?;
+    for entry in entries {
+        let path = entry
+            .map_err(|e| InputError::Unreadable(dir.to_path_buf(), e.to_string()))?
+            .path();
+        if path.is_dir() {
+            walk(&path, out)?;
+            continue;
+        }
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_lowercase();
+        let is_image = path
+            .extension()
+            .map(|e| IMAGE_EXTENSIONS.contains(&e.to_string_lossy().to_lowercase().as_str()))
+            .unwrap_or(false);
+        if is_image && !name.ends_with(".recon.png") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// `dir/NAME.suffix` for input `NAME.ext` (beside the input when `dir` is `None`).
+pub fn output_path(input: &Path, dir: Option<&Path>, suffix: &str) -> PathBuf {
+    let stem = input.file_stem().unwrap_or_default().to_string_lossy();
+    let name = format!("{stem}.{suffix}");
+    match dir {
+        Some(d) => d.join(name),
+        None => input.with_file_name(name),
+    }
+}
+
+/// Whether `a` and `b` name the same file (both must exist to be the same).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;

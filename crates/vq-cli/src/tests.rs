@@ -1,0 +1,214 @@
+use super::*;
+use tch::{nn, Device};
+use vq_model::{ComputeKind, VqVae, VqVaeConfig};
+
+fn tiny_model(vs: &nn::VarStore) -> VqVae {
+    let cfg = VqVaeConfig {
+        hidden_channels: 8,
+        residual_hidden_channels: 4,
+        residual_layers: 1,
+        codebook_size: 16,
+        code_dim: 4,
+        compute: ComputeKind::F32,
+        ..VqVaeConfig::default()
+    };
+    VqVae::new(vs.root(), &cfg)
+}
+
+/// A smooth colourful test picture (so that codes vary across it).
+fn picture(width: u32, height: u32) -> RgbImage {
+    RgbImage::from_fn(width, height, |x, y| {
+        let v = |a: f32| ((a.sin() * 0.5 + 0.5) * 255.0) as u8;
+        image::Rgb([
+            v(x as f32 * 0.21),
+            v(y as f32 * 0.17 + 1.0),
+            v((x + y) as f32 * 0.09 + 2.0),
+        ])
+    })
+}
+
+#[test]
+fn tiles_with_a_wide_halo_equal_one_pass() {
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = tiny_model(&vs);
+    let img = picture(75, 53); // 19 × 14 codes, neither a multiple of 4 pixels
+    let whole = Codec {
+        model: &model,
+        device: Device::Cpu,
+        tiling: Tiling {
+            tile: 1000,
+            halo: 0,
+        },
+    };
+    let tiled = Codec {
+        tiling: Tiling { tile: 4, halo: 6 },
+        ..whole
+    };
+    let g1 = whole.encode(&img);
+    let g2 = tiled.encode(&img);
+    assert_eq!((g1.width, g1.height), (19, 14));
+    let same = g1
+        .codes
+        .iter()
+        .zip(&g2.codes)
+        .filter(|(a, b)| a == b)
+        .count();
+    assert!(
+        same as f64 >= 0.99 * g1.codes.len() as f64,
+        "{same} of {} codes agree",
+        g1.codes.len()
+    );
+    let (d1, d2) = (whole.decode(&g1, 75, 53), tiled.decode(&g1, 75, 53));
+    assert_eq!(d1.dimensions(), (75, 53));
+    let worst = d1
+        .as_raw()
+        .iter()
+        .zip(d2.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(worst <= 1, "tiled decoding differs by {worst}");
+    // Without a halo the tile borders show.
+    let no_halo = Codec {
+        tiling: Tiling { tile: 4, halo: 0 },
+        ..whole
+    };
+    assert_ne!(no_halo.decode(&g1, 75, 53), d1);
+}
+
+#[test]
+fn a_small_image_is_exactly_the_models_forward_pass() {
+    tch::manual_seed(1);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = tiny_model(&vs);
+    let img = picture(32, 32);
+    let codec = Codec {
+        model: &model,
+        device: Device::Cpu,
+        tiling: Tiling::default(),
+    };
+    let grid = codec.encode(&img);
+    let recon = codec.decode(&grid, 32, 32);
+    let range = model.config.input_range;
+    let xs = Tensor::from_slice(
+        &img.as_raw()
+            .iter()
+            .map(|&b| range.from_byte(b))
+            .collect::<Vec<_>>(),
+    )
+    .view([1, 32, 32, 3])
+    .permute([0, 3, 1, 2]);
+    let codes = model.encode(&xs);
+    let expected: Vec<u32> = Vec::<i64>::try_from(codes.flatten(0, -1))
+        .unwrap()
+        .into_iter()
+        .map(|c| c as u32)
+        .collect();
+    assert_eq!(grid.codes, expected);
+    let pixels = model
+        .decode(&codes)
+        .squeeze_dim(0)
+        .permute([1, 2, 0])
+        .contiguous();
+    let pixels = Vec::<f32>::try_from(pixels.flatten(0, -1)).unwrap();
+    let bytes: Vec<u8> = pixels.iter().map(|&v| range.to_byte(v)).collect();
+    assert_eq!(recon.as_raw(), &bytes);
+}
+
+#[test]
+fn odd_and_tiny_sizes_come_back_at_their_size() {
+    tch::manual_seed(2);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = tiny_model(&vs);
+    let codec = Codec {
+        model: &model,
+        device: Device::Cpu,
+        tiling: Tiling::default(),
+    };
+    for (w, h) in [(1, 1), (1, 9), (7, 3), (33, 31)] {
+        let img = picture(w, h);
+        let grid = codec.encode(&img);
+        assert_eq!((grid.width, grid.height), (w.div_ceil(4), h.div_ceil(4)));
+        assert_eq!(codec.decode(&grid, w, h).dimensions(), (w, h));
+    }
+}
+
+#[test]
+fn images_load_with_their_colour_and_bad_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let gray = dir.path().join("gray.png");
+    image::GrayImage::from_fn(13, 7, |x, _| image::Luma([x as u8 * 10]))
+        .save(&gray)
+        .unwrap();
+    let loaded = load_image(&gray).unwrap();
+    assert_eq!(loaded.colour, Colour::Gray);
+    assert_eq!(loaded.rgb.get_pixel(5, 3).0, [50, 50, 50]);
+
+    let rgba = dir.path().join("rgba.png");
+    image::RgbaImage::from_fn(4, 4, |x, _| {
+        image::Rgba([0, 0, 0, if x < 2 { 0 } else { 255 }])
+    })
+    .save(&rgba)
+    .unwrap();
+    let loaded = load_image(&rgba).unwrap();
+    assert!(loaded.had_alpha);
+    assert_eq!(loaded.rgb.get_pixel(0, 0).0, [255, 255, 255]); // transparent → white
+    assert_eq!(loaded.rgb.get_pixel(3, 0).0, [0, 0, 0]);
+
+    let text = dir.path().join("notes.png");
+    std::fs::write(&text, "just some text").unwrap();
+    assert!(matches!(load_image(&text), Err(InputError::NotAnImage(p)) if p == text));
+    let empty = dir.path().join("empty.jpg");
+    std::fs::write(&empty, "").unwrap();
+    assert!(load_image(&empty).is_err());
+    let missing = dir.path().join("nope.png");
+    assert!(matches!(load_image(&missing), Err(InputError::Missing(_))));
+
+    // A PNG header claiming 20000 × 20000 pixels is refused before decoding.
+    let mut huge = Vec::new();
+    image::RgbImage::new(1, 1)
+        .write_to(
+            &mut std::io::Cursor::new(&mut huge),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    huge[16..20].copy_from_slice(&20_000u32.to_be_bytes());
+    huge[20..24].copy_from_slice(&20_000u32.to_be_bytes());
+    let path = dir.path().join("huge.png");
+    std::fs::write(&path, &huge).unwrap();
+    let err = load_image(&path).unwrap_err();
+    assert!(
+        matches!(err, InputError::TooLarge { .. } | InputError::Corrupt(..)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("huge.png"));
+}
+
+#[test]
+fn psnr_and_ssim_of_an_image_against_itself_and_a_noisy_copy() {
+    let img = picture(40, 30);
+    let (psnr, ssim) = compare(&img, &img);
+    assert!(psnr >= 99.0 && (ssim.unwrap() - 1.0).abs() < 1e-6);
+    let mut noisy = img.clone();
+    for (i, p) in noisy.pixels_mut().enumerate() {
+        p.0[i % 3] = p.0[i % 3].saturating_add(20);
+    }
+    let (psnr, ssim) = compare(&img, &noisy);
+    assert!(psnr > 15.0 && psnr < 40.0, "{psnr}");
+    assert!(ssim.unwrap() < 1.0);
+    assert_eq!(compare(&picture(5, 5), &picture(5, 5)).1, None);
+}
+
+#[test]
+fn outputs_go_beside_inputs_or_into_a_folder() {
+    let input = Path::new("photos/cat.jpg");
+    assert_eq!(
+        output_path(input, None, "recon.png"),
+        Path::new("photos/cat.recon.png")
+    );
+    assert_eq!(
+        output_path(input, Some(Path::new("out")), "vqz"),
+        Path::new("out/cat.vqz")
+    );
+}

@@ -1,0 +1,263 @@
+//! `vq-cli` as a user runs it, with the bundled model: odd sizes, grayscale, transparency, bad
+//! files, and `.vqz` round trips that must equal `reconstruct`.
+
+use std::path::{Path, PathBuf};
+
+use vq_e2e::{root, run, stderr, stdout};
+
+fn bundled() -> PathBuf {
+    root().join("models/cifar10-default")
+}
+
+fn picture(width: u32, height: u32) -> image::RgbImage {
+    image::RgbImage::from_fn(width, height, |x, y| {
+        let v = |a: f32| ((a.sin() * 0.5 + 0.5) * 255.0) as u8;
+        image::Rgb([
+            v(x as f32 * 0.08),
+            v(y as f32 * 0.06 + 1.0),
+            v((x + y) as f32 * 0.04 + 2.0),
+        ])
+    })
+}
+
+fn cli(args: &[&str], cwd: &Path) -> std::process::Output {
+    let mut all = vec!["--device", "cpu"];
+    all.extend_from_slice(args);
+    run("vq-cli", &all, cwd)
+}
+
+fn assert_clean_failure(out: &std::process::Output, names: &str) {
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(out));
+    let err = stderr(out);
+    assert!(err.contains(names), "error does not name {names}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn reconstruct_odd_sizes_grayscale_and_transparency() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    picture(37, 23).save(dir.join("odd.png")).unwrap();
+    image::DynamicImage::ImageRgb8(picture(50, 41))
+        .to_luma8()
+        .save(dir.join("gray.png"))
+        .unwrap();
+    image::DynamicImage::ImageRgb8(picture(19, 30))
+        .to_rgba8()
+        .save(dir.join("alpha.png"))
+        .unwrap();
+    picture(64, 48).save(dir.join("photo.jpg")).unwrap();
+    for name in ["odd.png", "gray.png", "alpha.png", "photo.jpg"] {
+        let out = cli(&["reconstruct", name], dir);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let text = stdout(&out);
+        assert!(
+            text.contains("PSNR") && text.contains("bits/pixel"),
+            "{text}"
+        );
+        let stem = name.split('.').next().unwrap();
+        let recon = image::open(dir.join(format!("{stem}.recon.png"))).unwrap();
+        let original = image::open(dir.join(name)).unwrap();
+        assert_eq!(recon.width(), original.width(), "{name}");
+        assert_eq!(recon.height(), original.height(), "{name}");
+        let gray = name == "gray.png";
+        assert_eq!(
+            !recon.color().has_color(),
+            gray,
+            "{name}: {:?}",
+            recon.color()
+        );
+    }
+    // The bundled model reconstructs a smooth picture well; a broken one would not.
+    let out = cli(&["reconstruct", "odd.png", "-o", "odd-again.png"], dir);
+    let text = stdout(&out);
+    let psnr: f64 = text
+        .split("PSNR ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no PSNR in {text}"));
+    assert!(psnr > 18.0, "PSNR {psnr} dB");
+    assert_eq!(
+        std::fs::read(dir.join("odd-again.png")).unwrap(),
+        std::fs::read(dir.join("odd.recon.png")).unwrap()
+    );
+}
+
+#[test]
+fn encode_then_decode_equals_reconstruct() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // Larger than one 256-pixel tile, so the tiled path is exercised.
+    picture(301, 263).save(dir.join("big.png")).unwrap();
+    assert!(cli(&["reconstruct", "big.png"], dir).status.success());
+    let out = cli(&["encode", "big.png", "-o", "big.vqz"], dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bytes = std::fs::read(dir.join("big.vqz")).unwrap();
+    // 76 × 66 codes of 9 bits after a 56-byte header.
+    assert_eq!(bytes.len(), 56 + (76 * 66 * 9usize).div_ceil(8));
+    let out = cli(&["decode", "big.vqz", "-o", "big.decoded.png"], dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let decoded = image::open(dir.join("big.decoded.png")).unwrap().to_rgb8();
+    let recon = image::open(dir.join("big.recon.png")).unwrap().to_rgb8();
+    assert_eq!(decoded, recon);
+
+    // A cut file and a flipped byte are errors naming the file.
+    std::fs::write(dir.join("cut.vqz"), &bytes[..bytes.len() / 2]).unwrap();
+    assert_clean_failure(&cli(&["decode", "cut.vqz"], dir), "cut.vqz");
+    let mut flipped = bytes.clone();
+    flipped[100] ^= 0x20;
+    std::fs::write(dir.join("flipped.vqz"), &flipped).unwrap();
+    assert_clean_failure(&cli(&["decode", "flipped.vqz"], dir), "flipped.vqz");
+    assert!(!dir.join("cut.decoded.png").exists());
+}
+
+/// A copy of the bundled checkpoint with one weight changed: loads fine, is another model.
+fn other_model(dir: &Path) -> PathBuf {
+    let other = dir.join("other-model");
+    std::fs::create_dir_all(&other).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(bundled().join(f), other.join(f)).unwrap();
+    }
+    let path = other.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x01; // low mantissa bits of the last weight
+    std::fs::write(&path, bytes).unwrap();
+    other
+}
+
+#[test]
+fn code_files_from_another_model_and_bad_checkpoints_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    picture(32, 32).save(dir.join("a.png")).unwrap();
+    assert!(cli(&["encode", "a.png"], dir).status.success());
+    let other = other_model(dir);
+    let out = cli(
+        &["decode", "a.vqz", "--checkpoint", other.to_str().unwrap()],
+        dir,
+    );
+    assert_clean_failure(&out, "a.vqz");
+    assert!(stderr(&out).contains("made by model"), "{}", stderr(&out));
+
+    // A config that does not match the weights.
+    let mismatched = dir.join("mismatched");
+    std::fs::create_dir_all(&mismatched).unwrap();
+    std::fs::copy(
+        bundled().join("model.safetensors"),
+        mismatched.join("model.safetensors"),
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(bundled().join("config.json")).unwrap();
+    std::fs::write(
+        mismatched.join("config.json"),
+        config.replace("\"codebook_size\": 512", "\"codebook_size\": 256"),
+    )
+    .unwrap();
+    let out = cli(&["info", "--checkpoint", mismatched.to_str().unwrap()], dir);
+    assert_clean_failure(&out, "model.safetensors");
+
+    // NaN in the weights.
+    let nan = dir.join("nan");
+    std::fs::create_dir_all(&nan).unwrap();
+    std::fs::copy(bundled().join("config.json"), nan.join("config.json")).unwrap();
+    let mut bytes = std::fs::read(bundled().join("model.safetensors")).unwrap();
+    let n = bytes.len();
+    bytes[n - 4..].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(nan.join("model.safetensors"), bytes).unwrap();
+    let out = cli(&["info", "--checkpoint", nan.to_str().unwrap()], dir);
+    assert_clean_failure(&out, "NaN");
+
+    // Not a checkpoint at all.
+    let out = cli(&["info", "--checkpoint", dir.to_str().unwrap()], dir);
+    assert_clean_failure(&out, "neither a checkpoint folder");
+}
+
+#[test]
+fn bad_inputs_fail_cleanly_and_inputs_are_never_overwritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("notes.txt.png"), "not an image").unwrap();
+    assert_clean_failure(
+        &cli(&["reconstruct", "notes.txt.png"], dir),
+        "notes.txt.png",
+    );
+    assert_clean_failure(&cli(&["reconstruct", "missing.png"], dir), "missing.png");
+    std::fs::write(dir.join("empty.png"), "").unwrap();
+    assert_clean_failure(&cli(&["reconstruct", "empty.png"], dir), "empty.png");
+    let mut png = Vec::new();
+    picture(40, 40)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    std::fs::write(dir.join("cut.png"), &png[..png.len() / 2]).unwrap();
+    assert_clean_failure(&cli(&["reconstruct", "cut.png"], dir), "cut.png");
+
+    picture(20, 20).save(dir.join("keep.png")).unwrap();
+    let before = std::fs::read(dir.join("keep.png")).unwrap();
+    let out = cli(&["reconstruct", "keep.png", "-o", "keep.png"], dir);
+    assert_clean_failure(&out, "overwrite");
+    assert_eq!(std::fs::read(dir.join("keep.png")).unwrap(), before);
+}
+
+#[test]
+fn folders_of_images_and_info() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("in/sub")).unwrap();
+    picture(32, 32).save(dir.join("in/a.png")).unwrap();
+    picture(16, 40).save(dir.join("in/sub/b.bmp")).unwrap();
+    std::fs::write(dir.join("in/readme.txt"), "skipped").unwrap();
+    let out = cli(&["-q", "reconstruct", "in", "-o", "out"], dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dir.join("out/a.recon.png").is_file());
+    assert!(dir.join("out/b.recon.png").is_file());
+
+    let out = cli(&["info", "--json"], dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let info: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(info["config"]["codebook_size"], 512);
+    assert!(info["parameters"].as_i64().unwrap() > 100_000);
+    assert!(info["training"]["step"].as_u64().unwrap() > 0);
+    assert!(info["training"]["eval"]["psnr"].as_f64().unwrap() > 20.0);
+}
+
+#[test]
+fn eval_reports_json_figures_on_a_split() {
+    use ndarray::{Array1, Array4};
+    use vq_data::{Cifar10, Split, CLASS_NAMES, DIR_NAME};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join(DIR_NAME);
+    let n = 10_000;
+    let base = picture(64, 32);
+    Cifar10 {
+        images: Array4::from_shape_fn((n, 3, 32, 32), |(i, c, h, w)| {
+            base.get_pixel((w + i % 32) as u32, h as u32).0[c]
+        }),
+        labels: Array1::from_shape_fn(n, |i| (i % 10) as u8),
+        class_names: CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
+    }
+    .save(&data, Split::Test)
+    .unwrap();
+    let out = cli(
+        &[
+            "eval",
+            "--data",
+            data.to_str().unwrap(),
+            "--limit",
+            "300",
+            "--json",
+        ],
+        tmp.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let e: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(e["images"], 300);
+    // Far above what an untrained model scores on these smooth pictures (under 12 dB).
+    assert!(e["psnr"].as_f64().unwrap() > 14.0, "{e}");
+    assert!(e["ssim"].as_f64().unwrap() > 0.3, "{e}");
+    assert!(e["codes_used"].as_i64().unwrap() >= 1);
+
+    let out = cli(&["eval", "--data", "nowhere"], tmp.path());
+    assert_clean_failure(&out, "download-cifar");
+}
