@@ -1,8 +1,8 @@
 //! The logic behind `vq-cli`: opening checkpoints, reading images, tiled encoding and
 //! decoding, and the `.vqz` files.
 
-pub mod checkpoint;
 pub mod codec;
+pub mod sample;
 
 use std::path::{Path, PathBuf};
 
@@ -10,8 +10,8 @@ use image::RgbImage;
 use tch::{Kind, Tensor};
 use vq_codes::{CodeFile, Colour};
 
-pub use checkpoint::{Checkpoint, CheckpointError};
 pub use codec::{CodeGrid, Codec, LoadedImage, Tiling};
+pub use vq_model::checkpoint::{self, Checkpoint, CheckpointError};
 
 /// Largest image side accepted: a 20,000-pixel-wide header is refused before anything is
 /// allocated; 16,384 × 16,384 RGB is 0.8 GB of pixels.

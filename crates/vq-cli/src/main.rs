@@ -4,10 +4,11 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use vq_cli::checkpoint::{self, Checkpoint};
+use tch::Tensor;
 use vq_cli::{codec, Codec, Tiling};
 use vq_codes::CodeFile;
 use vq_data::{Cifar10, Split};
+use vq_model::checkpoint::{self, Checkpoint};
 use vq_model::DeviceChoice;
 
 /// Reconstruct, encode and decode images with a trained VQ-VAE, and evaluate it.
@@ -60,6 +61,25 @@ enum Command {
         /// Output file (one input) or folder [default: NAME.decoded.png beside each input].
         #[arg(short, long)]
         output: Option<PathBuf>,
+    },
+    /// New images from the code prior: a PNG grid (one row of 8 per class when no --class).
+    Sample {
+        /// Number of images.
+        #[arg(short, default_value_t = 64)]
+        n: i64,
+        /// Only this class (name, e.g. cat, or number 0-9).
+        #[arg(long)]
+        class: Option<String>,
+        /// Divides the logits: below 1 is more conservative, above 1 more varied.
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The prior: a prior run or checkpoint folder [default: models/cifar10-prior].
+        #[arg(long)]
+        prior: Option<PathBuf>,
+        #[arg(short, long, default_value = "samples.png")]
+        output: PathBuf,
     },
     /// Reconstruction quality over a CIFAR-10 split: MSE, PSNR, SSIM, perplexity, codes used.
     Eval {
@@ -166,6 +186,27 @@ fn run(cli: Cli) -> Result<()> {
             json,
         } => eval(&open()?, device, split, data, limit, json),
         Command::Info { json } => info(&open()?, device, json),
+        Command::Sample {
+            n,
+            class,
+            temperature,
+            seed,
+            prior,
+            output,
+        } => {
+            let ckpt = open()?;
+            let prior_path = prior.unwrap_or_else(vq_cli::sample::bundled_prior_dir);
+            sample(
+                &ckpt,
+                &prior_path,
+                device,
+                n,
+                class,
+                temperature,
+                seed,
+                &output,
+            )
+        }
     }
 }
 
@@ -490,6 +531,67 @@ fn info(ckpt: &Checkpoint, device: tch::Device, json: bool) -> Result<()> {
         "device       {device:?} (CUDA available: {}, {} LibTorch CPU threads)",
         tch::Cuda::is_available(),
         tch::get_num_threads()
+    );
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sample(
+    ckpt: &Checkpoint,
+    prior_path: &Path,
+    device: tch::Device,
+    n: i64,
+    class: Option<String>,
+    temperature: f64,
+    seed: u64,
+    output: &Path,
+) -> Result<()> {
+    if !(1..=4096).contains(&n) {
+        bail!("-n must be 1 to 4096, not {n}");
+    }
+    if !(temperature > 0.0 && temperature.is_finite()) {
+        bail!("--temperature must be positive, not {temperature}");
+    }
+    let prior = vq_cli::sample::Prior::open(prior_path, ckpt, device)
+        .context("opening the prior (train one with `vq-train prior`)")?;
+    let classes = prior.model.config.classes;
+    let labels: Option<Vec<i64>> = match (&class, classes) {
+        (Some(_), 0) => bail!("this prior is not class-conditional; drop --class"),
+        (Some(name), _) => {
+            let index = vq_data::CLASS_NAMES
+                .iter()
+                .position(|c| c == name)
+                .map(|i| i as i64)
+                .or_else(|| name.parse::<i64>().ok())
+                .filter(|&i| (0..classes).contains(&i))
+                .with_context(|| {
+                    format!(
+                        "unknown class {name:?} (one of {} or 0-{})",
+                        vq_data::CLASS_NAMES.join(", "),
+                        classes - 1
+                    )
+                })?;
+            Some(vec![index; n as usize])
+        }
+        // One row of 8 per class, in order.
+        (None, k) if k > 0 => Some((0..n).map(|i| (i / 8) % k).collect()),
+        (None, _) => None,
+    };
+    let labels = labels.map(|l| Tensor::from_slice(&l).to_device(device));
+    tch::manual_seed(seed as i64);
+    let start = Instant::now();
+    let (images, _codes) = prior.sample_images(ckpt, labels.as_ref(), n, temperature, device);
+    let seconds = start.elapsed().as_secs_f64();
+    let rows: Vec<Tensor> = (0..(n + 7) / 8)
+        .map(|r| images.narrow(0, r * 8, 8.min(n - r * 8)))
+        .collect();
+    let refs: Vec<&Tensor> = rows.iter().collect();
+    vq_model::save_grid(&refs, 8, ckpt.config.input_range, output)
+        .with_context(|| format!("writing {}", output.display()))?;
+    println!(
+        "{}: {n} samples in {seconds:.2} s ({:.1} images/s), temperature {temperature}, seed {seed}",
+        output.display(),
+        n as f64 / seconds
     );
     Ok(())
 }

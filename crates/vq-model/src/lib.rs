@@ -1,20 +1,24 @@
 //! The LibTorch-backed VQ-VAE: encoder, vector quantizer, decoder, with the device choice and
 //! the hand-over of data batches to LibTorch.
 
+pub mod checkpoint;
 mod config;
 mod eval;
 mod metrics;
 mod model;
 mod nets;
 mod picture;
+mod prior;
 mod quantizer;
 
+pub use checkpoint::{Checkpoint, CheckpointError};
 pub use config::{native_bf16, CodebookUpdate, ComputeKind, GradientEstimator, VqVaeConfig};
 pub use eval::{evaluate, evaluate_with_progress, to_unit, Evaluation};
 pub use metrics::{quality, ssim_per_image, QualitySums};
 pub use model::{load_weights, save_weights, VqVae, VqVaeOutput};
 pub use nets::{Decoder, Encoder, ResidualStack};
 pub use picture::{save_grid, save_png};
+pub use prior::{PixelCnnPrior, PriorConfig};
 pub use quantizer::{Quantized, Quantizer};
 
 use std::path::PathBuf;

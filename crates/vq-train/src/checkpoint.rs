@@ -42,11 +42,22 @@ pub struct RunState {
     pub elapsed_s: f64,
 }
 
+/// What a checkpoint's state knows: the steps done (its folder is named after them).
+pub trait HasStep {
+    fn step(&self) -> usize;
+}
+
+impl HasStep for RunState {
+    fn step(&self) -> usize {
+        self.step
+    }
+}
+
 pub fn checkpoints_dir(run: &Path) -> PathBuf {
     run.join("checkpoints")
 }
 
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     vq_data::write_atomic(path, |w| w.write_all(text.as_bytes()))
         .with_context(|| format!("writing {}", path.display()))
@@ -65,17 +76,17 @@ pub fn save_config(run: &Path, config: &TrainConfig) -> Result<()> {
 
 /// Writes `checkpoints/step-NNNNNN/` completely, then points `last` (and `best` if asked) at it,
 /// and removes checkpoints no link points to (keeping the newest).
-pub fn save(
+pub fn save<S: Serialize + HasStep, C: Serialize>(
     run: &Path,
     vs: &nn::VarStore,
     adam: &Adam,
-    state: &RunState,
-    config: &TrainConfig,
+    state: &S,
+    model_config: &C,
     best: bool,
 ) -> Result<PathBuf> {
     let dir = checkpoints_dir(run);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let name = format!("step-{:06}", state.step);
+    let name = format!("step-{:06}", state.step());
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".tmp-{name}-"))
         .tempdir_in(&dir)
@@ -84,7 +95,7 @@ pub fn save(
         .with_context(|| format!("writing the weights into {}", tmp.path().display()))?;
     adam.save(&tmp.path().join(OPTIMIZER_FILE))?;
     write_json(&tmp.path().join(STATE_FILE), state)?;
-    write_json(&tmp.path().join(CONFIG_FILE), &config.model)?;
+    write_json(&tmp.path().join(CONFIG_FILE), model_config)?;
     for f in [MODEL_FILE, OPTIMIZER_FILE] {
         std::fs::File::open(tmp.path().join(f)).and_then(|f| f.sync_all())?;
     }

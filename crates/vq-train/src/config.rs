@@ -80,15 +80,35 @@ impl TrainConfig {
 
     /// Learning rate at `step` (0-based): linear warm-up, then cosine decay.
     pub fn lr_at(&self, step: usize) -> f64 {
-        if step < self.warmup_steps {
-            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
-        }
-        let span = (self.steps.saturating_sub(self.warmup_steps)).max(1) as f64;
-        let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
-        let floor = self.lr * self.final_lr_fraction;
-        floor + (self.lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+        warmup_cosine(
+            step,
+            self.steps,
+            self.warmup_steps,
+            self.lr,
+            self.final_lr_fraction,
+        )
     }
 }
+
+/// `lr` reached linearly over `warmup` steps, then decayed by a cosine to
+/// `lr * final_fraction` at step `steps`.
+pub fn warmup_cosine(
+    step: usize,
+    steps: usize,
+    warmup: usize,
+    lr: f64,
+    final_fraction: f64,
+) -> f64 {
+    if step < warmup {
+        return lr * (step + 1) as f64 / warmup as f64;
+    }
+    let span = (steps.saturating_sub(warmup)).max(1) as f64;
+    let progress = ((step - warmup) as f64 / span).min(1.0);
+    let floor = lr * final_fraction;
+    floor + (lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+}
+
+impl TrainConfig {}
 
 #[cfg(test)]
 mod tests {

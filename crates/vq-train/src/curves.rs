@@ -156,3 +156,41 @@ pub fn plot(metrics: &Path, out: &Path) -> Result<()> {
     vq_model::save_png(&img, out)?;
     Ok(())
 }
+
+/// `curves.png` of a prior run: training and test bits per code, test bits per dimension.
+pub fn plot_prior(metrics: &Path, out: &Path) -> Result<()> {
+    ensure_font();
+    let text = std::fs::read_to_string(metrics)
+        .with_context(|| format!("reading {}", metrics.display()))?;
+    let (mut train, mut test, mut dims) = (Series::new(), Series::new(), Series::new());
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if let Some(e) = v.get("eval") {
+            let step = e["step"].as_f64().unwrap_or(0.0);
+            test.push((step, e["bits_per_code"].as_f64().unwrap_or(f64::NAN)));
+            dims.push((step, e["bits_per_dim"].as_f64().unwrap_or(f64::NAN)));
+        } else if let Some(step) = v["step"].as_f64() {
+            train.push((step, v["bits_per_code"].as_f64().unwrap_or(f64::NAN)));
+        }
+    }
+    let (w, h) = (1000u32, 420u32);
+    let mut pixels = vec![0u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut pixels, (w, h)).into_drawing_area();
+        root.fill(&WHITE)
+            .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+        let areas = root.split_evenly((1, 2));
+        panel(
+            &areas[0],
+            "NLL (bits per code)",
+            &[("train", &train, BLUE), ("test", &test, RED)],
+        )?;
+        panel(&areas[1], "test bits/dim", &[("test", &dims, RED)])?;
+        root.present().map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+    }
+    let img = image::RgbImage::from_raw(w, h, pixels).context("plot buffer size")?;
+    vq_model::save_png(&img, out)?;
+    Ok(())
+}

@@ -6,10 +6,12 @@ use vq_model::DeviceChoice;
 use vq_train::{checkpoint, resume, train, TrainConfig};
 
 /// Train a VQ-VAE on CIFAR-10. With no arguments: the default recipe on
-/// datasets/cifar-10-batches-bin, into runs/run-<time>/.
+/// datasets/cifar-10-batches-bin, into runs/run-<time>/. `vq-train prior` trains the code prior.
 #[derive(Parser)]
-#[command(name = "vq-train", version)]
+#[command(name = "vq-train", version, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Sub>,
     /// A JSON file with any TrainConfig fields (the rest take their defaults); flags below
     /// override it.
     #[arg(long)]
@@ -61,6 +63,94 @@ struct Args {
     kmeans_init_images: Option<usize>,
 }
 
+#[derive(clap::Subcommand)]
+enum Sub {
+    /// Train the PixelCNN prior over a trained VQ-VAE's codes (encodes CIFAR-10 once, cached).
+    Prior(PriorArgs),
+}
+
+#[derive(clap::Args)]
+struct PriorArgs {
+    /// The VQ-VAE: a run folder or checkpoint folder [default: the bundled model].
+    #[arg(long)]
+    vqvae: Option<PathBuf>,
+    /// A JSON file with any PriorTrainConfig fields; flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The run folder [default: runs/prior-<unix time>].
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Continue the prior run in this folder from its last checkpoint, exactly.
+    #[arg(long, conflicts_with_all = ["config", "run_dir", "vqvae"])]
+    resume: Option<PathBuf>,
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    device: Option<DeviceChoice>,
+    #[arg(long)]
+    threads: Option<i32>,
+    #[arg(long)]
+    eval_every: Option<usize>,
+}
+
+fn unix_time() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn run_prior(args: PriorArgs) -> Result<()> {
+    let summary = if let Some(dir) = &args.resume {
+        vq_train::resume_prior(dir)?
+    } else {
+        let mut config: vq_train::PriorTrainConfig = match &args.config {
+            Some(path) => checkpoint::read_json(path)
+                .with_context(|| format!("reading the config {}", path.display()))?,
+            None => Default::default(),
+        };
+        macro_rules! set {
+            ($($field:ident).+ <- $value:expr) => {
+                if let Some(v) = $value { config.$($field).+ = v; }
+            };
+        }
+        set!(vqvae <- args.vqvae);
+        set!(data <- args.data);
+        set!(steps <- args.steps);
+        set!(batch_size <- args.batch_size);
+        set!(lr <- args.lr);
+        set!(seed <- args.seed);
+        set!(device <- args.device);
+        set!(eval_every <- args.eval_every);
+        if args.threads.is_some() {
+            config.threads = args.threads;
+        }
+        let run_dir = args
+            .run_dir
+            .unwrap_or_else(|| PathBuf::from(format!("runs/prior-{}", unix_time())));
+        vq_train::train_prior(config, &run_dir)?
+    };
+    let e = &summary.final_eval;
+    println!(
+        "{}: {} steps in {:.0} s; test NLL {:.4} bits/code, {:.4} bits/dim ({} grids)",
+        summary.run_dir.display(),
+        summary.steps,
+        summary.train_seconds,
+        e.bits_per_code,
+        e.bits_per_dim,
+        e.grids
+    );
+    Ok(())
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -75,7 +165,10 @@ fn main() {
     }
 }
 
-fn run(args: Args) -> Result<()> {
+fn run(mut args: Args) -> Result<()> {
+    if let Some(Sub::Prior(prior)) = args.command.take() {
+        return run_prior(prior);
+    }
     let summary = if let Some(dir) = &args.resume {
         resume(dir)?
     } else {
@@ -106,13 +199,9 @@ fn run(args: Args) -> Result<()> {
         if args.threads.is_some() {
             config.threads = args.threads;
         }
-        let run_dir = args.run_dir.unwrap_or_else(|| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            PathBuf::from(format!("runs/run-{now}"))
-        });
+        let run_dir = args
+            .run_dir
+            .unwrap_or_else(|| PathBuf::from(format!("runs/run-{}", unix_time())));
         train(config, &run_dir)?
     };
     let e = &summary.final_eval;

@@ -243,13 +243,13 @@ fn run(config: TrainConfig, run_dir: &Path, from: Option<PathBuf>) -> Result<Run
                 state.best_psnr = Some(eval.psnr);
                 state.best_step = Some(state.step);
             }
-            checkpoint::save(run_dir, &vs, &adam, &state, &config, best)?;
+            checkpoint::save(run_dir, &vs, &adam, &state, &config.model, best)?;
             last_eval = Some(eval);
             clock = Instant::now();
         } else if state.step % config.checkpoint_every == 0 {
             state.elapsed_s += clock.elapsed().as_secs_f64();
             clock = Instant::now();
-            checkpoint::save(run_dir, &vs, &adam, &state, &config, false)?;
+            checkpoint::save(run_dir, &vs, &adam, &state, &config.model, false)?;
         }
     }
     bar.finish_and_clear();
@@ -307,7 +307,7 @@ pub fn train_step(
 
 /// Drops the metric lines written after the checkpoint a resume starts from, so that the file
 /// reads as one uninterrupted run.
-fn rewind_metrics(path: &Path, step: usize) -> Result<()> {
+pub(crate) fn rewind_metrics(path: &Path, step: usize) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(());
     };

@@ -2,10 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::{Evaluation, VqVae, VqVaeConfig};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::{nn, Device};
-use vq_model::{Evaluation, VqVae, VqVaeConfig};
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
@@ -13,8 +13,8 @@ pub const STATE_FILE: &str = "state.json";
 /// Evaluation figures stored beside a bundled checkpoint.
 pub const EVAL_FILE: &str = "eval.json";
 
-/// The checkpoint `--checkpoint` defaults to: the one this repository ships, found through
-/// the source tree this binary was built from.
+/// The model this repository ships (`vq-cli`'s default), found through the source tree this
+/// crate was built from.
 pub fn bundled_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/cifar10-default")
 }
@@ -99,8 +99,8 @@ impl Checkpoint {
         let weights = dir.join(MODEL_FILE);
         let mut vs = nn::VarStore::new(device);
         let model = VqVae::new(vs.root(), &config);
-        vq_model::load_weights(&mut vs, &weights).map_err(|e| match e {
-            vq_model::ModelError::Io(_, reason)
+        crate::load_weights(&mut vs, &weights).map_err(|e| match e {
+            crate::ModelError::Io(_, reason)
                 if reason.contains("shape") || reason.contains("cannot find") =>
             {
                 CheckpointError::Mismatch {
