@@ -212,3 +212,51 @@ fn outputs_go_beside_inputs_or_into_a_folder() {
         Path::new("out/cat.vqz")
     );
 }
+
+#[test]
+fn a_prior_opens_only_with_its_own_vqvae_and_samples_images() {
+    use crate::sample::{Prior, PriorError};
+    use vq_model::PriorConfig;
+    tch::manual_seed(3);
+    let dir = tempfile::tempdir().unwrap();
+    let vq_dir = dir.path().join("vqvae");
+    std::fs::create_dir_all(&vq_dir).unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = tiny_model(&vs);
+    vq_model::save_weights(&vs, &vq_dir.join("model.safetensors")).unwrap();
+    std::fs::write(
+        vq_dir.join("config.json"),
+        serde_json::to_string(&model.config).unwrap(),
+    )
+    .unwrap();
+    let vqvae = Checkpoint::open(&vq_dir, Device::Cpu).unwrap();
+
+    let write_prior = |name: &str, id: String| {
+        let p = dir.path().join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        let cfg = PriorConfig {
+            codebook_size: 16,
+            channels: 8,
+            layers: 2,
+            kernel: 3,
+            classes: 10,
+            vqvae_model_id: id,
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _prior = vq_model::PixelCnnPrior::new(vs.root(), &cfg);
+        vq_model::save_weights(&vs, &p.join("model.safetensors")).unwrap();
+        std::fs::write(p.join("config.json"), serde_json::to_string(&cfg).unwrap()).unwrap();
+        p
+    };
+    let other = write_prior("other", "00".repeat(16));
+    let err = Prior::open(&other, &vqvae, Device::Cpu).unwrap_err();
+    assert!(matches!(err, PriorError::OtherVqVae { .. }), "{err}");
+    assert!(err.to_string().contains("other"), "{err}");
+
+    let own = write_prior("own", checkpoint::hex(&vqvae.model_id));
+    let prior = Prior::open(&own, &vqvae, Device::Cpu).unwrap();
+    let labels = Tensor::from_slice(&[3i64, 5]);
+    let (images, codes) = prior.sample_images(&vqvae, Some(&labels), 2, 1.0, Device::Cpu);
+    assert_eq!(images.size(), vec![2, 3, 32, 32]);
+    assert_eq!(codes.size(), vec![2, 8, 8]);
+}
