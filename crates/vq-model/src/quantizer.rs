@@ -156,7 +156,9 @@ impl Quantizer {
             )
         };
         let quantized = match self.gradient {
-            GradientEstimator::StraightThrough => z + (&quantized - z).detach(),
+            // `z − sg[z]` is exactly zero, so the forward value is the code bit for bit (the
+            // textbook `z + sg[e − z]` is off by rounding).
+            GradientEstimator::StraightThrough => quantized.detach() + (z - z.detach()),
             GradientEstimator::Rotation => {
                 let rotated = rotate_onto(&flat, &quantized.permute([0, 2, 3, 1]).reshape([-1, d]));
                 let rotated = rotated.view([b, h, w, d]).permute([0, 3, 1, 2]);
