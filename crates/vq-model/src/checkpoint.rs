@@ -16,7 +16,8 @@ pub const EVAL_FILE: &str = "eval.json";
 /// The model this repository ships (`vq-cli`'s default), found through the source tree this
 /// crate was built from.
 pub fn bundled_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/cifar10-default")
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/cifar10-default");
+    path.canonicalize().unwrap_or(path)
 }
 
 #[derive(Debug, thiserror::Error)]
