@@ -160,13 +160,13 @@ fn run(cli: Cli) -> Result<()> {
                 output.as_deref(),
                 "recon.png",
                 &out,
-                |input, dest| reconstruct(&ckpt, device, input, dest, &out),
+                |input, dest| reconstruct(&ckpt, device, input, dest),
             )
         }
         Command::Encode { inputs, output } => {
             let ckpt = open()?;
             each_input(&inputs, output.as_deref(), "vqz", &out, |input, dest| {
-                encode(&ckpt, device, input, dest, &out)
+                encode(&ckpt, device, input, dest)
             })
         }
         Command::Decode { inputs, output } => {
@@ -176,7 +176,7 @@ fn run(cli: Cli) -> Result<()> {
                 output.as_deref(),
                 "decoded.png",
                 &out,
-                |input, dest| decode(&ckpt, device, input, dest, &out),
+                |input, dest| decode(&ckpt, device, input, dest),
             )
         }
         Command::Eval {
@@ -306,7 +306,6 @@ fn reconstruct(
     device: tch::Device,
     input: &Path,
     dest: &Path,
-    _out: &Output,
 ) -> Result<String> {
     let start = Instant::now();
     let img = vq_cli::load_image(input)?;
@@ -337,13 +336,7 @@ fn reconstruct(
     ))
 }
 
-fn encode(
-    ckpt: &Checkpoint,
-    device: tch::Device,
-    input: &Path,
-    dest: &Path,
-    _out: &Output,
-) -> Result<String> {
+fn encode(ckpt: &Checkpoint, device: tch::Device, input: &Path, dest: &Path) -> Result<String> {
     let img = vq_cli::load_image(input)?;
     let (w, h) = img.rgb.dimensions();
     let grid = codec(ckpt, device).encode(&img.rgb);
@@ -364,13 +357,7 @@ fn encode(
     ))
 }
 
-fn decode(
-    ckpt: &Checkpoint,
-    device: tch::Device,
-    input: &Path,
-    dest: &Path,
-    _out: &Output,
-) -> Result<String> {
+fn decode(ckpt: &Checkpoint, device: tch::Device, input: &Path, dest: &Path) -> Result<String> {
     if !input.is_file() {
         bail!("{}: no such file", input.display());
     }

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use tch::{nn, Device, Tensor};
-use vq_model::checkpoint::{self, Checkpoint, CONFIG_FILE, MODEL_FILE};
+use vq_model::checkpoint::{self, Checkpoint, MODEL_FILE};
 use vq_model::{PixelCnnPrior, PriorConfig};
 
 /// The prior `sample` uses when none is given.
@@ -22,8 +22,6 @@ pub enum PriorError {
         vqvae: PathBuf,
         vqvae_model: String,
     },
-    #[error("{0}: {1}")]
-    Unreadable(PathBuf, String),
 }
 
 /// A loaded prior.
@@ -38,15 +36,8 @@ impl Prior {
     /// Opens a prior checkpoint (or run folder) and checks that it belongs to `vqvae`.
     pub fn open(path: &Path, vqvae: &Checkpoint, device: Device) -> Result<Self, PriorError> {
         let dir = checkpoint::resolve(path)?;
-        let config_path = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&config_path)
-            .map_err(|e| PriorError::Unreadable(config_path.clone(), e.to_string()))?;
-        let config: PriorConfig = serde_json::from_str(&text).map_err(|e| {
-            PriorError::Unreadable(config_path.clone(), format!("not a prior config: {e}"))
-        })?;
-        config
-            .validate()
-            .map_err(|e| PriorError::Unreadable(config_path.clone(), e))?;
+        let config: PriorConfig =
+            checkpoint::read_config(&dir, "a prior config", PriorConfig::validate)?;
         let vqvae_model = checkpoint::hex(&vqvae.model_id);
         if config.vqvae_model_id != vqvae_model {
             return Err(PriorError::OtherVqVae {
@@ -58,8 +49,7 @@ impl Prior {
         }
         let mut vs = nn::VarStore::new(device);
         let model = PixelCnnPrior::new(vs.root(), &config);
-        vq_model::load_weights(&mut vs, &dir.join(MODEL_FILE))
-            .map_err(|e| PriorError::Unreadable(dir.join(MODEL_FILE), e.to_string()))?;
+        checkpoint::load_into(&mut vs, &dir.join(MODEL_FILE))?;
         Ok(Prior { dir, model, vs })
     }
 

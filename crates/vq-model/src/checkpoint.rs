@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::{Evaluation, VqVae, VqVaeConfig};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::{nn, Device};
@@ -85,32 +86,45 @@ pub fn hex(id: &[u8]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Reads the `config.json` of the checkpoint folder `dir` as `what` and validates it.
+pub fn read_config<T: DeserializeOwned>(
+    dir: &Path,
+    what: &str,
+    validate: impl FnOnce(&T) -> Result<(), String>,
+) -> Result<T, CheckpointError> {
+    let path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| CheckpointError::Unreadable(path.clone(), e.to_string()))?;
+    let config: T = serde_json::from_str(&text)
+        .map_err(|e| CheckpointError::Unreadable(path.clone(), format!("not {what}: {e}")))?;
+    validate(&config).map_err(|e| CheckpointError::Unreadable(path.clone(), e))?;
+    Ok(config)
+}
+
+/// Loads `weights` into `vs` (built from the checkpoint's config), telling weights that do not
+/// fit that config apart from unreadable or non-finite ones.
+pub fn load_into(vs: &mut nn::VarStore, weights: &Path) -> Result<(), CheckpointError> {
+    crate::load_weights(vs, weights).map_err(|e| match e {
+        crate::ModelError::Io(_, reason)
+            if reason.contains("shape") || reason.contains("cannot find") =>
+        {
+            CheckpointError::Mismatch {
+                path: weights.to_path_buf(),
+                reason,
+            }
+        }
+        other => CheckpointError::Unreadable(weights.to_path_buf(), other.to_string()),
+    })
+}
+
 impl Checkpoint {
     pub fn open(path: &Path, device: Device) -> Result<Self, CheckpointError> {
         let dir = resolve(path)?;
-        let config_path = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&config_path)
-            .map_err(|e| CheckpointError::Unreadable(config_path.clone(), e.to_string()))?;
-        let config: VqVaeConfig = serde_json::from_str(&text).map_err(|e| {
-            CheckpointError::Unreadable(config_path.clone(), format!("not a model config: {e}"))
-        })?;
-        config
-            .validate()
-            .map_err(|e| CheckpointError::Unreadable(config_path.clone(), e))?;
+        let config: VqVaeConfig = read_config(&dir, "a model config", VqVaeConfig::validate)?;
         let weights = dir.join(MODEL_FILE);
         let mut vs = nn::VarStore::new(device);
         let model = VqVae::new(vs.root(), &config);
-        crate::load_weights(&mut vs, &weights).map_err(|e| match e {
-            crate::ModelError::Io(_, reason)
-                if reason.contains("shape") || reason.contains("cannot find") =>
-            {
-                CheckpointError::Mismatch {
-                    path: weights.clone(),
-                    reason,
-                }
-            }
-            other => CheckpointError::Unreadable(weights.clone(), other.to_string()),
-        })?;
+        load_into(&mut vs, &weights)?;
         let model_id = model_id_of(&weights)?;
         Ok(Checkpoint {
             info: read_info(&dir),

@@ -34,8 +34,8 @@ impl Default for PriorConfig {
     fn default() -> Self {
         PriorConfig {
             codebook_size: 512,
-            channels: 128,
-            layers: 12,
+            channels: 64,
+            layers: 8,
             kernel: 3,
             classes: 10,
             vqvae_model_id: String::new(),

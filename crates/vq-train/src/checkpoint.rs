@@ -53,6 +53,40 @@ impl HasStep for RunState {
     }
 }
 
+/// Opens the run's `metrics.jsonl` for appending (one JSON object per line).
+pub fn open_metrics(run: &Path) -> Result<std::fs::File> {
+    let path = run.join("metrics.jsonl");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
+/// The progress bar of a run of `steps` steps, `done` of them already done.
+pub fn progress_bar(steps: usize, done: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(steps as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("valid template"),
+    );
+    bar.set_position(done as u64);
+    bar
+}
+
+/// The error that stops a run whose loss is not finite at 0-based `step`; it names the last good
+/// checkpoint, which is kept.
+pub fn non_finite_loss(run: &Path, step: usize) -> anyhow::Error {
+    let kept = last(run)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "none yet".into());
+    anyhow::anyhow!(
+        "the loss became NaN or infinite at step {}; stopping (last good checkpoint: {kept})",
+        step + 1
+    )
+}
+
 pub fn checkpoints_dir(run: &Path) -> PathBuf {
     run.join("checkpoints")
 }

@@ -66,16 +66,12 @@ impl Default for TrainConfig {
 impl TrainConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.model.validate()?;
-        if self.steps == 0 || self.batch_size == 0 {
-            return Err("steps and batch_size must be positive".into());
-        }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(format!("lr must be positive, not {}", self.lr));
-        }
-        if self.log_every == 0 || self.eval_every == 0 || self.checkpoint_every == 0 {
-            return Err("log_every, eval_every and checkpoint_every must be positive".into());
-        }
-        Ok(())
+        validate_schedule(
+            self.steps,
+            self.batch_size,
+            self.lr,
+            [self.log_every, self.eval_every, self.checkpoint_every],
+        )
     }
 
     /// Learning rate at `step` (0-based): linear warm-up, then cosine decay.
@@ -88,6 +84,26 @@ impl TrainConfig {
             self.final_lr_fraction,
         )
     }
+}
+
+/// Checks what every training schedule needs: steps, a batch, a finite positive learning rate
+/// and positive logging / evaluation / checkpoint intervals.
+pub fn validate_schedule(
+    steps: usize,
+    batch_size: usize,
+    lr: f64,
+    [log_every, eval_every, checkpoint_every]: [usize; 3],
+) -> Result<(), String> {
+    if steps == 0 || batch_size == 0 {
+        return Err("steps and batch_size must be positive".into());
+    }
+    if !(lr > 0.0 && lr.is_finite()) {
+        return Err(format!("lr must be positive, not {lr}"));
+    }
+    if log_every == 0 || eval_every == 0 || checkpoint_every == 0 {
+        return Err("log_every, eval_every and checkpoint_every must be positive".into());
+    }
+    Ok(())
 }
 
 /// `lr` reached linearly over `warmup` steps, then decayed by a cosine to
@@ -107,8 +123,6 @@ pub fn warmup_cosine(
     let floor = lr * final_fraction;
     floor + (lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
 }
-
-impl TrainConfig {}
 
 #[cfg(test)]
 mod tests {

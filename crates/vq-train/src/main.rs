@@ -22,6 +22,31 @@ struct Args {
     /// Continue the run in this folder from its last checkpoint, exactly.
     #[arg(long, conflicts_with_all = ["config", "run_dir"])]
     resume: Option<PathBuf>,
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Codebook size K.
+    #[arg(long)]
+    codebook_size: Option<i64>,
+    /// 4 (8×8 codes) or 2 (16×16 codes).
+    #[arg(long)]
+    downsample: Option<i64>,
+    /// Number type of the convolutions: auto (bf16 where the CPU has native bf16), f32 or bf16.
+    #[arg(long)]
+    compute: Option<vq_model::ComputeKind>,
+    /// Gradient through the code lookup: straight_through (default) or rotation.
+    #[arg(long)]
+    gradient: Option<vq_model::GradientEstimator>,
+    /// Weight of the commitment loss β.
+    #[arg(long)]
+    commitment_cost: Option<f64>,
+    /// Train images used for the k-means codebook initialisation (0: random codebook).
+    #[arg(long)]
+    kmeans_init_images: Option<usize>,
+}
+
+/// Flags shared by the VQ-VAE and the prior runs.
+#[derive(clap::Args)]
+struct CommonArgs {
     /// The cifar-10-batches-bin folder (`cargo xtask download-cifar` fills it).
     #[arg(long)]
     data: Option<PathBuf>,
@@ -43,24 +68,40 @@ struct Args {
     eval_every: Option<usize>,
     #[arg(long)]
     checkpoint_every: Option<usize>,
-    /// Codebook size K.
-    #[arg(long)]
-    codebook_size: Option<i64>,
-    /// 4 (8×8 codes) or 2 (16×16 codes).
-    #[arg(long)]
-    downsample: Option<i64>,
-    /// Number type of the convolutions: auto (bf16 where the CPU has native bf16), f32 or bf16.
-    #[arg(long)]
-    compute: Option<vq_model::ComputeKind>,
-    /// Gradient through the code lookup: straight_through (default) or rotation.
-    #[arg(long)]
-    gradient: Option<vq_model::GradientEstimator>,
-    /// Weight of the commitment loss β.
-    #[arg(long)]
-    commitment_cost: Option<f64>,
-    /// Train images used for the k-means codebook initialisation (0: random codebook).
-    #[arg(long)]
-    kmeans_init_images: Option<usize>,
+}
+
+/// Overrides the fields of a config (TrainConfig or PriorTrainConfig) that the common flags set.
+macro_rules! apply_common {
+    ($config:ident, $common:expr) => {{
+        let c = $common;
+        if let Some(v) = c.data {
+            $config.data = v;
+        }
+        if let Some(v) = c.steps {
+            $config.steps = v;
+        }
+        if let Some(v) = c.batch_size {
+            $config.batch_size = v;
+        }
+        if let Some(v) = c.lr {
+            $config.lr = v;
+        }
+        if let Some(v) = c.seed {
+            $config.seed = v;
+        }
+        if let Some(v) = c.device {
+            $config.device = v;
+        }
+        if c.threads.is_some() {
+            $config.threads = c.threads;
+        }
+        if let Some(v) = c.eval_every {
+            $config.eval_every = v;
+        }
+        if let Some(v) = c.checkpoint_every {
+            $config.checkpoint_every = v;
+        }
+    }};
 }
 
 #[derive(clap::Subcommand)]
@@ -83,22 +124,8 @@ struct PriorArgs {
     /// Continue the prior run in this folder from its last checkpoint, exactly.
     #[arg(long, conflicts_with_all = ["config", "run_dir", "vqvae"])]
     resume: Option<PathBuf>,
-    #[arg(long)]
-    data: Option<PathBuf>,
-    #[arg(long)]
-    steps: Option<usize>,
-    #[arg(long)]
-    batch_size: Option<usize>,
-    #[arg(long)]
-    lr: Option<f64>,
-    #[arg(long)]
-    seed: Option<u64>,
-    #[arg(long)]
-    device: Option<DeviceChoice>,
-    #[arg(long)]
-    threads: Option<i32>,
-    #[arg(long)]
-    eval_every: Option<usize>,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 fn unix_time() -> u64 {
@@ -117,22 +144,10 @@ fn run_prior(args: PriorArgs) -> Result<()> {
                 .with_context(|| format!("reading the config {}", path.display()))?,
             None => Default::default(),
         };
-        macro_rules! set {
-            ($($field:ident).+ <- $value:expr) => {
-                if let Some(v) = $value { config.$($field).+ = v; }
-            };
+        if let Some(v) = args.vqvae {
+            config.vqvae = v;
         }
-        set!(vqvae <- args.vqvae);
-        set!(data <- args.data);
-        set!(steps <- args.steps);
-        set!(batch_size <- args.batch_size);
-        set!(lr <- args.lr);
-        set!(seed <- args.seed);
-        set!(device <- args.device);
-        set!(eval_every <- args.eval_every);
-        if args.threads.is_some() {
-            config.threads = args.threads;
-        }
+        apply_common!(config, args.common);
         let run_dir = args
             .run_dir
             .unwrap_or_else(|| PathBuf::from(format!("runs/prior-{}", unix_time())));
@@ -182,23 +197,13 @@ fn run(mut args: Args) -> Result<()> {
                 if let Some(v) = $value { config.$($field).+ = v; }
             };
         }
-        set!(data <- args.data);
-        set!(steps <- args.steps);
-        set!(batch_size <- args.batch_size);
-        set!(lr <- args.lr);
-        set!(seed <- args.seed);
-        set!(device <- args.device);
-        set!(eval_every <- args.eval_every);
-        set!(checkpoint_every <- args.checkpoint_every);
+        apply_common!(config, args.common);
         set!(model.codebook_size <- args.codebook_size);
         set!(model.downsample <- args.downsample);
         set!(model.compute <- args.compute);
         set!(model.gradient <- args.gradient);
         set!(model.commitment_cost <- args.commitment_cost);
         set!(kmeans_init_images <- args.kmeans_init_images);
-        if args.threads.is_some() {
-            config.threads = args.threads;
-        }
         let run_dir = args
             .run_dir
             .unwrap_or_else(|| PathBuf::from(format!("runs/run-{}", unix_time())));

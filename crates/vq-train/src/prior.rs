@@ -22,7 +22,7 @@ use vq_model::{images_to_tensor, DeviceChoice, PixelCnnPrior, PriorConfig};
 
 use crate::adam::Adam;
 use crate::checkpoint::{self, HasStep};
-use crate::config::warmup_cosine;
+use crate::config::{validate_schedule, warmup_cosine};
 
 /// Everything a prior run depends on; saved as `config.json` in its run folder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,7 +54,7 @@ impl Default for PriorTrainConfig {
             vqvae: vq_model::checkpoint::bundled_dir(),
             data: PathBuf::from("datasets/cifar-10-batches-bin"),
             any_record_count: false,
-            steps: 6000,
+            steps: 4000,
             batch_size: 128,
             lr: 1e-3,
             warmup_steps: 200,
@@ -72,16 +72,12 @@ impl Default for PriorTrainConfig {
 impl PriorTrainConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.prior.validate()?;
-        if self.steps == 0 || self.batch_size == 0 {
-            return Err("steps and batch_size must be positive".into());
-        }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(format!("lr must be positive, not {}", self.lr));
-        }
-        if self.log_every == 0 || self.eval_every == 0 || self.checkpoint_every == 0 {
-            return Err("log_every, eval_every and checkpoint_every must be positive".into());
-        }
-        Ok(())
+        validate_schedule(
+            self.steps,
+            self.batch_size,
+            self.lr,
+            [self.log_every, self.eval_every, self.checkpoint_every],
+        )
     }
 
     pub fn lr_at(&self, step: usize) -> f64 {
@@ -359,18 +355,8 @@ fn run(
             elapsed_s: 0.0,
         },
     };
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(run_dir.join("metrics.jsonl"))
-        .with_context(|| format!("opening {}/metrics.jsonl", run_dir.display()))?;
-    let bar = indicatif::ProgressBar::new(config.steps as u64).with_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
-        )
-        .expect("valid template"),
-    );
-    bar.set_position(state.step as u64);
+    let mut metrics = checkpoint::open_metrics(run_dir)?;
+    let bar = checkpoint::progress_bar(config.steps, state.step);
     let mut clock = Instant::now();
     let (mut window_loss, mut window_n) = (0.0, 0usize);
     let mut last_eval = None;
@@ -388,13 +374,7 @@ fn run(
         let value = loss.double_value(&[]);
         if !value.is_finite() {
             bar.abandon();
-            bail!(
-                "the loss became NaN or infinite at step {}; stopping (last good checkpoint: {})",
-                step + 1,
-                checkpoint::last(run_dir)
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| "none yet".into())
-            );
+            return Err(checkpoint::non_finite_loss(run_dir, step));
         }
         adam.zero_grad();
         loss.backward();

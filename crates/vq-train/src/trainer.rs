@@ -144,19 +144,8 @@ fn run(config: TrainConfig, run_dir: &Path, from: Option<PathBuf>) -> Result<Run
     if from.is_some() {
         rewind_metrics(&run_dir.join("metrics.jsonl"), state.step)?;
     }
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(run_dir.join("metrics.jsonl"))
-        .with_context(|| format!("opening {}/metrics.jsonl", run_dir.display()))?;
-
-    let bar = indicatif::ProgressBar::new(config.steps as u64).with_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
-        )
-        .expect("valid template"),
-    );
-    bar.set_position(state.step as u64);
+    let mut metrics = checkpoint::open_metrics(run_dir)?;
+    let bar = checkpoint::progress_bar(config.steps, state.step);
     let unit_mse = |mse: f64| mse / (range.scale_offset().0 as f64 * 255.0).powi(2);
     let mut window = Window::default();
     let mut clock = Instant::now();
@@ -172,10 +161,7 @@ fn run(config: TrainConfig, run_dir: &Path, from: Option<PathBuf>) -> Result<Run
             train_step(&mut model, &mut adam, &xs, config.lr_at(step), step)
         else {
             bar.abandon();
-            let kept = checkpoint::last(run_dir)
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "none yet".into());
-            bail!("the loss became NaN or infinite at step {}; stopping (last good checkpoint: {kept})", step + 1);
+            return Err(checkpoint::non_finite_loss(run_dir, step));
         };
         let loss = out.loss.double_value(&[]);
         state.step += 1;
