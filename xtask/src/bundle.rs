@@ -1,14 +1,18 @@
-//! `cargo xtask bundle-model RUN_DIR`: copies a finished run's last checkpoint (weights, model
-//! config, state), its full-test-split figures and its pictures into models/cifar10-default/,
-//! the model `vq-cli` uses when no --checkpoint is given. The optimizer state stays behind.
+//! `cargo xtask bundle-model RUN_DIR` / `bundle-prior RUN_DIR`: copies a finished run's last
+//! checkpoint (weights, config, state), its full-test-split figures and its pictures into
+//! models/cifar10-default/ (the VQ-VAE `vq-cli` uses when no --checkpoint is given) or
+//! models/cifar10-prior/ (the prior `vq-cli sample` uses). The optimizer state stays behind.
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-pub const BUNDLE_DIR: &str = "models/cifar10-default";
+pub const MODEL_DIR: &str = "models/cifar10-default";
+pub const PRIOR_DIR: &str = "models/cifar10-prior";
 
-pub fn run(root: &Path, run_dir: &Path) -> Result<()> {
+/// Bundles the VQ-VAE run `run_dir` (or, with `prior`, the prior run) into the models folder.
+pub fn run(root: &Path, run_dir: &Path, prior: bool) -> Result<()> {
+    let bundle_dir = if prior { PRIOR_DIR } else { MODEL_DIR };
     let summary_path = run_dir.join("summary.json");
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&summary_path).with_context(|| {
@@ -26,8 +30,8 @@ pub fn run(root: &Path, run_dir: &Path) -> Result<()> {
             checkpoint.display()
         );
     }
-    let dest = root.join(BUNDLE_DIR);
-    let staging = root.join(format!("{BUNDLE_DIR}.tmp"));
+    let dest = root.join(bundle_dir);
+    let staging = root.join(format!("{bundle_dir}.tmp"));
     if staging.exists() {
         std::fs::remove_dir_all(&staging)?;
     }
@@ -59,12 +63,22 @@ pub fn run(root: &Path, run_dir: &Path) -> Result<()> {
         std::fs::remove_dir_all(&dest)?;
     }
     std::fs::rename(&staging, &dest)?;
-    tracing::info!(
-        "bundled step {step} of {} into {} (test PSNR {:.2} dB, SSIM {:.4})",
-        run_dir.display(),
-        dest.display(),
-        eval["psnr"].as_f64().unwrap_or(f64::NAN),
-        eval["ssim"].as_f64().unwrap_or(f64::NAN)
-    );
+    if prior {
+        tracing::info!(
+            "bundled step {step} of {} into {} (test NLL {:.4} bits/code, {:.4} bits/dim)",
+            run_dir.display(),
+            dest.display(),
+            eval["bits_per_code"].as_f64().unwrap_or(f64::NAN),
+            eval["bits_per_dim"].as_f64().unwrap_or(f64::NAN)
+        );
+    } else {
+        tracing::info!(
+            "bundled step {step} of {} into {} (test PSNR {:.2} dB, SSIM {:.4})",
+            run_dir.display(),
+            dest.display(),
+            eval["psnr"].as_f64().unwrap_or(f64::NAN),
+            eval["ssim"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
     Ok(())
 }

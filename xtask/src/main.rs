@@ -4,6 +4,7 @@ mod bench;
 mod bundle;
 mod cmd;
 mod download;
+mod fuzz;
 mod libtorch;
 
 use std::path::PathBuf;
@@ -59,6 +60,18 @@ enum Command {
     /// Copy a finished run's last checkpoint, figures and pictures into models/cifar10-default/,
     /// the model vq-cli uses by default.
     BundleModel { run_dir: PathBuf },
+    /// Copy a finished prior run (`vq-train prior`) into models/cifar10-prior/, the prior
+    /// `vq-cli sample` uses by default.
+    BundlePrior { run_dir: PathBuf },
+    /// Run each fuzz target (CIFAR-10 records, the archive unpacker, .vqz files) for a bounded
+    /// time with cargo-fuzz (nightly); fails on the first crash.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets to run [default: all of cifar_records, archive, vqz].
+        targets: Vec<String>,
+    },
     /// Benchmarks, each printing a table and a final JSON line.
     Bench {
         #[command(subcommand)]
@@ -199,7 +212,9 @@ fn real_main() -> Result<()> {
             }
             cmd::run(command.args(&args))?;
         }
-        Command::BundleModel { run_dir } => bundle::run(&root, &run_dir)?,
+        Command::BundleModel { run_dir } => bundle::run(&root, &run_dir, false)?,
+        Command::Fuzz { seconds, targets } => fuzz::run(&root, &targets, seconds)?,
+        Command::BundlePrior { run_dir } => bundle::run(&root, &run_dir, true)?,
         Command::Bench { which } => match which {
             Bench::Kmeans { iters } => bench::kmeans(&root, iters)?,
             Bench::Train {

@@ -53,14 +53,31 @@ impl HasStep for RunState {
     }
 }
 
-/// Opens the run's `metrics.jsonl` for appending (one JSON object per line).
-pub fn open_metrics(run: &Path) -> Result<std::fs::File> {
-    let path = run.join("metrics.jsonl");
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))
+/// The run's `metrics.jsonl`, opened for appending: one JSON object per line.
+#[derive(Debug)]
+pub struct MetricsLog {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    pub fn open(run: &Path) -> Result<Self> {
+        let path = run.join("metrics.jsonl");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok(MetricsLog { file, path })
+    }
+
+    /// Appends `line` (one write, so a crash cuts at most the last line, which a resume drops).
+    pub fn append(&mut self, line: &serde_json::Value) -> Result<()> {
+        use std::io::Write;
+        self.file
+            .write_all(format!("{line}\n").as_bytes())
+            .with_context(|| format!("writing {}", self.path.display()))
+    }
 }
 
 /// The progress bar of a run of `steps` steps, `done` of them already done.
@@ -182,7 +199,8 @@ fn prune(dir: &Path, newest: &str) -> Result<()> {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let stale_step = name.starts_with("step-") && !keep.contains(&name);
-        let stale_tmp = name.starts_with(".tmp-step-");
+        // One process writes a run: any temporary (a checkpoint folder, a link) is a crash leftover.
+        let stale_tmp = name.starts_with(".tmp-");
         if stale_step || stale_tmp {
             let _ = std::fs::remove_dir_all(entry.path());
         }

@@ -6,7 +6,6 @@
 //! `checkpoints/step-N` with `last` and `best` links, `curves.png`, `summary.json`, and an exact
 //! `--resume` (batches are a pure function of the step, Adam's state is saved).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -355,7 +354,7 @@ fn run(
             elapsed_s: 0.0,
         },
     };
-    let mut metrics = checkpoint::open_metrics(run_dir)?;
+    let mut metrics = checkpoint::MetricsLog::open(run_dir)?;
     let bar = checkpoint::progress_bar(config.steps, state.step);
     let mut clock = Instant::now();
     let (mut window_loss, mut window_n) = (0.0, 0usize);
@@ -397,7 +396,7 @@ fn run(
                 "elapsed_s": state.elapsed_s,
             });
             bar.set_message(format!("{bits:.3} bits/code"));
-            writeln!(metrics, "{line}")?;
+            metrics.append(&line)?;
             (window_loss, window_n) = (0.0, 0);
         }
         let final_step = state.step == config.steps;
@@ -409,7 +408,7 @@ fn run(
                 "step {}: test NLL {:.4} bits/code, {:.4} bits/dim",
                 eval.step, eval.bits_per_code, eval.bits_per_dim
             ));
-            writeln!(metrics, "{}", json!({ "eval": eval }))?;
+            metrics.append(&json!({ "eval": eval }))?;
             let best = state
                 .best_bits_per_code
                 .is_none_or(|b| eval.bits_per_code < b);
@@ -426,7 +425,7 @@ fn run(
         }
     }
     bar.finish_and_clear();
-    metrics.flush()?;
+    drop(metrics);
     crate::curves::plot_prior(&run_dir.join("metrics.jsonl"), &run_dir.join("curves.png"))?;
     let final_eval = match last_eval {
         Some(e) => e,

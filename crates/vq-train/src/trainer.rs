@@ -1,7 +1,6 @@
 //! The training loop: data, model, k-means codebook initialisation, Adam with warm-up and
 //! cosine decay, evaluation, checkpoints, exact resume.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -144,7 +143,7 @@ fn run(config: TrainConfig, run_dir: &Path, from: Option<PathBuf>) -> Result<Run
     if from.is_some() {
         rewind_metrics(&run_dir.join("metrics.jsonl"), state.step)?;
     }
-    let mut metrics = checkpoint::open_metrics(run_dir)?;
+    let mut metrics = checkpoint::MetricsLog::open(run_dir)?;
     let bar = checkpoint::progress_bar(config.steps, state.step);
     let unit_mse = |mse: f64| mse / (range.scale_offset().0 as f64 * 255.0).powi(2);
     let mut window = Window::default();
@@ -195,7 +194,7 @@ fn run(config: TrainConfig, run_dir: &Path, from: Option<PathBuf>) -> Result<Run
                 line["images_per_s"].as_f64().unwrap_or(0.0),
             ));
             tracing::debug!("{line}");
-            writeln!(metrics, "{line}")?;
+            metrics.append(&line)?;
         }
         let final_step = state.step == config.steps;
         if state.step % config.eval_every == 0 || final_step {
@@ -223,7 +222,7 @@ fn run(config: TrainConfig, run_dir: &Path, from: Option<PathBuf>) -> Result<Run
                 "step {}: test PSNR {:.2} dB, SSIM {:.4}, perplexity {:.1}, {} / {} codes used ({} images)",
                 eval.step, eval.psnr, eval.ssim, eval.perplexity, eval.codes_used, eval.codebook_size, eval.images
             ));
-            writeln!(metrics, "{}", json!({ "eval": eval }))?;
+            metrics.append(&json!({ "eval": eval }))?;
             let best = state.best_psnr.is_none_or(|b| eval.psnr > b);
             if best {
                 state.best_psnr = Some(eval.psnr);
@@ -239,7 +238,7 @@ fn run(config: TrainConfig, run_dir: &Path, from: Option<PathBuf>) -> Result<Run
         }
     }
     bar.finish_and_clear();
-    metrics.flush()?;
+    drop(metrics);
     crate::curves::plot(&run_dir.join("metrics.jsonl"), &run_dir.join("curves.png"))?;
 
     let final_eval = match last_eval {

@@ -103,12 +103,62 @@ fn run_folder_holds_everything() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
 }
 
+/// Sets `key` of the JSON config at `path`.
+fn patch(path: &Path, key: &str, value: serde_json::Value) {
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    json[key] = value;
+    std::fs::write(path, json.to_string()).unwrap();
+}
+
+/// Every checkpoint folder of `run` is whole: all four files there, the weights and optimizer
+/// state readable safetensors, the state naming the folder's step; `last` points at one of them.
+fn assert_checkpoints_whole(run: &Path) -> usize {
+    let dir = run.join("checkpoints");
+    let mut steps = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        let Some(step) = name.strip_prefix("step-") else {
+            continue;
+        };
+        let step: usize = step.parse().unwrap();
+        let folder = dir.join(&name);
+        for file in ["model.safetensors", "optimizer.safetensors"] {
+            let tensors = tch::Tensor::read_safetensors(folder.join(file))
+                .unwrap_or_else(|e| panic!("{name}/{file} is not whole: {e}"));
+            assert!(!tensors.is_empty(), "{name}/{file} is empty");
+        }
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(folder.join("state.json")).unwrap())
+                .unwrap_or_else(|e| panic!("{name}/state.json is not whole: {e}"));
+        assert_eq!(state["step"], step, "{name}/state.json");
+        serde_json::from_slice::<serde_json::Value>(
+            &std::fs::read(folder.join("config.json")).unwrap(),
+        )
+        .unwrap_or_else(|e| panic!("{name}/config.json is not whole: {e}"));
+        steps.push(step);
+    }
+    let last = std::fs::read_link(dir.join("last")).expect("a last link");
+    let last: usize = last.to_string_lossy()["step-".len()..].parse().unwrap();
+    assert!(
+        steps.contains(&last),
+        "last points at a missing step {last}"
+    );
+    last
+}
+
+/// SIGKILL at seeded random moments, again and again, with a checkpoint at every step (so that
+/// most kills land in the middle of writing one): after each kill every checkpoint on disk is
+/// whole, and the resumed run ends with exactly the weights and optimizer state of a run that was
+/// never interrupted.
 #[test]
-fn sigkill_then_resume_gives_the_uninterrupted_weights() {
+fn sigkill_at_random_points_then_resume_gives_the_uninterrupted_weights() {
+    use rand::{Rng, SeedableRng};
     let tmp = tempfile::tempdir().unwrap();
     let data = dataset(tmp.path());
     let steps = 60;
     let cfg = config(tmp.path(), &data, steps);
+    patch(&cfg, "checkpoint_every", serde_json::json!(1));
 
     let straight = tmp.path().join("straight");
     let out = output(&mut vq_train(&[
@@ -124,28 +174,82 @@ fn sigkill_then_resume_gives_the_uninterrupted_weights() {
     );
 
     let broken = tmp.path().join("broken");
-    let mut child = vq_train(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "--run-dir",
-        broken.to_str().unwrap(),
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while std::fs::read_link(broken.join("checkpoints/last")).is_err() {
-        assert!(Instant::now() < deadline, "no checkpoint appeared");
-        std::thread::sleep(Duration::from_millis(2));
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let (mut kills, mut mid_write, mut seen) = (0, 0, Vec::new());
+    for attempt in 0..6 {
+        let args: Vec<&str> = if attempt == 0 {
+            vec![
+                "--config",
+                cfg.to_str().unwrap(),
+                "--run-dir",
+                broken.to_str().unwrap(),
+            ]
+        } else {
+            vec!["--resume", broken.to_str().unwrap()]
+        };
+        let mut child = vq_train(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait for training proper (a checkpoint newer than the one resumed from), then a
+        // random few milliseconds more.
+        let before = std::fs::read_link(broken.join("checkpoints/last")).ok();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let now = std::fs::read_link(broken.join("checkpoints/last")).ok();
+            if now.is_some() && now != before {
+                break;
+            }
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no checkpoint appeared");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if attempt % 2 == 0 {
+            std::thread::sleep(Duration::from_micros(rng.random_range(0..150_000)));
+        } else {
+            // Kill as soon as the next checkpoint folder is being written.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+                let writing = std::fs::read_dir(broken.join("checkpoints"))
+                    .unwrap()
+                    .any(|e| {
+                        e.unwrap()
+                            .file_name()
+                            .to_string_lossy()
+                            .starts_with(".tmp-step-")
+                    });
+                if writing {
+                    break;
+                }
+            }
+        }
+        if child.try_wait().unwrap().is_some() {
+            break; // finished before the kill
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        let leftovers = std::fs::read_dir(broken.join("checkpoints"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".tmp-")
+            })
+            .count();
+        mid_write += (leftovers > 0) as usize;
+        seen.push(assert_checkpoints_whole(&broken));
     }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
     assert!(
-        !broken.join("summary.json").exists(),
-        "the run finished before it could be killed"
+        kills >= 3,
+        "only {kills} kills landed before the run finished"
     );
-    let killed_at = std::fs::read_link(broken.join("checkpoints/last")).unwrap();
+    eprintln!("{kills} kills after steps {seen:?}, {mid_write} of them during a checkpoint write");
 
     let out = output(&mut vq_train(&["--resume", broken.to_str().unwrap()]));
     assert!(
@@ -153,9 +257,10 @@ fn sigkill_then_resume_gives_the_uninterrupted_weights() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert_checkpoints_whole(&broken);
     assert!(
         final_weights(&broken) == final_weights(&straight),
-        "killed after {killed_at:?}: weights differ"
+        "killed after steps {seen:?}: weights differ"
     );
     let a = std::fs::read(broken.join("checkpoints/last/optimizer.safetensors")).unwrap();
     let b = std::fs::read(straight.join("checkpoints/last/optimizer.safetensors")).unwrap();
@@ -166,6 +271,117 @@ fn sigkill_then_resume_gives_the_uninterrupted_weights() {
         lines.lines().filter(|l| !l.contains("\"eval\"")).count(),
         steps / 2
     );
+}
+
+/// Runs `script` as root of a private mount namespace (`unshare -rm`), so that it may mount a
+/// small tmpfs that vanishes with it; `None` where this machine allows no such namespace.
+fn in_mount_namespace(script: &str, args: &[&Path]) -> Option<Output> {
+    let probe = Command::new("unshare")
+        .args(["-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED: no private mount namespace here (unshare -rm), cannot make a tmpfs");
+        return None;
+    }
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-rm", "sh", "-c", script, "sh"]);
+    for a in args {
+        cmd.arg(a);
+    }
+    Some(
+        cmd.env_remove("LD_LIBRARY_PATH")
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap(),
+    )
+}
+
+/// The disk fills up while a run writes its checkpoints: the run stops with an error naming the
+/// file and the cause, the last good checkpoint stays whole and linked, and once there is room
+/// again the run resumes from it to the end.
+#[test]
+fn a_full_disk_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path());
+    let steps = 150;
+    let cfg = config(tmp.path(), &data, steps);
+    patch(&cfg, "checkpoint_every", serde_json::json!(1));
+    patch(&cfg, "eval_every", serde_json::json!(1000));
+    let (mnt, out_dir) = (tmp.path().join("mnt"), tmp.path().join("out"));
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::fs::create_dir_all(&out_dir).unwrap();
+    // $1 mount point, $2 vq-train, $3 config, $4 where the results are copied.
+    let script = r#"
+        mount -t tmpfs -o size=4m tmpfs "$1" || exit 97
+        "$2" --config "$3" --run-dir "$1/run" 2> "$4/stderr" &
+        pid=$!
+        while [ ! -e "$1/run/checkpoints/last" ]; do sleep 0.01; done
+        dd if=/dev/zero of="$1/filler" bs=4k 2> /dev/null
+        wait $pid
+        echo $? > "$4/rc"
+        rm -f "$1/filler"
+        cp -a "$1/run" "$4/run"
+    "#;
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_vq-train"));
+    let Some(out) = in_mount_namespace(script, &[&mnt, &bin, &cfg, &out_dir]) else {
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rc = std::fs::read_to_string(out_dir.join("rc")).unwrap();
+    let err = std::fs::read_to_string(out_dir.join("stderr")).unwrap();
+    assert_eq!(rc.trim(), "1", "the run did not fail: {err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("/run/"), "the error names no file: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let run = out_dir.join("run");
+    let kept = assert_checkpoints_whole(&run);
+    assert!(kept < steps, "{kept}");
+
+    let out = output(&mut vq_train(&["--resume", run.to_str().unwrap()]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(assert_checkpoints_whole(&run), steps);
+}
+
+/// A run folder on a read-only file system: a clear error naming it, nothing else.
+#[test]
+fn an_unwritable_run_folder_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path());
+    let cfg = config(tmp.path(), &data, 4);
+    let (mnt, out_dir) = (tmp.path().join("mnt"), tmp.path().join("out"));
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let script = r#"
+        mount -t tmpfs -o ro,size=64k tmpfs "$1" || exit 97
+        "$2" --config "$3" --run-dir "$1/run" 2> "$4/stderr"
+        echo $? > "$4/rc"
+    "#;
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_vq-train"));
+    let Some(out) = in_mount_namespace(script, &[&mnt, &bin, &cfg, &out_dir]) else {
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = std::fs::read_to_string(out_dir.join("stderr")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("rc")).unwrap().trim(),
+        "1",
+        "{err}"
+    );
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert!(err.contains(&format!("{}/run", mnt.display())), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }
 
 #[test]
