@@ -261,3 +261,87 @@ fn eval_reports_json_figures_on_a_split() {
     let out = cli(&["eval", "--data", "nowhere"], tmp.path());
     assert_clean_failure(&out, "download-cifar");
 }
+
+#[test]
+fn sample_with_the_bundled_prior_is_reproducible_and_checks_its_arguments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let out = cli(&["sample", "-n", "10", "--seed", "5", "-o", "a.png"], dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("images/s"), "{}", stdout(&out));
+    let out = cli(&["sample", "-n", "10", "--seed", "5", "-o", "b.png"], dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let a = image::open(dir.join("a.png")).unwrap().to_rgb8();
+    let b = image::open(dir.join("b.png")).unwrap().to_rgb8();
+    // Two rows of 8 tiles (32 px with a 2-px border), and the same seed gives the same pixels.
+    assert_eq!(a.dimensions(), (8 * 34 + 2, 2 * 34 + 2));
+    assert!(a == b, "the same seed gave other samples");
+    let out = cli(
+        &[
+            "sample", "-n", "10", "--seed", "6", "--class", "ship", "-o", "c.png",
+        ],
+        dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(image::open(dir.join("c.png")).unwrap().to_rgb8() != a);
+
+    assert_clean_failure(&cli(&["sample", "--class", "unicorn"], dir), "unicorn");
+    assert_clean_failure(&cli(&["sample", "--temperature", "0"], dir), "temperature");
+    assert_clean_failure(&cli(&["sample", "--prior", "nowhere"], dir), "nowhere");
+    assert!(!dir.join("samples.png").exists());
+}
+
+/// Outputs on a full disk and on a read-only file system: a clear error naming the output, no
+/// partial file, and an existing output left as it was.
+#[test]
+fn full_and_read_only_output_folders_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // Noise compresses badly: its PNG reconstruction is far larger than the 16 kB disk.
+    let noise = image::RgbImage::from_fn(160, 120, |x, y| {
+        let h =
+            (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)).wrapping_mul(2_246_822_519);
+        image::Rgb([(h >> 8) as u8, (h >> 16) as u8, (h >> 24) as u8])
+    });
+    noise.save(dir.join("in.png")).unwrap();
+    let (full, ro) = (dir.join("full"), dir.join("ro"));
+    std::fs::create_dir_all(&full).unwrap();
+    std::fs::create_dir_all(&ro).unwrap();
+    // $1 full mount, $2 read-only mount, $3 vq-cli, $4 input, $5 results folder.
+    let script = r#"
+        mount -t tmpfs -o size=16k tmpfs "$1" || exit 97
+        mount -t tmpfs -o ro,size=16k tmpfs "$2" || exit 97
+        echo keep > "$1/out.png"
+        "$3" --device cpu reconstruct "$4" -o "$1/out.png" 2> "$5/full.err"; echo $? > "$5/full.rc"
+        cp "$1/out.png" "$5/full.after"; ls -A "$1" > "$5/full.ls"
+        "$3" --device cpu reconstruct "$4" -o "$2/out.png" 2> "$5/ro.err"; echo $? > "$5/ro.rc"
+        "$3" --device cpu encode "$4" -o "$2" 2> "$5/ro-encode.err"; echo $? > "$5/ro-encode.rc"
+    "#;
+    let bin = vq_e2e::binary("vq-cli");
+    let input = dir.join("in.png");
+    let Some(out) = vq_e2e::in_mount_namespace(script, &[&full, &ro, &bin, &input, dir]) else {
+        return;
+    };
+    assert!(out.status.success(), "{}", stderr(&out));
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    for (case, cause) in [
+        ("full", "No space left on device"),
+        ("ro", "Read-only file system"),
+        ("ro-encode", "Read-only file system"),
+    ] {
+        let err = read(&format!("{case}.err"));
+        assert_eq!(read(&format!("{case}.rc")).trim(), "1", "{case}: {err}");
+        assert!(err.contains(cause), "{case}: {err}");
+        assert!(
+            err.contains("/out.") || err.contains("in.vqz"),
+            "{case}: names no file: {err}"
+        );
+        assert!(!err.contains("panicked"), "{case}: {err}");
+    }
+    assert_eq!(read("full.after"), "keep\n", "the old output was damaged");
+    assert_eq!(
+        read("full.ls").trim(),
+        "out.png",
+        "a partial file was left behind"
+    );
+}

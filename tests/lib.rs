@@ -49,3 +49,25 @@ pub fn stdout(out: &Output) -> String {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// Runs `script` (`sh -c`, with `args` as `$1`...) as root of a private mount namespace
+/// (`unshare -rm`), where it may mount a small tmpfs that vanishes with it. `None`, with a note
+/// on stderr, where this machine allows no such namespace.
+pub fn in_mount_namespace(script: &str, args: &[&Path]) -> Option<Output> {
+    let probe = Command::new("unshare")
+        .args(["-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED: no private mount namespace here (unshare -rm), cannot make a tmpfs");
+        return None;
+    }
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-rm", "sh", "-c", script, "sh"]);
+    cmd.args(args);
+    Some(
+        cmd.env_remove("LD_LIBRARY_PATH")
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("running unshare"),
+    )
+}

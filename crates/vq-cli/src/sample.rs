@@ -8,7 +8,8 @@ use vq_model::{PixelCnnPrior, PriorConfig};
 
 /// The prior `sample` uses when none is given.
 pub fn bundled_prior_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/cifar10-prior")
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/cifar10-prior");
+    path.canonicalize().unwrap_or(path)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -31,6 +31,8 @@ pub enum CheckpointError {
     Unreadable(PathBuf, String),
     #[error("{path}: the weights do not fit the model described by {CONFIG_FILE} ({reason})")]
     Mismatch { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Model(#[from] crate::ModelError),
 }
 
 /// What a checkpoint says about how it was trained, where it knows.
@@ -105,15 +107,8 @@ pub fn read_config<T: DeserializeOwned>(
 /// fit that config apart from unreadable or non-finite ones.
 pub fn load_into(vs: &mut nn::VarStore, weights: &Path) -> Result<(), CheckpointError> {
     crate::load_weights(vs, weights).map_err(|e| match e {
-        crate::ModelError::Io(_, reason)
-            if reason.contains("shape") || reason.contains("cannot find") =>
-        {
-            CheckpointError::Mismatch {
-                path: weights.to_path_buf(),
-                reason,
-            }
-        }
-        other => CheckpointError::Unreadable(weights.to_path_buf(), other.to_string()),
+        crate::ModelError::Mismatch(path, reason) => CheckpointError::Mismatch { path, reason },
+        other => CheckpointError::Model(other),
     })
 }
 

@@ -61,6 +61,8 @@ pub enum ModelError {
     Io(PathBuf, String),
     #[error("{0}: variable {1} holds NaN or infinite values")]
     NonFinite(PathBuf, String),
+    #[error("{0}: the weights do not fit the model's configuration ({1})")]
+    Mismatch(PathBuf, String),
     #[error("shape: {0}")]
     Shape(String),
     #[error("k-means codebook initialisation: {0}")]

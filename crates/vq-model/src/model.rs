@@ -134,15 +134,51 @@ pub fn load_weights(vs: &mut nn::VarStore, path: &Path) -> Result<(), ModelError
     if !path.is_file() {
         return Err(ModelError::Io(path.to_path_buf(), "no such file".into()));
     }
-    vs.load(path)
-        .map_err(|e| ModelError::Io(path.to_path_buf(), e.to_string()))?;
-    for (name, t) in vs.variables() {
-        let finite = t.isfinite().all().int64_value(&[]) == 1;
-        if !finite {
-            return Err(ModelError::NonFinite(path.to_path_buf(), name));
+    let file: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(path)
+        .map_err(|e| ModelError::Io(path.to_path_buf(), first_line(&e.to_string())))?
+        .into_iter()
+        .collect();
+    let mismatch = |reason: String| ModelError::Mismatch(path.to_path_buf(), reason);
+    let variables = vs.variables();
+    // `VarStore::load` ignores tensors the model lacks; a file with extra layers is another model.
+    let mut extra: Vec<&String> = file
+        .keys()
+        .filter(|k| !variables.contains_key(*k))
+        .collect();
+    extra.sort();
+    if let Some(name) = extra.first() {
+        return Err(mismatch(format!(
+            "the file holds {} tensor(s) the model lacks, e.g. {name}",
+            extra.len()
+        )));
+    }
+    let mut names: Vec<&String> = variables.keys().collect();
+    names.sort();
+    let _guard = tch::no_grad_guard();
+    for name in names {
+        let Some(saved) = file.get(name) else {
+            return Err(mismatch(format!("the file has no tensor {name}")));
+        };
+        let mut var = variables[name].shallow_clone();
+        if saved.size() != var.size() {
+            return Err(mismatch(format!(
+                "{name} has shape {:?} in the file, the model needs {:?}",
+                saved.size(),
+                var.size()
+            )));
         }
+        if saved.is_floating_point() && saved.isfinite().all().int64_value(&[]) != 1 {
+            return Err(ModelError::NonFinite(path.to_path_buf(), name.clone()));
+        }
+        var.f_copy_(saved)
+            .map_err(|e| mismatch(format!("{name}: {}", first_line(&e.to_string()))))?;
     }
     Ok(())
+}
+
+/// LibTorch errors carry a C++ backtrace after the first line; users need only the first.
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or("").to_string()
 }
 
 fn temp_sibling(path: &Path) -> PathBuf {
@@ -442,6 +478,43 @@ mod tests {
             err.to_string().contains("decoder.from_code.weight"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn weights_of_another_shape_are_a_mismatch_not_a_partial_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let cfg = tiny(CodebookUpdate::default(), 4);
+        let deeper = VqVaeConfig {
+            residual_layers: 2,
+            ..cfg.clone()
+        };
+        let wider = VqVaeConfig {
+            codebook_size: 32,
+            ..cfg.clone()
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        VqVae::new(vs.root(), &deeper);
+        save_weights(&vs, &path).unwrap();
+        // More layers in the file than in the model: VarStore::load alone would accept it.
+        let mut vs1 = nn::VarStore::new(Device::Cpu);
+        VqVae::new(vs1.root(), &cfg);
+        let err = load_weights(&mut vs1, &path).unwrap_err().to_string();
+        assert!(err.contains("the model lacks"), "{err}");
+        // Fewer layers in the file than in the model.
+        let vs = nn::VarStore::new(Device::Cpu);
+        VqVae::new(vs.root(), &cfg);
+        save_weights(&vs, &path).unwrap();
+        let mut vs2 = nn::VarStore::new(Device::Cpu);
+        VqVae::new(vs2.root(), &deeper);
+        let err = load_weights(&mut vs2, &path).unwrap_err().to_string();
+        assert!(err.contains("has no tensor"), "{err}");
+        // Another codebook size: named with both shapes, no LibTorch backtrace.
+        let mut vs3 = nn::VarStore::new(Device::Cpu);
+        VqVae::new(vs3.root(), &wider);
+        let err = load_weights(&mut vs3, &path).unwrap_err().to_string();
+        assert!(err.contains("in the file, the model needs"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
     }
 
     #[test]
