@@ -297,8 +297,7 @@ fn codec<'a>(ckpt: &'a Checkpoint, device: tch::Device) -> Codec<'a> {
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    vq_data::write_atomic(path, |w| w.write_all(bytes))
-        .with_context(|| format!("writing {}", path.display()))
+    vq_data::write_atomic(path, |w| w.write_all(bytes)).context("writing the output")
 }
 
 fn reconstruct(
@@ -574,7 +573,7 @@ fn sample(
         .collect();
     let refs: Vec<&Tensor> = rows.iter().collect();
     vq_model::save_grid(&refs, 8, ckpt.config.input_range, output)
-        .with_context(|| format!("writing {}", output.display()))?;
+        .context("writing the samples")?;
     println!(
         "{}: {n} samples in {seconds:.2} s ({:.1} images/s), temperature {temperature}, seed {seed}",
         output.display(),

@@ -7,11 +7,12 @@ pub enum DataError {
     #[error("{path}: file is missing (run `cargo xtask download-cifar` to fetch CIFAR-10)")]
     Missing { path: PathBuf },
 
-    #[error("{path}: {source}")]
+    // The cause is shown in the message and deliberately not chained as a `source`, so that
+    // `{:#}` error reports do not print it twice.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     #[error(
@@ -61,12 +62,12 @@ pub enum DataError {
 }
 
 impl DataError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         let path = path.into();
-        if source.kind() == std::io::ErrorKind::NotFound {
+        if error.kind() == std::io::ErrorKind::NotFound {
             DataError::Missing { path }
         } else {
-            DataError::Io { path, source }
+            DataError::Io { path, error }
         }
     }
 }

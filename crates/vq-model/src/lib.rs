@@ -61,6 +61,8 @@ pub enum ModelError {
     Io(PathBuf, String),
     #[error("{0}: variable {1} holds NaN or infinite values")]
     NonFinite(PathBuf, String),
+    #[error(transparent)]
+    Data(#[from] vq_data::DataError),
     #[error("{0}: the weights do not fit the model's configuration ({1})")]
     Mismatch(PathBuf, String),
     #[error("shape: {0}")]

@@ -66,6 +66,5 @@ pub fn save_png(img: &image::RgbImage, path: &Path) -> Result<(), ModelError> {
         image::ImageFormat::Png,
     )
     .map_err(|e| ModelError::Io(path.to_path_buf(), e.to_string()))?;
-    vq_data::write_atomic(path, |w| w.write_all(&bytes))
-        .map_err(|e| ModelError::Io(path.to_path_buf(), e.to_string()))
+    Ok(vq_data::write_atomic(path, |w| w.write_all(&bytes))?)
 }

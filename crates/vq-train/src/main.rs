@@ -30,7 +30,7 @@ struct Args {
     /// 4 (8×8 codes) or 2 (16×16 codes).
     #[arg(long)]
     downsample: Option<i64>,
-    /// Number type of the convolutions: auto (bf16 where the CPU has native bf16), f32 or bf16.
+    /// Number type of the convolutions: auto (bf16 where the CPU has AMX bf16 tiles, else f32), f32 or bf16.
     #[arg(long)]
     compute: Option<vq_model::ComputeKind>,
     /// Gradient through the code lookup: straight_through (default) or rotation.
