@@ -5,6 +5,7 @@ mod bundle;
 mod cmd;
 mod download;
 mod fuzz;
+mod import;
 mod libtorch;
 
 use std::path::PathBuf;
@@ -63,6 +64,24 @@ enum Command {
     /// Copy a finished prior run (`vq-train prior`) into models/cifar10-prior/, the prior
     /// `vq-cli sample` uses by default.
     BundlePrior { run_dir: PathBuf },
+    /// Import an image folder (ROOT/<split>/<class>/*.png, ROOT/<class>/*, or a flat folder)
+    /// into a dataset `vq-train --data OUT` trains on: decoded in parallel, resized and
+    /// centre-cropped to SIZE × SIZE.
+    ImportImages {
+        root: PathBuf,
+        /// Side of the square images (e.g. 32, 64, 128).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// The dataset folder to create (must not exist or be empty), e.g. datasets/NAME.
+        #[arg(long)]
+        out: PathBuf,
+        /// Share held out as the test split when ROOT has no test/ folder.
+        #[arg(long, default_value_t = 0.1)]
+        test_fraction: f64,
+        /// Seed of that hold-out.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Run each fuzz target (CIFAR-10 records, the archive unpacker, .vqz files) for a bounded
     /// time with cargo-fuzz (nightly); fails on the first crash.
     Fuzz {
@@ -113,6 +132,17 @@ enum Bench {
         /// CPU threads for both [default: all cores].
         #[arg(long)]
         threads: Option<usize>,
+    },
+    /// Image-folder import rate (images/s): makes a folder of JPEG photos (deterministic
+    /// synthetic pictures), imports it at SIZE, reports images/s.
+    Import {
+        #[arg(long, default_value_t = 2000)]
+        images: usize,
+        /// Width of the generated photos (height is 3/4 of it).
+        #[arg(long, default_value_t = 400)]
+        width: u32,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
     },
     /// CIFAR-10 load rate from page cache (MB/s).
     Data {
@@ -213,6 +243,21 @@ fn real_main() -> Result<()> {
             cmd::run(command.args(&args))?;
         }
         Command::BundleModel { run_dir } => bundle::run(&root, &run_dir, false)?,
+        Command::ImportImages {
+            root: images,
+            size,
+            out,
+            test_fraction,
+            seed,
+        } => import::run(
+            &images,
+            &out,
+            &vq_data::folder::ImportOptions {
+                side: size,
+                test_fraction,
+                seed,
+            },
+        )?,
         Command::Fuzz { seconds, targets } => fuzz::run(&root, &targets, seconds)?,
         Command::BundlePrior { run_dir } => bundle::run(&root, &run_dir, true)?,
         Command::Bench { which } => match which {
@@ -231,6 +276,11 @@ fn real_main() -> Result<()> {
                 });
                 bench::train(&root, &dir, steps, threads)?;
             }
+            Bench::Import {
+                images,
+                width,
+                size,
+            } => import::bench(images, width, size)?,
             Bench::Data { data } => {
                 let dir = download(&root, &data)?;
                 cmd::run(

@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tch::Tensor;
 use vq_cli::{codec, Codec, Tiling};
 use vq_codes::CodeFile;
-use vq_data::{Cifar10, Split};
+use vq_data::Split;
 use vq_model::checkpoint::{self, Checkpoint};
 use vq_model::DeviceChoice;
 
@@ -409,9 +409,9 @@ fn eval(
         SplitArg::Train => Split::Train,
         SplitArg::Test => Split::Test,
     };
-    let images = Cifar10::load(&dir, split).with_context(|| {
+    let images = vq_data::load_split(&dir, split, &Default::default()).with_context(|| {
         format!(
-            "loading CIFAR-10 from {} (run `cargo xtask download-cifar`, or pass --data)",
+            "loading the dataset {} (run `cargo xtask download-cifar`, or pass --data)",
             dir.display()
         )
     })?;
@@ -544,7 +544,8 @@ fn sample(
     let labels: Option<Vec<i64>> = match (&class, classes) {
         (Some(_), 0) => bail!("this prior is not class-conditional; drop --class"),
         (Some(name), _) => {
-            let index = vq_data::CLASS_NAMES
+            let names = prior.model.config.class_names();
+            let index = names
                 .iter()
                 .position(|c| c == name)
                 .map(|i| i as i64)
@@ -553,7 +554,7 @@ fn sample(
                 .with_context(|| {
                     format!(
                         "unknown class {name:?} (one of {} or 0-{})",
-                        vq_data::CLASS_NAMES.join(", "),
+                        names.join(", "),
                         classes - 1
                     )
                 })?;

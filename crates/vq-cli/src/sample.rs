@@ -63,7 +63,7 @@ impl Prior {
         temperature: f64,
         device: Device,
     ) -> (Tensor, Tensor) {
-        let side = vqvae.config.grid_side(32);
+        let side = self.model.config.grid_side;
         let codes = self
             .model
             .sample(n, (side, side), labels, temperature, device);

@@ -241,6 +241,7 @@ fn a_prior_opens_only_with_its_own_vqvae_and_samples_images() {
             kernel: 3,
             classes: 10,
             vqvae_model_id: id,
+            ..PriorConfig::default()
         };
         let vs = nn::VarStore::new(Device::Cpu);
         let _prior = vq_model::PixelCnnPrior::new(vs.root(), &cfg);

@@ -47,6 +47,9 @@ pub enum DataError {
     #[error("{path}: {reason}")]
     BadMeta { path: PathBuf, reason: String },
 
+    #[error("{path}: bad header: {reason}")]
+    BadHeader { path: PathBuf, reason: String },
+
     #[error("{path}: {reason}")]
     Archive { path: PathBuf, reason: String },
 

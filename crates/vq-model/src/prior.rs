@@ -28,6 +28,12 @@ pub struct PriorConfig {
     /// Model id (hex) of the VQ-VAE whose codes it was trained on; a prior is used only with
     /// that VQ-VAE.
     pub vqvae_model_id: String,
+    /// Side of the code grids it was trained on (8 for 32 × 32 images at 4× downsampling).
+    pub grid_side: i64,
+    /// Side of the images behind those grids (for bits per dimension).
+    pub image_side: i64,
+    /// Names of the classes, by label (empty: CIFAR-10's).
+    pub class_names: Vec<String>,
 }
 
 impl Default for PriorConfig {
@@ -39,11 +45,23 @@ impl Default for PriorConfig {
             kernel: 3,
             classes: 10,
             vqvae_model_id: String::new(),
+            grid_side: 8,
+            image_side: 32,
+            class_names: Vec::new(),
         }
     }
 }
 
 impl PriorConfig {
+    /// The name of each class label (CIFAR-10's unless the config lists its own).
+    pub fn class_names(&self) -> Vec<String> {
+        if self.class_names.is_empty() {
+            vq_data::CLASS_NAMES.iter().map(|s| s.to_string()).collect()
+        } else {
+            self.class_names.clone()
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.codebook_size < 2 || self.channels < 1 || self.layers < 1 {
             return Err("codebook_size ≥ 2, channels ≥ 1 and layers ≥ 1 are needed".into());
@@ -56,6 +74,19 @@ impl PriorConfig {
         }
         if self.classes < 0 {
             return Err("classes must not be negative".into());
+        }
+        if self.grid_side < 1 || self.image_side < self.grid_side {
+            return Err(format!(
+                "grid_side {} and image_side {} must be positive, the image at least the grid",
+                self.grid_side, self.image_side
+            ));
+        }
+        if !self.class_names.is_empty() && self.class_names.len() as i64 != self.classes {
+            return Err(format!(
+                "{} class names for {} classes",
+                self.class_names.len(),
+                self.classes
+            ));
         }
         Ok(())
     }
@@ -251,7 +282,7 @@ mod tests {
             layers: 4,
             kernel: 3,
             classes,
-            vqvae_model_id: String::new(),
+            ..PriorConfig::default()
         }
     }
 

@@ -44,7 +44,7 @@ impl Default for TrainConfig {
             model: VqVaeConfig::default(),
             data: PathBuf::from("datasets/cifar-10-batches-bin"),
             any_record_count: false,
-            steps: 14_000,
+            steps: 20_000,
             batch_size: 128,
             lr: 1e-3,
             warmup_steps: 200,

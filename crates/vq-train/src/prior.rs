@@ -205,8 +205,8 @@ fn cached_codes(
             LoadOptions::default().records_per_file
         },
     };
-    let images = Cifar10::load_with(&config.data, split, &options)
-        .with_context(|| format!("loading the CIFAR-10 {split} split"))?;
+    let images = vq_data::load_split(&config.data, split, &options)
+        .with_context(|| format!("loading the {split} split"))?;
     let started = Instant::now();
     let set = encode_split(vqvae, &images, device)?;
     tracing::info!(
@@ -277,7 +277,7 @@ pub fn evaluate_prior(
         step,
         grids: n,
         bits_per_code,
-        bits_per_dim: bits_per_code * per_grid / (3.0 * 32.0 * 32.0),
+        bits_per_dim: bits_per_code * per_grid / (3.0 * (prior.config.image_side as f64).powi(2)),
         elapsed_s,
     }
 }
@@ -296,6 +296,14 @@ pub fn train_prior(mut config: PriorTrainConfig, run_dir: &Path) -> Result<Prior
         .with_context(|| format!("opening the VQ-VAE {}", config.vqvae.display()))?;
     config.prior.codebook_size = vqvae.config.codebook_size;
     config.prior.vqvae_model_id = hex(&vqvae.model_id);
+    let data = vq_data::describe(&config.data)
+        .with_context(|| format!("reading the dataset {}", config.data.display()))?;
+    config.prior.image_side = data.side as i64;
+    config.prior.grid_side = vqvae.config.grid_side(data.side as i64);
+    if config.prior.classes > 0 {
+        config.prior.classes = data.class_names.len() as i64;
+        config.prior.class_names = data.class_names;
+    }
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     checkpoint::write_json(&run_dir.join(checkpoint::CONFIG_FILE), &config)?;
     run(config, vqvae, run_dir, None)

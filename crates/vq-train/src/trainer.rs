@@ -18,6 +18,9 @@ use crate::adam::Adam;
 use crate::checkpoint::{self, RunState};
 use crate::config::TrainConfig;
 
+/// The run folder's record of the dataset it trained on ([`vq_data::DatasetInfo`]).
+pub const DATASET_FILE: &str = "dataset.json";
+
 /// What a finished run reports.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunSummary {
@@ -83,8 +86,8 @@ fn load_split(config: &TrainConfig, split: Split) -> Result<Cifar10> {
             LoadOptions::default().records_per_file
         },
     };
-    Cifar10::load_with(&config.data, split, &options)
-        .with_context(|| format!("loading the CIFAR-10 {split} split"))
+    vq_data::load_split(&config.data, split, &options)
+        .with_context(|| format!("loading the {split} split"))
 }
 
 fn run(config: TrainConfig, run_dir: &Path, from: Option<PathBuf>) -> Result<RunSummary> {
@@ -98,11 +101,19 @@ fn run(config: TrainConfig, run_dir: &Path, from: Option<PathBuf>) -> Result<Run
     );
     let train_set = load_split(&config, Split::Train)?;
     let test_set = load_split(&config, Split::Test)?;
+    // Which dataset and resolution this run trains on, for whoever uses its checkpoints.
+    let dataset = vq_data::describe(&config.data)
+        .with_context(|| format!("reading the dataset {}", config.data.display()))?;
+    checkpoint::write_json(&run_dir.join(DATASET_FILE), &dataset)?;
     tracing::info!(
-        "CIFAR-10: {} train, {} test images from {}",
+        "{} {}×{}: {} train, {} test images from {}; convolutions in {:?}",
+        dataset.kind,
+        dataset.side,
+        dataset.side,
         train_set.len(),
         test_set.len(),
-        config.data.display()
+        config.data.display(),
+        config.model.compute.kind()
     );
 
     tch::manual_seed(config.seed as i64);

@@ -1,0 +1,197 @@
+//! Your own images end to end: an image folder (odd sizes, grayscale, a corrupt file) imported
+//! at 64×64, a short VQ-VAE run and a short prior run on it, then `vq-cli` with both, and the
+//! refusal of a prior that belongs to another VQ-VAE.
+
+use std::path::Path;
+
+use vq_data::folder::{import_image_folder, ImportOptions};
+use vq_e2e::{run, stderr, stdout};
+
+fn picture(width: u32, height: u32, seed: u32) -> image::RgbImage {
+    image::RgbImage::from_fn(width, height, |x, y| {
+        let v = |a: f32| ((a.sin() * 0.5 + 0.5) * 255.0) as u8;
+        let s = seed as f32;
+        image::Rgb([
+            v(x as f32 * 0.11 + s),
+            v(y as f32 * 0.07 + 2.0 * s),
+            v((x + y) as f32 * 0.05 + 3.0 * s),
+        ])
+    })
+}
+
+fn write_json(path: &Path, value: serde_json::Value) {
+    std::fs::write(path, value.to_string()).unwrap();
+}
+
+#[test]
+fn import_train_and_sample_on_an_image_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let root = dir.join("photos");
+    for (split, n) in [("train", 12u32), ("test", 3)] {
+        for class in ["boats", "cars"] {
+            std::fs::create_dir_all(root.join(split).join(class)).unwrap();
+            for i in 0..n {
+                let seed = i + if class == "cars" { 50 } else { 0 };
+                let path = root.join(format!("{split}/{class}/{i:02}"));
+                match i % 3 {
+                    0 => picture(70 + i, 50, seed)
+                        .save(path.with_extension("png"))
+                        .unwrap(),
+                    1 => picture(64, 81, seed)
+                        .save(path.with_extension("jpg"))
+                        .unwrap(),
+                    _ => image::DynamicImage::ImageRgb8(picture(90, 90, seed))
+                        .to_luma8()
+                        .save(path.with_extension("bmp"))
+                        .unwrap(),
+                }
+            }
+        }
+    }
+    std::fs::write(root.join("train/cars/corrupt.jpg"), b"\xff\xd8\xff\xe0 cut").unwrap();
+
+    let data = dir.join("datasets/mine");
+    let report = import_image_folder(
+        &root,
+        &data,
+        &ImportOptions {
+            side: 64,
+            ..ImportOptions::default()
+        },
+        &|_| {},
+    )
+    .unwrap();
+    assert_eq!((report.train, report.test), (24, 6));
+    assert_eq!(report.classes, ["boats", "cars"]);
+    assert_eq!(report.skipped.len(), 1);
+    assert!(report.skipped[0].path.ends_with("corrupt.jpg"));
+
+    // A short VQ-VAE run on it: 64×64 images give a 16×16 code grid.
+    let config = dir.join("vqvae.json");
+    write_json(
+        &config,
+        serde_json::json!({
+            "model": {"hidden_channels": 16, "residual_hidden_channels": 8, "residual_layers": 1,
+                      "codebook_size": 32, "code_dim": 8, "dead_code_steps": 4},
+            "data": data, "steps": 4, "batch_size": 8, "lr": 2e-3, "warmup_steps": 1,
+            "kmeans_init_images": 8, "kmeans_iters": 3, "log_every": 2, "eval_every": 2,
+            "eval_images": 6, "checkpoint_every": 2, "threads": 1, "device": "cpu"
+        }),
+    );
+    let out = run(
+        "vq-train",
+        &["--config", config.to_str().unwrap(), "--run-dir", "vq"],
+        dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let recorded: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("vq/dataset.json")).unwrap())
+            .unwrap();
+    assert_eq!(recorded["kind"], "image-set");
+    assert_eq!(recorded["side"], 64);
+    assert_eq!(
+        recorded["class_names"],
+        serde_json::json!(["boats", "cars"])
+    );
+    // The reconstruction grid holds 64-pixel tiles: 6 test images and their reconstructions.
+    let grid = image::open(dir.join("vq/recon-step-000004.png")).unwrap();
+    assert_eq!((grid.width(), grid.height()), (8 * 66 + 2, 2 * 66 + 2));
+
+    // A short prior run on its codes.
+    let prior_config = dir.join("prior.json");
+    write_json(
+        &prior_config,
+        serde_json::json!({"prior": {"channels": 8, "layers": 2}, "steps": 3, "batch_size": 8,
+                           "eval_every": 3, "checkpoint_every": 3, "threads": 1, "device": "cpu"}),
+    );
+    let out = run(
+        "vq-train",
+        &[
+            "prior",
+            "--vqvae",
+            "vq",
+            "--data",
+            data.to_str().unwrap(),
+            "--config",
+            prior_config.to_str().unwrap(),
+            "--run-dir",
+            "prior",
+        ],
+        dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let prior: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("prior/checkpoints/last/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(prior["grid_side"], 16);
+    assert_eq!(prior["image_side"], 64);
+    assert_eq!(prior["classes"], 2);
+
+    // vq-cli samples 64×64 images of a class by its folder name...
+    let out = run(
+        "vq-cli",
+        &[
+            "--device",
+            "cpu",
+            "--checkpoint",
+            "vq",
+            "sample",
+            "-n",
+            "3",
+            "--class",
+            "cars",
+            "--prior",
+            "prior",
+            "-o",
+            "s.png",
+        ],
+        dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("images/s"));
+    let samples = image::open(dir.join("s.png")).unwrap();
+    assert_eq!((samples.width(), samples.height()), (8 * 66 + 2, 66 + 2));
+    // ...refuses a class the dataset does not have...
+    let out = run(
+        "vq-cli",
+        &[
+            "--device",
+            "cpu",
+            "--checkpoint",
+            "vq",
+            "sample",
+            "--class",
+            "cat",
+            "--prior",
+            "prior",
+        ],
+        dir,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("boats, cars"), "{}", stderr(&out));
+    // ...and a prior that belongs to another VQ-VAE (here the bundled one).
+    let out = run(
+        "vq-cli",
+        &["--device", "cpu", "sample", "--prior", "prior"],
+        dir,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("this prior was trained on the codes of model"),
+        "{}",
+        stderr(&out)
+    );
+    // Its codes are refused by the bundled model too.
+    picture(64, 64, 9).save(dir.join("p.png")).unwrap();
+    let out = run(
+        "vq-cli",
+        &["--device", "cpu", "--checkpoint", "vq", "encode", "p.png"],
+        dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run("vq-cli", &["--device", "cpu", "decode", "p.vqz"], dir);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("made by model"), "{}", stderr(&out));
+}
