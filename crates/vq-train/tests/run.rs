@@ -439,3 +439,92 @@ fn missing_data_and_bad_config_are_clear_errors() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-run"));
 }
+
+/// The prior's run resumes exactly too: killed after its first checkpoint, resumed, it ends with
+/// the weights of an uninterrupted prior run.
+#[test]
+fn prior_sigkill_then_resume_gives_the_uninterrupted_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path());
+    let cfg = config(tmp.path(), &data, 2);
+    let vq = tmp.path().join("vq");
+    let out = output(&mut vq_train(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--run-dir",
+        vq.to_str().unwrap(),
+    ]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prior_cfg = tmp.path().join("prior.json");
+    std::fs::write(
+        &prior_cfg,
+        serde_json::json!({
+            "prior": {"channels": 8, "layers": 2}, "data": data, "any_record_count": true,
+            "steps": 40, "batch_size": 16, "log_every": 2, "eval_every": 20,
+            "checkpoint_every": 1, "threads": 1, "device": "cpu"
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let prior_args = |run: &Path| -> Vec<String> {
+        [
+            "prior",
+            "--vqvae",
+            vq.to_str().unwrap(),
+            "--config",
+            prior_cfg.to_str().unwrap(),
+        ]
+        .into_iter()
+        .map(String::from)
+        .chain(["--run-dir".to_string(), run.display().to_string()])
+        .collect()
+    };
+    let straight = tmp.path().join("prior-straight");
+    let args = prior_args(&straight);
+    let out = output(&mut vq_train(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let broken = tmp.path().join("prior-broken");
+    let args = prior_args(&broken);
+    let mut child = vq_train(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_link(broken.join("checkpoints/last")).is_err() {
+        assert!(Instant::now() < deadline, "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !broken.join("summary.json").exists(),
+        "finished before the kill"
+    );
+    assert_checkpoints_whole(&broken);
+    let out = output(&mut vq_train(&[
+        "prior",
+        "--resume",
+        broken.to_str().unwrap(),
+    ]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        final_weights(&broken) == final_weights(&straight),
+        "the resumed prior's weights differ"
+    );
+}
