@@ -41,6 +41,16 @@ fn output(cmd: &mut Command) -> Output {
     cmd.output().unwrap()
 }
 
+/// Runs vq-train to a successful end.
+fn succeed(args: &[&str]) {
+    let out = output(&mut vq_train(args));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn final_weights(run: &Path) -> Vec<u8> {
     std::fs::read(run.join("checkpoints/last/model.safetensors")).unwrap()
 }
@@ -51,17 +61,12 @@ fn run_folder_holds_everything() {
     let data = dataset(tmp.path());
     let cfg = config(tmp.path(), &data, 20);
     let run = tmp.path().join("run");
-    let out = output(&mut vq_train(&[
+    succeed(&[
         "--config",
         cfg.to_str().unwrap(),
         "--run-dir",
         run.to_str().unwrap(),
-    ]));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ]);
     for f in [
         "config.json",
         "metrics.jsonl",
@@ -161,17 +166,12 @@ fn sigkill_at_random_points_then_resume_gives_the_uninterrupted_weights() {
     patch(&cfg, "checkpoint_every", serde_json::json!(1));
 
     let straight = tmp.path().join("straight");
-    let out = output(&mut vq_train(&[
+    succeed(&[
         "--config",
         cfg.to_str().unwrap(),
         "--run-dir",
         straight.to_str().unwrap(),
-    ]));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ]);
 
     let broken = tmp.path().join("broken");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
@@ -251,12 +251,7 @@ fn sigkill_at_random_points_then_resume_gives_the_uninterrupted_weights() {
     );
     eprintln!("{kills} kills after steps {seen:?}, {mid_write} of them during a checkpoint write");
 
-    let out = output(&mut vq_train(&["--resume", broken.to_str().unwrap()]));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(&["--resume", broken.to_str().unwrap()]);
     assert_checkpoints_whole(&broken);
     assert!(
         final_weights(&broken) == final_weights(&straight),
@@ -271,29 +266,6 @@ fn sigkill_at_random_points_then_resume_gives_the_uninterrupted_weights() {
         lines.lines().filter(|l| !l.contains("\"eval\"")).count(),
         steps / 2
     );
-}
-
-/// Runs `script` as root of a private mount namespace (`unshare -rm`), so that it may mount a
-/// small tmpfs that vanishes with it; `None` where this machine allows no such namespace.
-fn in_mount_namespace(script: &str, args: &[&Path]) -> Option<Output> {
-    let probe = Command::new("unshare")
-        .args(["-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        eprintln!("SKIPPED: no private mount namespace here (unshare -rm), cannot make a tmpfs");
-        return None;
-    }
-    let mut cmd = Command::new("unshare");
-    cmd.args(["-rm", "sh", "-c", script, "sh"]);
-    for a in args {
-        cmd.arg(a);
-    }
-    Some(
-        cmd.env_remove("LD_LIBRARY_PATH")
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap(),
-    )
 }
 
 /// The disk fills up while a run writes its checkpoints: the run stops with an error naming the
@@ -323,7 +295,7 @@ fn a_full_disk_stops_the_run_and_keeps_the_last_good_checkpoint() {
         cp -a "$1/run" "$4/run"
     "#;
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_vq-train"));
-    let Some(out) = in_mount_namespace(script, &[&mnt, &bin, &cfg, &out_dir]) else {
+    let Some(out) = vq_e2e::in_mount_namespace(script, &[&mnt, &bin, &cfg, &out_dir]) else {
         return;
     };
     assert!(
@@ -341,12 +313,7 @@ fn a_full_disk_stops_the_run_and_keeps_the_last_good_checkpoint() {
     let kept = assert_checkpoints_whole(&run);
     assert!(kept < steps, "{kept}");
 
-    let out = output(&mut vq_train(&["--resume", run.to_str().unwrap()]));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(&["--resume", run.to_str().unwrap()]);
     assert_eq!(assert_checkpoints_whole(&run), steps);
 }
 
@@ -365,7 +332,7 @@ fn an_unwritable_run_folder_is_a_clear_error() {
         echo $? > "$4/rc"
     "#;
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_vq-train"));
-    let Some(out) = in_mount_namespace(script, &[&mnt, &bin, &cfg, &out_dir]) else {
+    let Some(out) = vq_e2e::in_mount_namespace(script, &[&mnt, &bin, &cfg, &out_dir]) else {
         return;
     };
     assert!(
@@ -448,17 +415,12 @@ fn prior_sigkill_then_resume_gives_the_uninterrupted_weights() {
     let data = dataset(tmp.path());
     let cfg = config(tmp.path(), &data, 2);
     let vq = tmp.path().join("vq");
-    let out = output(&mut vq_train(&[
+    succeed(&[
         "--config",
         cfg.to_str().unwrap(),
         "--run-dir",
         vq.to_str().unwrap(),
-    ]));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ]);
     let prior_cfg = tmp.path().join("prior.json");
     std::fs::write(
         &prior_cfg,
@@ -485,14 +447,7 @@ fn prior_sigkill_then_resume_gives_the_uninterrupted_weights() {
     };
     let straight = tmp.path().join("prior-straight");
     let args = prior_args(&straight);
-    let out = output(&mut vq_train(
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    ));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(&args.iter().map(String::as_str).collect::<Vec<_>>());
 
     let broken = tmp.path().join("prior-broken");
     let args = prior_args(&broken);
@@ -513,16 +468,7 @@ fn prior_sigkill_then_resume_gives_the_uninterrupted_weights() {
         "finished before the kill"
     );
     assert_checkpoints_whole(&broken);
-    let out = output(&mut vq_train(&[
-        "prior",
-        "--resume",
-        broken.to_str().unwrap(),
-    ]));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(&["prior", "--resume", broken.to_str().unwrap()]);
     assert!(
         final_weights(&broken) == final_weights(&straight),
         "the resumed prior's weights differ"
