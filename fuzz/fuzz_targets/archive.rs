@@ -11,7 +11,10 @@ fuzz_target!(|data: &[u8]| {
     std::fs::create_dir(&dest).unwrap();
     let result = vq_data::unpack_reader(data, Path::new("fuzz.tar.gz"), &dest);
     // Only the dataset folder may appear in the destination, and only plain files in it.
-    let top: Vec<_> = std::fs::read_dir(&dest).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let top: Vec<_> = std::fs::read_dir(&dest)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(top, vec![std::ffi::OsString::from(vq_data::DIR_NAME)]);
     for entry in std::fs::read_dir(dest.join(vq_data::DIR_NAME)).unwrap() {
         let entry = entry.unwrap();
