@@ -56,6 +56,9 @@ pub fn run(root: &Path, run_dir: &Path, prior: bool) -> Result<()> {
     if run_dir.join("curves.png").is_file() {
         std::fs::copy(run_dir.join("curves.png"), staging.join("curves.png"))?;
     }
+    if run_dir.join("dataset.json").is_file() {
+        std::fs::copy(run_dir.join("dataset.json"), staging.join("dataset.json"))?;
+    }
     if run_dir.join("metrics.jsonl").is_file() {
         std::fs::copy(run_dir.join("metrics.jsonl"), staging.join("metrics.jsonl"))?;
     }
