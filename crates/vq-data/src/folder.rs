@@ -451,45 +451,44 @@ fn import_split(
     path: &Path,
     progress: &(dyn Fn() + Sync),
 ) -> Result<(Vec<u8>, Vec<Skipped>), DataError> {
+    use std::io::{Seek, SeekFrom};
     let mut labels = Vec::new();
     let mut skipped = Vec::new();
-    // The header's count is known only at the end: write a placeholder, then patch it.
-    let body = tempfile::NamedTempFile::new_in(path.parent().unwrap_or(Path::new(".")))
-        .map_err(|e| DataError::io(path, e))?;
-    {
-        let mut out = std::io::BufWriter::new(body.as_file());
-        for chunk in sources.chunks(CHUNK) {
-            let decoded: Vec<Result<Vec<u8>, String>> = chunk
-                .par_iter()
-                .map(|s| {
-                    let r = square_pixels(&s.path, side);
-                    progress();
-                    r
-                })
-                .collect();
-            for (source, result) in chunk.iter().zip(decoded) {
-                match result {
-                    Ok(pixels) => {
-                        out.write_all(&[source.label])
-                            .and_then(|_| out.write_all(&pixels))
-                            .map_err(|e| DataError::io(path, e))?;
-                        labels.push(source.label);
-                    }
-                    Err(reason) => skipped.push(Skipped {
-                        path: source.path.clone(),
-                        reason,
-                    }),
+    let io = |e| DataError::io(path, e);
+    // `path` lies in the import's staging folder, which is renamed into place only when whole,
+    // so the file is written in place: the header's count, known only at the end, is patched.
+    let file = std::fs::File::create(path).map_err(io)?;
+    let mut out = std::io::BufWriter::new(file);
+    out.write_all(&header(side, 0)).map_err(io)?;
+    for chunk in sources.chunks(CHUNK) {
+        let decoded: Vec<Result<Vec<u8>, String>> = chunk
+            .par_iter()
+            .map(|s| {
+                let r = square_pixels(&s.path, side);
+                progress();
+                r
+            })
+            .collect();
+        for (source, result) in chunk.iter().zip(decoded) {
+            match result {
+                Ok(pixels) => {
+                    out.write_all(&[source.label])
+                        .and_then(|_| out.write_all(&pixels))
+                        .map_err(io)?;
+                    labels.push(source.label);
                 }
+                Err(reason) => skipped.push(Skipped {
+                    path: source.path.clone(),
+                    reason,
+                }),
             }
         }
-        out.flush().map_err(|e| DataError::io(path, e))?;
     }
-    let mut body = body.reopen().map_err(|e| DataError::io(path, e))?;
-    write_atomic(path, |out| {
-        out.write_all(&header(side, labels.len()))?;
-        std::io::copy(&mut body, out)?;
-        Ok(())
-    })?;
+    let mut file = out.into_inner().map_err(|e| io(e.into_error()))?;
+    file.seek(SeekFrom::Start(0))
+        .and_then(|_| file.write_all(&header(side, labels.len())))
+        .and_then(|_| file.sync_all())
+        .map_err(io)?;
     Ok((labels, skipped))
 }
 
