@@ -6,6 +6,7 @@
 //! RUN/recon-step-NNNNNN.png  test images (odd rows) above their reconstructions (even rows)
 //! RUN/curves.png             loss, PSNR and perplexity against steps
 //! RUN/checkpoints/step-NNNNNN/{model.safetensors, optimizer.safetensors, state.json, config.json}
+//!                                 (+ training.safetensors when the weights are averaged)
 //! RUN/checkpoints/last -> step-NNNNNN    (symlink, replaced atomically)
 //! RUN/checkpoints/best -> step-NNNNNN
 //! ```
@@ -24,6 +25,8 @@ use crate::adam::Adam;
 use crate::config::TrainConfig;
 
 pub const MODEL_FILE: &str = "model.safetensors";
+/// The weights being trained, when `model.safetensors` holds their average instead.
+pub const TRAINING_FILE: &str = "training.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const STATE_FILE: &str = "state.json";
 pub const CONFIG_FILE: &str = "config.json";
@@ -126,10 +129,14 @@ pub fn save_config(run: &Path, config: &TrainConfig) -> Result<()> {
 }
 
 /// Writes `checkpoints/step-NNNNNN/` completely, then points `last` (and `best` if asked) at it,
-/// and removes checkpoints no link points to (keeping the newest).
+/// and removes checkpoints no link points to (keeping the newest). `vs` is the model users get
+/// (`model.safetensors`); `training`, when given, the weights being trained, if they differ (the
+/// model is their average).
+#[allow(clippy::too_many_arguments)]
 pub fn save<S: Serialize + HasStep, C: Serialize>(
     run: &Path,
     vs: &nn::VarStore,
+    training: Option<&nn::VarStore>,
     adam: &Adam,
     state: &S,
     model_config: &C,
@@ -144,10 +151,17 @@ pub fn save<S: Serialize + HasStep, C: Serialize>(
         .with_context(|| format!("creating a temporary folder in {}", dir.display()))?;
     vs.save(tmp.path().join(MODEL_FILE))
         .with_context(|| format!("writing the weights into {}", tmp.path().display()))?;
+    let mut written = vec![MODEL_FILE, OPTIMIZER_FILE];
+    if let Some(training) = training {
+        training
+            .save(tmp.path().join(TRAINING_FILE))
+            .with_context(|| format!("writing the weights into {}", tmp.path().display()))?;
+        written.push(TRAINING_FILE);
+    }
     adam.save(&tmp.path().join(OPTIMIZER_FILE))?;
     write_json(&tmp.path().join(STATE_FILE), state)?;
     write_json(&tmp.path().join(CONFIG_FILE), model_config)?;
-    for f in [MODEL_FILE, OPTIMIZER_FILE] {
+    for f in written {
         std::fs::File::open(tmp.path().join(f)).and_then(|f| f.sync_all())?;
     }
     let final_dir = dir.join(&name);

@@ -21,6 +21,9 @@ pub struct TrainConfig {
     pub warmup_steps: usize,
     pub final_lr_fraction: f64,
     pub seed: u64,
+    /// Decay of the exponential moving average of the weights that evaluations and
+    /// checkpoints use (Polyak averaging); 0 evaluates the trained weights themselves.
+    pub weight_ema: f64,
     /// Random left-right flips of training images.
     pub hflip: bool,
     /// Train images encoded for the k-means codebook initialisation (0: random codebook).
@@ -50,6 +53,7 @@ impl Default for TrainConfig {
             warmup_steps: 200,
             final_lr_fraction: 0.05,
             seed: 0,
+            weight_ema: 0.999,
             hflip: true,
             kmeans_init_images: 4096,
             kmeans_iters: 20,
@@ -66,6 +70,12 @@ impl Default for TrainConfig {
 impl TrainConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.model.validate()?;
+        if !(0.0..1.0).contains(&self.weight_ema) {
+            return Err(format!(
+                "weight_ema must be in [0, 1), not {}",
+                self.weight_ema
+            ));
+        }
         validate_schedule(
             self.steps,
             self.batch_size,

@@ -424,12 +424,12 @@ fn run(
                 state.best_bits_per_code = Some(eval.bits_per_code);
                 state.best_step = Some(state.step);
             }
-            checkpoint::save(run_dir, &vs, &adam, &state, &config.prior, best)?;
+            checkpoint::save(run_dir, &vs, None, &adam, &state, &config.prior, best)?;
             last_eval = Some(eval);
         } else if state.step % config.checkpoint_every == 0 {
             state.elapsed_s += clock.elapsed().as_secs_f64();
             clock = Instant::now();
-            checkpoint::save(run_dir, &vs, &adam, &state, &config.prior, false)?;
+            checkpoint::save(run_dir, &vs, None, &adam, &state, &config.prior, false)?;
         }
     }
     bar.finish_and_clear();

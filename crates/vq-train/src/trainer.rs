@@ -15,6 +15,7 @@ use vq_data::{gather, BatchConfig, BatchIndices, Batcher, Cifar10, LoadOptions, 
 use vq_model::{evaluate, images_to_tensor, save_grid, Evaluation, VqVae};
 
 use crate::adam::Adam;
+use crate::average::WeightAverage;
 use crate::checkpoint::{self, RunState};
 use crate::config::TrainConfig;
 
@@ -128,10 +129,20 @@ fn run(config: TrainConfig, run_dir: &Path, from: Option<PathBuf>) -> Result<Run
         range,
     };
 
+    let mut average = None;
     let mut state = match &from {
         Some(dir) => {
             let state: RunState = checkpoint::read_json(&dir.join(checkpoint::STATE_FILE))?;
-            vq_model::load_weights(&mut vs, &dir.join(checkpoint::MODEL_FILE))?;
+            let training = dir.join(checkpoint::TRAINING_FILE);
+            if config.weight_ema > 0.0 {
+                // model.safetensors holds the average; the trained weights are beside it.
+                vq_model::load_weights(&mut vs, &training)?;
+                let mut avg = WeightAverage::new(&vs, &config.model, config.weight_ema)?;
+                avg.load(&dir.join(checkpoint::MODEL_FILE))?;
+                average = Some(avg);
+            } else {
+                vq_model::load_weights(&mut vs, &dir.join(checkpoint::MODEL_FILE))?;
+            }
             adam.load(&dir.join(checkpoint::OPTIMIZER_FILE), state.adam_steps)?;
             tracing::info!("resuming from {} (step {})", dir.display(), state.step);
             state
@@ -139,6 +150,9 @@ fn run(config: TrainConfig, run_dir: &Path, from: Option<PathBuf>) -> Result<Run
         None => {
             if config.kmeans_init_images > 0 {
                 init_codebook(&mut model, &train_set, &config, device)?;
+            }
+            if config.weight_ema > 0.0 {
+                average = Some(WeightAverage::new(&vs, &config.model, config.weight_ema)?);
             }
             RunState {
                 step: 0,
@@ -173,6 +187,9 @@ fn run(config: TrainConfig, run_dir: &Path, from: Option<PathBuf>) -> Result<Run
             bar.abandon();
             return Err(checkpoint::non_finite_loss(run_dir, step));
         };
+        if let Some(avg) = &mut average {
+            avg.update(adam.steps);
+        }
         let loss = out.loss.double_value(&[]);
         state.step += 1;
         state.batcher = batcher.state();
@@ -215,8 +232,12 @@ fn run(config: TrainConfig, run_dir: &Path, from: Option<PathBuf>) -> Result<Run
             } else {
                 config.eval_images.min(test_set.len())
             };
+            if let Some(avg) = &mut average {
+                avg.sync();
+            }
+            let served = average.as_ref().map_or(&model, |a| &a.model);
             let eval = evaluate(
-                &model,
+                served,
                 &test_set,
                 count,
                 device,
@@ -224,7 +245,7 @@ fn run(config: TrainConfig, run_dir: &Path, from: Option<PathBuf>) -> Result<Run
                 state.elapsed_s,
             )?;
             save_grid_for(
-                &model,
+                served,
                 &test_set,
                 device,
                 &run_dir.join(format!("recon-step-{:06}.png", state.step)),
@@ -239,13 +260,24 @@ fn run(config: TrainConfig, run_dir: &Path, from: Option<PathBuf>) -> Result<Run
                 state.best_psnr = Some(eval.psnr);
                 state.best_step = Some(state.step);
             }
-            checkpoint::save(run_dir, &vs, &adam, &state, &config.model, best)?;
+            save_checkpoint(run_dir, &vs, average.as_ref(), &adam, &state, &config, best)?;
             last_eval = Some(eval);
             clock = Instant::now();
         } else if state.step % config.checkpoint_every == 0 {
             state.elapsed_s += clock.elapsed().as_secs_f64();
             clock = Instant::now();
-            checkpoint::save(run_dir, &vs, &adam, &state, &config.model, false)?;
+            if let Some(avg) = &mut average {
+                avg.sync();
+            }
+            save_checkpoint(
+                run_dir,
+                &vs,
+                average.as_ref(),
+                &adam,
+                &state,
+                &config,
+                false,
+            )?;
         }
     }
     bar.finish_and_clear();
@@ -255,7 +287,7 @@ fn run(config: TrainConfig, run_dir: &Path, from: Option<PathBuf>) -> Result<Run
     let final_eval = match last_eval {
         Some(e) => e,
         None => evaluate(
-            &model,
+            average.as_ref().map_or(&model, |a| &a.model),
             &test_set,
             test_set.len(),
             device,
@@ -278,6 +310,24 @@ fn run(config: TrainConfig, run_dir: &Path, from: Option<PathBuf>) -> Result<Run
         w.write_all(text.as_bytes())
     })?;
     Ok(summary)
+}
+
+/// A checkpoint of the trained weights `vs`, or, when they are averaged, of the average (as the
+/// model) and the trained weights beside it.
+fn save_checkpoint(
+    run_dir: &Path,
+    vs: &nn::VarStore,
+    average: Option<&WeightAverage>,
+    adam: &Adam,
+    state: &RunState,
+    config: &TrainConfig,
+    best: bool,
+) -> Result<()> {
+    match average {
+        Some(avg) => checkpoint::save(run_dir, &avg.vs, Some(vs), adam, state, &config.model, best),
+        None => checkpoint::save(run_dir, vs, None, adam, state, &config.model, best),
+    }?;
+    Ok(())
 }
 
 /// One optimisation step on the batch `xs` (0-based `step`): forward, backward, Adam, then the

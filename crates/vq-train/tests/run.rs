@@ -51,8 +51,14 @@ fn succeed(args: &[&str]) {
     );
 }
 
+/// The last checkpoint's weights: a VQ-VAE run's average (the model) followed by its trained
+/// weights, or a prior's weights.
 fn final_weights(run: &Path) -> Vec<u8> {
-    std::fs::read(run.join("checkpoints/last/model.safetensors")).unwrap()
+    let mut bytes = std::fs::read(run.join("checkpoints/last/model.safetensors")).unwrap();
+    if let Ok(trained) = std::fs::read(run.join("checkpoints/last/training.safetensors")) {
+        bytes.extend(trained);
+    }
+    bytes
 }
 
 #[test]
@@ -76,6 +82,7 @@ fn run_folder_holds_everything() {
         "recon-step-000020.png",
         "checkpoints/last/model.safetensors",
         "checkpoints/last/optimizer.safetensors",
+        "checkpoints/last/training.safetensors",
         "checkpoints/last/state.json",
         "checkpoints/last/config.json",
         "checkpoints/best/model.safetensors",
@@ -116,9 +123,20 @@ fn patch(path: &Path, key: &str, value: serde_json::Value) {
     std::fs::write(path, json.to_string()).unwrap();
 }
 
-/// Every checkpoint folder of `run` is whole: all four files there, the weights and optimizer
+/// Every checkpoint folder of `run` is whole: all its files there, the weights and optimizer
 /// state readable safetensors, the state naming the folder's step; `last` points at one of them.
-fn assert_checkpoints_whole(run: &Path) -> usize {
+/// `averaged`: a VQ-VAE run, whose checkpoints keep the trained weights
+/// (`training.safetensors`) beside their average (the model); prior runs have no average.
+fn assert_checkpoints_whole(run: &Path, averaged: bool) -> usize {
+    let files: &[&str] = if averaged {
+        &[
+            "model.safetensors",
+            "optimizer.safetensors",
+            "training.safetensors",
+        ]
+    } else {
+        &["model.safetensors", "optimizer.safetensors"]
+    };
     let dir = run.join("checkpoints");
     let mut steps = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap() {
@@ -128,7 +146,7 @@ fn assert_checkpoints_whole(run: &Path) -> usize {
         };
         let step: usize = step.parse().unwrap();
         let folder = dir.join(&name);
-        for file in ["model.safetensors", "optimizer.safetensors"] {
+        for file in files {
             let tensors = tch::Tensor::read_safetensors(folder.join(file))
                 .unwrap_or_else(|e| panic!("{name}/{file} is not whole: {e}"));
             assert!(!tensors.is_empty(), "{name}/{file} is empty");
@@ -243,7 +261,7 @@ fn sigkill_at_random_points_then_resume_gives_the_uninterrupted_weights() {
             })
             .count();
         mid_write += (leftovers > 0) as usize;
-        seen.push(assert_checkpoints_whole(&broken));
+        seen.push(assert_checkpoints_whole(&broken, true));
     }
     assert!(
         kills >= 3,
@@ -252,7 +270,7 @@ fn sigkill_at_random_points_then_resume_gives_the_uninterrupted_weights() {
     eprintln!("{kills} kills after steps {seen:?}, {mid_write} of them during a checkpoint write");
 
     succeed(&["--resume", broken.to_str().unwrap()]);
-    assert_checkpoints_whole(&broken);
+    assert_checkpoints_whole(&broken, true);
     assert!(
         final_weights(&broken) == final_weights(&straight),
         "killed after steps {seen:?}: weights differ"
@@ -310,11 +328,11 @@ fn a_full_disk_stops_the_run_and_keeps_the_last_good_checkpoint() {
     assert!(err.contains("/run/"), "the error names no file: {err}");
     assert!(!err.contains("panicked"), "{err}");
     let run = out_dir.join("run");
-    let kept = assert_checkpoints_whole(&run);
+    let kept = assert_checkpoints_whole(&run, true);
     assert!(kept < steps, "{kept}");
 
     succeed(&["--resume", run.to_str().unwrap()]);
-    assert_eq!(assert_checkpoints_whole(&run), steps);
+    assert_eq!(assert_checkpoints_whole(&run, true), steps);
 }
 
 /// A run folder on a read-only file system: a clear error naming it, nothing else.
@@ -467,7 +485,7 @@ fn prior_sigkill_then_resume_gives_the_uninterrupted_weights() {
         !broken.join("summary.json").exists(),
         "finished before the kill"
     );
-    assert_checkpoints_whole(&broken);
+    assert_checkpoints_whole(&broken, false);
     succeed(&["prior", "--resume", broken.to_str().unwrap()]);
     assert!(
         final_weights(&broken) == final_weights(&straight),
