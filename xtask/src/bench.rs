@@ -68,50 +68,151 @@ pub fn torch_python(root: &Path) -> Result<PathBuf> {
     Ok(python)
 }
 
-/// Training images/s of our step and the PyTorch reference's: same model, batch, threads.
-pub fn train(root: &Path, data: &Path, steps: usize, threads: usize) -> Result<()> {
+/// Training images/s of our step and the PyTorch reference's: same model, batch, threads, for
+/// each batch size.
+pub fn train(
+    root: &Path,
+    data: &Path,
+    steps: usize,
+    threads: usize,
+    batch_sizes: &[usize],
+) -> Result<()> {
     let python = torch_python(root)?;
     let threads_s = threads.to_string();
     let steps_s = steps.to_string();
-    let mut ours = Vec::new();
-    for compute in ["f32", "bf16"] {
-        let out = cmd::cargo(root)
-            .args([
-                "bench",
-                "-q",
-                "-p",
-                "vq-train",
-                "--bench",
-                "train_step",
-                "--",
-                "--data",
-            ])
-            .arg(data)
-            .args([
-                "--steps",
-                &steps_s,
-                "--threads",
-                &threads_s,
-                "--compute",
-                compute,
-            ])
-            .output()
-            .context("running the training benchmark")?;
-        if !out.status.success() {
-            bail!(
-                "training benchmark failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
+    let mut rows = Vec::new();
+    for &batch in batch_sizes {
+        let batch_s = batch.to_string();
+        let mut ours = Vec::new();
+        for compute in ["f32", "bf16"] {
+            let out = cmd::cargo(root)
+                .args([
+                    "bench",
+                    "-q",
+                    "-p",
+                    "vq-train",
+                    "--bench",
+                    "train_step",
+                    "--",
+                    "--data",
+                ])
+                .arg(data)
+                .args([
+                    "--steps",
+                    &steps_s,
+                    "--threads",
+                    &threads_s,
+                    "--batch-size",
+                    &batch_s,
+                    "--compute",
+                    compute,
+                ])
+                .output()
+                .context("running the training benchmark")?;
+            if !out.status.success() {
+                bail!(
+                    "training benchmark failed:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            ours.push(
+                json_lines(&out.stdout)
+                    .pop()
+                    .context("no figures from the training benchmark")?,
             );
         }
-        ours.push(
-            json_lines(&out.stdout)
-                .pop()
-                .context("no figures from the training benchmark")?,
+        let peer = Command::new(&python)
+            .arg(root.join("scripts").join("vqvae_reference.py"))
+            .args(["--mode", "speed", "--data"])
+            .arg(data)
+            .args(["--steps", &steps_s, "--threads", &threads_s])
+            .args(["--batch-size", &batch_s])
+            .env_remove("OPENBLAS_CORETYPE")
+            .env_remove("OPENBLAS_L2_SIZE")
+            .output()
+            .context("running scripts/vqvae_reference.py")?;
+        if !peer.status.success() {
+            bail!(
+                "vqvae_reference.py failed:\n{}",
+                String::from_utf8_lossy(&peer.stderr)
+            );
+        }
+        let peer = json_lines(&peer.stdout)
+            .pop()
+            .context("no figures from the reference")?;
+        let reference = num(&peer, "images_per_s");
+        println!(
+            "\nVQ-VAE training step (default model, batch {batch}, {threads} threads, {steps} timed steps)"
         );
+        println!("{:<24} {:>10} {:>8}", "", "images/s", "ratio");
+        for o in &ours {
+            let name = format!(
+                "vqvae-rs ({})",
+                o["compute"].as_str().unwrap_or("?").to_lowercase()
+            );
+            println!(
+                "{name:<24} {:>10.1} {:>8.2}",
+                num(o, "images_per_s"),
+                num(o, "images_per_s") / reference
+            );
+        }
+        println!(
+            "{:<24} {:>10.1} {:>8.2}",
+            "PyTorch reference (f32)", reference, 1.0
+        );
+        rows.push(json!({
+            "batch_size": batch,
+            "ours_f32": ours[0],
+            "ours_bf16": ours[1],
+            "reference": peer,
+            "ratio_f32": num(&ours[0], "images_per_s") / reference,
+            "ratio_bf16": num(&ours[1], "images_per_s") / reference,
+        }));
     }
+    println!(
+        "{}",
+        json!({"bench": "train", "threads": threads, "results": rows})
+    );
+    Ok(())
+}
+
+/// Test-split quality after the same number of training steps: our default recipe against the
+/// plain PyTorch reference (random codebook, codebook loss, Adam 3e-4, batch 128), one after the
+/// other on the same data and threads.
+pub fn quality(root: &Path, data: &Path, steps: usize, threads: usize) -> Result<()> {
+    let python = torch_python(root)?;
+    let run_dir = root
+        .join("target")
+        .join("bench")
+        .join("quality")
+        .join(format!("ours-{steps}"));
+    if run_dir.exists() {
+        std::fs::remove_dir_all(&run_dir)
+            .with_context(|| format!("removing the previous {}", run_dir.display()))?;
+    }
+    let steps_s = steps.to_string();
+    let threads_s = threads.to_string();
+    let started = std::time::Instant::now();
+    cmd::run(
+        cmd::cargo(root)
+            .args(["run", "--release", "-q", "-p", "vq-train", "--", "--data"])
+            .arg(data)
+            .args(["--steps", &steps_s, "--eval-every", &steps_s])
+            .args(["--checkpoint-every", &steps_s, "--threads", &threads_s])
+            .arg("--run-dir")
+            .arg(&run_dir),
+    )?;
+    let ours_wall = started.elapsed().as_secs_f64();
+    let summary: Value = serde_json::from_slice(
+        &std::fs::read(run_dir.join("summary.json"))
+            .with_context(|| format!("reading {}/summary.json", run_dir.display()))?,
+    )?;
+    let config: Value = serde_json::from_slice(&std::fs::read(run_dir.join("config.json"))?)?;
+    let ours = &summary["final_eval"];
+    let started = std::time::Instant::now();
     let peer = Command::new(&python)
         .arg(root.join("scripts").join("vqvae_reference.py"))
-        .args(["--mode", "speed", "--data"])
+        .args(["--mode", "quality", "--data"])
         .arg(data)
         .args(["--steps", &steps_s, "--threads", &threads_s])
         .env_remove("OPENBLAS_CORETYPE")
@@ -124,39 +225,37 @@ pub fn train(root: &Path, data: &Path, steps: usize, threads: usize) -> Result<(
             String::from_utf8_lossy(&peer.stderr)
         );
     }
-    let peer = json_lines(&peer.stdout)
+    let reference_wall = started.elapsed().as_secs_f64();
+    let reference = json_lines(&peer.stdout)
         .pop()
         .context("no figures from the reference")?;
-    let reference = num(&peer, "images_per_s");
+    let batch = config["batch_size"].as_u64().unwrap_or(0);
+    println!("\nTest split after {steps} training steps, {threads} threads");
     println!(
-        "\nVQ-VAE training step (default model, batch {}, {threads} threads, {steps} timed steps)",
-        peer["batch_size"]
+        "{:<28} {:>6} {:>10} {:>9} {:>7} {:>7} {:>8}",
+        "", "batch", "images", "PSNR dB", "SSIM", "codes", "wall s"
     );
-    println!("{:<24} {:>10} {:>8}", "", "images/s", "ratio");
-    for o in &ours {
-        let name = format!(
-            "vqvae-rs ({})",
-            o["compute"].as_str().unwrap_or("?").to_lowercase()
-        );
+    let line = |name: &str, batch: u64, v: &Value, wall: f64| {
         println!(
-            "{name:<24} {:>10.1} {:>8.2}",
-            num(o, "images_per_s"),
-            num(o, "images_per_s") / reference
-        );
-    }
-    println!(
-        "{:<24} {:>10.1} {:>8.2}",
-        "PyTorch reference (f32)", reference, 1.0
-    );
+            "{name:<28} {batch:>6} {:>10} {:>9.2} {:>7.4} {:>7} {:>8.0}",
+            batch * steps as u64,
+            num(v, "psnr"),
+            num(v, "ssim"),
+            format!("{}/{}", v["codes_used"], v["codebook_size"]),
+            wall
+        )
+    };
+    line("vqvae-rs (default recipe)", batch, ours, ours_wall);
+    line("PyTorch reference", 128, &reference, reference_wall);
     println!(
         "{}",
         json!({
-            "bench": "train",
-            "ours_f32": ours[0],
-            "ours_bf16": ours[1],
-            "reference": peer,
-            "ratio_f32": num(&ours[0], "images_per_s") / reference,
-            "ratio_bf16": num(&ours[1], "images_per_s") / reference,
+            "bench": "quality",
+            "steps": steps,
+            "threads": threads,
+            "ours": {"batch_size": batch, "eval": ours, "wall_s": ours_wall},
+            "reference": {"batch_size": 128, "eval": reference, "wall_s": reference_wall},
+            "psnr_gain_db": num(ours, "psnr") - num(&reference, "psnr"),
         })
     );
     Ok(())

@@ -132,6 +132,21 @@ enum Bench {
         /// CPU threads for both [default: all cores].
         #[arg(long)]
         threads: Option<usize>,
+        /// Batch sizes to measure, each for both: vq-train's default (32) and the reference
+        /// recipe's (128).
+        #[arg(long, value_delimiter = ',', default_value = "32,128")]
+        batch_sizes: Vec<usize>,
+    },
+    /// Test-split quality after the same number of steps: `vq-train`'s default recipe
+    /// (schedule fitted to the steps) against the plain PyTorch reference.
+    Quality {
+        #[command(flatten)]
+        data: DownloadArgs,
+        #[arg(long, default_value_t = 1500)]
+        steps: usize,
+        /// CPU threads for both [default: all cores].
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Image-folder import rate (images/s): makes a folder of JPEG photos (deterministic
     /// synthetic pictures), imports it at SIZE, reports images/s.
@@ -149,6 +164,15 @@ enum Bench {
         #[command(flatten)]
         data: DownloadArgs,
     },
+}
+
+/// `threads`, or one per core.
+fn all_cores(threads: Option<usize>) -> usize {
+    threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
 }
 
 fn root() -> Result<PathBuf> {
@@ -266,15 +290,20 @@ fn real_main() -> Result<()> {
                 data,
                 steps,
                 threads,
+                batch_sizes,
             } => {
                 libtorch::ensure(&root, libtorch::CudaChoice::Auto)?;
                 let dir = download(&root, &data)?;
-                let threads = threads.unwrap_or_else(|| {
-                    std::thread::available_parallelism()
-                        .map(|n| n.get())
-                        .unwrap_or(1)
-                });
-                bench::train(&root, &dir, steps, threads)?;
+                bench::train(&root, &dir, steps, all_cores(threads), &batch_sizes)?;
+            }
+            Bench::Quality {
+                data,
+                steps,
+                threads,
+            } => {
+                libtorch::ensure(&root, libtorch::CudaChoice::Auto)?;
+                let dir = download(&root, &data)?;
+                bench::quality(&root, &dir, steps, all_cores(threads))?;
             }
             Bench::Import {
                 images,

@@ -111,7 +111,8 @@ pub fn native_bf16() -> bool {
 
 /// The VQ-VAE's shape and quantizer settings, saved as JSON next to every checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+// A misspelt setting is an error, not silently the default.
+#[serde(default, deny_unknown_fields)]
 pub struct VqVaeConfig {
     pub in_channels: i64,
     pub hidden_channels: i64,

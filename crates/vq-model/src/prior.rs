@@ -13,7 +13,8 @@ use tch::{nn, nn::Module, Kind, Tensor};
 
 /// The prior's shape, saved as JSON next to every prior checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+// A misspelt setting is an error, not silently the default.
+#[serde(default, deny_unknown_fields)]
 pub struct PriorConfig {
     /// K of the VQ-VAE whose codes it models.
     pub codebook_size: i64,

@@ -166,7 +166,12 @@ pub fn save<S: Serialize + HasStep, C: Serialize>(
     }
     let final_dir = dir.join(&name);
     if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir)?;
+        // A folder of this step from before a crash (written, but `last` not yet moved to it):
+        // moved aside in one rename, so that a crash now cannot leave it half deleted.
+        let old = dir.join(format!(".tmp-old-{name}-{}", std::process::id()));
+        std::fs::rename(&final_dir, &old)
+            .with_context(|| format!("moving the old {} aside", final_dir.display()))?;
+        std::fs::remove_dir_all(&old)?;
     }
     let tmp = tmp.keep();
     std::fs::rename(&tmp, &final_dir)
@@ -215,8 +220,15 @@ fn prune(dir: &Path, newest: &str) -> Result<()> {
         let stale_step = name.starts_with("step-") && !keep.contains(&name);
         // One process writes a run: any temporary (a checkpoint folder, a link) is a crash leftover.
         let stale_tmp = name.starts_with(".tmp-");
-        if stale_step || stale_tmp {
+        if stale_tmp {
             let _ = std::fs::remove_dir_all(entry.path());
+        } else if stale_step {
+            // Renamed first, so that a crash during the removal leaves no half checkpoint
+            // under a step name, only a temporary that the next prune removes.
+            let doomed = dir.join(format!(".tmp-pruned-{name}"));
+            if std::fs::rename(entry.path(), &doomed).is_ok() {
+                let _ = std::fs::remove_dir_all(&doomed);
+            }
         }
     }
     Ok(())

@@ -5,7 +5,8 @@ use vq_model::{DeviceChoice, VqVaeConfig};
 
 /// Everything a training run depends on; saved as `config.json` in the run folder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+// A misspelt setting is an error, not silently the default.
+#[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     pub model: VqVaeConfig,
     /// The `cifar-10-batches-bin` folder.
@@ -36,7 +37,8 @@ pub struct TrainConfig {
     pub eval_every: usize,
     pub eval_images: usize,
     pub checkpoint_every: usize,
-    /// LibTorch CPU threads (`None`: LibTorch's default).
+    /// CPU threads (`None`: LibTorch's default, one per core). Training steps split each batch
+    /// across them, one LibTorch thread each; evaluation and k-means use LibTorch's threading.
     pub threads: Option<i32>,
     pub device: DeviceChoice,
 }

@@ -25,7 +25,8 @@ use crate::config::{validate_schedule, warmup_cosine};
 
 /// Everything a prior run depends on; saved as `config.json` in its run folder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+// A misspelt setting is an error, not silently the default.
+#[serde(default, deny_unknown_fields)]
 pub struct PriorTrainConfig {
     /// The prior's shape (its `codebook_size` and `vqvae_model_id` are taken from the VQ-VAE).
     pub prior: PriorConfig,

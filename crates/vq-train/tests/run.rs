@@ -417,6 +417,21 @@ fn missing_data_and_bad_config_are_clear_errors() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.json"));
 
+    // A misspelt setting, at the top or in the model, is refused and named.
+    for text in [
+        r#"{"learning_rate": 0.1}"#,
+        r#"{"model": {"codebok_size": 64}}"#,
+    ] {
+        std::fs::write(&bad, text).unwrap();
+        let out = output(&mut vq_train(&["--config", bad.to_str().unwrap()]));
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("bad.json") && err.contains("unknown field"),
+            "{err}"
+        );
+    }
+
     let out = output(&mut vq_train(&[
         "--resume",
         tmp.path().join("no-run").to_str().unwrap(),
