@@ -35,39 +35,6 @@ impl VqVaeOutput {
     pub fn codes(&self) -> &Tensor {
         &self.quantized.codes
     }
-
-    /// The same figures without their autograd history.
-    pub fn detach(&self) -> VqVaeOutput {
-        VqVaeOutput {
-            reconstruction: self.reconstruction.detach(),
-            reconstruction_loss: self.reconstruction_loss.detach(),
-            loss: self.loss.detach(),
-            quantized: self.quantized.detach(),
-        }
-    }
-
-    /// One batch's output from those of its consecutive parts (detached), as if it had gone
-    /// through in one piece: reconstructions concatenated, mean losses weighted by batch size.
-    pub fn concat(parts: &[VqVaeOutput]) -> VqVaeOutput {
-        let batch = |o: &VqVaeOutput| o.reconstruction.size()[0] as f64;
-        let total: f64 = parts.iter().map(batch).sum();
-        let mean = |f: fn(&VqVaeOutput) -> &Tensor| {
-            parts
-                .iter()
-                .map(|o| f(o).detach() * (batch(o) / total))
-                .reduce(|a, b| a + b)
-                .expect("at least one part")
-        };
-        let reconstructions: Vec<Tensor> =
-            parts.iter().map(|o| o.reconstruction.detach()).collect();
-        let quantized: Vec<Quantized> = parts.iter().map(|o| o.quantized.detach()).collect();
-        VqVaeOutput {
-            reconstruction: Tensor::cat(&reconstructions, 0),
-            reconstruction_loss: mean(|o| &o.reconstruction_loss),
-            loss: mean(|o| &o.loss),
-            quantized: Quantized::concat(&quantized),
-        }
-    }
 }
 
 impl VqVae {

@@ -38,47 +38,6 @@ pub struct Quantized {
 }
 
 impl Quantized {
-    /// The same figures without their autograd history.
-    pub fn detach(&self) -> Quantized {
-        Quantized {
-            quantized: self.quantized.detach(),
-            codes: self.codes.shallow_clone(),
-            commitment_loss: self.commitment_loss.detach(),
-            codebook_loss: self.codebook_loss.detach(),
-            flat_inputs: self.flat_inputs.shallow_clone(),
-            counts: self.counts.shallow_clone(),
-        }
-    }
-
-    /// One batch's figures from those of its consecutive parts (detached): tensors are
-    /// concatenated, counts added, mean losses weighted by the parts' batch sizes.
-    pub fn concat(parts: &[Quantized]) -> Quantized {
-        let batch = |q: &Quantized| q.codes.size()[0] as f64;
-        let total: f64 = parts.iter().map(batch).sum();
-        let mean = |f: fn(&Quantized) -> &Tensor| {
-            parts
-                .iter()
-                .map(|q| f(q).detach() * (batch(q) / total))
-                .reduce(|a, b| a + b)
-                .expect("at least one part")
-        };
-        let cat = |f: fn(&Quantized) -> &Tensor| {
-            Tensor::cat(&parts.iter().map(|q| f(q).detach()).collect::<Vec<_>>(), 0)
-        };
-        Quantized {
-            quantized: cat(|q| &q.quantized),
-            codes: cat(|q| &q.codes),
-            commitment_loss: mean(|q| &q.commitment_loss),
-            codebook_loss: mean(|q| &q.codebook_loss),
-            flat_inputs: cat(|q| &q.flat_inputs),
-            counts: parts
-                .iter()
-                .map(|q| q.counts.shallow_clone())
-                .reduce(|a, b| a + b)
-                .expect("at least one part"),
-        }
-    }
-
     /// `exp(entropy)` of the batch's code usage: K when all codes are used evenly.
     pub fn perplexity(&self) -> f64 {
         let p = &self.counts / self.counts.sum(Kind::Float).clamp_min(1.0);

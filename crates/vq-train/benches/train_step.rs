@@ -7,7 +7,7 @@ use clap::Parser;
 use tch::nn;
 use vq_data::{BatchConfig, Batcher, Cifar10, Split};
 use vq_model::{images_to_tensor, VqVae, VqVaeConfig};
-use vq_train::{train_step, Adam, DataParallel};
+use vq_train::{train_step, Adam};
 
 #[derive(Parser)]
 struct Args {
@@ -50,19 +50,12 @@ fn main() -> anyhow::Result<()> {
             ..BatchConfig::default()
         },
     )?;
-    // On the CPU the step splits each batch across the threads, as vq-train does.
-    let step_threads = if device == tch::Device::Cpu {
-        tch::get_num_threads() as usize
-    } else {
-        1
-    };
-    let mut parallel = DataParallel::new(&vs, &config, step_threads)?;
     let mut run = |steps: usize, offset: usize| -> anyhow::Result<f64> {
         let start = Instant::now();
         for s in 0..steps {
             let batch = batcher.next_batch(train.images.view(), &train.labels);
             let xs = images_to_tensor(&batch.images, device)?;
-            train_step(&mut model, &mut adam, &mut parallel, &xs, 3e-4, offset + s)?
+            train_step(&mut model, &mut adam, &xs, 3e-4, offset + s)
                 .ok_or_else(|| anyhow::anyhow!("loss diverged"))?;
         }
         Ok(start.elapsed().as_secs_f64())

@@ -37,8 +37,7 @@ pub struct TrainConfig {
     pub eval_every: usize,
     pub eval_images: usize,
     pub checkpoint_every: usize,
-    /// CPU threads (`None`: LibTorch's default, one per core). Training steps split each batch
-    /// across them, one LibTorch thread each; evaluation and k-means use LibTorch's threading.
+    /// LibTorch CPU threads (`None`: LibTorch's default).
     pub threads: Option<i32>,
     pub device: DeviceChoice,
 }

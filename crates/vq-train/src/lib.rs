@@ -5,7 +5,6 @@ mod average;
 pub mod checkpoint;
 mod config;
 mod curves;
-mod parallel;
 pub mod prior;
 mod trainer;
 
@@ -13,7 +12,6 @@ pub use adam::Adam;
 pub use average::WeightAverage;
 pub use config::TrainConfig;
 pub use curves::plot as plot_curves;
-pub use parallel::DataParallel;
 pub use prior::{resume_prior, train_prior, PriorTrainConfig};
 pub use trainer::{resume, synthetic_split, train, train_step, RunSummary};
 pub use vq_model::{evaluate, to_unit, Evaluation};

@@ -61,7 +61,7 @@ struct CommonArgs {
     /// auto, cpu or cuda.
     #[arg(long)]
     device: Option<DeviceChoice>,
-    /// CPU threads (default: one per core). A VQ-VAE training step splits each batch across them.
+    /// LibTorch CPU threads.
     #[arg(long)]
     threads: Option<i32>,
     #[arg(long)]

@@ -18,7 +18,6 @@ use crate::adam::Adam;
 use crate::average::WeightAverage;
 use crate::checkpoint::{self, RunState};
 use crate::config::TrainConfig;
-use crate::parallel::DataParallel;
 
 /// The run folder's record of the dataset it trained on ([`vq_data::DatasetInfo`]).
 pub const DATASET_FILE: &str = "dataset.json";
@@ -97,7 +96,10 @@ fn run(config: TrainConfig, run_dir: &Path, from: Option<PathBuf>) -> Result<Run
         tch::set_num_threads(n);
     }
     let device = config.device.resolve()?;
-    tracing::info!("device {device:?}, {} threads", tch::get_num_threads());
+    tracing::info!(
+        "device {device:?}, {} LibTorch threads",
+        tch::get_num_threads()
+    );
     let train_set = load_split(&config, Split::Train)?;
     let test_set = load_split(&config, Split::Test)?;
     // Which dataset and resolution this run trains on, for whoever uses its checkpoints.
@@ -162,13 +164,6 @@ fn run(config: TrainConfig, run_dir: &Path, from: Option<PathBuf>) -> Result<Run
             }
         }
     };
-    // On the CPU each thread takes a part of every batch (see `parallel`); a GPU takes it whole.
-    let step_threads = if device == Device::Cpu {
-        tch::get_num_threads().max(1) as usize
-    } else {
-        1
-    };
-    let mut parallel = DataParallel::new(&vs, &config.model, step_threads)?;
     let mut batcher = Batcher::restore(train_set.len(), batch_config, state.batcher)?;
     if from.is_some() {
         rewind_metrics(&run_dir.join("metrics.jsonl"), state.step)?;
@@ -186,14 +181,8 @@ fn run(config: TrainConfig, run_dir: &Path, from: Option<PathBuf>) -> Result<Run
         tch::manual_seed(step_seed(config.seed, step));
         let batch = batcher.next_batch(train_set.images.view(), &train_set.labels);
         let xs = images_to_tensor(&batch.images, device)?;
-        let Some((out, restarted)) = train_step(
-            &mut model,
-            &mut adam,
-            &mut parallel,
-            &xs,
-            config.lr_at(step),
-            step,
-        )?
+        let Some((out, restarted)) =
+            train_step(&mut model, &mut adam, &xs, config.lr_at(step), step)
         else {
             bar.abandon();
             return Err(checkpoint::non_finite_loss(run_dir, step));
@@ -341,24 +330,25 @@ fn save_checkpoint(
     Ok(())
 }
 
-/// One optimisation step on the batch `xs` (0-based `step`): forward and backward (split across
-/// `parallel`'s threads), Adam, then the codebook's EMA update and dead-code restarts. Returns
-/// the (detached) forward pass and the number of codes restarted, or `None` (nothing updated)
-/// when the loss is not finite.
+/// One optimisation step on the batch `xs` (0-based `step`): forward, backward, Adam, then the
+/// codebook's EMA update and dead-code restarts. Returns the forward pass and the number of
+/// codes restarted, or `None` (nothing updated) when the loss is not finite.
 pub fn train_step(
     model: &mut VqVae,
     adam: &mut Adam,
-    parallel: &mut DataParallel,
     xs: &Tensor,
     lr: f64,
     step: usize,
-) -> Result<Option<(vq_model::VqVaeOutput, i64)>> {
-    let Some(out) = parallel.forward_backward(model, xs)? else {
-        return Ok(None);
-    };
+) -> Option<(vq_model::VqVaeOutput, i64)> {
+    let out = model.forward(xs);
+    if !out.loss.double_value(&[]).is_finite() {
+        return None;
+    }
+    adam.zero_grad();
+    out.loss.backward();
     adam.step(lr);
     let restarted = model.quantizer.update(&out.quantized, step as i64 + 1);
-    Ok(Some((out, restarted)))
+    Some((out, restarted))
 }
 
 /// Drops the metric lines written after the checkpoint a resume starts from, so that the file
