@@ -82,6 +82,28 @@ impl DeviceChoice {
     }
 }
 
+/// Makes the C allocator keep freed memory for reuse rather than hand it back to the kernel.
+///
+/// Why: every training step allocates and frees the same few-megabyte activation buffers. With
+/// glibc's defaults they are mapped and unmapped each time, and the kernel zero-fills every page
+/// again: on the 2-core dev CPU, batch-32 steps took 5× fewer page faults with these settings
+/// and trained about 12% faster (`train_step` bench, median of 5 alternating runs: 240 → 268
+/// images/s). Memory then
+/// stays at its peak until the process ends, which suits a training run. Call it first thing in
+/// `main`, before other threads start. No-op off Linux/glibc.
+pub fn retain_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    // SAFETY: mallopt only sets two allocator thresholds; it is called before other threads
+    // allocate, and any value is valid (glibc refuses out-of-range ones by returning 0).
+    unsafe {
+        // Blocks up to 32 MiB (glibc's largest threshold) come from the heap, not mmap...
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        // ...and the heap is not trimmed unless 1 GiB at its top is free.
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 /// A `(B, C, H, W)` float batch from `vq-data` as a LibTorch tensor on `device`.
 pub fn images_to_tensor(
     images: &ndarray::Array4<f32>,

@@ -24,12 +24,18 @@ struct Args {
     /// f32 or bf16 convolutions.
     #[arg(long, default_value = "f32")]
     compute: vq_model::ComputeKind,
+    /// Leave the C allocator's defaults (for measuring `retain_freed_memory`).
+    #[arg(long)]
+    plain_malloc: bool,
     #[arg(long, hide = true)]
     bench: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if !args.plain_malloc {
+        vq_model::retain_freed_memory();
+    }
     if let Some(t) = args.threads {
         tch::set_num_threads(t);
     }

@@ -48,9 +48,9 @@ impl Default for TrainConfig {
             model: VqVaeConfig::default(),
             data: PathBuf::from("datasets/cifar-10-batches-bin"),
             any_record_count: false,
-            steps: 20_000,
-            batch_size: 128,
-            lr: 1e-3,
+            steps: 28_000,
+            batch_size: 32,
+            lr: 2e-3,
             warmup_steps: 200,
             final_lr_fraction: 0.05,
             seed: 0,
@@ -166,7 +166,7 @@ mod tests {
             serde_json::from_str(r#"{"steps": 5, "model": {"codebook_size": 64}}"#).unwrap();
         assert_eq!(cfg.steps, 5);
         assert_eq!(cfg.model.codebook_size, 64);
-        assert_eq!(cfg.batch_size, 128);
+        assert_eq!(cfg.batch_size, 32);
         assert!(cfg.validate().is_ok());
         assert!(TrainConfig {
             lr: f64::NAN,

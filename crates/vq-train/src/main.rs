@@ -167,6 +167,8 @@ fn run_prior(args: PriorArgs) -> Result<()> {
 }
 
 fn main() {
+    // Training allocates the same buffers every step: keep them instead of re-faulting pages.
+    vq_model::retain_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

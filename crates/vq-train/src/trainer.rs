@@ -173,7 +173,6 @@ fn run(config: TrainConfig, run_dir: &Path, from: Option<PathBuf>) -> Result<Run
     let unit_mse = |mse: f64| mse / (range.scale_offset().0 as f64 * 255.0).powi(2);
     let mut window = Window::default();
     let mut clock = Instant::now();
-    let started_at = state.step;
     let mut last_eval = None;
 
     while state.step < config.steps {
@@ -295,7 +294,7 @@ fn run(config: TrainConfig, run_dir: &Path, from: Option<PathBuf>) -> Result<Run
             state.elapsed_s,
         )?,
     };
-    let trained = (state.step - started_at).max(1);
+    // elapsed_s carries over a resume, so the rate is over all steps, not just this session's.
     let summary = RunSummary {
         run_dir: run_dir.to_path_buf(),
         steps: state.step,
@@ -303,7 +302,7 @@ fn run(config: TrainConfig, run_dir: &Path, from: Option<PathBuf>) -> Result<Run
         best_step: state.best_step.unwrap_or(state.step),
         final_eval,
         train_seconds: state.elapsed_s,
-        images_per_second: (trained * config.batch_size) as f64 / state.elapsed_s.max(1e-9),
+        images_per_second: (state.step * config.batch_size) as f64 / state.elapsed_s.max(1e-9),
     };
     let text = serde_json::to_string_pretty(&summary)?;
     vq_data::write_atomic(&run_dir.join("summary.json"), |w| {
