@@ -55,6 +55,35 @@ impl std::str::FromStr for GradientEstimator {
     }
 }
 
+/// What the reconstruction term of the loss measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReconstructionLoss {
+    /// Mean squared error over the whole batch.
+    #[default]
+    Mse,
+    /// Each image's squared error weighted by `batch MSE / that image's MSE` (weights held
+    /// constant): the gradient of the batch's mean PSNR, i.e. of the mean of `ln MSE_i`,
+    /// rescaled to the size of a plain MSE gradient so that the commitment loss keeps its
+    /// weight. A plain MSE spends the model on the hardest (most textured) images, whose errors
+    /// dominate the sum; mean PSNR counts a halved error the same on every image. Measured no
+    /// better on CIFAR-10: 24.43 vs 24.45 dB after 4,000 steps of the default run.
+    PerImageLog,
+}
+
+impl std::str::FromStr for ReconstructionLoss {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "mse" => Ok(ReconstructionLoss::Mse),
+            "per_image_log" | "per-image-log" => Ok(ReconstructionLoss::PerImageLog),
+            other => Err(format!(
+                "unknown reconstruction loss {other:?} (expected mse or per_image_log)"
+            )),
+        }
+    }
+}
+
 /// The number type of the convolutions. Weights, losses and codebook distances stay f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -129,6 +158,8 @@ pub struct VqVaeConfig {
     pub codebook_update: CodebookUpdate,
     /// How the encoder gets gradients through the code lookup.
     pub gradient: GradientEstimator,
+    /// What the reconstruction term of the training loss measures.
+    pub reconstruction_loss: ReconstructionLoss,
     /// Codes unused for this many training steps are re-seeded from recent encoder outputs
     /// (0 disables the restart).
     pub dead_code_steps: usize,
@@ -151,6 +182,7 @@ impl Default for VqVaeConfig {
             commitment_cost: 0.25,
             codebook_update: CodebookUpdate::default(),
             gradient: GradientEstimator::default(),
+            reconstruction_loss: ReconstructionLoss::default(),
             dead_code_steps: 50,
             input_range: PixelRange::MinusHalfToHalf,
             compute: ComputeKind::Auto,

@@ -12,7 +12,9 @@ mod prior;
 mod quantizer;
 
 pub use checkpoint::{Checkpoint, CheckpointError};
-pub use config::{native_bf16, CodebookUpdate, ComputeKind, GradientEstimator, VqVaeConfig};
+pub use config::{
+    native_bf16, CodebookUpdate, ComputeKind, GradientEstimator, ReconstructionLoss, VqVaeConfig,
+};
 pub use eval::{evaluate, evaluate_with_progress, to_unit, Evaluation};
 pub use metrics::{quality, ssim_per_image, QualitySums};
 pub use model::{load_weights, save_weights, VqVae, VqVaeOutput};

@@ -4,7 +4,7 @@ use tch::nn::{self, Module};
 use tch::{Device, Kind, Reduction, Tensor};
 use vq_kmeans::{KMeans, KMeansConfig};
 
-use crate::config::VqVaeConfig;
+use crate::config::{ReconstructionLoss, VqVaeConfig};
 use crate::nets::{Decoder, Encoder};
 use crate::quantizer::{Quantized, Quantizer};
 use crate::ModelError;
@@ -70,7 +70,9 @@ impl VqVae {
         let quantized = self.quantizer.forward(&z);
         let reconstruction = self.decoder.forward(&quantized.quantized);
         let reconstruction_loss = reconstruction.mse_loss(xs, Reduction::Mean);
-        let loss = &reconstruction_loss + &quantized.commitment_loss + &quantized.codebook_loss;
+        let objective =
+            reconstruction_objective(&reconstruction, xs, self.config.reconstruction_loss);
+        let loss = &objective + &quantized.commitment_loss + &quantized.codebook_loss;
         VqVaeOutput {
             reconstruction,
             reconstruction_loss,
@@ -114,6 +116,28 @@ impl VqVae {
             Tensor::from_slice(fit.centroids.as_slice().unwrap_or(&[])).view([config.k as i64, d]);
         self.quantizer.set_codebook(&centroids);
         Ok(fit)
+    }
+}
+
+/// The reconstruction term the optimizer minimises (its value is the batch MSE either way).
+pub fn reconstruction_objective(
+    reconstruction: &Tensor,
+    target: &Tensor,
+    kind: ReconstructionLoss,
+) -> Tensor {
+    let batch_mse = reconstruction.mse_loss(target, Reduction::Mean);
+    match kind {
+        ReconstructionLoss::Mse => batch_mse,
+        ReconstructionLoss::PerImageLog => {
+            let per_image =
+                (reconstruction - target)
+                    .square()
+                    .flatten(1, -1)
+                    .mean_dim(1, false, Kind::Float);
+            // Floor at 1e-5 (50 dB) so that one flat image cannot take the whole batch.
+            let weights = (batch_mse.detach() / per_image.detach().clamp_min(1e-5)).detach();
+            (per_image * weights).mean(Kind::Float)
+        }
     }
 }
 
@@ -212,6 +236,50 @@ mod tests {
 
     fn images(n: i64) -> Tensor {
         Tensor::rand([n, 3, 32, 32], (Kind::Float, Device::Cpu)) - 0.5
+    }
+
+    #[test]
+    fn per_image_log_loss_is_the_gradient_of_mean_log_mse() {
+        tch::manual_seed(0);
+        let target = images(4);
+        // Very different errors per image, so that the weighting matters.
+        let noise = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu))
+            * Tensor::from_slice(&[0.01f32, 0.05, 0.1, 0.3]).view([4, 1, 1, 1]);
+        let recon = (&target + noise).set_requires_grad(true);
+
+        let plain = reconstruction_objective(&recon, &target, ReconstructionLoss::Mse);
+        let weighted = reconstruction_objective(&recon, &target, ReconstructionLoss::PerImageLog);
+        // Same value: the batch MSE, so logs and the commitment balance stay comparable.
+        assert!((plain.double_value(&[]) - weighted.double_value(&[])).abs() < 1e-6);
+
+        let grad_of = |loss: Tensor| {
+            let g = Tensor::run_backward(&[loss], &[&recon], false, false);
+            g[0].shallow_clone()
+        };
+        let g_weighted = grad_of(weighted);
+        let per_image = (&recon - &target)
+            .square()
+            .flatten(1, -1)
+            .mean_dim(1, false, Kind::Float);
+        let batch_mse = per_image.mean(Kind::Float).double_value(&[]);
+        let g_log = grad_of(per_image.log().mean(Kind::Float)) * batch_mse;
+        let err = (&g_weighted - &g_log).abs().max().double_value(&[]);
+        let scale = g_log.abs().max().double_value(&[]);
+        assert!(
+            err < 1e-4 * scale,
+            "gradients differ by {err} (scale {scale})"
+        );
+        // And it is not the plain MSE gradient: the low-error image weighs far more.
+        let g_plain = grad_of(reconstruction_objective(
+            &recon,
+            &target,
+            ReconstructionLoss::Mse,
+        ));
+        let ratio = |g: &Tensor| {
+            g.get(0).abs().mean(Kind::Float).double_value(&[])
+                / g.get(3).abs().mean(Kind::Float).double_value(&[])
+        };
+        assert!(ratio(&g_weighted) > 100.0 * ratio(&g_plain));
     }
 
     #[test]

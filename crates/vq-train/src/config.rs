@@ -48,7 +48,7 @@ impl Default for TrainConfig {
             model: VqVaeConfig::default(),
             data: PathBuf::from("datasets/cifar-10-batches-bin"),
             any_record_count: false,
-            steps: 28_000,
+            steps: 35_000,
             batch_size: 32,
             lr: 2e-3,
             warmup_steps: 200,

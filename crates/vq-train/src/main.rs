@@ -36,6 +36,9 @@ struct Args {
     /// Gradient through the code lookup: straight_through (default) or rotation.
     #[arg(long)]
     gradient: Option<vq_model::GradientEstimator>,
+    /// Reconstruction loss: per_image_log (the gradient of mean PSNR) or mse.
+    #[arg(long)]
+    reconstruction_loss: Option<vq_model::ReconstructionLoss>,
     /// Weight of the commitment loss β.
     #[arg(long)]
     commitment_cost: Option<f64>,
@@ -204,6 +207,7 @@ fn run(mut args: Args) -> Result<()> {
         set!(model.downsample <- args.downsample);
         set!(model.compute <- args.compute);
         set!(model.gradient <- args.gradient);
+        set!(model.reconstruction_loss <- args.reconstruction_loss);
         set!(model.commitment_cost <- args.commitment_cost);
         set!(kmeans_init_images <- args.kmeans_init_images);
         let run_dir = args
