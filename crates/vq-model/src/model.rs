@@ -70,8 +70,12 @@ impl VqVae {
         let quantized = self.quantizer.forward(&z);
         let reconstruction = self.decoder.forward(&quantized.quantized);
         let reconstruction_loss = reconstruction.mse_loss(xs, Reduction::Mean);
-        let objective =
-            reconstruction_objective(&reconstruction, xs, self.config.reconstruction_loss);
+        let objective = reconstruction_objective(
+            &reconstruction,
+            xs,
+            &reconstruction_loss,
+            self.config.reconstruction_loss,
+        );
         let loss = &objective + &quantized.commitment_loss + &quantized.codebook_loss;
         VqVaeOutput {
             reconstruction,
@@ -119,15 +123,16 @@ impl VqVae {
     }
 }
 
-/// The reconstruction term the optimizer minimises (its value is the batch MSE either way).
+/// The reconstruction term the optimizer minimises, given the batch MSE already computed from
+/// the same tensors (its value is that MSE either way).
 pub fn reconstruction_objective(
     reconstruction: &Tensor,
     target: &Tensor,
+    batch_mse: &Tensor,
     kind: ReconstructionLoss,
 ) -> Tensor {
-    let batch_mse = reconstruction.mse_loss(target, Reduction::Mean);
     match kind {
-        ReconstructionLoss::Mse => batch_mse,
+        ReconstructionLoss::Mse => batch_mse.shallow_clone(),
         ReconstructionLoss::PerImageLog => {
             let per_image =
                 (reconstruction - target)
@@ -135,7 +140,7 @@ pub fn reconstruction_objective(
                     .flatten(1, -1)
                     .mean_dim(1, false, Kind::Float);
             // Floor at 1e-5 (50 dB) so that one flat image cannot take the whole batch.
-            let weights = (batch_mse.detach() / per_image.detach().clamp_min(1e-5)).detach();
+            let weights = batch_mse.detach() / per_image.detach().clamp_min(1e-5);
             (per_image * weights).mean(Kind::Float)
         }
     }
@@ -247,8 +252,12 @@ mod tests {
             * Tensor::from_slice(&[0.01f32, 0.05, 0.1, 0.3]).view([4, 1, 1, 1]);
         let recon = (&target + noise).set_requires_grad(true);
 
-        let plain = reconstruction_objective(&recon, &target, ReconstructionLoss::Mse);
-        let weighted = reconstruction_objective(&recon, &target, ReconstructionLoss::PerImageLog);
+        let objective = |kind| {
+            let mse = recon.mse_loss(&target, Reduction::Mean);
+            reconstruction_objective(&recon, &target, &mse, kind)
+        };
+        let plain = objective(ReconstructionLoss::Mse);
+        let weighted = objective(ReconstructionLoss::PerImageLog);
         // Same value: the batch MSE, so logs and the commitment balance stay comparable.
         assert!((plain.double_value(&[]) - weighted.double_value(&[])).abs() < 1e-6);
 
@@ -270,11 +279,7 @@ mod tests {
             "gradients differ by {err} (scale {scale})"
         );
         // And it is not the plain MSE gradient: the low-error image weighs far more.
-        let g_plain = grad_of(reconstruction_objective(
-            &recon,
-            &target,
-            ReconstructionLoss::Mse,
-        ));
+        let g_plain = grad_of(objective(ReconstructionLoss::Mse));
         let ratio = |g: &Tensor| {
             g.get(0).abs().mean(Kind::Float).double_value(&[])
                 / g.get(3).abs().mean(Kind::Float).double_value(&[])
