@@ -184,32 +184,47 @@ impl Batcher {
 }
 
 /// Gathers the selected records, flips the marked ones left-right, and converts to `f32` in one
-/// pass over the output (parallel over images, no per-image allocation).
+/// pass over the output (no per-image allocation). Large gathers (evaluation chunks, k-means
+/// samples) run in parallel over images; a training batch runs on the calling thread, because
+/// waking rayon's pool every step costs more than copying 32 images and leaves its threads
+/// spinning against LibTorch's for the step that follows.
 ///
 /// Panics if an index is out of range: indices come from a [`Batcher`] made for this array.
 pub fn gather(images: ArrayView4<'_, u8>, batch: &BatchIndices, range: PixelRange) -> Array4<f32> {
+    /// Fewer images than this are gathered on the calling thread.
+    const PARALLEL_FROM: usize = 256;
     let (_, c, h, w) = images.dim();
     let image_len = c * h * w;
     let (scale, offset) = range.scale_offset();
     let standard = images.as_standard_layout();
-    let mut out = vec![0f32; batch.indices.len() * image_len];
-    out.par_chunks_mut(image_len)
-        .zip(batch.indices.par_iter().zip(batch.flips.par_iter()))
-        .for_each(|(dst, (&index, &flip))| {
-            let src = standard.index_axis(Axis(0), index);
-            let src = src.as_slice().expect("standard layout");
-            for (dst_row, src_row) in dst.chunks_exact_mut(w).zip(src.chunks_exact(w)) {
-                if flip {
-                    for (d, &s) in dst_row.iter_mut().zip(src_row.iter().rev()) {
-                        *d = s as f32 * scale + offset;
-                    }
-                } else {
-                    for (d, &s) in dst_row.iter_mut().zip(src_row) {
-                        *d = s as f32 * scale + offset;
-                    }
+    let fill = |dst: &mut [f32], index: usize, flip: bool| {
+        let src = standard.index_axis(Axis(0), index);
+        let src = src.as_slice().expect("standard layout");
+        for (dst_row, src_row) in dst.chunks_exact_mut(w).zip(src.chunks_exact(w)) {
+            if flip {
+                for (d, &s) in dst_row.iter_mut().zip(src_row.iter().rev()) {
+                    *d = s as f32 * scale + offset;
+                }
+            } else {
+                for (d, &s) in dst_row.iter_mut().zip(src_row) {
+                    *d = s as f32 * scale + offset;
                 }
             }
-        });
+        }
+    };
+    let mut out = vec![0f32; batch.indices.len() * image_len];
+    if batch.indices.len() >= PARALLEL_FROM {
+        out.par_chunks_mut(image_len)
+            .zip(batch.indices.par_iter().zip(batch.flips.par_iter()))
+            .for_each(|(dst, (&index, &flip))| fill(dst, index, flip));
+    } else {
+        for (dst, (&index, &flip)) in out
+            .chunks_mut(image_len)
+            .zip(batch.indices.iter().zip(&batch.flips))
+        {
+            fill(dst, index, flip);
+        }
+    }
     Array4::from_shape_vec((batch.indices.len(), c, h, w), out)
         .expect("buffer length matches the shape by construction")
 }
@@ -304,6 +319,30 @@ mod tests {
         let out = gather(images.view(), &batch, PixelRange::MinusOneToOne);
         assert_eq!(out[[0, 0, 0, 0]], -1.0);
         assert_eq!(out[[0, 0, 1, 2]], 1.0);
+    }
+
+    #[test]
+    fn parallel_gather_matches_small_gathers() {
+        // 300 images take the parallel path; gathered 20 at a time they take the serial one.
+        let images = Array4::from_shape_fn((400, 3, 4, 5), |(n, c, h, w)| {
+            (n * 7 + c * 31 + h * 5 + w * 3) as u8
+        });
+        let mut batcher = Batcher::new(400, config(300, 9, true)).unwrap();
+        let all = batcher.next_indices();
+        assert_eq!(all.indices.len(), 300);
+        let whole = gather(images.view(), &all, PixelRange::MinusHalfToHalf);
+        for start in (0..300).step_by(20) {
+            let part = BatchIndices {
+                indices: all.indices[start..start + 20].to_vec(),
+                flips: all.flips[start..start + 20].to_vec(),
+            };
+            let small = gather(images.view(), &part, PixelRange::MinusHalfToHalf);
+            assert_eq!(
+                small,
+                whole.slice(ndarray::s![start..start + 20, .., .., ..]),
+                "images {start}.."
+            );
+        }
     }
 
     #[test]
