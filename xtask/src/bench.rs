@@ -69,64 +69,55 @@ pub fn torch_python(root: &Path) -> Result<PathBuf> {
 }
 
 /// Training images/s of our step and the PyTorch reference's: same model, batch, threads, for
-/// each batch size.
+/// each batch size. Ours (f32) and the reference run in turn for `rounds` rounds and the ratio is
+/// the median of the rounds' ratios: the shared 2-core machines this is measured on change speed
+/// by 10-20% from one minute to the next, which one pair of short runs cannot tell from a real
+/// difference. The bf16 step runs once (it is only worth measuring where the CPU has bf16).
 pub fn train(
     root: &Path,
     data: &Path,
     steps: usize,
     threads: usize,
     batch_sizes: &[usize],
+    rounds: usize,
 ) -> Result<()> {
     let python = torch_python(root)?;
     let threads_s = threads.to_string();
     let steps_s = steps.to_string();
-    let mut rows = Vec::new();
-    for &batch in batch_sizes {
-        let batch_s = batch.to_string();
-        let mut ours = Vec::new();
-        for compute in ["f32", "bf16"] {
-            let out = cmd::cargo(root)
-                .args([
-                    "bench",
-                    "-q",
-                    "-p",
-                    "vq-train",
-                    "--bench",
-                    "train_step",
-                    "--",
-                    "--data",
-                ])
-                .arg(data)
-                .args([
-                    "--steps",
-                    &steps_s,
-                    "--threads",
-                    &threads_s,
-                    "--batch-size",
-                    &batch_s,
-                    "--compute",
-                    compute,
-                ])
-                .output()
-                .context("running the training benchmark")?;
-            if !out.status.success() {
-                bail!(
-                    "training benchmark failed:\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            ours.push(
-                json_lines(&out.stdout)
-                    .pop()
-                    .context("no figures from the training benchmark")?,
+    let ours_step = |batch: usize, compute: &str| -> Result<Value> {
+        let out = cmd::cargo(root)
+            .args([
+                "bench",
+                "-q",
+                "-p",
+                "vq-train",
+                "--bench",
+                "train_step",
+                "--",
+                "--data",
+            ])
+            .arg(data)
+            .args(["--steps", &steps_s, "--threads", &threads_s])
+            .args(["--batch-size", &batch.to_string(), "--compute", compute])
+            .output()
+            .context("running the training benchmark")?;
+        if !out.status.success() {
+            bail!(
+                "training benchmark failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
             );
         }
+        json_lines(&out.stdout)
+            .pop()
+            .context("no figures from the training benchmark")
+    };
+    let reference_step = |batch: usize| -> Result<Value> {
         let peer = Command::new(&python)
             .arg(root.join("scripts").join("vqvae_reference.py"))
             .args(["--mode", "speed", "--data"])
             .arg(data)
             .args(["--steps", &steps_s, "--threads", &threads_s])
-            .args(["--batch-size", &batch_s])
+            .args(["--batch-size", &batch.to_string()])
             .env_remove("OPENBLAS_CORETYPE")
             .env_remove("OPENBLAS_L2_SIZE")
             .output()
@@ -137,43 +128,78 @@ pub fn train(
                 String::from_utf8_lossy(&peer.stderr)
             );
         }
-        let peer = json_lines(&peer.stdout)
+        json_lines(&peer.stdout)
             .pop()
-            .context("no figures from the reference")?;
-        let reference = num(&peer, "images_per_s");
-        println!(
-            "\nVQ-VAE training step (default model, batch {batch}, {threads} threads, {steps} timed steps)"
-        );
-        println!("{:<24} {:>10} {:>8}", "", "images/s", "ratio");
-        for o in &ours {
-            let name = format!(
-                "vqvae-rs ({})",
-                o["compute"].as_str().unwrap_or("?").to_lowercase()
-            );
-            println!(
-                "{name:<24} {:>10.1} {:>8.2}",
-                num(o, "images_per_s"),
-                num(o, "images_per_s") / reference
+            .context("no figures from the reference")
+    };
+    let rounds = rounds.max(1);
+    let mut rows = Vec::new();
+    for &batch in batch_sizes {
+        let mut ours = Vec::new();
+        let mut reference = Vec::new();
+        let mut torch = Value::Null;
+        for round in 1..=rounds {
+            ours.push(num(&ours_step(batch, "f32")?, "images_per_s"));
+            let peer = reference_step(batch)?;
+            reference.push(num(&peer, "images_per_s"));
+            torch = peer["torch"].clone();
+            eprintln!(
+                "batch {batch}, round {round}/{rounds}: ours {:.1}, reference {:.1} images/s",
+                ours[round - 1],
+                reference[round - 1]
             );
         }
+        let bf16 = num(&ours_step(batch, "bf16")?, "images_per_s");
+        let ratios: Vec<f64> = ours.iter().zip(&reference).map(|(o, r)| o / r).collect();
+        let (ours_median, reference_median) = (median(&ours), median(&reference));
+        let ratio = median(&ratios);
+        println!(
+            "\nVQ-VAE training step (default model, batch {batch}, {threads} threads, {steps} timed steps, median of {rounds} alternating rounds)"
+        );
+        println!("{:<24} {:>10} {:>8}", "", "images/s", "ratio");
         println!(
             "{:<24} {:>10.1} {:>8.2}",
-            "PyTorch reference (f32)", reference, 1.0
+            "vqvae-rs (f32)", ours_median, ratio
+        );
+        println!(
+            "{:<24} {:>10.1} {:>8.2}",
+            "vqvae-rs (bf16, 1 run)",
+            bf16,
+            bf16 / reference_median
+        );
+        println!(
+            "{:<24} {:>10.1} {:>8.2}",
+            "PyTorch reference (f32)", reference_median, 1.0
         );
         rows.push(json!({
             "batch_size": batch,
-            "ours_f32": ours[0],
-            "ours_bf16": ours[1],
-            "reference": peer,
-            "ratio_f32": num(&ours[0], "images_per_s") / reference,
-            "ratio_bf16": num(&ours[1], "images_per_s") / reference,
+            "rounds": rounds,
+            "ours_f32_images_per_s": ours,
+            "reference_images_per_s": reference,
+            "ours_bf16_images_per_s": bf16,
+            "torch": torch,
+            "ratio_f32": ratio,
+            "ratio_f32_min": ratios.iter().copied().fold(f64::INFINITY, f64::min),
+            "ratio_f32_max": ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            "ratio_bf16": bf16 / reference_median,
         }));
     }
     println!(
         "{}",
-        json!({"bench": "train", "threads": threads, "results": rows})
+        json!({"bench": "train", "threads": threads, "steps": steps, "results": rows})
     );
     Ok(())
+}
+
+/// The median (the mean of the middle two for an even count); NaN for none.
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// Test-split quality after the same number of training steps: our default recipe against the
@@ -398,4 +424,16 @@ fn print_table(r: &Value) {
         100.0 * num(&r["ours"], "recomputed_fraction"),
         num(&r["ours"], "effective_gflops"),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
 }

@@ -136,6 +136,9 @@ enum Bench {
         /// recipe's (128).
         #[arg(long, value_delimiter = ',', default_value = "32,128")]
         batch_sizes: Vec<usize>,
+        /// Alternating rounds of ours and the reference; the ratio is their median.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
     },
     /// Test-split quality after the same number of steps: `vq-train`'s default recipe
     /// (schedule fitted to the steps) against the plain PyTorch reference.
@@ -291,10 +294,11 @@ fn real_main() -> Result<()> {
                 steps,
                 threads,
                 batch_sizes,
+                rounds,
             } => {
                 libtorch::ensure(&root, libtorch::CudaChoice::Auto)?;
                 let dir = download(&root, &data)?;
-                bench::train(&root, &dir, steps, all_cores(threads), &batch_sizes)?;
+                bench::train(&root, &dir, steps, all_cores(threads), &batch_sizes, rounds)?;
             }
             Bench::Quality {
                 data,
