@@ -76,7 +76,7 @@ def load(args, split, n):
 # cost, final learning rate as a fraction of the peak, weight-averaging decay, random flips,
 # codebook EMA decay, steps after which an unused code restarts, warm-up steps, and which initial
 # weights (0 is shared by every variant that does not name another).
-BASE = dict(lr=2e-3, beta2=0.999, commit=0.25, final=0.05, wema=0.999, hflip=1, cbdecay=0.99,
+BASE = dict(lr=2e-3, beta2=0.999, commit=0.25, final=0.05, wema=0.998, hflip=1, cbdecay=0.99,
             dead=50, warmup=200, init=0)
 
 
@@ -192,6 +192,9 @@ def run(args):
     vel = {n: torch.zeros_like(params[n]) for n in names}
     avg = {n: params[n].detach().clone() for n in names}
     avg_cb = cb.clone()
+    # More weight averages of the same trajectories (codebook averaged too), evaluated beside.
+    extra = cfg.get("extra_wema", [])
+    extra_avg = [({n: params[n].detach().clone() for n in names}, cb.clone()) for _ in extra]
 
     def per_row(vals, n):
         r = vals.repeat_interleave(rows_of(n))
@@ -227,6 +230,18 @@ def run(args):
                 psnr += (-10 * torch.log10(mse.clamp_min(1e-10))).sum(0)
                 mse_t += mse.sum(0)
         return (psnr / test.shape[0]).tolist(), (mse_t / test.shape[0]).tolist()
+
+    def refit(p, cbk):
+        sums = torch.zeros(M, K, D, device=dev)
+        cnt = torch.zeros(M, K, device=dev)
+        with torch.no_grad():
+            for i in range(0, N_train, 500):
+                x = train[i:i + 500].float() / 255 - 0.5
+                f, _ = to_flat(encoder(p, x.repeat(1, M, 1, 1)))
+                codes = nearest(cbk, f)
+                sums.scatter_add_(1, codes.unsqueeze(-1).expand(-1, -1, D), f)
+                cnt.scatter_add_(1, codes, torch.ones_like(codes, dtype=torch.float))
+        return torch.where(cnt[..., None] > 0, sums / cnt.clamp_min(1)[..., None], cbk)
 
     g = torch.Generator(device=dev).manual_seed(3)
     perm = torch.randperm(N_train, device=dev, generator=g)
@@ -289,11 +304,29 @@ def run(args):
             ema_sum.copy_(torch.where(dead[..., None], fresh, ema_sum))
             ema_count.copy_(torch.where(dead, torch.ones_like(ema_count), ema_count))
             last_used.copy_(torch.where(dead, torch.full_like(last_used, float(t)), last_used))
+            avg_cb.lerp_(cb, (1 - decay_w)[:, None, None])
+            for w, (ea, ecb) in zip(extra, extra_avg):
+                ew = 1 - min(w, (1.0 + t) / (10.0 + t))
+                torch._foreach_lerp_([ea[n] for n in names], [params[n] for n in names], ew)
+                ecb.lerp_(cb, ew)
         if t % cfg.get("eval_every", 5000) == 0 or t == steps or t in cfg.get("eval_at", []):
             ps, ms = evaluate(avg, cb)
             rec_ = dict(step=t, s=round(time.time() - t0, 1), psnr=[round(a, 3) for a in ps])
+            for w, (ea, ecb) in zip(extra, extra_avg):
+                rec_[f"wema{w}_avg_cb"] = [round(a, 3) for a in evaluate(ea, ecb)[0]]
+            if cfg.get("codebook_average"):
+                rec_["psnr_avg_cb"] = [round(a, 3) for a in evaluate(avg, avg_cb)[0]]
+            if t == steps:
+                # After training: Lloyd steps that refit the live codebook to the averaged
+                # encoder's outputs on the training images.
+                refit_cb = cb.clone()
+                for it in range(cfg.get("refit_iters", 0)):
+                    refit_cb = refit(avg, refit_cb)
+                    rec_[f"psnr_refit{it + 1}"] = [round(a, 3) for a in evaluate(avg, refit_cb)[0]]
             history.append(rec_)
             print(json.dumps(rec_), flush=True)
+            with open(os.path.join(os.environ.get("OUT", "/tmp"), cfg.get("name", "screen") + ".json"), "w") as fh:
+                json.dump(dict(variants=variants, history=history), fh)
         if t == 50:
             torch.cuda.synchronize() if dev.type == "cuda" else None
             print(f"50 steps in {time.time() - t0:.1f}s", flush=True)
@@ -315,7 +348,9 @@ def main():
     r.add_argument("--data", default="datasets/cifar-10-batches-bin")
     r.add_argument("--packed", help="a folder written by `pack` (instead of --data)")
     r.add_argument("--config", required=True, help="JSON: steps, variants, optional batch, "
-                   "eval_every, eval_at, train_n, test_n, name")
+                   "eval_every, eval_at, train_n, test_n, name, codebook_average (also evaluate "
+                   "an averaged codebook), refit_iters (Lloyd refits after training), extra_wema "
+                   "(more averaging decays of the same trajectories)")
     args = parser.parse_args()
     if args.command == "pack":
         os.makedirs(args.out, exist_ok=True)
