@@ -85,7 +85,8 @@ pub fn train(
     let threads_s = threads.to_string();
     let steps_s = steps.to_string();
     let ours_step = |batch: usize, compute: &str| -> Result<Value> {
-        let out = cmd::cargo(root)
+        let mut command = cmd::cargo(root);
+        command
             .args([
                 "bench",
                 "-q",
@@ -98,37 +99,19 @@ pub fn train(
             ])
             .arg(data)
             .args(["--steps", &steps_s, "--threads", &threads_s])
-            .args(["--batch-size", &batch.to_string(), "--compute", compute])
-            .output()
-            .context("running the training benchmark")?;
-        if !out.status.success() {
-            bail!(
-                "training benchmark failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        json_lines(&out.stdout)
+            .args(["--batch-size", &batch.to_string(), "--compute", compute]);
+        json_output(&mut command, "the training benchmark")?
             .pop()
             .context("no figures from the training benchmark")
     };
     let reference_step = |batch: usize| -> Result<Value> {
-        let peer = Command::new(&python)
-            .arg(root.join("scripts").join("vqvae_reference.py"))
+        let mut command = peer_command(&python, root, "vqvae_reference.py");
+        command
             .args(["--mode", "speed", "--data"])
             .arg(data)
             .args(["--steps", &steps_s, "--threads", &threads_s])
-            .args(["--batch-size", &batch.to_string()])
-            .env_remove("OPENBLAS_CORETYPE")
-            .env_remove("OPENBLAS_L2_SIZE")
-            .output()
-            .context("running scripts/vqvae_reference.py")?;
-        if !peer.status.success() {
-            bail!(
-                "vqvae_reference.py failed:\n{}",
-                String::from_utf8_lossy(&peer.stderr)
-            );
-        }
-        json_lines(&peer.stdout)
+            .args(["--batch-size", &batch.to_string()]);
+        json_output(&mut command, "scripts/vqvae_reference.py")?
             .pop()
             .context("no figures from the reference")
     };
@@ -236,25 +219,16 @@ pub fn quality(root: &Path, data: &Path, steps: usize, threads: usize) -> Result
     let config: Value = serde_json::from_slice(&std::fs::read(run_dir.join("config.json"))?)?;
     let ours = &summary["final_eval"];
     let started = std::time::Instant::now();
-    let peer = Command::new(&python)
-        .arg(root.join("scripts").join("vqvae_reference.py"))
-        .args(["--mode", "quality", "--data"])
-        .arg(data)
-        .args(["--steps", &steps_s, "--threads", &threads_s])
-        .env_remove("OPENBLAS_CORETYPE")
-        .env_remove("OPENBLAS_L2_SIZE")
-        .output()
-        .context("running scripts/vqvae_reference.py")?;
-    if !peer.status.success() {
-        bail!(
-            "vqvae_reference.py failed:\n{}",
-            String::from_utf8_lossy(&peer.stderr)
-        );
-    }
+    let reference = json_output(
+        peer_command(&python, root, "vqvae_reference.py")
+            .args(["--mode", "quality", "--data"])
+            .arg(data)
+            .args(["--steps", &steps_s, "--threads", &threads_s]),
+        "scripts/vqvae_reference.py",
+    )?
+    .pop()
+    .context("no figures from the reference")?;
     let reference_wall = started.elapsed().as_secs_f64();
-    let reference = json_lines(&peer.stdout)
-        .pop()
-        .context("no figures from the reference")?;
     let batch = config["batch_size"].as_u64().unwrap_or(0);
     println!("\nTest split after {steps} training steps, {threads} threads");
     println!(
@@ -287,6 +261,29 @@ pub fn quality(root: &Path, data: &Path, steps: usize, threads: usize) -> Result
     Ok(())
 }
 
+/// Runs `command` (`what` in messages) and returns the JSON lines of its output; a failure
+/// carries its stderr.
+fn json_output(command: &mut Command, what: &str) -> Result<Vec<Value>> {
+    let out = command
+        .output()
+        .with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!("{what} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(json_lines(&out.stdout))
+}
+
+/// `python scripts/<script>` for a Python peer.
+fn peer_command(python: &Path, root: &Path, script: &str) -> Command {
+    let mut command = Command::new(python);
+    command
+        .arg(root.join("scripts").join(script))
+        // Left over from older OpenBLAS builds on some CPUs; they slow a current numpy.
+        .env_remove("OPENBLAS_CORETYPE")
+        .env_remove("OPENBLAS_L2_SIZE");
+    command
+}
+
 fn json_lines(stdout: &[u8]) -> Vec<Value> {
     String::from_utf8_lossy(stdout)
         .lines()
@@ -301,48 +298,33 @@ fn num(v: &Value, key: &str) -> f64 {
 pub fn kmeans(root: &Path, iters: usize) -> Result<()> {
     let python = peer_python(root)?;
     let out_dir = root.join("target").join("bench").join("kmeans");
-    let output = cmd::cargo(root)
-        .args([
-            "bench",
-            "-q",
-            "-p",
-            "vq-kmeans",
-            "--bench",
-            "kmeans",
-            "--",
-            "--out",
-        ])
-        .arg(&out_dir)
-        .args(["--iters", &iters.to_string()])
-        .output()
-        .context("running the k-means benchmark")?;
-    if !output.status.success() {
-        bail!(
-            "k-means benchmark failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    let ours_runs = json_output(
+        cmd::cargo(root)
+            .args([
+                "bench",
+                "-q",
+                "-p",
+                "vq-kmeans",
+                "--bench",
+                "kmeans",
+                "--",
+                "--out",
+            ])
+            .arg(&out_dir)
+            .args(["--iters", &iters.to_string()]),
+        "the k-means benchmark",
+    )?;
     let mut all = Vec::new();
-    for ours in json_lines(&output.stdout) {
+    for ours in ours_runs {
         let get = |k: &str| ours.get(k).and_then(Value::as_u64).unwrap_or(0).to_string();
-        let peers = Command::new(&python)
-            .arg(root.join("scripts").join("kmeans_peer.py"))
-            .args(["--data", ours["data"].as_str().unwrap_or("")])
-            .args(["--n", &get("n"), "--d", &get("d"), "--k", &get("k")])
-            .args(["--iters", &iters.to_string()])
-            .args(["--ours-centroids", ours["centroids"].as_str().unwrap_or("")])
-            // Left over from older OpenBLAS builds on some CPUs; they slow a current numpy.
-            .env_remove("OPENBLAS_CORETYPE")
-            .env_remove("OPENBLAS_L2_SIZE")
-            .output()
-            .context("running scripts/kmeans_peer.py")?;
-        if !peers.status.success() {
-            bail!(
-                "kmeans_peer.py failed:\n{}",
-                String::from_utf8_lossy(&peers.stderr)
-            );
-        }
-        let peers = json_lines(&peers.stdout);
+        let peers = json_output(
+            peer_command(&python, root, "kmeans_peer.py")
+                .args(["--data", ours["data"].as_str().unwrap_or("")])
+                .args(["--n", &get("n"), "--d", &get("d"), "--k", &get("k")])
+                .args(["--iters", &iters.to_string()])
+                .args(["--ours-centroids", ours["centroids"].as_str().unwrap_or("")]),
+            "scripts/kmeans_peer.py",
+        )?;
         let find = |name: &str| {
             peers
                 .iter()
