@@ -54,7 +54,7 @@ impl Default for TrainConfig {
             warmup_steps: 200,
             final_lr_fraction: 0.05,
             seed: 0,
-            weight_ema: 0.998,
+            weight_ema: 0.997,
             hflip: true,
             kmeans_init_images: 4096,
             kmeans_iters: 20,
