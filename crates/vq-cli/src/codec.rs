@@ -133,7 +133,6 @@ impl Codec<'_> {
         let _guard = tch::no_grad_guard();
         let f = self.factor();
         let range = self.model.config.input_range;
-        let (scale, offset) = range.scale_offset();
         let mut out = RgbImage::new(width, height);
         let all = Tensor::from_slice(&grid.codes.iter().map(|&c| c as i64).collect::<Vec<_>>())
             .view([1, grid.height as i64, grid.width as i64]);
@@ -143,18 +142,23 @@ impl Codec<'_> {
                     .narrow(1, wy0 as i64, (wy1 - wy0) as i64)
                     .narrow(2, wx0 as i64, (wx1 - wx0) as i64)
                     .to_device(self.device);
-                let pixels = self.model.decode(&window);
-                let bytes = ((pixels.to_device(Device::Cpu).to_kind(Kind::Float) - offset as f64)
-                    / scale as f64)
-                    .round()
-                    .clamp(0.0, 255.0)
-                    .to_kind(Kind::Uint8)
+                let pixels = self
+                    .model
+                    .decode(&window)
+                    .to_device(Device::Cpu)
+                    .to_kind(Kind::Float)
                     .squeeze_dim(0)
                     .permute([1, 2, 0])
                     .contiguous();
+                // Bytes through `PixelRange::to_byte`, the one definition of the rounding, rather
+                // than a second one in tensor arithmetic that could round a value sitting on a
+                // .5 boundary the other way.
+                let bytes: Vec<u8> = Vec::<f32>::try_from(pixels.flatten(0, -1))
+                    .expect("pixels are a CPU f32 tensor")
+                    .into_iter()
+                    .map(|v| range.to_byte(v))
+                    .collect();
                 let ww = ((wx1 - wx0) * f) as usize;
-                let bytes =
-                    Vec::<u8>::try_from(bytes.flatten(0, -1)).expect("pixels are a CPU u8 tensor");
                 for y in cy0 * f..(cy1 * f).min(height) {
                     for x in cx0 * f..(cx1 * f).min(width) {
                         let i = (((y - wy0 * f) as usize) * ww + (x - wx0 * f) as usize) * 3;
