@@ -216,7 +216,8 @@ fn folders_of_images_and_info() {
     let out = cli(&["info", "--json"], dir);
     assert!(out.status.success(), "{}", stderr(&out));
     let info: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
-    assert_eq!(info["config"]["codebook_size"], 512);
+    assert_eq!(info["config"]["quantizer"]["kind"], "vq");
+    assert_eq!(info["config"]["quantizer"]["codebook_size"], 512);
     assert!(info["parameters"].as_i64().unwrap() > 100_000);
     assert!(info["training"]["step"].as_u64().unwrap() > 0);
     assert!(info["training"]["eval"]["psnr"].as_f64().unwrap() > 20.0);
@@ -273,8 +274,9 @@ fn sample_with_the_bundled_prior_is_reproducible_and_checks_its_arguments() {
     assert!(out.status.success(), "{}", stderr(&out));
     let a = image::open(dir.join("a.png")).unwrap().to_rgb8();
     let b = image::open(dir.join("b.png")).unwrap().to_rgb8();
-    // Two rows of 8 tiles (32 px with a 2-px border), and the same seed gives the same pixels.
-    assert_eq!(a.dimensions(), (8 * 34 + 2, 2 * 34 + 2));
+    // Two rows of 8 tiles (32 px with a 2-px border) enlarged 3 times, and the same seed gives
+    // the same pixels.
+    assert_eq!(a.dimensions(), (3 * (8 * 34 + 2), 3 * (2 * 34 + 2)));
     assert!(a == b, "the same seed gave other samples");
     let out = cli(
         &[
@@ -343,5 +345,130 @@ fn full_and_read_only_output_folders_are_clear_errors() {
         read("full.ls").trim(),
         "out.png",
         "a partial file was left behind"
+    );
+}
+
+/// `cargo install` puts the binary somewhere else: copied out of the build tree and run from a
+/// folder outside the repository, it still has its bundled model and prior (they are built
+/// into it) and finds LibTorch through its rpath.
+#[test]
+fn an_installed_binary_works_anywhere_with_the_bundled_model_and_prior() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin_dir = tmp.path().join("bin");
+    let work = tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    let installed = bin_dir.join("vq-cli");
+    std::fs::copy(vq_e2e::binary("vq-cli"), &installed).unwrap();
+    let run_installed = |args: &[&str]| {
+        std::process::Command::new(&installed)
+            .args(["--device", "cpu"])
+            .args(args)
+            .current_dir(&work)
+            .env_remove("LD_LIBRARY_PATH")
+            .env_remove("VQVAE_CHECKPOINT")
+            .output()
+            .unwrap()
+    };
+    picture(40, 30).save(work.join("photo.png")).unwrap();
+    let out = run_installed(&["reconstruct", "photo.png"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(work.join("photo.recon.png").is_file());
+    let out = run_installed(&["sample", "-n", "8", "-o", "s.png"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run_installed(&["--json", "info"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let info: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert!(
+        info["checkpoint"]
+            .as_str()
+            .unwrap()
+            .contains("bundled model (models/cifar10-default)"),
+        "{info}"
+    );
+    assert_eq!(info["model_id"], "44edb453f42c4f592c84cbfa10c71318");
+}
+
+/// The bundled files on disk are format 1 (flat config files): read as a checkpoint folder they
+/// are the same model as the built-in copy, and a `.vqz` file written before format 2 decodes to
+/// the image it decoded to then.
+#[test]
+fn format_1_checkpoints_and_an_old_vqz_still_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let fixtures = root().join("tests/fixtures");
+    let out = cli(
+        &[
+            "--json",
+            "--checkpoint",
+            bundled().to_str().unwrap(),
+            "info",
+        ],
+        dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let info: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(info["model_id"], "44edb453f42c4f592c84cbfa10c71318");
+    assert_eq!(info["training"]["step"], 35000);
+    let prior = root().join("models/cifar10-prior");
+    let out = cli(
+        &[
+            "--checkpoint",
+            bundled().to_str().unwrap(),
+            "sample",
+            "-n",
+            "2",
+            "--prior",
+            prior.to_str().unwrap(),
+            "-o",
+            "s.png",
+        ],
+        dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Made with the build before format 2 (`vq-cli encode picture.png`, then `decode`).
+    let out = cli(
+        &[
+            "decode",
+            fixtures.join("before.vqz").to_str().unwrap(),
+            "-o",
+            "now.png",
+        ],
+        dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let now = image::open(dir.join("now.png")).unwrap().to_rgb8();
+    let then = image::open(fixtures.join("before.decoded.png"))
+        .unwrap()
+        .to_rgb8();
+    assert_eq!(now.dimensions(), then.dimensions());
+    // The same arithmetic; LibTorch's threads may sum a convolution in another order, which
+    // moved a byte on a rounding boundary by one once (see vq-cli's unit tests).
+    let off: Vec<(u8, u8)> = now
+        .as_raw()
+        .iter()
+        .zip(then.as_raw())
+        .filter(|(a, b)| a != b)
+        .map(|(&a, &b)| (a, b))
+        .collect();
+    assert!(
+        off.len() <= 3 && off.iter().all(|&(a, b)| a.abs_diff(b) == 1),
+        "decoded differently: {off:?}"
+    );
+    // And encoding the same picture today gives the same file.
+    let out = cli(
+        &[
+            "encode",
+            fixtures.join("picture.png").to_str().unwrap(),
+            "-o",
+            "again.vqz",
+        ],
+        dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(dir.join("again.vqz")).unwrap(),
+        std::fs::read(fixtures.join("before.vqz")).unwrap()
     );
 }

@@ -67,7 +67,8 @@ fn import_train_and_sample_on_an_image_folder() {
     assert_eq!(report.skipped.len(), 1);
     assert!(report.skipped[0].path.ends_with("corrupt.jpg"));
 
-    // A short VQ-VAE run on it: 64×64 images give a 16×16 code grid.
+    // A short VQ-VAE run on it: 64×64 images give a 16×16 code grid. (The config files of
+    // this test are in the flat layout of format 1, which must keep working.)
     let config = dir.join("vqvae.json");
     write_json(
         &config,
@@ -86,17 +87,20 @@ fn import_train_and_sample_on_an_image_folder() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let recorded: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("vq/dataset.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("vq/data.json")).unwrap()).unwrap();
     assert_eq!(recorded["kind"], "image-set");
     assert_eq!(recorded["side"], 64);
     assert_eq!(
         recorded["class_names"],
         serde_json::json!(["boats", "cars"])
     );
-    // The reconstruction grid holds 64-pixel tiles: 6 test images and their reconstructions.
+    // The reconstruction grid holds 64-pixel tiles: 6 test images and their reconstructions,
+    // enlarged 3 times.
     let grid = image::open(dir.join("vq/recon-step-000004.png")).unwrap();
-    assert_eq!((grid.width(), grid.height()), (8 * 66 + 2, 2 * 66 + 2));
+    assert_eq!(
+        (grid.width(), grid.height()),
+        (3 * (8 * 66 + 2), 3 * (2 * 66 + 2))
+    );
 
     // A short prior run on its codes.
     let prior_config = dir.join("prior.json");
@@ -125,9 +129,11 @@ fn import_train_and_sample_on_an_image_folder() {
         &std::fs::read_to_string(dir.join("prior/checkpoints/last/config.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(prior["grid_side"], 16);
-    assert_eq!(prior["image_side"], 64);
-    assert_eq!(prior["classes"], 2);
+    assert_eq!(prior["format"], 2);
+    let provenance = &prior["provenance"];
+    assert_eq!(provenance["grid_side"], 16);
+    assert_eq!(provenance["image_side"], 64);
+    assert_eq!(provenance["classes"], 2);
 
     // vq-cli samples 64×64 images of a class by its folder name...
     let out = run(
@@ -152,7 +158,10 @@ fn import_train_and_sample_on_an_image_folder() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("images/s"));
     let samples = image::open(dir.join("s.png")).unwrap();
-    assert_eq!((samples.width(), samples.height()), (8 * 66 + 2, 66 + 2));
+    assert_eq!(
+        (samples.width(), samples.height()),
+        (3 * (8 * 66 + 2), 3 * (66 + 2))
+    );
     // ...refuses a class the dataset does not have...
     let out = run(
         "vq-cli",

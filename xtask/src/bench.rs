@@ -212,11 +212,12 @@ pub fn quality(root: &Path, data: &Path, steps: usize, threads: usize) -> Result
             .arg(&run_dir),
     )?;
     let ours_wall = started.elapsed().as_secs_f64();
-    let summary: Value = serde_json::from_slice(
-        &std::fs::read(run_dir.join("summary.json"))
-            .with_context(|| format!("reading {}/summary.json", run_dir.display()))?,
+    let summary: Value = vq_store::read_json(
+        &run_dir.join(vq_store::names::SUMMARY_FILE),
+        "a run summary",
     )?;
-    let config: Value = serde_json::from_slice(&std::fs::read(run_dir.join("config.json"))?)?;
+    let config: Value =
+        vq_store::read_json(&run_dir.join(vq_store::names::CONFIG_FILE), "a run config")?;
     let ours = &summary["final_eval"];
     let started = std::time::Instant::now();
     let reference = json_output(
@@ -229,7 +230,7 @@ pub fn quality(root: &Path, data: &Path, steps: usize, threads: usize) -> Result
     .pop()
     .context("no figures from the reference")?;
     let reference_wall = started.elapsed().as_secs_f64();
-    let batch = config["batch_size"].as_u64().unwrap_or(0);
+    let batch = config["schedule"]["batch_size"].as_u64().unwrap_or(0);
     println!("\nTest split after {steps} training steps, {threads} threads");
     println!(
         "{:<28} {:>6} {:>10} {:>9} {:>7} {:>7} {:>8}",

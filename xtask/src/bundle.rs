@@ -1,11 +1,17 @@
-//! `cargo xtask bundle-model RUN_DIR` / `bundle-prior RUN_DIR`: copies a finished run's last
+//! `cargo xtask bundle-model RUN_DIR` / `bundle-prior RUN_DIR`: copies a finished run's final
 //! checkpoint (weights, config, state), its full-test-split figures and its pictures into
 //! models/cifar10-default/ (the VQ-VAE `vq-cli` uses when no --checkpoint is given) or
 //! models/cifar10-prior/ (the prior `vq-cli sample` uses). The optimizer state stays behind.
+//! The binaries build these folders in, so rebuild them after bundling.
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use vq_store::names::{
+    CONFIG_FILE, CURVES_FILE, DATA_FILE, EVAL_FILE, LEGACY_DATA_FILE, METRICS_FILE, MODEL_FILE,
+    STATE_FILE, SUMMARY_FILE,
+};
+use vq_store::RunDir;
 
 pub const MODEL_DIR: &str = "models/cifar10-default";
 pub const PRIOR_DIR: &str = "models/cifar10-prior";
@@ -13,18 +19,15 @@ pub const PRIOR_DIR: &str = "models/cifar10-prior";
 /// Bundles the VQ-VAE run `run_dir` (or, with `prior`, the prior run) into the models folder.
 pub fn run(root: &Path, run_dir: &Path, prior: bool) -> Result<()> {
     let bundle_dir = if prior { PRIOR_DIR } else { MODEL_DIR };
-    let summary_path = run_dir.join("summary.json");
+    let run = RunDir::new(run_dir);
     let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&summary_path).with_context(|| {
-            format!("reading {} (is the run finished?)", summary_path.display())
-        })?)
-        .with_context(|| format!("{}: not JSON", summary_path.display()))?;
+        vq_store::read_json(&run.summary(), "a run summary").context("is the run finished?")?;
     let eval = summary
         .get("final_eval")
-        .with_context(|| format!("{}: no final_eval", summary_path.display()))?;
+        .with_context(|| format!("{}: no final_eval", run.summary().display()))?;
     let step = eval["step"].as_u64().context("final_eval has no step")?;
-    let checkpoint = run_dir.join(format!("checkpoints/step-{step:06}"));
-    if !checkpoint.join("model.safetensors").is_file() {
+    let checkpoint = run.checkpoints().join(format!("step-{step:06}"));
+    if !checkpoint.join(MODEL_FILE).is_file() {
         bail!(
             "{}: the final step's checkpoint is missing",
             checkpoint.display()
@@ -36,31 +39,31 @@ pub fn run(root: &Path, run_dir: &Path, prior: bool) -> Result<()> {
         std::fs::remove_dir_all(&staging)?;
     }
     std::fs::create_dir_all(&staging)?;
-    for name in ["model.safetensors", "config.json", "state.json"] {
-        std::fs::copy(checkpoint.join(name), staging.join(name))
-            .with_context(|| format!("copying {}", checkpoint.join(name).display()))?;
+    let copy = |from: &Path, name: &str| -> Result<()> {
+        std::fs::copy(from, staging.join(name))
+            .with_context(|| format!("copying {}", from.display()))?;
+        Ok(())
+    };
+    for name in [MODEL_FILE, CONFIG_FILE, STATE_FILE] {
+        copy(&checkpoint.join(name), name)?;
     }
-    std::fs::write(
-        staging.join("eval.json"),
-        serde_json::to_string_pretty(eval)? + "\n",
-    )?;
-    std::fs::copy(
-        run_dir.join("config.json"),
-        staging.join("train-config.json"),
-    )?;
-    std::fs::copy(run_dir.join("summary.json"), staging.join("summary.json"))?;
-    let grid = run_dir.join(format!("recon-step-{step:06}.png"));
-    if grid.is_file() {
-        std::fs::copy(&grid, staging.join("recon.png"))?;
+    vq_store::write_json(&staging.join(EVAL_FILE), eval)?;
+    copy(&run.config(), "train-config.json")?;
+    copy(&run.summary(), SUMMARY_FILE)?;
+    let picture = run.picture("recon", step as usize);
+    if picture.is_file() {
+        copy(&picture, "recon.png")?;
     }
-    if run_dir.join("curves.png").is_file() {
-        std::fs::copy(run_dir.join("curves.png"), staging.join("curves.png"))?;
-    }
-    if run_dir.join("dataset.json").is_file() {
-        std::fs::copy(run_dir.join("dataset.json"), staging.join("dataset.json"))?;
-    }
-    if run_dir.join("metrics.jsonl").is_file() {
-        std::fs::copy(run_dir.join("metrics.jsonl"), staging.join("metrics.jsonl"))?;
+    let optional = [
+        (run.curves(), CURVES_FILE),
+        (run.data(), DATA_FILE),
+        (run_dir.join(LEGACY_DATA_FILE), DATA_FILE),
+        (run.metrics(), METRICS_FILE),
+    ];
+    for (from, name) in optional {
+        if from.is_file() {
+            copy(&from, name)?;
+        }
     }
     if dest.exists() {
         std::fs::remove_dir_all(&dest)?;

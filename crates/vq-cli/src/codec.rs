@@ -29,11 +29,13 @@ impl Default for Tiling {
     }
 }
 
-/// A code grid, row-major.
+/// A code grid: `depth` levels of `height` × `width` codes, each level row-major, level after
+/// level.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CodeGrid {
     pub width: u32,
     pub height: u32,
+    pub depth: u32,
     pub codes: Vec<u32>,
 }
 
@@ -101,22 +103,28 @@ impl Codec<'_> {
         let _guard = tch::no_grad_guard();
         let f = self.factor();
         let (gw, gh) = self.grid_size(img.width(), img.height());
-        let mut codes = vec![0u32; (gw * gh) as usize];
+        let depth = self.model.quantizer.code_space().depth as u32;
+        let plane = (gw * gh) as usize;
+        let mut codes = vec![0u32; plane * depth as usize];
         for ((cy0, cy1), (wy0, wy1)) in spans(gh, self.tiling) {
             for ((cx0, cx1), (wx0, wx1)) in spans(gw, self.tiling) {
                 let xs = self.window_pixels(img, (wx0 * f, wx1 * f), (wy0 * f, wy1 * f));
+                // (1, L, h, w) codes of the window; its core, level by level.
                 let window = self.model.encode(&xs).to_device(Device::Cpu);
                 let window = window
-                    .narrow(1, (cy0 - wy0) as i64, (cy1 - cy0) as i64)
-                    .narrow(2, (cx0 - wx0) as i64, (cx1 - cx0) as i64)
+                    .narrow(2, (cy0 - wy0) as i64, (cy1 - cy0) as i64)
+                    .narrow(3, (cx0 - wx0) as i64, (cx1 - cx0) as i64)
                     .contiguous();
                 let core = Vec::<i64>::try_from(window.flatten(0, -1))
                     .expect("codes are a CPU i64 tensor");
-                let cw = (cx1 - cx0) as usize;
-                for (row, chunk) in core.chunks(cw).enumerate() {
-                    let start = (cy0 as usize + row) * gw as usize + cx0 as usize;
-                    for (dst, &src) in codes[start..start + cw].iter_mut().zip(chunk) {
-                        *dst = src as u32;
+                let (cw, ch) = ((cx1 - cx0) as usize, (cy1 - cy0) as usize);
+                for (level, level_codes) in core.chunks(cw * ch).enumerate() {
+                    for (row, chunk) in level_codes.chunks(cw).enumerate() {
+                        let start =
+                            level * plane + (cy0 as usize + row) * gw as usize + cx0 as usize;
+                        for (dst, &src) in codes[start..start + cw].iter_mut().zip(chunk) {
+                            *dst = src as u32;
+                        }
                     }
                 }
             }
@@ -124,6 +132,7 @@ impl Codec<'_> {
         CodeGrid {
             width: gw,
             height: gh,
+            depth,
             codes,
         }
     }
@@ -135,12 +144,12 @@ impl Codec<'_> {
         let range = self.model.config.input_range;
         let mut out = RgbImage::new(width, height);
         let all = Tensor::from_slice(&grid.codes.iter().map(|&c| c as i64).collect::<Vec<_>>())
-            .view([1, grid.height as i64, grid.width as i64]);
+            .view([1, grid.depth as i64, grid.height as i64, grid.width as i64]);
         for ((cy0, cy1), (wy0, wy1)) in spans(grid.height, self.tiling) {
             for ((cx0, cx1), (wx0, wx1)) in spans(grid.width, self.tiling) {
                 let window = all
-                    .narrow(1, wy0 as i64, (wy1 - wy0) as i64)
-                    .narrow(2, wx0 as i64, (wx1 - wx0) as i64)
+                    .narrow(2, wy0 as i64, (wy1 - wy0) as i64)
+                    .narrow(3, wx0 as i64, (wx1 - wx0) as i64)
                     .to_device(self.device);
                 let pixels = self
                     .model

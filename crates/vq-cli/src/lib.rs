@@ -1,7 +1,9 @@
-//! The logic behind `vq-cli`: opening checkpoints, reading images, tiled encoding and
-//! decoding, and the `.vqz` files.
+//! The logic behind `vq-cli`: its commands and their reports, reading images, tiled encoding
+//! and decoding, and the `.vqz` files.
 
 pub mod codec;
+pub mod commands;
+pub mod report;
 pub mod sample;
 
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use tch::{Kind, Tensor};
 use vq_codes::{CodeFile, Colour};
 
 pub use codec::{CodeGrid, Codec, LoadedImage, Tiling};
-pub use vq_model::checkpoint::{self, Checkpoint, CheckpointError};
+pub use vq_model::checkpoint::{self, Checkpoint};
 
 pub use vq_data::image_file::{ImageFileError as InputError, IMAGE_EXTENSIONS, MAX_IMAGE_SIDE};
 
@@ -54,8 +56,11 @@ pub fn code_file(
     width: u32,
     height: u32,
     colour: Colour,
-) -> CodeFile {
-    CodeFile {
+) -> Result<CodeFile, CodeFileMismatch> {
+    if grid.depth != 1 {
+        return Err(CodeFileMismatch::Depth(grid.depth));
+    }
+    Ok(CodeFile {
         model_id: checkpoint.model_id,
         colour,
         downsample: checkpoint.config.downsample as u8,
@@ -63,9 +68,9 @@ pub fn code_file(
         height,
         grid_width: grid.width,
         grid_height: grid.height,
-        codebook_size: checkpoint.config.codebook_size as u32,
+        codebook_size: checkpoint.config.code_space().vocabulary as u32,
         codes: grid.codes.clone(),
-    }
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,9 +79,11 @@ pub enum CodeFileMismatch {
     OtherModel {
         file: PathBuf,
         file_model: String,
-        checkpoint: PathBuf,
+        checkpoint: String,
         checkpoint_model: String,
     },
+    #[error("a .vqz file holds one code per position; this model's codes have depth {0}")]
+    Depth(u32),
 }
 
 /// Refuses a code file made by another model.
@@ -88,14 +95,17 @@ pub fn check_code_file(
     if file.model_id != checkpoint.model_id {
         return Err(CodeFileMismatch::OtherModel {
             file: path.to_path_buf(),
-            file_model: checkpoint::hex(&file.model_id),
-            checkpoint: checkpoint.dir.clone(),
-            checkpoint_model: checkpoint::hex(&checkpoint.model_id),
+            file_model: vq_store::hex(&file.model_id),
+            checkpoint: checkpoint.origin(),
+            checkpoint_model: vq_store::hex(&checkpoint.model_id),
         });
     }
     // Same weights imply the same K and downsampling; checked anyway for a clear message
     // should the id ever collide.
-    debug_assert_eq!(file.codebook_size as i64, checkpoint.config.codebook_size);
+    debug_assert_eq!(
+        file.codebook_size as i64,
+        checkpoint.config.code_space().vocabulary
+    );
     Ok(())
 }
 

@@ -1,17 +1,13 @@
 use super::*;
 use tch::{nn, Device};
-use vq_model::{ComputeKind, VqVae, VqVaeConfig};
+use vq_model::{VqVae, VqVaeConfig};
 
 fn tiny_model(vs: &nn::VarStore) -> VqVae {
-    let cfg = VqVaeConfig {
-        hidden_channels: 8,
-        residual_hidden_channels: 4,
-        residual_layers: 1,
-        codebook_size: 16,
-        code_dim: 4,
-        compute: ComputeKind::F32,
-        ..VqVaeConfig::default()
-    };
+    let cfg: VqVaeConfig = vq_store::parse_config(
+        r#"{"hidden_channels": 8, "residual": {"hidden_channels": 4, "layers": 1},
+            "quantizer": {"kind": "vq", "codebook_size": 16, "code_dim": 4}, "compute": "f32"}"#,
+    )
+    .unwrap();
     VqVae::new(vs.root(), &cfg)
 }
 
@@ -100,6 +96,7 @@ fn a_small_image_is_exactly_the_models_forward_pass() {
     .view([1, 32, 32, 3])
     .permute([0, 3, 1, 2]);
     let codes = model.encode(&xs);
+    assert_eq!(codes.size(), vec![1, 1, 8, 8]);
     let expected: Vec<u32> = Vec::<i64>::try_from(codes.flatten(0, -1))
         .unwrap()
         .into_iter()
@@ -230,49 +227,54 @@ fn outputs_go_beside_inputs_or_into_a_folder() {
 
 #[test]
 fn a_prior_opens_only_with_its_own_vqvae_and_samples_images() {
-    use crate::sample::{Prior, PriorError};
-    use vq_model::PriorConfig;
+    use vq_prior::{
+        PixelCnnConfig, PriorArch, PriorCheckpoint, PriorConfig, PriorError, Provenance,
+    };
+    use vq_store::Source;
     tch::manual_seed(3);
     let dir = tempfile::tempdir().unwrap();
     let vq_dir = dir.path().join("vqvae");
     std::fs::create_dir_all(&vq_dir).unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
     let model = tiny_model(&vs);
-    vq_model::save_weights(&vs, &vq_dir.join("model.safetensors")).unwrap();
-    std::fs::write(
-        vq_dir.join("config.json"),
-        serde_json::to_string(&model.config).unwrap(),
-    )
-    .unwrap();
+    vq_store::weights::save(&vs, &vq_dir.join("model.safetensors")).unwrap();
+    vq_store::write_config(&vq_dir.join("config.json"), &model.config).unwrap();
     let vqvae = Checkpoint::open(&vq_dir, Device::Cpu).unwrap();
 
     let write_prior = |name: &str, id: String| {
         let p = dir.path().join(name);
         std::fs::create_dir_all(&p).unwrap();
         let cfg = PriorConfig {
-            codebook_size: 16,
-            channels: 8,
-            layers: 2,
-            kernel: 3,
-            classes: 10,
-            vqvae_model_id: id,
-            ..PriorConfig::default()
+            arch: PriorArch::PixelCnn(PixelCnnConfig {
+                channels: 8,
+                layers: 2,
+                kernel: 3,
+            }),
+            provenance: Provenance {
+                vqvae_model_id: id,
+                codes: vqvae.config.code_space(),
+                ..Provenance::default()
+            },
         };
         let vs = nn::VarStore::new(Device::Cpu);
-        let _prior = vq_model::PixelCnnPrior::new(vs.root(), &cfg);
-        vq_model::save_weights(&vs, &p.join("model.safetensors")).unwrap();
-        std::fs::write(p.join("config.json"), serde_json::to_string(&cfg).unwrap()).unwrap();
+        let _prior = vq_prior::build(vs.root(), &cfg);
+        vq_store::weights::save(&vs, &p.join("model.safetensors")).unwrap();
+        vq_store::write_config(&p.join("config.json"), &cfg).unwrap();
         p
     };
+    let id = vq_store::hex(&vqvae.model_id);
     let other = write_prior("other", "00".repeat(16));
-    let err = Prior::open(&other, &vqvae, Device::Cpu).unwrap_err();
+    let err = PriorCheckpoint::open_for(Source::Path(&other), "the VQ-VAE", &id, Device::Cpu)
+        .unwrap_err();
     assert!(matches!(err, PriorError::OtherVqVae { .. }), "{err}");
     assert!(err.to_string().contains("other"), "{err}");
 
-    let own = write_prior("own", checkpoint::hex(&vqvae.model_id));
-    let prior = Prior::open(&own, &vqvae, Device::Cpu).unwrap();
+    let own = write_prior("own", id.clone());
+    let prior =
+        PriorCheckpoint::open_for(Source::Path(&own), "the VQ-VAE", &id, Device::Cpu).unwrap();
     let labels = Tensor::from_slice(&[3i64, 5]);
-    let (images, codes) = prior.sample_images(&vqvae, Some(&labels), 2, 1.0, Device::Cpu);
+    let (images, codes) =
+        crate::sample::sample_images(&prior, &vqvae, Some(&labels), 2, 1.0, Device::Cpu);
     assert_eq!(images.size(), vec![2, 3, 32, 32]);
     assert_eq!(codes.size(), vec![2, 8, 8]);
 }

@@ -1,63 +1,14 @@
 use serde::{Deserialize, Serialize};
 use vq_data::PixelRange;
+use vq_store::ConfigFile;
 
-/// How the codebook learns.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
-pub enum CodebookUpdate {
-    /// Exponential moving averages of the assigned encoder outputs (no gradient to the codebook).
-    Ema {
-        decay: f64,
-        /// Laplace smoothing of the cluster counts.
-        epsilon: f64,
-    },
-    /// A codebook loss `‖sg[z] − e‖²` trained by the optimizer, as in the original paper.
-    Loss,
-}
-
-impl Default for CodebookUpdate {
-    fn default() -> Self {
-        CodebookUpdate::Ema {
-            decay: 0.99,
-            epsilon: 1e-5,
-        }
-    }
-}
-
-/// How gradients pass from the decoder through the (non-differentiable) code lookup to the
-/// encoder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GradientEstimator {
-    /// `z + sg[e − z]`: the decoder's gradient is copied to the encoder unchanged.
-    #[default]
-    StraightThrough,
-    /// The rotation trick (Fifty et al., 2024): `e` is produced as a fixed rotation and scaling
-    /// of `z`, so the gradient reaching the encoder is rotated the same way. It carries how far
-    /// and in which direction `z` sits from its code, which the straight-through copy loses.
-    /// Measured worse than straight-through on our CIFAR-10 default (21.49 vs 22.32 dB test
-    /// PSNR after 1,000 of 2,000 steps), so not the default.
-    Rotation,
-}
-
-impl std::str::FromStr for GradientEstimator {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "straight_through" | "straight-through" | "ste" => {
-                Ok(GradientEstimator::StraightThrough)
-            }
-            "rotation" => Ok(GradientEstimator::Rotation),
-            other => Err(format!(
-                "unknown gradient estimator {other:?} (expected straight_through or rotation)"
-            )),
-        }
-    }
-}
+use crate::nets::{DecoderConfig, EncoderConfig, ResidualStackConfig};
+use crate::quantizer::{CodeSpace, CodebookUpdate, GradientEstimator, QuantizerConfig, VqConfig};
 
 /// What the reconstruction term of the loss measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum ReconstructionLoss {
     /// Mean squared error over the whole batch.
     #[default]
@@ -67,26 +18,14 @@ pub enum ReconstructionLoss {
     /// rescaled to the size of a plain MSE gradient so that the commitment loss keeps its
     /// weight. A plain MSE spends the model on the hardest (most textured) images, whose errors
     /// dominate the sum; mean PSNR counts a halved error the same on every image. Measured no
-    /// better on CIFAR-10: 24.43 vs 24.45 dB after 4,000 steps of the default run.
+    /// better on CIFAR-10 (docs/experiments.md).
     PerImageLog,
 }
 
-impl std::str::FromStr for ReconstructionLoss {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "mse" => Ok(ReconstructionLoss::Mse),
-            "per_image_log" | "per-image-log" => Ok(ReconstructionLoss::PerImageLog),
-            other => Err(format!(
-                "unknown reconstruction loss {other:?} (expected mse or per_image_log)"
-            )),
-        }
-    }
-}
-
 /// The number type of the convolutions. Weights, losses and codebook distances stay f32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
+#[value(rename_all = "lowercase")]
 pub enum ComputeKind {
     /// bf16 where the CPU has AMX bf16 tiles (see [`native_bf16`]), f32 elsewhere.
     #[default]
@@ -95,20 +34,6 @@ pub enum ComputeKind {
     /// bfloat16 products: several times the f32 matrix throughput on CPUs with AMX and on
     /// recent GPUs (slower than f32 with AVX-512 BF16 alone).
     Bf16,
-}
-
-impl std::str::FromStr for ComputeKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(ComputeKind::Auto),
-            "f32" => Ok(ComputeKind::F32),
-            "bf16" => Ok(ComputeKind::Bf16),
-            other => Err(format!(
-                "unknown compute kind {other:?} (expected f32 or bf16)"
-            )),
-        }
-    }
 }
 
 impl ComputeKind {
@@ -122,11 +47,9 @@ impl ComputeKind {
     }
 }
 
-/// Whether bf16 convolutions beat f32 ones on this CPU: only with AMX tiles. AVX-512 BF16
-/// alone is not enough: on a 2-core AVX-512 BF16 Xeon without AMX, `cargo xtask bench train`
-/// measured 503 images/s in bf16 against 797 in f32, while an earlier machine whose bf16 matrix
-/// products ran about 4× its f32 ones (as AMX gives) trained 1.36× faster in bf16. Read from
-/// the kernel's CPU flags (Linux); elsewhere f32.
+/// Whether bf16 convolutions beat f32 ones on this CPU: only with AMX tiles. AVX-512 BF16 alone
+/// is not enough (measured slower than f32 on such a CPU, docs/experiments.md). Read from the
+/// kernel's CPU flags (Linux); elsewhere f32.
 pub fn native_bf16() -> bool {
     static AMX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *AMX.get_or_init(|| {
@@ -138,31 +61,20 @@ pub fn native_bf16() -> bool {
     })
 }
 
-/// The VQ-VAE's shape and quantizer settings, saved as JSON next to every checkpoint.
+/// The VQ-VAE's shape and quantizer, saved as `config.json` next to every checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 // A misspelt setting is an error, not silently the default.
 #[serde(default, deny_unknown_fields)]
 pub struct VqVaeConfig {
     pub in_channels: i64,
     pub hidden_channels: i64,
-    pub residual_hidden_channels: i64,
-    pub residual_layers: usize,
+    /// The residual stacks of the encoder and decoder.
+    pub residual: ResidualStackConfig,
     /// 4 (two stride-2 convolutions: 32×32 → 8×8) or 2 (one: 32×32 → 16×16).
     pub downsample: i64,
-    /// K: number of codes.
-    pub codebook_size: i64,
-    /// D: dimension of each code.
-    pub code_dim: i64,
-    /// β: weight of the commitment loss.
-    pub commitment_cost: f64,
-    pub codebook_update: CodebookUpdate,
-    /// How the encoder gets gradients through the code lookup.
-    pub gradient: GradientEstimator,
+    pub quantizer: QuantizerConfig,
     /// What the reconstruction term of the training loss measures.
     pub reconstruction_loss: ReconstructionLoss,
-    /// Codes unused for this many training steps are re-seeded from recent encoder outputs
-    /// (0 disables the restart).
-    pub dead_code_steps: usize,
     /// The range the images are scaled to before the encoder.
     pub input_range: PixelRange,
     /// Number type of the convolutions.
@@ -174,19 +86,30 @@ impl Default for VqVaeConfig {
         VqVaeConfig {
             in_channels: 3,
             hidden_channels: 128,
-            residual_hidden_channels: 32,
-            residual_layers: 2,
+            residual: ResidualStackConfig::default(),
             downsample: 4,
-            codebook_size: 512,
-            code_dim: 64,
-            commitment_cost: 0.25,
-            codebook_update: CodebookUpdate::default(),
-            gradient: GradientEstimator::default(),
+            quantizer: QuantizerConfig::default(),
             reconstruction_loss: ReconstructionLoss::default(),
-            dead_code_steps: 50,
             input_range: PixelRange::MinusHalfToHalf,
             compute: ComputeKind::Auto,
         }
+    }
+}
+
+impl ConfigFile for VqVaeConfig {
+    const WHAT: &'static str = "a VQ-VAE model config";
+    const FORMAT: u64 = 2;
+
+    fn from_legacy(fields: serde_json::Value) -> Option<Result<Self, String>> {
+        Some(
+            serde_json::from_value::<LegacyVqVaeConfig>(fields)
+                .map(VqVaeConfig::from)
+                .map_err(|e| e.to_string()),
+        )
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        VqVaeConfig::validate(self)
     }
 }
 
@@ -199,33 +122,163 @@ impl VqVaeConfig {
                 self.downsample
             ));
         }
-        if self.codebook_size < 2 || self.code_dim < 1 {
-            return Err(format!(
-                "codebook_size must be at least 2 and code_dim at least 1 (got {} and {})",
-                self.codebook_size, self.code_dim
-            ));
-        }
-        if self.hidden_channels < 2 || self.residual_hidden_channels < 1 || self.in_channels < 1 {
+        if self.hidden_channels < 2 || self.residual.hidden_channels < 1 || self.in_channels < 1 {
             return Err("channel counts must be positive (hidden_channels at least 2)".into());
         }
-        if let CodebookUpdate::Ema { decay, epsilon } = self.codebook_update {
-            if !(0.0..1.0).contains(&decay) || epsilon <= 0.0 {
-                return Err(format!(
-                    "EMA decay must be in [0, 1) and epsilon positive (got {decay}, {epsilon})"
-                ));
-            }
-        }
-        if self.commitment_cost.is_nan() || self.commitment_cost < 0.0 {
-            return Err(format!(
-                "commitment_cost must be non-negative, not {}",
-                self.commitment_cost
-            ));
-        }
-        Ok(())
+        self.quantizer.validate()
     }
 
     /// Side of the latent grid for square images of side `image_side`.
     pub fn grid_side(&self, image_side: i64) -> i64 {
         image_side / self.downsample
+    }
+
+    pub fn code_space(&self) -> CodeSpace {
+        self.quantizer.code_space()
+    }
+
+    pub fn encoder(&self) -> EncoderConfig {
+        EncoderConfig {
+            in_channels: self.in_channels,
+            hidden_channels: self.hidden_channels,
+            residual: self.residual.clone(),
+            downsample: self.downsample,
+            out_channels: self.quantizer.latent_dim(),
+            compute: self.compute,
+        }
+    }
+
+    pub fn decoder(&self) -> DecoderConfig {
+        DecoderConfig {
+            in_channels: self.quantizer.latent_dim(),
+            hidden_channels: self.hidden_channels,
+            residual: self.residual.clone(),
+            upsample: self.downsample,
+            out_channels: self.in_channels,
+            compute: self.compute,
+        }
+    }
+
+    /// The vector quantizer's settings, for flags that only apply to it.
+    pub fn vq_mut(&mut self) -> Option<&mut VqConfig> {
+        match &mut self.quantizer {
+            QuantizerConfig::Vq(c) => Some(c),
+        }
+    }
+}
+
+/// `config.json` before format 2: every setting at the top level.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct LegacyVqVaeConfig {
+    in_channels: i64,
+    hidden_channels: i64,
+    residual_hidden_channels: i64,
+    residual_layers: usize,
+    downsample: i64,
+    codebook_size: i64,
+    code_dim: i64,
+    commitment_cost: f64,
+    codebook_update: CodebookUpdate,
+    gradient: GradientEstimator,
+    reconstruction_loss: ReconstructionLoss,
+    dead_code_steps: usize,
+    input_range: PixelRange,
+    compute: ComputeKind,
+}
+
+impl Default for LegacyVqVaeConfig {
+    /// The defaults of today's settings (format 1 had the same ones).
+    fn default() -> Self {
+        let (m, q) = (VqVaeConfig::default(), VqConfig::default());
+        LegacyVqVaeConfig {
+            in_channels: m.in_channels,
+            hidden_channels: m.hidden_channels,
+            residual_hidden_channels: m.residual.hidden_channels,
+            residual_layers: m.residual.layers,
+            downsample: m.downsample,
+            codebook_size: q.codebook_size,
+            code_dim: q.code_dim,
+            commitment_cost: q.commitment_cost,
+            codebook_update: q.update,
+            gradient: q.gradient,
+            reconstruction_loss: m.reconstruction_loss,
+            dead_code_steps: q.dead_code_steps,
+            input_range: m.input_range,
+            compute: m.compute,
+        }
+    }
+}
+
+impl From<LegacyVqVaeConfig> for VqVaeConfig {
+    fn from(c: LegacyVqVaeConfig) -> Self {
+        VqVaeConfig {
+            in_channels: c.in_channels,
+            hidden_channels: c.hidden_channels,
+            residual: ResidualStackConfig {
+                hidden_channels: c.residual_hidden_channels,
+                layers: c.residual_layers,
+            },
+            downsample: c.downsample,
+            quantizer: QuantizerConfig::Vq(VqConfig {
+                codebook_size: c.codebook_size,
+                code_dim: c.code_dim,
+                commitment_cost: c.commitment_cost,
+                update: c.codebook_update,
+                gradient: c.gradient,
+                dead_code_steps: c.dead_code_steps,
+            }),
+            reconstruction_loss: c.reconstruction_loss,
+            input_range: c.input_range,
+            compute: c.compute,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vq_store::parse_config;
+
+    #[test]
+    fn validation_defaults_and_round_trip() {
+        assert!(VqVaeConfig::default().validate().is_ok());
+        let bad = VqVaeConfig {
+            downsample: 3,
+            ..VqVaeConfig::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("downsample"));
+        let partial: VqVaeConfig =
+            parse_config(r#"{"quantizer": {"codebook_size": 1024}}"#).unwrap();
+        assert_eq!(partial.code_space().vocabulary, 1024);
+        assert_eq!(partial.quantizer.latent_dim(), 64);
+        let json = serde_json::to_string(&VqVaeConfig::default()).unwrap();
+        assert_eq!(
+            parse_config::<VqVaeConfig>(&json).unwrap(),
+            VqVaeConfig::default()
+        );
+        let err =
+            parse_config::<VqVaeConfig>(r#"{"quantizer": {"kind": "vq", "codebok_size": 3}}"#)
+                .unwrap_err();
+        assert!(err.contains("unknown field `codebok_size`"), "{err}");
+    }
+
+    #[test]
+    fn format_1_files_read_as_the_same_model() {
+        // The bundled model's config.json as written before format 2.
+        let v1 = r#"{
+          "in_channels": 3, "hidden_channels": 128, "residual_hidden_channels": 32,
+          "residual_layers": 2, "downsample": 4, "codebook_size": 512, "code_dim": 64,
+          "commitment_cost": 0.25, "codebook_update": {"kind": "ema", "decay": 0.99, "epsilon": 1e-05},
+          "gradient": "straight_through", "reconstruction_loss": "mse", "dead_code_steps": 50,
+          "input_range": "minus_half_to_half", "compute": "auto"}"#;
+        assert_eq!(
+            parse_config::<VqVaeConfig>(v1).unwrap(),
+            VqVaeConfig::default()
+        );
+        let small: VqVaeConfig = parse_config(r#"{"codebook_size": 16, "code_dim": 4}"#).unwrap();
+        assert_eq!(small.code_space().vocabulary, 16);
+        assert_eq!(small.quantizer.latent_dim(), 4);
+        assert!(parse_config::<VqVaeConfig>(r#"{"codebook_size": 1}"#).is_err());
     }
 }

@@ -15,7 +15,7 @@ pub struct Evaluation {
     pub mse: f64,
     pub psnr: f64,
     pub ssim: f64,
-    /// `exp(entropy)` of the code usage over all evaluated images.
+    /// `exp(entropy)` of the (first level's) code usage over all evaluated images.
     pub perplexity: f64,
     pub codes_used: i64,
     pub codebook_size: i64,
@@ -54,9 +54,10 @@ pub fn evaluate_with_progress(
 ) -> Result<Evaluation, ModelError> {
     let _guard = tch::no_grad_guard();
     let range = model.config.input_range;
-    let k = model.config.codebook_size;
+    let space = model.quantizer.code_space();
+    let k = space.vocabulary;
     let mut sums = QualitySums::default();
-    let mut counts = Tensor::zeros([k], (Kind::Float, device));
+    let mut counts = Tensor::zeros([space.depth, k], (Kind::Float, device));
     let chunk = 500;
     for start in (0..count).step_by(chunk) {
         let end = (start + chunk).min(count);
@@ -73,10 +74,9 @@ pub fn evaluate_with_progress(
         counts += &out.quantized.counts;
         progress(end);
     }
-    let p = &counts / counts.sum(Kind::Float).clamp_min(1.0);
-    let perplexity = (-(&p * (&p + 1e-10).log()).sum(Kind::Float))
-        .exp()
-        .double_value(&[]);
+    // The first level's usage (the only level of a plain VQ).
+    let counts = counts.get(0);
+    let perplexity = crate::quantizer::perplexity(&counts);
     Ok(Evaluation {
         step,
         images: sums.images,

@@ -1,6 +1,7 @@
 //! The LibTorch-backed VQ-VAE: encoder, vector quantizer, decoder, with the device choice and
 //! the hand-over of data batches to LibTorch.
 
+mod bundled;
 pub mod checkpoint;
 mod config;
 mod eval;
@@ -8,20 +9,24 @@ mod metrics;
 mod model;
 mod nets;
 mod picture;
-mod prior;
-mod quantizer;
+pub mod quantizer;
 
-pub use checkpoint::{Checkpoint, CheckpointError};
-pub use config::{
-    native_bf16, CodebookUpdate, ComputeKind, GradientEstimator, ReconstructionLoss, VqVaeConfig,
-};
+pub use bundled::BUNDLED;
+pub use checkpoint::Checkpoint;
+pub use config::{native_bf16, ComputeKind, ReconstructionLoss, VqVaeConfig};
 pub use eval::{evaluate, evaluate_with_progress, to_unit, Evaluation};
 pub use metrics::{quality, ssim_per_image, QualitySums};
-pub use model::{load_weights, save_weights, VqVae, VqVaeOutput};
-pub use nets::{Decoder, Encoder, ResidualStack};
-pub use picture::{save_grid, save_png};
-pub use prior::{PixelCnnPrior, PriorConfig};
-pub use quantizer::{Quantized, Quantizer};
+pub use model::{reconstruction_objective, VqVae, VqVaeOutput};
+pub use nets::{
+    channels_last, Decoder, DecoderConfig, Encoder, EncoderConfig, ResidualStack,
+    ResidualStackConfig,
+};
+pub use picture::{save_grid, save_png, upscale, VIEW_SCALE};
+pub use quantizer::{
+    CodeSpace, CodebookUpdate, GradientEstimator, Quantized, Quantizer, QuantizerConfig,
+    VectorQuantizer, VqConfig,
+};
+pub use vq_store::StoreError;
 
 use std::path::PathBuf;
 
@@ -29,28 +34,15 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 /// Which device to compute on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
+#[value(rename_all = "lowercase")]
 pub enum DeviceChoice {
     /// CUDA when a GPU is usable, the CPU otherwise.
     #[default]
     Auto,
     Cpu,
     Cuda,
-}
-
-impl std::str::FromStr for DeviceChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(DeviceChoice::Auto),
-            "cpu" => Ok(DeviceChoice::Cpu),
-            "cuda" => Ok(DeviceChoice::Cuda),
-            other => Err(format!(
-                "unknown device {other:?} (expected auto, cpu or cuda)"
-            )),
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,12 +53,10 @@ pub enum ModelError {
     Torch(#[from] tch::TchError),
     #[error("{0}: {1}")]
     Io(PathBuf, String),
-    #[error("{0}: variable {1} holds NaN or infinite values")]
-    NonFinite(PathBuf, String),
     #[error(transparent)]
     Data(#[from] vq_data::DataError),
-    #[error("{0}: the weights do not fit the model's configuration ({1})")]
-    Mismatch(PathBuf, String),
+    #[error(transparent)]
+    Store(#[from] vq_store::StoreError),
     #[error("shape: {0}")]
     Shape(String),
     #[error("k-means codebook initialisation: {0}")]
@@ -150,8 +140,12 @@ mod tests {
 
     #[test]
     fn device_choice_parses_and_cpu_always_resolves() {
-        assert_eq!("cpu".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cpu);
-        assert!("gpu".parse::<DeviceChoice>().is_err());
+        use clap::ValueEnum;
+        assert_eq!(
+            DeviceChoice::from_str("cpu", false).unwrap(),
+            DeviceChoice::Cpu
+        );
+        assert!(DeviceChoice::from_str("gpu", false).is_err());
         assert_eq!(DeviceChoice::Cpu.resolve().unwrap(), Device::Cpu);
         let auto = DeviceChoice::Auto.resolve().unwrap();
         assert_eq!(auto.is_cuda(), tch::Cuda::is_available());

@@ -1,20 +1,18 @@
-use std::path::{Path, PathBuf};
-
 use tch::nn::{self, Module};
-use tch::{Device, Kind, Reduction, Tensor};
-use vq_kmeans::{KMeans, KMeansConfig};
+use tch::{Kind, Reduction, Tensor};
+use vq_kmeans::KMeansConfig;
 
 use crate::config::{ReconstructionLoss, VqVaeConfig};
 use crate::nets::{Decoder, Encoder};
-use crate::quantizer::{Quantized, Quantizer};
+use crate::quantizer::{InitReport, Quantized, Quantizer};
 use crate::ModelError;
 
-/// Encoder → quantizer → decoder.
+/// Encoder → quantizer → decoder. Its variables are `encoder.*`, `quantizer.*` and `decoder.*`.
 #[derive(Debug)]
 pub struct VqVae {
     pub config: VqVaeConfig,
     pub encoder: Encoder,
-    pub quantizer: Quantizer,
+    pub quantizer: Box<dyn Quantizer>,
     pub decoder: Decoder,
 }
 
@@ -25,13 +23,13 @@ pub struct VqVaeOutput {
     pub reconstruction: Tensor,
     /// Mean squared error of the reconstruction.
     pub reconstruction_loss: Tensor,
-    /// Reconstruction + commitment + codebook losses: what the optimizer minimises.
+    /// Reconstruction loss + the quantizer's own terms: what the optimizer minimises.
     pub loss: Tensor,
     pub quantized: Quantized,
 }
 
 impl VqVaeOutput {
-    /// `(B, h, w)` codes.
+    /// `(B, L, h, w)` codes.
     pub fn codes(&self) -> &Tensor {
         &self.quantized.codes
     }
@@ -41,25 +39,25 @@ impl VqVae {
     pub fn new(vs: nn::Path<'_>, config: &VqVaeConfig) -> Self {
         VqVae {
             config: config.clone(),
-            encoder: Encoder::new(&vs / "encoder", config),
-            quantizer: Quantizer::new(&vs / "quantizer", config),
-            decoder: Decoder::new(&vs / "decoder", config),
+            encoder: Encoder::new(&vs / "encoder", &config.encoder()),
+            quantizer: config.quantizer.build(&vs / "quantizer"),
+            decoder: Decoder::new(&vs / "decoder", &config.decoder()),
         }
     }
 
-    /// `(B, C, H, W)` images in the input range → `(B, D, h, w)` continuous codes.
+    /// `(B, C, H, W)` images in the input range → `(B, D, h, w)` continuous latent vectors.
     pub fn encode_continuous(&self, xs: &Tensor) -> Tensor {
         self.encoder.forward(xs)
     }
 
-    /// Images → `(B, h, w)` code indices.
+    /// Images → `(B, L, h, w)` code indices.
     pub fn encode(&self, xs: &Tensor) -> Tensor {
         let _guard = tch::no_grad_guard();
         let z = self.encoder.forward(xs);
         self.quantizer.forward(&z).codes
     }
 
-    /// `(B, h, w)` code indices → images in the input range.
+    /// `(B, L, h, w)` code indices → images in the input range.
     pub fn decode(&self, codes: &Tensor) -> Tensor {
         let _guard = tch::no_grad_guard();
         self.decoder.forward(&self.quantizer.embed(codes))
@@ -76,7 +74,7 @@ impl VqVae {
             &reconstruction_loss,
             self.config.reconstruction_loss,
         );
-        let loss = &objective + &quantized.commitment_loss + &quantized.codebook_loss;
+        let loss = objective + &quantized.aux_loss;
         VqVaeOutput {
             reconstruction,
             reconstruction_loss,
@@ -85,16 +83,16 @@ impl VqVae {
         }
     }
 
-    /// Initialises the codebook by k-means on the encoder outputs of `images` (in the input
-    /// range, encoded in batches of `batch`). Returns the fit, for its figures.
-    pub fn init_codebook_kmeans(
+    /// The quantizer's data-driven initialisation (k-means for a codebook) from the encoder
+    /// outputs of `images` (in the input range, encoded in batches of `batch`).
+    pub fn init_quantizer(
         &mut self,
         images: &Tensor,
         batch: i64,
         kmeans: &KMeansConfig,
-    ) -> Result<KMeans, ModelError> {
-        let d = self.config.code_dim;
-        let flat = {
+    ) -> Result<Option<InitReport>, ModelError> {
+        let d = self.config.quantizer.latent_dim();
+        let vectors = {
             let _guard = tch::no_grad_guard();
             let parts: Vec<Tensor> = images
                 .split(batch, 0)
@@ -107,19 +105,28 @@ impl VqVae {
                         .to_kind(Kind::Float)
                 })
                 .collect();
-            Tensor::cat(&parts, 0).to_device(Device::Cpu).contiguous()
+            Tensor::cat(&parts, 0)
         };
-        let rows = flat.size()[0] as usize;
-        let values = Vec::<f32>::try_from(flat.flatten(0, -1))?;
-        let points = ndarray::Array2::from_shape_vec((rows, d as usize), values)
-            .map_err(|e| ModelError::Shape(e.to_string()))?;
-        let mut config = kmeans.clone();
-        config.k = self.config.codebook_size as usize;
-        let fit = KMeans::fit(points.view(), &config)?;
-        let centroids =
-            Tensor::from_slice(fit.centroids.as_slice().unwrap_or(&[])).view([config.k as i64, d]);
-        self.quantizer.set_codebook(&centroids);
-        Ok(fit)
+        self.quantizer.init_from_data(&vectors, kmeans)
+    }
+
+    /// What defines the model (its weights and the quantizer's codebook, in a fixed order), as
+    /// opposed to training statistics; what weight averaging averages.
+    pub fn parameters(&self) -> Vec<Tensor> {
+        let mut p = self.encoder.parameters();
+        p.extend(self.quantizer.parameters());
+        p.extend(self.decoder.parameters());
+        p
+    }
+
+    /// Training statistics (the quantizer's), in a fixed order.
+    pub fn statistics(&self) -> Vec<Tensor> {
+        self.quantizer.statistics()
+    }
+
+    /// Number of values in [`VqVae::parameters`].
+    pub fn parameter_count(&self) -> i64 {
+        self.parameters().iter().map(|t| t.numel() as i64).sum()
     }
 }
 
@@ -145,96 +152,29 @@ pub fn reconstruction_objective(
         }
     }
 }
-
-/// Saves every variable of `vs` (weights and the quantizer's EMA state) as safetensors, through
-/// a temporary file renamed into place.
-pub fn save_weights(vs: &nn::VarStore, path: &Path) -> Result<(), ModelError> {
-    let tmp = temp_sibling(path);
-    vs.save(&tmp)
-        .map_err(|e| ModelError::Io(path.to_path_buf(), e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        ModelError::Io(path.to_path_buf(), e.to_string())
-    })
-}
-
-/// Loads weights saved by [`save_weights`]; every variable of `vs` must be present.
-pub fn load_weights(vs: &mut nn::VarStore, path: &Path) -> Result<(), ModelError> {
-    if !path.is_file() {
-        return Err(ModelError::Io(path.to_path_buf(), "no such file".into()));
-    }
-    let file: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(path)
-        .map_err(|e| ModelError::Io(path.to_path_buf(), first_line(&e.to_string())))?
-        .into_iter()
-        .collect();
-    let mismatch = |reason: String| ModelError::Mismatch(path.to_path_buf(), reason);
-    let variables = vs.variables();
-    // `VarStore::load` ignores tensors the model lacks; a file with extra layers is another model.
-    let mut extra: Vec<&String> = file
-        .keys()
-        .filter(|k| !variables.contains_key(*k))
-        .collect();
-    extra.sort();
-    if let Some(name) = extra.first() {
-        return Err(mismatch(format!(
-            "the file holds {} tensor(s) the model lacks, e.g. {name}",
-            extra.len()
-        )));
-    }
-    let mut names: Vec<&String> = variables.keys().collect();
-    names.sort();
-    let _guard = tch::no_grad_guard();
-    for name in names {
-        let Some(saved) = file.get(name) else {
-            return Err(mismatch(format!("the file has no tensor {name}")));
-        };
-        let mut var = variables[name].shallow_clone();
-        if saved.size() != var.size() {
-            return Err(mismatch(format!(
-                "{name} has shape {:?} in the file, the model needs {:?}",
-                saved.size(),
-                var.size()
-            )));
-        }
-        if saved.is_floating_point() && saved.isfinite().all().int64_value(&[]) != 1 {
-            return Err(ModelError::NonFinite(path.to_path_buf(), name.clone()));
-        }
-        var.f_copy_(saved)
-            .map_err(|e| mismatch(format!("{name}: {}", first_line(&e.to_string()))))?;
-    }
-    Ok(())
-}
-
-/// LibTorch errors carry a C++ backtrace after the first line; users need only the first.
-fn first_line(text: &str) -> String {
-    text.lines().next().unwrap_or("").to_string()
-}
-
-fn temp_sibling(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // Keep the extension: VarStore::save picks the format from it.
-    path.with_file_name(format!(".tmp-{}-{name}", std::process::id()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::CodebookUpdate;
+    use crate::config::ComputeKind;
+    use crate::quantizer::{CodebookUpdate, QuantizerConfig, VqConfig};
+    use tch::Device;
 
     fn tiny(update: CodebookUpdate, downsample: i64) -> VqVaeConfig {
         VqVaeConfig {
             hidden_channels: 8,
-            residual_hidden_channels: 4,
-            residual_layers: 1,
+            residual: crate::ResidualStackConfig {
+                hidden_channels: 4,
+                layers: 1,
+            },
             downsample,
-            codebook_size: 16,
-            code_dim: 4,
-            codebook_update: update,
-            dead_code_steps: 0,
-            compute: crate::config::ComputeKind::F32,
+            quantizer: QuantizerConfig::Vq(VqConfig {
+                codebook_size: 16,
+                code_dim: 4,
+                update,
+                dead_code_steps: 0,
+                ..VqConfig::default()
+            }),
+            compute: ComputeKind::F32,
             ..VqVaeConfig::default()
         }
     }
@@ -296,7 +236,7 @@ mod tests {
             let x = images(2);
             let out = model.forward(&x);
             assert_eq!(out.reconstruction.size(), vec![2, 3, 32, 32]);
-            assert_eq!(out.codes().size(), vec![2, side, side]);
+            assert_eq!(out.codes().size(), vec![2, 1, side, side]);
             assert_eq!(out.codes().kind(), Kind::Int64);
             let (lo, hi) = (
                 out.codes().min().int64_value(&[]),
@@ -347,19 +287,6 @@ mod tests {
     }
 
     #[test]
-    fn nearest_is_the_exact_argmin() {
-        tch::manual_seed(1);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let q = Quantizer::new(vs.root(), &tiny(CodebookUpdate::default(), 4));
-        let z = Tensor::randn([200, 4], (Kind::Float, Device::Cpu)) * 0.1;
-        let exact = (z.unsqueeze(1) - q.codebook.unsqueeze(0))
-            .square()
-            .sum_dim_intlist(2, false, Kind::Float)
-            .argmin(1, false);
-        assert_eq!(q.nearest(&z), exact);
-    }
-
-    #[test]
     fn gradients_pass_straight_through_and_ema_codebook_has_none() {
         tch::manual_seed(2);
         let vs = nn::VarStore::new(Device::Cpu);
@@ -373,114 +300,10 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let model = VqVae::new(vs.root(), &tiny(CodebookUpdate::Loss, 4));
         let out = model.forward(&images(2));
-        assert!(out.quantized.codebook_loss.double_value(&[]) > 0.0);
+        assert!(out.quantized.aux_loss.double_value(&[]) > 0.0);
         out.loss.backward();
         let cb = vs.variables()["quantizer.codebook"].grad();
         assert!(cb.defined() && cb.abs().sum(Kind::Float).double_value(&[]) > 0.0);
-    }
-
-    #[test]
-    fn rotation_trick_gives_the_code_forward_and_a_rotated_gradient_back() {
-        use crate::config::GradientEstimator;
-        tch::manual_seed(9);
-        for gradient in [
-            GradientEstimator::StraightThrough,
-            GradientEstimator::Rotation,
-        ] {
-            let vs = nn::VarStore::new(Device::Cpu);
-            let cfg = VqVaeConfig {
-                gradient,
-                ..tiny(CodebookUpdate::default(), 4)
-            };
-            let q = Quantizer::new(vs.root(), &cfg);
-            let z = (Tensor::randn([2, 4, 3, 3], (Kind::Float, Device::Cpu)) * 0.1)
-                .set_requires_grad(true);
-            let out = q.forward(&z);
-            let codes = q.embed(&out.codes);
-            // Forward: exactly the chosen codes.
-            assert_eq!(out.quantized.detach(), codes);
-            // Backward with the codes themselves as the upstream gradient.
-            (&out.quantized * &codes).sum(Kind::Float).backward();
-            let grad = z.grad();
-            let expected = match gradient {
-                GradientEstimator::StraightThrough => codes.shallow_clone(),
-                // λ·Rᵀ·e = ‖e‖²/‖z‖² · z: R maps z's direction onto e's and is orthogonal.
-                GradientEstimator::Rotation => {
-                    let e2 = codes.square().sum_dim_intlist(1, true, Kind::Float);
-                    let z2 = z.detach().square().sum_dim_intlist(1, true, Kind::Float);
-                    z.detach() * e2 / z2
-                }
-            };
-            let err = (&grad - &expected).abs().max().double_value(&[]);
-            let scale = expected.abs().max().double_value(&[]);
-            assert!(err <= 1e-4 * scale, "{gradient:?}: {err} vs {scale}");
-        }
-    }
-
-    #[test]
-    fn ema_with_no_memory_moves_codes_to_their_means() {
-        tch::manual_seed(3);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let mut q = Quantizer::new(
-            vs.root(),
-            &tiny(
-                CodebookUpdate::Ema {
-                    decay: 0.0,
-                    epsilon: 1e-9,
-                },
-                4,
-            ),
-        );
-        let z = Tensor::randn([2, 4, 8, 8], (Kind::Float, Device::Cpu)) * 0.1;
-        let out = q.forward(&z);
-        q.update(&out, 1);
-        let codes = out.codes.flatten(0, -1);
-        for k in 0..16 {
-            let mask = codes.eq(k);
-            let n = mask.sum(Kind::Int64).int64_value(&[]);
-            if n == 0 {
-                continue;
-            }
-            let mean = out
-                .flat_inputs
-                .index_select(0, &mask.nonzero().flatten(0, -1))
-                .mean_dim(0, false, Kind::Float);
-            let diff = (q.codebook.get(k) - mean).abs().max().double_value(&[]);
-            assert!(diff < 1e-4, "code {k}: {diff}");
-        }
-        assert!(out.perplexity() >= 1.0 && out.perplexity() <= 16.0);
-        assert_eq!(
-            out.codes_used(),
-            out.counts.gt(0.0).sum(Kind::Int64).int64_value(&[])
-        );
-    }
-
-    #[test]
-    fn dead_codes_restart_from_encoder_outputs() {
-        tch::manual_seed(4);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let mut cfg = tiny(CodebookUpdate::default(), 4);
-        cfg.dead_code_steps = 3;
-        let mut q = Quantizer::new(vs.root(), &cfg);
-        // All inputs equal: one code wins, the others stay unused.
-        let z = Tensor::ones([1, 4, 8, 8], (Kind::Float, Device::Cpu)) * 0.3;
-        let mut restarted = 0;
-        for step in 1..=3 {
-            let out = q.forward(&z);
-            restarted += q.update(&out, step);
-        }
-        assert_eq!(
-            restarted, 15,
-            "all unused codes restart once they are 3 steps old"
-        );
-        let rows_equal_input = (&q.codebook - 0.3)
-            .abs()
-            .max_dim(1, false)
-            .0
-            .lt(1e-5)
-            .sum(Kind::Int64)
-            .int64_value(&[]);
-        assert!(rows_equal_input >= 15, "{rows_equal_input}");
     }
 
     #[test]
@@ -489,16 +312,20 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let mut model = VqVae::new(vs.root(), &tiny(CodebookUpdate::default(), 4));
         let x = images(8);
+        let before = model.quantizer.parameters()[0].copy();
         let fit = model
-            .init_codebook_kmeans(
+            .init_quantizer(
                 &x,
                 3,
                 &vq_kmeans::KMeansConfig::new(1).seed(1).max_iters(10),
             )
-            .unwrap();
-        assert_eq!(fit.centroids.dim(), (16, 4));
-        let cb = Vec::<f32>::try_from(model.quantizer.codebook.flatten(0, -1)).unwrap();
-        assert_eq!(cb, fit.centroids.iter().copied().collect::<Vec<_>>());
+            .unwrap()
+            .expect("a codebook has a k-means initialisation");
+        assert_eq!(fit.points, 8 * 8 * 8);
+        assert!(fit.iterations >= 1 && fit.inertia.is_finite());
+        let codebook = model.quantizer.parameters()[0].copy();
+        assert_eq!(codebook.size(), vec![16, 4]);
+        assert!(codebook != before, "the codebook was replaced");
         let used = model.forward(&x).quantized.codes_used();
         assert!(
             used >= 12,
@@ -516,7 +343,7 @@ mod tests {
         let model = VqVae::new(vs.root(), &cfg);
         let x = images(2);
         let before = model.forward(&x).reconstruction;
-        save_weights(&vs, &path).unwrap();
+        vq_store::weights::save(&vs, &path).unwrap();
         assert_eq!(
             std::fs::read_dir(dir.path()).unwrap().count(),
             1,
@@ -533,20 +360,21 @@ mod tests {
                 .double_value(&[])
                 > 0.0
         );
-        load_weights(&mut vs2, &path).unwrap();
+        vq_store::weights::load(&mut vs2, &path).unwrap();
         assert_eq!(model2.forward(&x).reconstruction, before);
 
-        let err = load_weights(&mut vs2, &dir.path().join("missing.safetensors")).unwrap_err();
+        let err =
+            vq_store::weights::load(&mut vs2, &dir.path().join("missing.safetensors")).unwrap_err();
         assert!(err.to_string().contains("missing.safetensors"), "{err}");
         std::fs::write(&path, b"not safetensors").unwrap();
-        assert!(load_weights(&mut vs2, &path).is_err());
+        assert!(vq_store::weights::load(&mut vs2, &path).is_err());
 
         let _guard = tch::no_grad_guard();
         let _ = vs.variables()["decoder.from_code.weight"]
             .get(0)
             .fill_(f64::NAN);
-        save_weights(&vs, &path).unwrap();
-        let err = load_weights(&mut vs2, &path).unwrap_err();
+        vq_store::weights::save(&vs, &path).unwrap();
+        let err = vq_store::weights::load(&mut vs2, &path).unwrap_err();
         assert!(
             err.to_string().contains("decoder.from_code.weight"),
             "{err}"
@@ -559,52 +387,41 @@ mod tests {
         let path = dir.path().join("model.safetensors");
         let cfg = tiny(CodebookUpdate::default(), 4);
         let deeper = VqVaeConfig {
-            residual_layers: 2,
+            residual: crate::ResidualStackConfig {
+                hidden_channels: 4,
+                layers: 2,
+            },
             ..cfg.clone()
         };
-        let wider = VqVaeConfig {
-            codebook_size: 32,
-            ..cfg.clone()
-        };
+        let mut wider = cfg.clone();
+        wider.vq_mut().unwrap().codebook_size = 32;
         let vs = nn::VarStore::new(Device::Cpu);
         VqVae::new(vs.root(), &deeper);
-        save_weights(&vs, &path).unwrap();
+        vq_store::weights::save(&vs, &path).unwrap();
         // More layers in the file than in the model: VarStore::load alone would accept it.
         let mut vs1 = nn::VarStore::new(Device::Cpu);
         VqVae::new(vs1.root(), &cfg);
-        let err = load_weights(&mut vs1, &path).unwrap_err().to_string();
+        let err = vq_store::weights::load(&mut vs1, &path)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("the model lacks"), "{err}");
         // Fewer layers in the file than in the model.
         let vs = nn::VarStore::new(Device::Cpu);
         VqVae::new(vs.root(), &cfg);
-        save_weights(&vs, &path).unwrap();
+        vq_store::weights::save(&vs, &path).unwrap();
         let mut vs2 = nn::VarStore::new(Device::Cpu);
         VqVae::new(vs2.root(), &deeper);
-        let err = load_weights(&mut vs2, &path).unwrap_err().to_string();
+        let err = vq_store::weights::load(&mut vs2, &path)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("has no tensor"), "{err}");
         // Another codebook size: named with both shapes, no LibTorch backtrace.
         let mut vs3 = nn::VarStore::new(Device::Cpu);
         VqVae::new(vs3.root(), &wider);
-        let err = load_weights(&mut vs3, &path).unwrap_err().to_string();
+        let err = vq_store::weights::load(&mut vs3, &path)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("in the file, the model needs"), "{err}");
         assert!(!err.contains('\n'), "{err}");
-    }
-
-    #[test]
-    fn config_validation_and_serde_defaults() {
-        assert!(VqVaeConfig::default().validate().is_ok());
-        let bad = VqVaeConfig {
-            downsample: 3,
-            ..VqVaeConfig::default()
-        };
-        assert!(bad.validate().unwrap_err().contains("downsample"));
-        let partial: VqVaeConfig = serde_json::from_str(r#"{"codebook_size": 1024}"#).unwrap();
-        assert_eq!(partial.codebook_size, 1024);
-        assert_eq!(partial.code_dim, 64);
-        let json = serde_json::to_string(&VqVaeConfig::default()).unwrap();
-        assert_eq!(
-            serde_json::from_str::<VqVaeConfig>(&json).unwrap(),
-            VqVaeConfig::default()
-        );
     }
 }

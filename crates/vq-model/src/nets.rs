@@ -1,50 +1,128 @@
 //! Encoder and decoder of the VQ-VAE paper's CIFAR-10 setup: strided 4×4 convolutions, a 3×3
 //! convolution, and a stack of residual blocks (ReLU, 3×3, ReLU, 1×1); the decoder mirrors it
-//! with transposed convolutions.
+//! with transposed convolutions. Each module is built from its own config.
 
+use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use crate::config::VqVaeConfig;
+use crate::config::ComputeKind;
 
-/// A convolution computed in `kind`: weights (kept in f32 by the optimizer) and input are cast
-/// for the product; gradients flow back through the casts to the f32 weights.
-fn conv_in(c: &nn::Conv2D, x: &Tensor, kind: Kind) -> Tensor {
-    if kind == Kind::Float {
-        return x.apply(c);
-    }
-    // This network's convolutions: 4×4 ones halve the size (stride 2, padding 1), 3×3 keep it
-    // (padding 1), 1×1 mix channels.
-    let (stride, padding) = match c.ws.size()[2] {
-        4 => (2, 1),
-        3 => (1, 1),
-        _ => (1, 0),
-    };
-    let b = c.bs.as_ref().map(|b| b.to_kind(kind));
-    x.to_kind(kind).conv2d(
-        &c.ws.to_kind(kind),
-        b.as_ref(),
-        [stride; 2],
-        [padding; 2],
-        [1, 1],
-        1,
-    )
+/// A convolution that computes in `kind` (f32 or bf16): in bf16 the f32 weights and the input
+/// are cast for the product, and gradients flow back through the casts to the f32 weights.
+#[derive(Debug)]
+struct Conv {
+    conv: nn::Conv2D,
+    stride: i64,
+    padding: i64,
+    kind: Kind,
 }
 
-fn deconv_in(c: &nn::ConvTranspose2D, x: &Tensor, kind: Kind) -> Tensor {
-    if kind == Kind::Float {
-        return x.apply(c);
+impl Conv {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        vs: nn::Path<'_>,
+        i: i64,
+        o: i64,
+        k: i64,
+        stride: i64,
+        padding: i64,
+        bias: bool,
+        kind: Kind,
+    ) -> Self {
+        let conv = nn::conv2d(
+            vs,
+            i,
+            o,
+            k,
+            nn::ConvConfig {
+                stride,
+                padding,
+                bias,
+                ..Default::default()
+            },
+        );
+        Conv {
+            conv,
+            stride,
+            padding,
+            kind,
+        }
     }
-    let b = c.bs.as_ref().map(|b| b.to_kind(kind));
-    x.to_kind(kind).conv_transpose2d(
-        &c.ws.to_kind(kind),
-        b.as_ref(),
-        [2, 2], // every transposed convolution here doubles the size
-        [1, 1],
-        [0, 0],
-        1,
-        [1, 1],
-    )
+
+    fn parameters(&self) -> Vec<Tensor> {
+        let mut p = vec![self.conv.ws.shallow_clone()];
+        p.extend(self.conv.bs.as_ref().map(Tensor::shallow_clone));
+        p
+    }
+}
+
+impl Module for Conv {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        if self.kind == Kind::Float {
+            return x.apply(&self.conv);
+        }
+        let b = self.conv.bs.as_ref().map(|b| b.to_kind(self.kind));
+        x.to_kind(self.kind).conv2d(
+            &self.conv.ws.to_kind(self.kind),
+            b.as_ref(),
+            [self.stride; 2],
+            [self.padding; 2],
+            [1, 1],
+            1,
+        )
+    }
+}
+
+/// A 4×4 transposed convolution that doubles the size, computing in `kind` like [`Conv`].
+#[derive(Debug)]
+struct Upsample {
+    conv: nn::ConvTranspose2D,
+    kind: Kind,
+}
+
+impl Upsample {
+    const STRIDE: i64 = 2;
+    const PADDING: i64 = 1;
+
+    fn new(vs: nn::Path<'_>, i: i64, o: i64, kind: Kind) -> Self {
+        let conv = nn::conv_transpose2d(
+            vs,
+            i,
+            o,
+            4,
+            nn::ConvTransposeConfig {
+                stride: Self::STRIDE,
+                padding: Self::PADDING,
+                ..Default::default()
+            },
+        );
+        Upsample { conv, kind }
+    }
+
+    fn parameters(&self) -> Vec<Tensor> {
+        let mut p = vec![self.conv.ws.shallow_clone()];
+        p.extend(self.conv.bs.as_ref().map(Tensor::shallow_clone));
+        p
+    }
+}
+
+impl Module for Upsample {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        if self.kind == Kind::Float {
+            return x.apply(&self.conv);
+        }
+        let b = self.conv.bs.as_ref().map(|b| b.to_kind(self.kind));
+        x.to_kind(self.kind).conv_transpose2d(
+            &self.conv.ws.to_kind(self.kind),
+            b.as_ref(),
+            [Self::STRIDE; 2],
+            [Self::PADDING; 2],
+            [0, 0],
+            1,
+            [1, 1],
+        )
+    }
 }
 
 /// The layout convolutions run fastest in on CPU (oneDNN): NHWC in memory, NCHW in shape.
@@ -52,66 +130,51 @@ pub fn channels_last(x: &Tensor) -> Tensor {
     x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
-fn conv(
-    vs: nn::Path<'_>,
-    i: i64,
-    o: i64,
-    k: i64,
-    stride: i64,
-    padding: i64,
-    bias: bool,
-) -> nn::Conv2D {
-    nn::conv2d(
-        vs,
-        i,
-        o,
-        k,
-        nn::ConvConfig {
-            stride,
-            padding,
-            bias,
-            ..Default::default()
-        },
-    )
+/// The residual blocks of the encoder and decoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResidualStackConfig {
+    /// Channels inside each block (between its 3×3 and 1×1 convolutions).
+    pub hidden_channels: i64,
+    pub layers: usize,
 }
 
-fn deconv(vs: nn::Path<'_>, i: i64, o: i64) -> nn::ConvTranspose2D {
-    nn::conv_transpose2d(
-        vs,
-        i,
-        o,
-        4,
-        nn::ConvTransposeConfig {
-            stride: 2,
-            padding: 1,
-            ..Default::default()
-        },
-    )
+impl Default for ResidualStackConfig {
+    fn default() -> Self {
+        ResidualStackConfig {
+            hidden_channels: 32,
+            layers: 2,
+        }
+    }
 }
 
 /// `x + conv1x1(relu(conv3x3(relu(x))))`, repeated, then a final ReLU.
 #[derive(Debug)]
 pub struct ResidualStack {
-    blocks: Vec<(nn::Conv2D, nn::Conv2D)>,
-    kind: Kind,
+    blocks: Vec<(Conv, Conv)>,
 }
 
 impl ResidualStack {
-    pub fn new(vs: nn::Path<'_>, cfg: &VqVaeConfig) -> Self {
-        let (h, r) = (cfg.hidden_channels, cfg.residual_hidden_channels);
-        let blocks = (0..cfg.residual_layers)
+    /// A stack on `channels`-channel features.
+    pub fn new(vs: nn::Path<'_>, channels: i64, cfg: &ResidualStackConfig, kind: Kind) -> Self {
+        let r = cfg.hidden_channels;
+        let blocks = (0..cfg.layers)
             .map(|i| {
                 let b = &vs / i;
                 (
-                    conv(&b / "conv3", h, r, 3, 1, 1, false),
-                    conv(&b / "conv1", r, h, 1, 1, 0, false),
+                    Conv::new(&b / "conv3", channels, r, 3, 1, 1, false, kind),
+                    Conv::new(&b / "conv1", r, channels, 1, 1, 0, false, kind),
                 )
             })
             .collect();
-        ResidualStack {
-            blocks,
-            kind: cfg.compute.kind(),
-        }
+        ResidualStack { blocks }
+    }
+
+    pub fn parameters(&self) -> Vec<Tensor> {
+        self.blocks
+            .iter()
+            .flat_map(|(a, b)| a.parameters().into_iter().chain(b.parameters()))
+            .collect()
     }
 }
 
@@ -119,40 +182,68 @@ impl Module for ResidualStack {
     fn forward(&self, xs: &Tensor) -> Tensor {
         let mut x = xs.shallow_clone();
         for (c3, c1) in &self.blocks {
-            let inner = conv_in(c3, &x.relu(), self.kind).relu();
-            x = &x + conv_in(c1, &inner, self.kind);
+            let inner = c3.forward(&x.relu()).relu();
+            x = &x + c1.forward(&inner);
         }
         x.relu()
     }
 }
 
+/// Images to continuous latent vectors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncoderConfig {
+    pub in_channels: i64,
+    pub hidden_channels: i64,
+    pub residual: ResidualStackConfig,
+    /// 4 or 2: pixels per latent vector, each way.
+    pub downsample: i64,
+    /// Channels of the latent vectors.
+    pub out_channels: i64,
+    pub compute: ComputeKind,
+}
+
 #[derive(Debug)]
 pub struct Encoder {
-    downs: Vec<nn::Conv2D>,
-    mid: nn::Conv2D,
+    downs: Vec<Conv>,
+    mid: Conv,
     residual: ResidualStack,
-    to_code: nn::Conv2D,
-    kind: Kind,
+    to_code: Conv,
 }
 
 impl Encoder {
-    pub fn new(vs: nn::Path<'_>, cfg: &VqVaeConfig) -> Self {
-        let h = cfg.hidden_channels;
+    pub fn new(vs: nn::Path<'_>, cfg: &EncoderConfig) -> Self {
+        let (h, kind) = (cfg.hidden_channels, cfg.compute.kind());
         let downs = if cfg.downsample == 4 {
             vec![
-                conv(&vs / "down0", cfg.in_channels, h / 2, 4, 2, 1, true),
-                conv(&vs / "down1", h / 2, h, 4, 2, 1, true),
+                Conv::new(&vs / "down0", cfg.in_channels, h / 2, 4, 2, 1, true, kind),
+                Conv::new(&vs / "down1", h / 2, h, 4, 2, 1, true, kind),
             ]
         } else {
-            vec![conv(&vs / "down0", cfg.in_channels, h, 4, 2, 1, true)]
+            vec![Conv::new(
+                &vs / "down0",
+                cfg.in_channels,
+                h,
+                4,
+                2,
+                1,
+                true,
+                kind,
+            )]
         };
         Encoder {
             downs,
-            mid: conv(&vs / "mid", h, h, 3, 1, 1, true),
-            residual: ResidualStack::new(&vs / "res", cfg),
-            to_code: conv(&vs / "to_code", h, cfg.code_dim, 1, 1, 0, true),
-            kind: cfg.compute.kind(),
+            mid: Conv::new(&vs / "mid", h, h, 3, 1, 1, true, kind),
+            residual: ResidualStack::new(&vs / "res", h, &cfg.residual, kind),
+            to_code: Conv::new(&vs / "to_code", h, cfg.out_channels, 1, 1, 0, true, kind),
         }
+    }
+
+    pub fn parameters(&self) -> Vec<Tensor> {
+        let mut p: Vec<Tensor> = self.downs.iter().flat_map(Conv::parameters).collect();
+        p.extend(self.mid.parameters());
+        p.extend(self.residual.parameters());
+        p.extend(self.to_code.parameters());
+        p
     }
 }
 
@@ -162,48 +253,69 @@ impl Module for Encoder {
     fn forward(&self, xs: &Tensor) -> Tensor {
         let mut x = channels_last(xs);
         for d in &self.downs {
-            x = conv_in(d, &x, self.kind).relu();
+            x = d.forward(&x).relu();
         }
-        let x = conv_in(&self.mid, &x, self.kind).apply(&self.residual);
-        conv_in(&self.to_code, &x, self.kind).to_kind(Kind::Float)
+        let x = self.mid.forward(&x).apply(&self.residual);
+        self.to_code.forward(&x).to_kind(Kind::Float)
     }
+}
+
+/// Latent vectors back to images.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecoderConfig {
+    /// Channels of the latent vectors.
+    pub in_channels: i64,
+    pub hidden_channels: i64,
+    pub residual: ResidualStackConfig,
+    /// 4 or 2: pixels per latent vector, each way.
+    pub upsample: i64,
+    pub out_channels: i64,
+    pub compute: ComputeKind,
 }
 
 #[derive(Debug)]
 pub struct Decoder {
-    from_code: nn::Conv2D,
+    from_code: Conv,
     residual: ResidualStack,
-    ups: Vec<nn::ConvTranspose2D>,
-    kind: Kind,
+    ups: Vec<Upsample>,
 }
 
 impl Decoder {
-    pub fn new(vs: nn::Path<'_>, cfg: &VqVaeConfig) -> Self {
-        let h = cfg.hidden_channels;
-        let ups = if cfg.downsample == 4 {
+    pub fn new(vs: nn::Path<'_>, cfg: &DecoderConfig) -> Self {
+        let (h, kind) = (cfg.hidden_channels, cfg.compute.kind());
+        let ups = if cfg.upsample == 4 {
             vec![
-                deconv(&vs / "up0", h, h / 2),
-                deconv(&vs / "up1", h / 2, cfg.in_channels),
+                Upsample::new(&vs / "up0", h, h / 2, kind),
+                Upsample::new(&vs / "up1", h / 2, cfg.out_channels, kind),
             ]
         } else {
-            vec![deconv(&vs / "up0", h, cfg.in_channels)]
+            vec![Upsample::new(&vs / "up0", h, cfg.out_channels, kind)]
         };
         Decoder {
-            from_code: conv(&vs / "from_code", cfg.code_dim, h, 3, 1, 1, true),
-            residual: ResidualStack::new(&vs / "res", cfg),
+            from_code: Conv::new(&vs / "from_code", cfg.in_channels, h, 3, 1, 1, true, kind),
+            residual: ResidualStack::new(&vs / "res", h, &cfg.residual, kind),
             ups,
-            kind: cfg.compute.kind(),
         }
+    }
+
+    pub fn parameters(&self) -> Vec<Tensor> {
+        let mut p = self.from_code.parameters();
+        p.extend(self.residual.parameters());
+        p.extend(self.ups.iter().flat_map(Upsample::parameters));
+        p
     }
 }
 
 impl Module for Decoder {
     /// `(B, D, h, w)` quantized codes → `(B, C, h·f, w·f)` images in the input range.
     fn forward(&self, zs: &Tensor) -> Tensor {
-        let mut x = conv_in(&self.from_code, &channels_last(zs), self.kind).apply(&self.residual);
+        let mut x = self
+            .from_code
+            .forward(&channels_last(zs))
+            .apply(&self.residual);
         let last = self.ups.len() - 1;
         for (i, u) in self.ups.iter().enumerate() {
-            x = deconv_in(u, &x, self.kind);
+            x = u.forward(&x);
             if i < last {
                 x = x.relu();
             }

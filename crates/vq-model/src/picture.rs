@@ -7,11 +7,17 @@ use vq_data::PixelRange;
 
 use crate::ModelError;
 
+/// How much pictures of 32-pixel images are enlarged (nearest neighbour), so that a person can
+/// see them.
+pub const VIEW_SCALE: u32 = 3;
+
 /// Lays `rows` of `(N, 3, H, W)` image batches (each in `range`) out as one grid, `columns`
-/// images wide, a 2-pixel gap between images; each batch starts a new row. Saves a PNG.
+/// images wide, a 2-pixel gap between images; each batch starts a new row. Saves a PNG enlarged
+/// `zoom` times (nearest neighbour).
 pub fn save_grid(
     rows: &[&Tensor],
     columns: i64,
+    zoom: u32,
     range: PixelRange,
     path: &Path,
 ) -> Result<(), ModelError> {
@@ -55,7 +61,17 @@ pub fn save_grid(
             }
         }
     }
-    save_png(&canvas, path)
+    save_png(&upscale(&canvas, zoom), path)
+}
+
+/// `img` enlarged `factor` times each way, every pixel a `factor` × `factor` block.
+pub fn upscale(img: &image::RgbImage, factor: u32) -> image::RgbImage {
+    if factor <= 1 {
+        return img.clone();
+    }
+    image::RgbImage::from_fn(img.width() * factor, img.height() * factor, |x, y| {
+        *img.get_pixel(x / factor, y / factor)
+    })
 }
 
 /// Writes an RGB image as PNG through a temporary file renamed into place.

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use tch::{nn, Kind, Tensor};
 
 #[derive(Debug)]
@@ -83,15 +83,11 @@ impl Adam {
             .map(|(k, t)| (format!("m.{k}"), t))
             .chain(self.v.iter().map(|(k, t)| (format!("v.{k}"), t)))
             .collect();
-        Tensor::write_safetensors(&named, path)
-            .with_context(|| format!("writing {}", path.display()))
+        Ok(vq_store::weights::save_tensors(&named, path)?)
     }
 
     pub fn load(&mut self, path: &Path, steps: i64) -> Result<()> {
-        let loaded: BTreeMap<String, Tensor> = Tensor::read_safetensors(path)
-            .with_context(|| format!("reading {}", path.display()))?
-            .into_iter()
-            .collect();
+        let loaded = vq_store::weights::load_tensors(path)?;
         let _guard = tch::no_grad_guard();
         for (prefix, moments) in [("m", &mut self.m), ("v", &mut self.v)] {
             for (name, t) in moments.iter_mut() {

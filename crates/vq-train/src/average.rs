@@ -6,14 +6,9 @@
 //! Why: with small batches the last steps' weights carry the noise of their last few batches;
 //! their average over the last thousand or so steps reconstructs better at no training cost.
 
-use std::path::Path;
-
 use anyhow::Result;
 use tch::{nn, Tensor};
 use vq_model::{VqVae, VqVaeConfig};
-
-/// The quantizer's code vectors (not trained by the optimizer when the codebook is an EMA).
-const CODEBOOK: &str = "quantizer.codebook";
 
 #[derive(Debug)]
 pub struct WeightAverage {
@@ -21,43 +16,45 @@ pub struct WeightAverage {
     pub vs: nn::VarStore,
     pub model: VqVae,
     decay: f64,
-    /// `(average, live)` pairs of the trainable variables and of the codebook.
+    /// `(average, live)` pairs of the model's parameters: the trained weights and the
+    /// quantizer's codebook.
     averaged: Vec<(Tensor, Tensor)>,
-    /// `(copy, live)` pairs of the rest (the codebook's EMA statistics and usage counters):
-    /// copied, so that the saved model's statistics are the live ones.
+    /// `(copy, live)` pairs of the training statistics (a codebook's moving averages and usage
+    /// counters): copied, so that the saved model's statistics are the live ones.
     copied: Vec<(Tensor, Tensor)>,
 }
 
 impl WeightAverage {
-    /// Starts the average at the current weights of `live` (a model built from `config`).
-    pub fn new(live: &nn::VarStore, config: &VqVaeConfig, decay: f64) -> Result<Self> {
-        let mut vs = nn::VarStore::new(live.device());
+    /// Starts the average at the current weights of `live` (its variables in `live_vs`, built
+    /// from `config`).
+    pub fn new(
+        live_vs: &nn::VarStore,
+        live: &VqVae,
+        config: &VqVaeConfig,
+        decay: f64,
+    ) -> Result<Self> {
+        let mut vs = nn::VarStore::new(live_vs.device());
         let model = VqVae::new(vs.root(), config);
-        vs.copy(live)?;
+        vs.copy(live_vs)?;
         // The average is never trained itself.
         vs.freeze();
-        let ours = vs.variables();
-        let mut averaged = Vec::new();
-        let mut copied = Vec::new();
-        let mut names: Vec<(String, Tensor)> = live.variables().into_iter().collect();
-        names.sort_by(|a, b| a.0.cmp(&b.0));
-        for (name, live_var) in names {
-            let Some(mine) = ours.get(&name) else {
-                anyhow::bail!("the averaged model has no variable {name}");
-            };
-            let mine = mine.shallow_clone();
-            // The codebook is averaged too, although the EMA update already smooths it: the
-            // averaged encoder's outputs lag the live encoder's, and so does an averaged
-            // codebook. On a GPU port of the default run (scripts/recipe_screen.py, 36,000
-            // steps) the averaged codebook gave 0.005 to 0.012 dB more test PSNR than the live
-            // one at the end, on the same trained weights; with decay 0.997 (was 0.998) it
-            // took the default CPU run from 25.496 to 25.506 dB, the training unchanged.
-            if live_var.requires_grad() || name == CODEBOOK {
-                averaged.push((mine, live_var));
-            } else {
-                copied.push((mine, live_var));
-            }
-        }
+        // The codebook is averaged too, although its own update may already be an average: the
+        // averaged encoder's outputs lag the live encoder's, and so does an averaged codebook
+        // (measured ahead of the live codebook, docs/experiments.md).
+        let pairs = |ours: Vec<Tensor>, theirs: Vec<Tensor>| -> Result<Vec<(Tensor, Tensor)>> {
+            anyhow::ensure!(
+                ours.len() == theirs.len()
+                    && ours.iter().zip(&theirs).all(|(a, b)| a.size() == b.size()),
+                "the averaged model does not have the live model's shape"
+            );
+            Ok(ours.into_iter().zip(theirs).collect())
+        };
+        let averaged = pairs(model.parameters(), live.parameters())?;
+        let copied = pairs(model.statistics(), live.statistics())?;
+        anyhow::ensure!(
+            averaged.len() + copied.len() == live_vs.variables().len(),
+            "the model's parameters and statistics do not cover all its variables"
+        );
         Ok(WeightAverage {
             vs,
             model,
@@ -79,19 +76,13 @@ impl WeightAverage {
         }
     }
 
-    /// Copies the live model's non-averaged variables (the codebook's statistics), as they
-    /// are now. Call before evaluating or saving the average.
+    /// Copies the live model's statistics, as they are now. Call before evaluating or saving
+    /// the average.
     pub fn sync(&mut self) {
         let _guard = tch::no_grad_guard();
         for (copy, live) in &mut self.copied {
             copy.copy_(live);
         }
-    }
-
-    /// Loads a checkpoint's averaged weights.
-    pub fn load(&mut self, path: &Path) -> Result<()> {
-        vq_model::load_weights(&mut self.vs, path)?;
-        Ok(())
     }
 }
 
@@ -100,16 +91,15 @@ mod tests {
     use super::*;
     use tch::{Device, Kind};
 
+    /// The codebook's name in the weights file (the test checks the file's variables by name).
+    const CODEBOOK: &str = "quantizer.codebook";
+
     fn tiny() -> VqVaeConfig {
-        VqVaeConfig {
-            hidden_channels: 8,
-            residual_hidden_channels: 4,
-            residual_layers: 1,
-            codebook_size: 8,
-            code_dim: 4,
-            compute: vq_model::ComputeKind::F32,
-            ..VqVaeConfig::default()
-        }
+        vq_store::parse_config(
+            r#"{"hidden_channels": 8, "residual": {"hidden_channels": 4, "layers": 1},
+                "quantizer": {"kind": "vq", "codebook_size": 8, "code_dim": 4}, "compute": "f32"}"#,
+        )
+        .unwrap()
     }
 
     fn var(vs: &nn::VarStore, name: &str) -> Tensor {
@@ -120,8 +110,8 @@ mod tests {
     fn averages_trained_weights_and_the_codebook() {
         tch::manual_seed(0);
         let live = nn::VarStore::new(Device::Cpu);
-        let _model = VqVae::new(live.root(), &tiny());
-        let mut avg = WeightAverage::new(&live, &tiny(), 0.9).unwrap();
+        let model = VqVae::new(live.root(), &tiny());
+        let mut avg = WeightAverage::new(&live, &model, &tiny(), 0.9).unwrap();
         let w0 = var(&live, "encoder.down0.weight");
         assert_eq!(var(&avg.vs, "encoder.down0.weight"), w0);
         assert!(!avg.vs.variables()["encoder.down0.weight"].requires_grad());
@@ -168,7 +158,7 @@ mod tests {
                 < 1e-5
         );
         // The first update ramps: decay (1+1)/(10+1).
-        let mut early = WeightAverage::new(&live, &tiny(), 0.999).unwrap();
+        let mut early = WeightAverage::new(&live, &model, &tiny(), 0.999).unwrap();
         {
             let _g = tch::no_grad_guard();
             let _ = live.variables()["encoder.down0.weight"]

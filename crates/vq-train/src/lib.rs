@@ -1,17 +1,21 @@
-//! Training a VQ-VAE on CIFAR-10: `cargo run --release -p vq-train`.
+//! Training for vqvae-rs: one generic loop ([`runner`]) over [`Task`]s — the VQ-VAE
+//! ([`VqVaeTask`]) and the code prior ([`PriorTask`]).
 
 mod adam;
 mod average;
-pub mod checkpoint;
-mod config;
+pub mod config;
 mod curves;
 pub mod prior;
-mod trainer;
+pub mod runner;
+pub mod task;
+mod vqvae;
 
 pub use adam::Adam;
 pub use average::WeightAverage;
-pub use config::TrainConfig;
+pub use config::{DataConfig, RunConfig, Runtime, Schedule, TrainConfig};
 pub use curves::plot as plot_curves;
-pub use prior::{resume_prior, train_prior, PriorTrainConfig};
-pub use trainer::{resume, synthetic_split, train, train_step, RunSummary};
+pub use prior::{PriorEvaluation, PriorTask, PriorTrainConfig};
+pub use runner::{resume, train, RunState, RunSummary};
+pub use task::Task;
 pub use vq_model::{evaluate, to_unit, Evaluation};
+pub use vqvae::{synthetic_split, train_step, VqVaeTask};

@@ -3,54 +3,57 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Parser;
 use vq_model::DeviceChoice;
-use vq_train::{checkpoint, resume, train, TrainConfig};
+use vq_train::{
+    resume, train, PriorTask, PriorTrainConfig, RunConfig, RunSummary, TrainConfig, VqVaeTask,
+};
 
-/// Train a VQ-VAE on CIFAR-10. With no arguments: the default recipe on
-/// datasets/cifar-10-batches-bin, into runs/run-<time>/. `vq-train prior` trains the code prior.
+/// Train a VQ-VAE. With no arguments: the default recipe on datasets/cifar-10-batches-bin, into
+/// runs/run-<time>/. `vq-train prior` trains a code prior.
 #[derive(Parser)]
 #[command(name = "vq-train", version, args_conflicts_with_subcommands = true)]
 struct Args {
     #[command(subcommand)]
     command: Option<Sub>,
-    /// A JSON file with any TrainConfig fields (the rest take their defaults); flags below
-    /// override it.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// The run folder [default: runs/run-<unix time>].
-    #[arg(long)]
-    run_dir: Option<PathBuf>,
-    /// Continue the run in this folder from its last checkpoint, exactly.
-    #[arg(long, conflicts_with_all = ["config", "run_dir"])]
-    resume: Option<PathBuf>,
     #[command(flatten)]
-    common: CommonArgs,
-    /// Codebook size K.
+    run: RunArgs,
+    /// Codebook size K (vector quantizer).
     #[arg(long)]
     codebook_size: Option<i64>,
     /// 4 (8×8 codes) or 2 (16×16 codes).
     #[arg(long)]
     downsample: Option<i64>,
-    /// Number type of the convolutions: auto (bf16 where the CPU has AMX bf16 tiles, else f32), f32 or bf16.
-    #[arg(long)]
+    /// Number type of the convolutions (auto: bf16 where the CPU has AMX bf16 tiles).
+    #[arg(long, value_enum)]
     compute: Option<vq_model::ComputeKind>,
-    /// Gradient through the code lookup: straight_through (default) or rotation.
-    #[arg(long)]
+    /// Gradient through the code lookup.
+    #[arg(long, value_enum)]
     gradient: Option<vq_model::GradientEstimator>,
-    /// Reconstruction loss: per_image_log (the gradient of mean PSNR) or mse.
-    #[arg(long)]
+    /// Reconstruction loss.
+    #[arg(long, value_enum)]
     reconstruction_loss: Option<vq_model::ReconstructionLoss>,
     /// Weight of the commitment loss β.
     #[arg(long)]
     commitment_cost: Option<f64>,
-    /// Train images used for the k-means codebook initialisation (0: random codebook).
+    /// Train images used for the quantizer's k-means initialisation (0: none).
     #[arg(long)]
     kmeans_init_images: Option<usize>,
 }
 
-/// Flags shared by the VQ-VAE and the prior runs.
+/// Flags of every kind of run.
 #[derive(clap::Args)]
-struct CommonArgs {
-    /// The cifar-10-batches-bin folder (`cargo xtask download-cifar` fills it).
+struct RunArgs {
+    /// A JSON file with any of the run's settings (the rest take their defaults); flags
+    /// override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The run folder [default: runs/<kind>-<unix time>].
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Continue the run in this folder from its last checkpoint, exactly.
+    #[arg(long, conflicts_with_all = ["config", "run_dir"])]
+    resume: Option<PathBuf>,
+    /// The dataset: a cifar-10-batches-bin folder (`cargo xtask download-cifar` fills it) or
+    /// an imported image set.
     #[arg(long)]
     data: Option<PathBuf>,
     #[arg(long)]
@@ -61,8 +64,7 @@ struct CommonArgs {
     lr: Option<f64>,
     #[arg(long)]
     seed: Option<u64>,
-    /// auto, cpu or cuda.
-    #[arg(long)]
+    #[arg(long, value_enum)]
     device: Option<DeviceChoice>,
     /// LibTorch CPU threads.
     #[arg(long)]
@@ -73,100 +75,60 @@ struct CommonArgs {
     checkpoint_every: Option<usize>,
 }
 
-/// Overrides the fields of a config (TrainConfig or PriorTrainConfig) that the common flags set.
-macro_rules! apply_common {
-    ($config:ident, $common:expr) => {{
-        let c = $common;
-        if let Some(v) = c.data {
-            $config.data = v;
+impl RunArgs {
+    /// The config file (or the defaults), with the flags laid over it.
+    fn config<C: RunConfig>(&self) -> Result<C> {
+        let mut config: C = match &self.config {
+            Some(path) => vq_store::read_config(path)?,
+            None => C::default(),
+        };
+        macro_rules! set {
+            ($target:expr, $flag:expr) => {
+                if let Some(v) = $flag.clone() {
+                    $target = v;
+                }
+            };
         }
-        if let Some(v) = c.steps {
-            $config.steps = v;
+        set!(config.data_mut().path, self.data);
+        let s = config.schedule_mut();
+        set!(s.steps, self.steps);
+        set!(s.batch_size, self.batch_size);
+        set!(s.lr, self.lr);
+        set!(s.seed, self.seed);
+        set!(s.eval_every, self.eval_every);
+        set!(s.checkpoint_every, self.checkpoint_every);
+        let r = config.runtime_mut();
+        set!(r.device, self.device);
+        if self.threads.is_some() {
+            r.threads = self.threads;
         }
-        if let Some(v) = c.batch_size {
-            $config.batch_size = v;
-        }
-        if let Some(v) = c.lr {
-            $config.lr = v;
-        }
-        if let Some(v) = c.seed {
-            $config.seed = v;
-        }
-        if let Some(v) = c.device {
-            $config.device = v;
-        }
-        if c.threads.is_some() {
-            $config.threads = c.threads;
-        }
-        if let Some(v) = c.eval_every {
-            $config.eval_every = v;
-        }
-        if let Some(v) = c.checkpoint_every {
-            $config.checkpoint_every = v;
-        }
-    }};
+        Ok(config)
+    }
+
+    fn run_dir(&self, kind: &str) -> PathBuf {
+        self.run_dir.clone().unwrap_or_else(|| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            PathBuf::from(format!("runs/{kind}-{now}"))
+        })
+    }
 }
 
 #[derive(clap::Subcommand)]
 enum Sub {
-    /// Train the PixelCNN prior over a trained VQ-VAE's codes (encodes CIFAR-10 once, cached).
+    /// Train a code prior over a trained VQ-VAE's codes (encodes the dataset once, cached).
     Prior(PriorArgs),
 }
 
 #[derive(clap::Args)]
 struct PriorArgs {
     /// The VQ-VAE: a run folder or checkpoint folder [default: the bundled model].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     vqvae: Option<PathBuf>,
-    /// A JSON file with any PriorTrainConfig fields; flags below override it.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// The run folder [default: runs/prior-<unix time>].
-    #[arg(long)]
-    run_dir: Option<PathBuf>,
-    /// Continue the prior run in this folder from its last checkpoint, exactly.
-    #[arg(long, conflicts_with_all = ["config", "run_dir", "vqvae"])]
-    resume: Option<PathBuf>,
     #[command(flatten)]
-    common: CommonArgs,
-}
-
-fn unix_time() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn run_prior(args: PriorArgs) -> Result<()> {
-    let summary = if let Some(dir) = &args.resume {
-        vq_train::resume_prior(dir)?
-    } else {
-        let mut config: vq_train::PriorTrainConfig = match &args.config {
-            Some(path) => checkpoint::read_json(path)
-                .with_context(|| format!("reading the config {}", path.display()))?,
-            None => Default::default(),
-        };
-        if let Some(v) = args.vqvae {
-            config.vqvae = v;
-        }
-        apply_common!(config, args.common);
-        let run_dir = args
-            .run_dir
-            .unwrap_or_else(|| PathBuf::from(format!("runs/prior-{}", unix_time())));
-        vq_train::train_prior(config, &run_dir)?
-    };
-    let e = &summary.final_eval;
-    println!(
-        "{}: {} steps in {:.0} s; test NLL {:.4} bits/code, {:.4} bits/dim ({} grids)",
-        summary.run_dir.display(),
-        summary.steps,
-        summary.train_seconds,
-        e.bits_per_code,
-        e.bits_per_dim,
-        e.grids
-    );
-    Ok(())
+    run: RunArgs,
 }
 
 fn main() {
@@ -185,35 +147,51 @@ fn main() {
     }
 }
 
-fn run(mut args: Args) -> Result<()> {
-    if let Some(Sub::Prior(prior)) = args.command.take() {
-        return run_prior(prior);
+fn run(args: Args) -> Result<()> {
+    match args.command {
+        Some(Sub::Prior(prior)) => run_prior(prior),
+        None => run_vqvae(args),
     }
-    let summary = if let Some(dir) = &args.resume {
-        resume(dir)?
-    } else {
-        let mut config: TrainConfig = match &args.config {
-            Some(path) => checkpoint::read_json(path)
-                .with_context(|| format!("reading the config {}", path.display()))?,
-            None => TrainConfig::default(),
-        };
-        macro_rules! set {
-            ($($field:ident).+ <- $value:expr) => {
-                if let Some(v) = $value { config.$($field).+ = v; }
-            };
+}
+
+fn run_vqvae(args: Args) -> Result<()> {
+    let summary: RunSummary<vq_model::Evaluation> = match &args.run.resume {
+        Some(dir) => resume::<VqVaeTask>(dir)?,
+        None => {
+            let mut config: TrainConfig = args.run.config()?;
+            let model = &mut config.model;
+            if let Some(k) = args.codebook_size {
+                model
+                    .vq_mut()
+                    .context("--codebook-size applies to the vector quantizer (\"kind\": \"vq\")")?
+                    .codebook_size = k;
+            }
+            if let Some(v) = args.commitment_cost {
+                model
+                    .vq_mut()
+                    .context("--commitment-cost applies to the vector quantizer")?
+                    .commitment_cost = v;
+            }
+            if let Some(v) = args.gradient {
+                model
+                    .vq_mut()
+                    .context("--gradient applies to the vector quantizer")?
+                    .gradient = v;
+            }
+            if let Some(v) = args.downsample {
+                model.downsample = v;
+            }
+            if let Some(v) = args.compute {
+                model.compute = v;
+            }
+            if let Some(v) = args.reconstruction_loss {
+                model.reconstruction_loss = v;
+            }
+            if let Some(v) = args.kmeans_init_images {
+                config.kmeans_init_images = v;
+            }
+            train::<VqVaeTask>(config, &args.run.run_dir("run"))?
         }
-        apply_common!(config, args.common);
-        set!(model.codebook_size <- args.codebook_size);
-        set!(model.downsample <- args.downsample);
-        set!(model.compute <- args.compute);
-        set!(model.gradient <- args.gradient);
-        set!(model.reconstruction_loss <- args.reconstruction_loss);
-        set!(model.commitment_cost <- args.commitment_cost);
-        set!(kmeans_init_images <- args.kmeans_init_images);
-        let run_dir = args
-            .run_dir
-            .unwrap_or_else(|| PathBuf::from(format!("runs/run-{}", unix_time())));
-        train(config, &run_dir)?
     };
     let e = &summary.final_eval;
     println!(
@@ -221,15 +199,40 @@ fn run(mut args: Args) -> Result<()> {
         summary.run_dir.display(),
         summary.steps,
         summary.train_seconds,
-        summary.images_per_second,
+        summary.items_per_second,
         e.psnr,
         e.ssim,
         e.mse,
         e.perplexity,
         e.codes_used,
         e.codebook_size,
-        summary.best_psnr,
+        summary.best_score,
         summary.best_step
+    );
+    Ok(())
+}
+
+fn run_prior(args: PriorArgs) -> Result<()> {
+    let summary = match &args.run.resume {
+        Some(dir) => resume::<PriorTask>(dir)?,
+        None => {
+            let mut config: PriorTrainConfig = args.run.config()?;
+            if let Some(v) = args.vqvae {
+                config.vqvae = Some(v);
+            }
+            train::<PriorTask>(config, &args.run.run_dir("prior"))?
+        }
+    };
+    let e = &summary.final_eval;
+    println!(
+        "{}: {} steps in {:.0} s ({:.0} grids/s); test NLL {:.4} bits/code, {:.4} bits/dim ({} grids)",
+        summary.run_dir.display(),
+        summary.steps,
+        summary.train_seconds,
+        summary.items_per_second,
+        e.bits_per_code,
+        e.bits_per_dim,
+        e.grids
     );
     Ok(())
 }

@@ -18,15 +18,117 @@ fn dataset(dir: &Path) -> PathBuf {
 fn config(dir: &Path, data: &Path, steps: usize) -> PathBuf {
     let path = dir.join(format!("config-{steps}.json"));
     let json = serde_json::json!({
-        "model": {"hidden_channels": 16, "residual_hidden_channels": 8, "residual_layers": 1,
-                  "codebook_size": 32, "code_dim": 8, "dead_code_steps": 4},
-        "data": data, "any_record_count": true, "steps": steps, "batch_size": 16,
-        "lr": 2e-3, "warmup_steps": 3, "kmeans_init_images": 64, "kmeans_iters": 5,
-        "log_every": 2, "eval_every": 10, "eval_images": 20, "checkpoint_every": 2,
-        "threads": 1, "device": "cpu"
+        "format": 2,
+        "model": {"hidden_channels": 16, "residual": {"hidden_channels": 8, "layers": 1},
+                  "quantizer": {"kind": "vq", "codebook_size": 32, "code_dim": 8, "dead_code_steps": 4}},
+        "data": {"path": data, "any_record_count": true},
+        "schedule": {"steps": steps, "batch_size": 16, "lr": 2e-3, "warmup_steps": 3,
+                     "log_every": 2, "eval_every": 10, "checkpoint_every": 2},
+        "runtime": {"threads": 1, "device": "cpu"},
+        "kmeans_init_images": 64, "kmeans_iters": 5, "eval_images": 20
     });
     std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap()).unwrap();
     path
+}
+
+/// The two tasks the fault tests run against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    VqVae,
+    Prior,
+}
+
+/// A run of `kind` to start: its config file (schedule fields patched by the tests) and, for a
+/// prior, the tiny VQ-VAE run it models.
+struct Setup {
+    kind: Kind,
+    config: PathBuf,
+    vqvae: Option<PathBuf>,
+}
+
+impl Setup {
+    fn new(kind: Kind, dir: &Path, steps: usize) -> Self {
+        let data = dataset(dir);
+        let vq_config = config(dir, &data, steps);
+        match kind {
+            Kind::VqVae => Setup {
+                kind,
+                config: vq_config,
+                vqvae: None,
+            },
+            Kind::Prior => {
+                let vq = dir.join("vq");
+                let short = config(dir, &data, 2);
+                succeed(&[
+                    "--config",
+                    short.to_str().unwrap(),
+                    "--run-dir",
+                    vq.to_str().unwrap(),
+                ]);
+                let config = dir.join(format!("prior-{steps}.json"));
+                std::fs::write(
+                    &config,
+                    serde_json::json!({
+                        "format": 2,
+                        "prior": {"kind": "pixelcnn", "channels": 8, "layers": 2},
+                        "data": {"path": data, "any_record_count": true},
+                        "schedule": {"steps": steps, "batch_size": 16, "log_every": 2,
+                                     "eval_every": 20, "checkpoint_every": 2},
+                        "runtime": {"threads": 1, "device": "cpu"}
+                    })
+                    .to_string(),
+                )
+                .unwrap();
+                Setup {
+                    kind,
+                    config,
+                    vqvae: Some(vq),
+                }
+            }
+        }
+    }
+
+    /// The arguments that start the run in `run`.
+    fn start(&self, run: &Path) -> Vec<String> {
+        let mut args: Vec<String> = Vec::new();
+        if let Some(vq) = &self.vqvae {
+            args.extend(["prior".into(), "--vqvae".into(), vq.display().to_string()]);
+        }
+        args.extend([
+            "--config".into(),
+            self.config.display().to_string(),
+            "--run-dir".into(),
+            run.display().to_string(),
+        ]);
+        args
+    }
+
+    /// The arguments that resume the run in `run`.
+    fn resume(&self, run: &Path) -> Vec<String> {
+        let mut args: Vec<String> = Vec::new();
+        if self.kind == Kind::Prior {
+            args.push("prior".into());
+        }
+        args.extend(["--resume".into(), run.display().to_string()]);
+        args
+    }
+
+    /// Sets a schedule field of the config.
+    fn schedule(&self, key: &str, value: serde_json::Value) {
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&self.config).unwrap()).unwrap();
+        json["schedule"][key] = value;
+        std::fs::write(&self.config, json.to_string()).unwrap();
+    }
+
+    /// Whether its checkpoints keep trained weights beside their average.
+    fn averaged(&self) -> bool {
+        self.kind == Kind::VqVae
+    }
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
 }
 
 fn vq_train(args: &[&str]) -> Command {
@@ -78,6 +180,7 @@ fn run_folder_holds_everything() {
         "metrics.jsonl",
         "summary.json",
         "curves.png",
+        "data.json",
         "recon-step-000010.png",
         "recon-step-000020.png",
         "checkpoints/last/model.safetensors",
@@ -90,7 +193,11 @@ fn run_folder_holds_everything() {
         assert!(run.join(f).is_file(), "missing {f}");
     }
     let png = image::open(run.join("recon-step-000020.png")).unwrap();
-    assert_eq!((png.width(), png.height()), (8 * 34 + 2, 8 * 34 + 2));
+    // 8 × 8 tiles of 32 pixels with 2-pixel gaps, enlarged 3 times to be seen.
+    assert_eq!(
+        (png.width(), png.height()),
+        (3 * (8 * 34 + 2), 3 * (8 * 34 + 2))
+    );
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["steps"], 20);
@@ -113,14 +220,6 @@ fn run_folder_holds_everything() {
     ]));
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
-}
-
-/// Sets `key` of the JSON config at `path`.
-fn patch(path: &Path, key: &str, value: serde_json::Value) {
-    let mut json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    json[key] = value;
-    std::fs::write(path, json.to_string()).unwrap();
 }
 
 /// Every checkpoint folder of `run` is whole: all its files there, the weights and optimizer
@@ -176,36 +275,33 @@ fn assert_checkpoints_whole(run: &Path, averaged: bool) -> usize {
 /// never interrupted.
 #[test]
 fn sigkill_at_random_points_then_resume_gives_the_uninterrupted_weights() {
+    sigkill_then_resume(Kind::VqVae, 60);
+}
+
+#[test]
+fn prior_sigkill_at_random_points_then_resume_gives_the_uninterrupted_weights() {
+    sigkill_then_resume(Kind::Prior, 400);
+}
+
+fn sigkill_then_resume(kind: Kind, steps: usize) {
     use rand::{Rng, SeedableRng};
     let tmp = tempfile::tempdir().unwrap();
-    let data = dataset(tmp.path());
-    let steps = 60;
-    let cfg = config(tmp.path(), &data, steps);
-    patch(&cfg, "checkpoint_every", serde_json::json!(1));
+    let setup = Setup::new(kind, tmp.path(), steps);
+    setup.schedule("checkpoint_every", serde_json::json!(1));
 
     let straight = tmp.path().join("straight");
-    succeed(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "--run-dir",
-        straight.to_str().unwrap(),
-    ]);
+    succeed(&strs(&setup.start(&straight)));
 
     let broken = tmp.path().join("broken");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let (mut kills, mut mid_write, mut seen) = (0, 0, Vec::new());
     for attempt in 0..6 {
-        let args: Vec<&str> = if attempt == 0 {
-            vec![
-                "--config",
-                cfg.to_str().unwrap(),
-                "--run-dir",
-                broken.to_str().unwrap(),
-            ]
+        let args = if attempt == 0 {
+            setup.start(&broken)
         } else {
-            vec!["--resume", broken.to_str().unwrap()]
+            setup.resume(&broken)
         };
-        let mut child = vq_train(&args)
+        let mut child = vq_train(&strs(&args))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -261,7 +357,7 @@ fn sigkill_at_random_points_then_resume_gives_the_uninterrupted_weights() {
             })
             .count();
         mid_write += (leftovers > 0) as usize;
-        seen.push(assert_checkpoints_whole(&broken, true));
+        seen.push(assert_checkpoints_whole(&broken, setup.averaged()));
     }
     assert!(
         kills >= 3,
@@ -269,15 +365,15 @@ fn sigkill_at_random_points_then_resume_gives_the_uninterrupted_weights() {
     );
     eprintln!("{kills} kills after steps {seen:?}, {mid_write} of them during a checkpoint write");
 
-    succeed(&["--resume", broken.to_str().unwrap()]);
-    assert_checkpoints_whole(&broken, true);
+    succeed(&strs(&setup.resume(&broken)));
+    assert_checkpoints_whole(&broken, setup.averaged());
     assert!(
         final_weights(&broken) == final_weights(&straight),
-        "killed after steps {seen:?}: weights differ"
+        "{kind:?}: killed after steps {seen:?}: weights differ"
     );
     let a = std::fs::read(broken.join("checkpoints/last/optimizer.safetensors")).unwrap();
     let b = std::fs::read(straight.join("checkpoints/last/optimizer.safetensors")).unwrap();
-    assert!(a == b, "optimizer state differs");
+    assert!(a == b, "{kind:?}: optimizer state differs");
     // The metrics read as one run: one line per logged step.
     let lines = std::fs::read_to_string(broken.join("metrics.jsonl")).unwrap();
     assert_eq!(
@@ -291,29 +387,61 @@ fn sigkill_at_random_points_then_resume_gives_the_uninterrupted_weights() {
 /// again the run resumes from it to the end.
 #[test]
 fn a_full_disk_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    full_disk(Kind::VqVae);
+}
+
+#[test]
+fn a_full_disk_stops_a_prior_run_and_keeps_the_last_good_checkpoint() {
+    full_disk(Kind::Prior);
+}
+
+/// A script that starts the run of `setup` in the folder given as its `$1`.
+fn starter(setup: &Setup, dir: &Path) -> PathBuf {
+    let path = dir.join(format!("start-{:?}.sh", setup.kind));
+    let bin = env!("CARGO_BIN_EXE_vq-train");
+    let args: Vec<String> = setup
+        .start(Path::new("RUN"))
+        .into_iter()
+        .map(|a| {
+            if a == "RUN" {
+                "\"$1\"".into()
+            } else {
+                format!("'{a}'")
+            }
+        })
+        .collect();
+    std::fs::write(
+        &path,
+        format!("#!/bin/sh\nexec '{bin}' {}\n", args.join(" ")),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
+fn full_disk(kind: Kind) {
     let tmp = tempfile::tempdir().unwrap();
-    let data = dataset(tmp.path());
     let steps = 150;
-    let cfg = config(tmp.path(), &data, steps);
-    patch(&cfg, "checkpoint_every", serde_json::json!(1));
-    patch(&cfg, "eval_every", serde_json::json!(1000));
+    let setup = Setup::new(kind, tmp.path(), steps);
+    setup.schedule("checkpoint_every", serde_json::json!(1));
+    setup.schedule("eval_every", serde_json::json!(1000));
+    let start = starter(&setup, tmp.path());
     let (mnt, out_dir) = (tmp.path().join("mnt"), tmp.path().join("out"));
     std::fs::create_dir_all(&mnt).unwrap();
     std::fs::create_dir_all(&out_dir).unwrap();
-    // $1 mount point, $2 vq-train, $3 config, $4 where the results are copied.
+    // $1 mount point, $2 the run's starter, $3 where the results are copied.
     let script = r#"
         mount -t tmpfs -o size=4m tmpfs "$1" || exit 97
-        "$2" --config "$3" --run-dir "$1/run" 2> "$4/stderr" &
+        "$2" "$1/run" 2> "$3/stderr" &
         pid=$!
         while [ ! -e "$1/run/checkpoints/last" ]; do sleep 0.01; done
         dd if=/dev/zero of="$1/filler" bs=4k 2> /dev/null
         wait $pid
-        echo $? > "$4/rc"
+        echo $? > "$3/rc"
         rm -f "$1/filler"
-        cp -a "$1/run" "$4/run"
+        cp -a "$1/run" "$3/run"
     "#;
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_vq-train"));
-    let Some(out) = vq_e2e::in_mount_namespace(script, &[&mnt, &bin, &cfg, &out_dir]) else {
+    let Some(out) = vq_e2e::in_mount_namespace(script, &[&mnt, &start, &out_dir]) else {
         return;
     };
     assert!(
@@ -323,34 +451,42 @@ fn a_full_disk_stops_the_run_and_keeps_the_last_good_checkpoint() {
     );
     let rc = std::fs::read_to_string(out_dir.join("rc")).unwrap();
     let err = std::fs::read_to_string(out_dir.join("stderr")).unwrap();
-    assert_eq!(rc.trim(), "1", "the run did not fail: {err}");
+    assert_eq!(rc.trim(), "1", "{kind:?}: the run did not fail: {err}");
     assert!(err.contains("No space left on device"), "{err}");
     assert!(err.contains("/run/"), "the error names no file: {err}");
     assert!(!err.contains("panicked"), "{err}");
     let run = out_dir.join("run");
-    let kept = assert_checkpoints_whole(&run, true);
+    let kept = assert_checkpoints_whole(&run, setup.averaged());
     assert!(kept < steps, "{kept}");
 
-    succeed(&["--resume", run.to_str().unwrap()]);
-    assert_eq!(assert_checkpoints_whole(&run, true), steps);
+    succeed(&strs(&setup.resume(&run)));
+    assert_eq!(assert_checkpoints_whole(&run, setup.averaged()), steps);
 }
 
 /// A run folder on a read-only file system: a clear error naming it, nothing else.
 #[test]
 fn an_unwritable_run_folder_is_a_clear_error() {
+    read_only(Kind::VqVae);
+}
+
+#[test]
+fn an_unwritable_prior_run_folder_is_a_clear_error() {
+    read_only(Kind::Prior);
+}
+
+fn read_only(kind: Kind) {
     let tmp = tempfile::tempdir().unwrap();
-    let data = dataset(tmp.path());
-    let cfg = config(tmp.path(), &data, 4);
+    let setup = Setup::new(kind, tmp.path(), 4);
+    let start = starter(&setup, tmp.path());
     let (mnt, out_dir) = (tmp.path().join("mnt"), tmp.path().join("out"));
     std::fs::create_dir_all(&mnt).unwrap();
     std::fs::create_dir_all(&out_dir).unwrap();
     let script = r#"
         mount -t tmpfs -o ro,size=64k tmpfs "$1" || exit 97
-        "$2" --config "$3" --run-dir "$1/run" 2> "$4/stderr"
-        echo $? > "$4/rc"
+        "$2" "$1/run" 2> "$3/stderr"
+        echo $? > "$3/rc"
     "#;
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_vq-train"));
-    let Some(out) = vq_e2e::in_mount_namespace(script, &[&mnt, &bin, &cfg, &out_dir]) else {
+    let Some(out) = vq_e2e::in_mount_namespace(script, &[&mnt, &start, &out_dir]) else {
         return;
     };
     assert!(
@@ -364,7 +500,7 @@ fn an_unwritable_run_folder_is_a_clear_error() {
         "1",
         "{err}"
     );
-    assert!(err.contains("Read-only file system"), "{err}");
+    assert!(err.contains("Read-only file system"), "{kind:?}: {err}");
     assert!(err.contains(&format!("{}/run", mnt.display())), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
@@ -376,8 +512,8 @@ fn diverging_loss_stops_with_a_clear_message() {
     let cfg = config(tmp.path(), &data, 200);
     let mut json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
-    json["lr"] = serde_json::json!(1e30);
-    json["warmup_steps"] = serde_json::json!(0);
+    json["schedule"]["lr"] = serde_json::json!(1e30);
+    json["schedule"]["warmup_steps"] = serde_json::json!(0);
     std::fs::write(&cfg, json.to_string()).unwrap();
     let run = tmp.path().join("run");
     let out = output(&mut vq_train(&[
@@ -438,72 +574,4 @@ fn missing_data_and_bad_config_are_clear_errors() {
     ]));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-run"));
-}
-
-/// The prior's run resumes exactly too: killed after its first checkpoint, resumed, it ends with
-/// the weights of an uninterrupted prior run.
-#[test]
-fn prior_sigkill_then_resume_gives_the_uninterrupted_weights() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = dataset(tmp.path());
-    let cfg = config(tmp.path(), &data, 2);
-    let vq = tmp.path().join("vq");
-    succeed(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "--run-dir",
-        vq.to_str().unwrap(),
-    ]);
-    let prior_cfg = tmp.path().join("prior.json");
-    std::fs::write(
-        &prior_cfg,
-        serde_json::json!({
-            "prior": {"channels": 8, "layers": 2}, "data": data, "any_record_count": true,
-            "steps": 40, "batch_size": 16, "log_every": 2, "eval_every": 20,
-            "checkpoint_every": 1, "threads": 1, "device": "cpu"
-        })
-        .to_string(),
-    )
-    .unwrap();
-    let prior_args = |run: &Path| -> Vec<String> {
-        [
-            "prior",
-            "--vqvae",
-            vq.to_str().unwrap(),
-            "--config",
-            prior_cfg.to_str().unwrap(),
-        ]
-        .into_iter()
-        .map(String::from)
-        .chain(["--run-dir".to_string(), run.display().to_string()])
-        .collect()
-    };
-    let straight = tmp.path().join("prior-straight");
-    let args = prior_args(&straight);
-    succeed(&args.iter().map(String::as_str).collect::<Vec<_>>());
-
-    let broken = tmp.path().join("prior-broken");
-    let args = prior_args(&broken);
-    let mut child = vq_train(&args.iter().map(String::as_str).collect::<Vec<_>>())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while std::fs::read_link(broken.join("checkpoints/last")).is_err() {
-        assert!(Instant::now() < deadline, "no checkpoint appeared");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(
-        !broken.join("summary.json").exists(),
-        "finished before the kill"
-    );
-    assert_checkpoints_whole(&broken, false);
-    succeed(&["prior", "--resume", broken.to_str().unwrap()]);
-    assert!(
-        final_weights(&broken) == final_weights(&straight),
-        "the resumed prior's weights differ"
-    );
 }

@@ -1,6 +1,5 @@
-//! The code prior: a gated PixelCNN (van den Oord et al., 2016) over the grid of code indices,
-//! optionally conditioned on the class label, from which new code grids (and so new images) are
-//! sampled one code at a time in raster order.
+//! A gated PixelCNN (van den Oord et al., 2016) over the grid of code indices, optionally
+//! conditioned on the class label.
 //!
 //! Causality without masks and without the original PixelCNN's blind spot: the *vertical*
 //! stack's features at row `i` see only input rows `≤ i` (its kernel covers the rows above and
@@ -9,84 +8,41 @@
 //! input shifted right by one column, so the code at `(i, j)` itself is never seen.
 
 use serde::{Deserialize, Serialize};
-use tch::{nn, nn::Module, Kind, Tensor};
+use tch::{nn, nn::Module, Tensor};
 
-/// The prior's shape, saved as JSON next to every prior checkpoint.
+use crate::{CodePrior, Provenance};
+
+/// The PixelCNN's shape (`"kind": "pixelcnn"` in a prior's config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-// A misspelt setting is an error, not silently the default.
 #[serde(default, deny_unknown_fields)]
-pub struct PriorConfig {
-    /// K of the VQ-VAE whose codes it models.
-    pub codebook_size: i64,
+pub struct PixelCnnConfig {
     /// Feature channels of both stacks.
     pub channels: i64,
     /// Gated layers.
     pub layers: usize,
     /// Odd kernel width (the vertical kernel is `kernel / 2 + 1` rows by `kernel` columns).
     pub kernel: i64,
-    /// Number of classes to condition on (0: unconditional).
-    pub classes: i64,
-    /// Model id (hex) of the VQ-VAE whose codes it was trained on; a prior is used only with
-    /// that VQ-VAE.
-    pub vqvae_model_id: String,
-    /// Side of the code grids it was trained on (8 for 32 × 32 images at 4× downsampling).
-    pub grid_side: i64,
-    /// Side of the images behind those grids (for bits per dimension).
-    pub image_side: i64,
-    /// Names of the classes, by label (empty: CIFAR-10's).
-    pub class_names: Vec<String>,
 }
 
-impl Default for PriorConfig {
+impl Default for PixelCnnConfig {
     fn default() -> Self {
-        PriorConfig {
-            codebook_size: 512,
+        PixelCnnConfig {
             channels: 64,
             layers: 8,
             kernel: 3,
-            classes: 10,
-            vqvae_model_id: String::new(),
-            grid_side: 8,
-            image_side: 32,
-            class_names: Vec::new(),
         }
     }
 }
 
-impl PriorConfig {
-    /// The name of each class label (CIFAR-10's unless the config lists its own).
-    pub fn class_names(&self) -> Vec<String> {
-        if self.class_names.is_empty() {
-            vq_data::CLASS_NAMES.iter().map(|s| s.to_string()).collect()
-        } else {
-            self.class_names.clone()
-        }
-    }
-
+impl PixelCnnConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if self.codebook_size < 2 || self.channels < 1 || self.layers < 1 {
-            return Err("codebook_size ≥ 2, channels ≥ 1 and layers ≥ 1 are needed".into());
+        if self.channels < 1 || self.layers < 1 {
+            return Err("channels ≥ 1 and layers ≥ 1 are needed".into());
         }
         if self.kernel < 3 || self.kernel % 2 == 0 {
             return Err(format!(
                 "kernel must be odd and at least 3, not {}",
                 self.kernel
-            ));
-        }
-        if self.classes < 0 {
-            return Err("classes must not be negative".into());
-        }
-        if self.grid_side < 1 || self.image_side < self.grid_side {
-            return Err(format!(
-                "grid_side {} and image_side {} must be positive, the image at least the grid",
-                self.grid_side, self.image_side
-            ));
-        }
-        if !self.class_names.is_empty() && self.class_names.len() as i64 != self.classes {
-            return Err(format!(
-                "{} class names for {} classes",
-                self.class_names.len(),
-                self.classes
             ));
         }
         Ok(())
@@ -128,7 +84,7 @@ struct GatedLayer {
 }
 
 impl GatedLayer {
-    fn new(vs: nn::Path<'_>, cfg: &PriorConfig, residual: bool) -> Self {
+    fn new(vs: nn::Path<'_>, cfg: &PixelCnnConfig, classes: i64, residual: bool) -> Self {
         let (c, k) = (cfg.channels, cfg.kernel);
         let conv = |name: &str, i, o, ks: [i64; 2]| {
             nn::conv(
@@ -140,14 +96,8 @@ impl GatedLayer {
             )
         };
         let class = |name: &str| {
-            (cfg.classes > 0).then(|| {
-                nn::embedding(
-                    &vs / name,
-                    cfg.classes,
-                    2 * c,
-                    nn::EmbeddingConfig::default(),
-                )
-            })
+            (classes > 0)
+                .then(|| nn::embedding(&vs / name, classes, 2 * c, nn::EmbeddingConfig::default()))
         };
         GatedLayer {
             vertical: conv("vertical", c, 2 * c, [k / 2 + 1, k]),
@@ -184,10 +134,11 @@ impl GatedLayer {
     }
 }
 
-/// Gated PixelCNN over `(B, h, w)` code grids.
+/// Gated PixelCNN over `(B, h, w)` code grids. Its variables are `embedding`, `layer{i}.*`,
+/// `head_hidden` and `head_out`.
 #[derive(Debug)]
 pub struct PixelCnnPrior {
-    pub config: PriorConfig,
+    provenance: Provenance,
     embedding: nn::Embedding,
     layers: Vec<GatedLayer>,
     head_hidden: nn::Conv2D,
@@ -195,10 +146,11 @@ pub struct PixelCnnPrior {
 }
 
 impl PixelCnnPrior {
-    pub fn new(vs: nn::Path<'_>, cfg: &PriorConfig) -> Self {
+    pub fn new(vs: nn::Path<'_>, cfg: &PixelCnnConfig, provenance: &Provenance) -> Self {
         let c = cfg.channels;
+        let vocabulary = provenance.codes.vocabulary;
         let layers = (0..cfg.layers)
-            .map(|i| GatedLayer::new(&vs / format!("layer{i}"), cfg, i > 0))
+            .map(|i| GatedLayer::new(&vs / format!("layer{i}"), cfg, provenance.classes, i > 0))
             .collect();
         let one = |name: &str, i, o| {
             nn::conv(
@@ -210,18 +162,23 @@ impl PixelCnnPrior {
             )
         };
         PixelCnnPrior {
-            config: cfg.clone(),
-            embedding: nn::embedding(&vs / "embedding", cfg.codebook_size, c, Default::default()),
+            provenance: provenance.clone(),
+            embedding: nn::embedding(&vs / "embedding", vocabulary, c, Default::default()),
             layers,
             head_hidden: one("head_hidden", c, c),
-            head_out: one("head_out", c, cfg.codebook_size),
+            head_out: one("head_out", c, vocabulary),
         }
     }
+}
 
-    /// `(B, K, h, w)` logits of each code given the codes before it in raster order (and the
-    /// class, when conditional: `labels` is `(B,)` i64).
-    pub fn forward(&self, codes: &Tensor, labels: Option<&Tensor>) -> Tensor {
-        let labels = if self.config.classes > 0 {
+impl CodePrior for PixelCnnPrior {
+    fn provenance(&self) -> &Provenance {
+        &self.provenance
+    }
+
+    /// The network has no dropout: `train` changes nothing.
+    fn logits(&self, codes: &Tensor, labels: Option<&Tensor>, _train: bool) -> Tensor {
+        let labels = if self.provenance.classes > 0 {
             labels
         } else {
             None
@@ -235,71 +192,54 @@ impl PixelCnnPrior {
         self.head_out
             .forward(&self.head_hidden.forward(&h.relu()).relu())
     }
-
-    /// Mean negative log-likelihood per code, in nats.
-    pub fn nll(&self, codes: &Tensor, labels: Option<&Tensor>) -> Tensor {
-        let logits = self.forward(codes, labels);
-        logits.cross_entropy_loss::<Tensor>(codes, None, tch::Reduction::Mean, -100, 0.0)
-    }
-
-    /// Samples `n` grids of `side × side` codes, one position at a time; `temperature` divides
-    /// the logits (1: the model's distribution). Uses LibTorch's generator (seed it with
-    /// `tch::manual_seed` for reproducible samples).
-    pub fn sample(
-        &self,
-        n: i64,
-        side: (i64, i64),
-        labels: Option<&Tensor>,
-        temperature: f64,
-        device: tch::Device,
-    ) -> Tensor {
-        let _guard = tch::no_grad_guard();
-        let (h, w) = side;
-        let codes = Tensor::zeros([n, h, w], (Kind::Int64, device));
-        for i in 0..h {
-            for j in 0..w {
-                // Only the rows up to i matter for position (i, j): crop the rest away.
-                let visible = codes.narrow(1, 0, i + 1);
-                let logits = self.forward(&visible, labels).select(2, i).select(2, j);
-                let probs =
-                    (logits.to_kind(Kind::Float) / temperature.max(1e-6)).softmax(-1, Kind::Float);
-                let next = probs.multinomial(1, true).squeeze_dim(1);
-                codes.select(1, i).select(1, j).copy_(&next);
-            }
-        }
-        codes
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Device;
+    use tch::{Device, Kind};
+    use vq_model::CodeSpace;
 
-    fn tiny(classes: i64) -> PriorConfig {
-        PriorConfig {
-            codebook_size: 7,
+    /// LibTorch's generator is global: tests that seed it and draw weights from it run one at a
+    /// time, or another test's draws would change their weights.
+    fn seeded(seed: i64) -> std::sync::MutexGuard<'static, ()> {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed(seed);
+        guard
+    }
+
+    fn tiny(vs: &nn::VarStore, classes: i64, side: i64) -> PixelCnnPrior {
+        let arch = PixelCnnConfig {
             channels: 8,
             layers: 4,
             kernel: 3,
+        };
+        let provenance = Provenance {
+            codes: CodeSpace {
+                depth: 1,
+                vocabulary: 7,
+            },
+            grid_side: side,
             classes,
-            ..PriorConfig::default()
-        }
+            ..Provenance::default()
+        };
+        PixelCnnPrior::new(vs.root(), &arch, &provenance)
     }
 
     #[test]
     fn a_code_never_sees_itself_or_later_codes_and_sees_all_earlier_ones() {
-        tch::manual_seed(0);
+        let _rng = seeded(0);
         let vs = nn::VarStore::new(Device::Cpu);
-        let prior = PixelCnnPrior::new(vs.root(), &tiny(0));
+        let prior = tiny(&vs, 0, 6);
         let (h, w) = (6, 6);
         let codes = Tensor::randint(7, [1, h, w], (Kind::Int64, Device::Cpu));
-        let base = prior.forward(&codes, None);
+        let base = prior.logits(&codes, None, false);
         for (pi, pj) in [(0, 0), (2, 3), (3, 0), (5, 5), (1, 5)] {
             let changed = codes.copy();
             let old = changed.int64_value(&[0, pi, pj]);
             let _ = changed.get(0).get(pi).get(pj).fill_((old + 1) % 7);
-            let out = prior.forward(&changed, None);
+            let out = prior.logits(&changed, None, false);
             for i in 0..h {
                 for j in 0..w {
                     let diff = (out.get(0).select(1, i).select(1, j)
@@ -329,22 +269,22 @@ mod tests {
 
     #[test]
     fn class_conditioning_changes_the_logits_and_sampling_is_reproducible() {
-        tch::manual_seed(1);
+        let _rng = seeded(1);
         let vs = nn::VarStore::new(Device::Cpu);
-        let prior = PixelCnnPrior::new(vs.root(), &tiny(3));
+        let prior = tiny(&vs, 3, 4);
         let codes = Tensor::randint(7, [2, 4, 4], (Kind::Int64, Device::Cpu));
-        let a = prior.forward(&codes, Some(&Tensor::from_slice(&[0i64, 0])));
-        let b = prior.forward(&codes, Some(&Tensor::from_slice(&[2i64, 2])));
+        let a = prior.logits(&codes, Some(&Tensor::from_slice(&[0i64, 0])), false);
+        let b = prior.logits(&codes, Some(&Tensor::from_slice(&[2i64, 2])), false);
         assert!((a - b).abs().max().double_value(&[]) > 0.0);
         let labels = Tensor::from_slice(&[1i64, 2, 0]);
         tch::manual_seed(42);
-        let s1 = prior.sample(3, (4, 4), Some(&labels), 1.0, Device::Cpu);
+        let s1 = prior.sample(3, Some(&labels), 1.0, Device::Cpu);
         tch::manual_seed(42);
-        let s2 = prior.sample(3, (4, 4), Some(&labels), 1.0, Device::Cpu);
+        let s2 = prior.sample(3, Some(&labels), 1.0, Device::Cpu);
         assert_eq!(s1, s2);
         assert_eq!(s1.size(), vec![3, 4, 4]);
         assert!(s1.min().int64_value(&[]) >= 0 && s1.max().int64_value(&[]) < 7);
-        let nll = prior.nll(&s1, Some(&labels)).double_value(&[]);
+        let nll = prior.nll(&s1, Some(&labels), false).double_value(&[]);
         assert!(nll.is_finite() && nll > 0.0);
     }
 }

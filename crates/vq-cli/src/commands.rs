@@ -1,0 +1,656 @@
+//! The bodies of `vq-cli`'s commands; `main` only parses flags and dispatches here.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tch::{Device, Tensor};
+use vq_codes::CodeFile;
+use vq_data::Split;
+use vq_model::checkpoint::{Checkpoint, TrainingInfo};
+use vq_model::VqVaeConfig;
+use vq_prior::PriorCheckpoint;
+use vq_store::Source;
+
+use crate::codec::{self, Codec, Tiling};
+use crate::report::{self, table};
+
+/// What every command shares: the device, the model, how much to print.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub device: Device,
+    /// A checkpoint or run folder; `None`: the bundled model.
+    pub checkpoint: Option<PathBuf>,
+    /// Only errors.
+    pub quiet: bool,
+    /// Reports as JSON.
+    pub json: bool,
+}
+
+impl Session {
+    /// The VQ-VAE the commands use.
+    pub fn open(&self) -> Result<Checkpoint> {
+        match &self.checkpoint {
+            Some(path) => Checkpoint::open(path, self.device).context("opening the checkpoint"),
+            None => Checkpoint::bundled(self.device)
+                .context("opening the bundled model (pass --checkpoint RUN_DIR to use your own)"),
+        }
+    }
+
+    fn print(&self, bar: &ProgressBar, report: &impl report::Report) {
+        if !self.quiet {
+            bar.suspend(|| report::print(report, self.json));
+        }
+    }
+}
+
+/// Images or code files in, one output each.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FilesArgs {
+    /// Files, or folders (searched recursively).
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Output file (one input) or folder [default: beside each input].
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+}
+
+/// Runs `work(input, output)` over every input (folders expanded), with a progress bar when
+/// there are several; a failure is reported and the others go on; any failure fails the command.
+fn each_input<R: report::Report>(
+    session: &Session,
+    args: &FilesArgs,
+    suffix: &str,
+    mut work: impl FnMut(&Path, &Path) -> Result<R>,
+) -> Result<()> {
+    let files = crate::collect_inputs(&args.inputs)?;
+    if files.is_empty() {
+        bail!("no images found in {}", display_list(&args.inputs));
+    }
+    let output = args.output.as_deref();
+    let single_file_output = files.len() == 1 && output.is_some_and(|o| !o.is_dir());
+    if let (Some(dir), false) = (output, single_file_output) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the output folder {}", dir.display()))?;
+    }
+    let bar = if files.len() > 1 && !session.quiet {
+        ProgressBar::new(files.len() as u64).with_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} {wide_msg} [{elapsed} < {eta}]")
+                .expect("valid template"),
+        )
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut failed = 0;
+    for input in &files {
+        bar.set_message(input.display().to_string());
+        let dest = if single_file_output {
+            output.expect("checked above").to_path_buf()
+        } else {
+            crate::output_path(input, output, suffix)
+        };
+        let result = if crate::same_file(input, &dest) {
+            Err(anyhow::anyhow!(
+                "{}: the output would overwrite the input; choose another -o",
+                input.display()
+            ))
+        } else {
+            work(input, &dest)
+        };
+        match result {
+            Ok(report) => session.print(&bar, &report),
+            Err(e) => {
+                failed += 1;
+                bar.suspend(|| eprintln!("error: {e:#}"));
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if failed > 0 {
+        bail!("{failed} of {} inputs failed", files.len());
+    }
+    Ok(())
+}
+
+fn display_list(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn codec(ckpt: &Checkpoint, device: Device) -> Codec<'_> {
+    Codec {
+        model: &ckpt.model,
+        device,
+        tiling: Tiling::default(),
+    }
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    vq_data::write_atomic(path, |w| w.write_all(bytes)).context("writing the output")
+}
+
+/// One reconstructed image.
+#[derive(Debug, Serialize)]
+pub struct ReconstructReport {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub width: u32,
+    pub height: u32,
+    pub grid_width: u32,
+    pub grid_height: u32,
+    pub bits_per_pixel: f64,
+    pub psnr: f64,
+    /// `None` under 11 pixels a side (SSIM's window).
+    pub ssim: Option<f64>,
+    pub had_alpha: bool,
+    pub seconds: f64,
+}
+
+impl fmt::Display for ReconstructReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} -> {}: {}×{}, {}×{} codes, {:.4} bits/pixel, PSNR {:.2} dB, SSIM {}{}, {:.2} s",
+            self.input.display(),
+            self.output.display(),
+            self.width,
+            self.height,
+            self.grid_width,
+            self.grid_height,
+            self.bits_per_pixel,
+            self.psnr,
+            self.ssim
+                .map(|s| format!("{s:.4}"))
+                .unwrap_or_else(|| "n/a (under 11 px)".into()),
+            if self.had_alpha {
+                " (transparency shown over white)"
+            } else {
+                ""
+            },
+            self.seconds
+        )
+    }
+}
+
+/// `vq-cli reconstruct`: encode and decode each image, write `NAME.recon.png`.
+pub fn reconstruct(session: &Session, args: &FilesArgs) -> Result<()> {
+    let ckpt = session.open()?;
+    each_input(session, args, "recon.png", |input, dest| {
+        let start = Instant::now();
+        let img = crate::load_image(input)?;
+        let (w, h) = img.rgb.dimensions();
+        let codec = codec(&ckpt, session.device);
+        let grid = codec.encode(&img.rgb);
+        let recon = codec.decode(&grid, w, h);
+        write_file(dest, &codec::encode_png(&recon, img.colour)?)?;
+        let written = codec::as_written(&recon, img.colour);
+        let original = codec::as_written(&img.rgb, img.colour);
+        let (psnr, ssim) = crate::compare(&original, &written);
+        let bits = grid.codes.len() as f64 * ckpt.config.code_space().bits_per_code() as f64;
+        Ok(ReconstructReport {
+            input: input.to_path_buf(),
+            output: dest.to_path_buf(),
+            width: w,
+            height: h,
+            grid_width: grid.width,
+            grid_height: grid.height,
+            bits_per_pixel: bits / (w as f64 * h as f64),
+            psnr,
+            ssim,
+            had_alpha: img.had_alpha,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    })
+}
+
+/// One encoded image.
+#[derive(Debug, Serialize)]
+pub struct EncodeReport {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub width: u32,
+    pub height: u32,
+    pub grid_width: u32,
+    pub grid_height: u32,
+    pub bits_per_code: u8,
+    pub bytes: usize,
+}
+
+impl fmt::Display for EncodeReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} -> {}: {}×{}, {}×{} codes of {} bits, {} bytes ({:.4} bits/pixel with the header)",
+            self.input.display(),
+            self.output.display(),
+            self.width,
+            self.height,
+            self.grid_width,
+            self.grid_height,
+            self.bits_per_code,
+            self.bytes,
+            self.bytes as f64 * 8.0 / (self.width as f64 * self.height as f64)
+        )
+    }
+}
+
+/// `vq-cli encode`: write each image's codes as `NAME.vqz`.
+pub fn encode(session: &Session, args: &FilesArgs) -> Result<()> {
+    let ckpt = session.open()?;
+    each_input(session, args, "vqz", |input, dest| {
+        let img = crate::load_image(input)?;
+        let (w, h) = img.rgb.dimensions();
+        let grid = codec(&ckpt, session.device).encode(&img.rgb);
+        let file = crate::code_file(&ckpt, &grid, w, h, img.colour)
+            .with_context(|| format!("{}: building the code file", input.display()))?;
+        let bytes = file
+            .to_bytes()
+            .with_context(|| format!("{}: building the code file", input.display()))?;
+        write_file(dest, &bytes)?;
+        Ok(EncodeReport {
+            input: input.to_path_buf(),
+            output: dest.to_path_buf(),
+            width: w,
+            height: h,
+            grid_width: grid.width,
+            grid_height: grid.height,
+            bits_per_code: vq_codes::bits_per_code(file.codebook_size),
+            bytes: bytes.len(),
+        })
+    })
+}
+
+/// One decoded code file.
+#[derive(Debug, Serialize)]
+pub struct DecodeReport {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl fmt::Display for DecodeReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} -> {}: {}×{}",
+            self.input.display(),
+            self.output.display(),
+            self.width,
+            self.height
+        )
+    }
+}
+
+/// `vq-cli decode`: write each `.vqz` file's image as `NAME.decoded.png`.
+pub fn decode(session: &Session, args: &FilesArgs) -> Result<()> {
+    let ckpt = session.open()?;
+    each_input(session, args, "decoded.png", |input, dest| {
+        if !input.is_file() {
+            bail!("{}: no such file", input.display());
+        }
+        let bytes = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
+        let file = CodeFile::from_bytes(&bytes)
+            .with_context(|| format!("{}: not a valid .vqz code file", input.display()))?;
+        crate::check_code_file(input, &file, &ckpt)?;
+        let grid = crate::CodeGrid {
+            width: file.grid_width,
+            height: file.grid_height,
+            depth: 1,
+            codes: file.codes.clone(),
+        };
+        let img = codec(&ckpt, session.device).decode(&grid, file.width, file.height);
+        write_file(dest, &codec::encode_png(&img, file.colour)?)?;
+        Ok(DecodeReport {
+            input: input.to_path_buf(),
+            output: dest.to_path_buf(),
+            width: file.width,
+            height: file.height,
+        })
+    })
+}
+
+/// Which split of a dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SplitArg {
+    Train,
+    Test,
+}
+
+impl From<SplitArg> for Split {
+    fn from(s: SplitArg) -> Split {
+        match s {
+            SplitArg::Train => Split::Train,
+            SplitArg::Test => Split::Test,
+        }
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct EvalArgs {
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: SplitArg,
+    /// The dataset: a cifar-10-batches-bin folder or an imported image set.
+    #[arg(long, default_value = "datasets/cifar-10-batches-bin")]
+    pub data: PathBuf,
+    /// Evaluate only the first N images.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+/// Reconstruction figures over a dataset split.
+#[derive(Debug, Serialize)]
+pub struct EvalReport {
+    pub checkpoint: String,
+    pub model_id: String,
+    pub split: SplitArg,
+    pub images: i64,
+    pub mse: f64,
+    pub psnr: f64,
+    pub ssim: f64,
+    pub perplexity: f64,
+    pub codes_used: i64,
+    pub codebook_size: i64,
+    pub seconds: f64,
+}
+
+impl fmt::Display for EvalReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let split = match self.split {
+            SplitArg::Train => "train",
+            SplitArg::Test => "test",
+        };
+        table(
+            f,
+            &[
+                ("checkpoint", self.checkpoint.clone()),
+                ("images", format!("{} ({split} split)", self.images)),
+                ("MSE", format!("{:.6}", self.mse)),
+                ("PSNR", format!("{:.2} dB", self.psnr)),
+                ("SSIM", format!("{:.4}", self.ssim)),
+                ("perplexity", format!("{:.1}", self.perplexity)),
+                (
+                    "codes used",
+                    format!("{} of {}", self.codes_used, self.codebook_size),
+                ),
+                (
+                    "time",
+                    format!(
+                        "{:.1} s ({:.0} images/s)",
+                        self.seconds,
+                        self.images as f64 / self.seconds.max(1e-9)
+                    ),
+                ),
+            ],
+        )
+    }
+}
+
+/// `vq-cli eval`: MSE, PSNR, SSIM, perplexity and codes used over a split.
+pub fn eval(session: &Session, args: &EvalArgs) -> Result<EvalReport> {
+    let ckpt = session.open()?;
+    let images = vq_data::load_split(&args.data, args.split.into(), &Default::default())
+        .with_context(|| {
+            format!(
+                "loading the dataset {} (run `cargo xtask download-cifar`, or pass --data)",
+                args.data.display()
+            )
+        })?;
+    let count = args.limit.unwrap_or(images.len()).min(images.len());
+    let bar = if session.json || session.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(count as u64).with_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} images [{elapsed} < {eta}]")
+                .expect("valid template"),
+        )
+    };
+    let start = Instant::now();
+    let step = ckpt.info.step.unwrap_or(0) as usize;
+    let e = vq_model::evaluate_with_progress(
+        &ckpt.model,
+        &images,
+        count,
+        session.device,
+        step,
+        0.0,
+        |n| bar.set_position(n as u64),
+    )?;
+    bar.finish_and_clear();
+    Ok(EvalReport {
+        checkpoint: ckpt.origin(),
+        model_id: vq_store::hex(&ckpt.model_id),
+        split: args.split,
+        images: e.images,
+        mse: e.mse,
+        psnr: e.psnr,
+        ssim: e.ssim,
+        perplexity: e.perplexity,
+        codes_used: e.codes_used,
+        codebook_size: e.codebook_size,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// A model's configuration, size, training and the device.
+#[derive(Debug, Serialize)]
+pub struct InfoReport {
+    pub checkpoint: String,
+    pub model_id: String,
+    pub parameters: i64,
+    pub config: VqVaeConfig,
+    pub training: TrainingInfo,
+    pub device: String,
+    pub cuda_available: bool,
+    pub threads: i32,
+}
+
+impl fmt::Display for InfoReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.config;
+        let space = c.code_space();
+        let quantizer = match &c.quantizer {
+            vq_model::QuantizerConfig::Vq(q) => format!(
+                "vector quantizer, K = {} codes of dimension {} ({} bits a code; a 32×32 image is {}×{} codes)",
+                q.codebook_size,
+                q.code_dim,
+                space.bits_per_code(),
+                32 / c.downsample,
+                32 / c.downsample
+            ),
+        };
+        table(
+            f,
+            &[
+                ("checkpoint", self.checkpoint.clone()),
+                ("model id", self.model_id.clone()),
+                (
+                    "model",
+                    format!(
+                        "{} parameters; {} hidden channels, {} residual layers of {}, {}× downsampling",
+                        self.parameters,
+                        c.hidden_channels,
+                        c.residual.layers,
+                        c.residual.hidden_channels,
+                        c.downsample
+                    ),
+                ),
+                ("quantizer", quantizer),
+                (
+                    "trained",
+                    match self.training.step {
+                        Some(step) => format!("{step} steps"),
+                        None => "(no state.json: steps unknown)".into(),
+                    },
+                ),
+                (
+                    "test split",
+                    match &self.training.eval {
+                        Some(e) => format!(
+                            "PSNR {:.2} dB, SSIM {:.4}, MSE {:.5}, perplexity {:.1}, {} of {} codes used ({} images)",
+                            e.psnr, e.ssim, e.mse, e.perplexity, e.codes_used, e.codebook_size, e.images
+                        ),
+                        None => "(no figures stored; run `vq-cli eval`)".into(),
+                    },
+                ),
+                (
+                    "device",
+                    format!(
+                        "{} (CUDA available: {}, {} LibTorch CPU threads)",
+                        self.device, self.cuda_available, self.threads
+                    ),
+                ),
+            ],
+        )
+    }
+}
+
+/// `vq-cli info`.
+pub fn info(session: &Session) -> Result<InfoReport> {
+    let ckpt = session.open()?;
+    Ok(InfoReport {
+        checkpoint: ckpt.origin(),
+        model_id: vq_store::hex(&ckpt.model_id),
+        parameters: ckpt.parameter_count(),
+        config: ckpt.config.clone(),
+        training: ckpt.info.clone(),
+        device: format!("{:?}", session.device),
+        cuda_available: tch::Cuda::is_available(),
+        threads: tch::get_num_threads(),
+    })
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SampleArgs {
+    /// Number of images.
+    #[arg(short, default_value_t = 64)]
+    pub n: i64,
+    /// Only this class (name, e.g. cat, or number 0-9).
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Divides the logits: below 1 is more conservative, above 1 more varied.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The prior: a prior run or checkpoint folder [default: the bundled prior].
+    #[arg(long)]
+    pub prior: Option<PathBuf>,
+    #[arg(short, long, default_value = "samples.png")]
+    pub output: PathBuf,
+}
+
+/// Samples written as a picture.
+#[derive(Debug, Serialize)]
+pub struct SampleReport {
+    pub output: PathBuf,
+    pub samples: i64,
+    pub seconds: f64,
+    pub images_per_second: f64,
+    pub temperature: f64,
+    pub seed: u64,
+}
+
+impl fmt::Display for SampleReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} samples in {:.2} s ({:.1} images/s), temperature {}, seed {}",
+            self.output.display(),
+            self.samples,
+            self.seconds,
+            self.images_per_second,
+            self.temperature,
+            self.seed
+        )
+    }
+}
+
+/// `vq-cli sample`: new images from the code prior, as a grid (one row of 8 per class when no
+/// class is given), enlarged to be seen.
+pub fn sample(session: &Session, args: &SampleArgs) -> Result<SampleReport> {
+    let (n, temperature) = (args.n, args.temperature);
+    if !(1..=4096).contains(&n) {
+        bail!("-n must be 1 to 4096, not {n}");
+    }
+    if !(temperature > 0.0 && temperature.is_finite()) {
+        bail!("--temperature must be positive, not {temperature}");
+    }
+    let ckpt = session.open()?;
+    let source = match &args.prior {
+        Some(path) => Source::Path(path),
+        None => Source::Bundled(&vq_prior::BUNDLED),
+    };
+    let prior = PriorCheckpoint::open_for(
+        source,
+        &ckpt.origin(),
+        &vq_store::hex(&ckpt.model_id),
+        session.device,
+    )
+    .context("opening the prior (train one with `vq-train prior`)")?;
+    let provenance = prior.model.provenance();
+    let classes = provenance.classes;
+    let labels: Option<Vec<i64>> = match (&args.class, classes) {
+        (Some(_), 0) => bail!("this prior is not class-conditional; drop --class"),
+        (Some(name), _) => {
+            let names = provenance.class_names();
+            let index = names
+                .iter()
+                .position(|c| c == name)
+                .map(|i| i as i64)
+                .or_else(|| name.parse::<i64>().ok())
+                .filter(|&i| (0..classes).contains(&i))
+                .with_context(|| {
+                    format!(
+                        "unknown class {name:?} (one of {} or 0-{})",
+                        names.join(", "),
+                        classes - 1
+                    )
+                })?;
+            Some(vec![index; n as usize])
+        }
+        // One row of 8 per class, in order.
+        (None, k) if k > 0 => Some((0..n).map(|i| (i / 8) % k).collect()),
+        (None, _) => None,
+    };
+    let labels = labels.map(|l| Tensor::from_slice(&l).to_device(session.device));
+    tch::manual_seed(args.seed as i64);
+    let start = Instant::now();
+    let (images, _codes) = crate::sample::sample_images(
+        &prior,
+        &ckpt,
+        labels.as_ref(),
+        n,
+        temperature,
+        session.device,
+    );
+    let seconds = start.elapsed().as_secs_f64();
+    let rows: Vec<Tensor> = (0..(n + 7) / 8)
+        .map(|r| images.narrow(0, r * 8, 8.min(n - r * 8)))
+        .collect();
+    let refs: Vec<&Tensor> = rows.iter().collect();
+    vq_model::save_grid(
+        &refs,
+        8,
+        vq_model::VIEW_SCALE,
+        ckpt.config.input_range,
+        &args.output,
+    )
+    .context("writing the samples")?;
+    Ok(SampleReport {
+        output: args.output.clone(),
+        samples: n,
+        seconds,
+        images_per_second: n as f64 / seconds.max(1e-9),
+        temperature,
+        seed: args.seed,
+    })
+}

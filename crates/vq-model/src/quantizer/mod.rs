@@ -1,0 +1,156 @@
+//! The quantizer seam: what sits between the encoder and the decoder and turns continuous
+//! vectors into codes. The model holds a `Box<dyn Quantizer>` built from the tagged
+//! [`QuantizerConfig`] (`{"kind": "vq", ...}` in `config.json`); nothing outside a quantizer
+//! reaches into its tensors.
+
+mod vq;
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Kind, Tensor};
+use vq_kmeans::KMeansConfig;
+
+pub use vq::{CodebookUpdate, GradientEstimator, VectorQuantizer, VqConfig};
+
+use crate::ModelError;
+
+/// The codes a quantizer produces: `depth` codes per grid position (one for plain VQ, one per
+/// level for residual VQ), each below `vocabulary`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodeSpace {
+    pub depth: i64,
+    pub vocabulary: i64,
+}
+
+impl CodeSpace {
+    /// Bits of one code packed at a whole number of bits.
+    pub fn bits_per_code(&self) -> u8 {
+        vq_codes::bits_per_code(self.vocabulary as u32)
+    }
+}
+
+/// Which quantizer, with its settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum QuantizerConfig {
+    /// One codebook, nearest code by Euclidean distance (van den Oord et al., 2017).
+    Vq(VqConfig),
+}
+
+impl Default for QuantizerConfig {
+    fn default() -> Self {
+        QuantizerConfig::Vq(VqConfig::default())
+    }
+}
+
+impl QuantizerConfig {
+    /// Channels of the encoder output the quantizer takes (and of the decoder input it gives).
+    pub fn latent_dim(&self) -> i64 {
+        match self {
+            QuantizerConfig::Vq(c) => c.code_dim,
+        }
+    }
+
+    pub fn code_space(&self) -> CodeSpace {
+        match self {
+            QuantizerConfig::Vq(c) => CodeSpace {
+                depth: 1,
+                vocabulary: c.codebook_size,
+            },
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            QuantizerConfig::Vq(c) => c.validate(),
+        }
+    }
+
+    /// Builds the quantizer under `vs`.
+    pub fn build(&self, vs: nn::Path<'_>) -> Box<dyn Quantizer> {
+        match self {
+            QuantizerConfig::Vq(c) => Box::new(VectorQuantizer::new(vs, c)),
+        }
+    }
+}
+
+/// What one pass through a quantizer gives.
+#[derive(Debug)]
+pub struct Quantized {
+    /// `(B, D, h, w)` decoder input, with the quantizer's gradient path to the encoder.
+    pub quantized: Tensor,
+    /// `(B, L, h, w)` code indices (i64), `L` the depth of the code space.
+    pub codes: Tensor,
+    /// The quantizer's own loss terms (commitment, codebook), added to the training loss.
+    pub aux_loss: Tensor,
+    /// `(L, V)` f32: times each code of each level was chosen in this batch.
+    pub counts: Tensor,
+    /// What the quantizer keeps from the forward pass for its after-step update.
+    pub(crate) saved: Vec<Tensor>,
+}
+
+impl Quantized {
+    /// `exp(entropy)` of the first level's code usage in this batch: V when all codes are used
+    /// evenly.
+    pub fn perplexity(&self) -> f64 {
+        perplexity(&self.counts.get(0))
+    }
+
+    /// Distinct codes of the first level used in this batch.
+    pub fn codes_used(&self) -> i64 {
+        self.counts.get(0).gt(0.0).sum(Kind::Int64).int64_value(&[])
+    }
+}
+
+/// `exp(entropy)` of a histogram of code counts.
+pub fn perplexity(counts: &Tensor) -> f64 {
+    let p = counts / counts.sum(Kind::Float).clamp_min(1.0);
+    (-(&p * (&p + 1e-10).log()).sum(Kind::Float))
+        .exp()
+        .double_value(&[])
+}
+
+/// Figures of a data-driven initialisation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitReport {
+    pub points: usize,
+    pub iterations: usize,
+    pub inertia: f64,
+    pub empty_clusters: usize,
+}
+
+/// A quantizer: continuous `(B, D, h, w)` vectors in, codes and their embeddings out.
+pub trait Quantizer: std::fmt::Debug {
+    /// Quantizes `(B, D, h, w)` encoder outputs.
+    fn forward(&self, z: &Tensor) -> Quantized;
+
+    /// `(B, L, h, w)` codes → the `(B, D, h, w)` decoder input they stand for.
+    fn embed(&self, codes: &Tensor) -> Tensor;
+
+    fn code_space(&self) -> CodeSpace;
+
+    /// After an optimizer step (`step` counts from 1): updates that are not gradient steps,
+    /// such as a codebook's moving averages and dead-code restarts. Returns the number of codes
+    /// restarted.
+    fn after_step(&mut self, _pass: &Quantized, _step: i64) -> i64 {
+        0
+    }
+
+    /// Data-driven initialisation from `(N, D)` encoder outputs (k-means for a codebook);
+    /// `None` when the quantizer has nothing to initialise.
+    fn init_from_data(
+        &mut self,
+        _vectors: &Tensor,
+        _kmeans: &KMeansConfig,
+    ) -> Result<Option<InitReport>, ModelError> {
+        Ok(None)
+    }
+
+    /// The tensors that define the mapping from vectors to codes and back (a codebook): counted
+    /// as parameters and averaged with the weights.
+    fn parameters(&self) -> Vec<Tensor>;
+
+    /// Training-only state (moving-average statistics, usage counters): saved with the weights
+    /// so that a run resumes exactly, but neither averaged nor counted as parameters.
+    fn statistics(&self) -> Vec<Tensor>;
+}

@@ -1,0 +1,410 @@
+//! Code priors: autoregressive models over the code grids of a trained VQ-VAE, from which new
+//! grids (and so new images) are sampled.
+//!
+//! The seam is [`CodePrior`]: logits for a batch of grids, their negative log-likelihood, and
+//! sampling (a raster-order loop by default; a model with a cache overrides it). A prior's
+//! `config.json` ([`PriorConfig`]) is its architecture ([`PriorArch`], tagged by `"kind"`) plus
+//! its provenance ([`Provenance`]: the VQ-VAE whose codes it models, their code space, the image
+//! size, the classes).
+
+mod pixelcnn;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Kind, Tensor};
+use vq_model::CodeSpace;
+use vq_store::names::{CONFIG_FILE, MODEL_FILE};
+use vq_store::{Bundled, ConfigFile, Source, StoreError};
+
+pub use pixelcnn::{PixelCnnConfig, PixelCnnPrior};
+
+/// The prior this repository ships (`models/cifar10-prior/`), for the bundled VQ-VAE.
+pub static BUNDLED: Bundled = Bundled {
+    name: "models/cifar10-prior",
+    config: include_str!("../../../models/cifar10-prior/config.json"),
+    weights: include_bytes!("../../../models/cifar10-prior/model.safetensors"),
+    state: Some(include_str!("../../../models/cifar10-prior/state.json")),
+    eval: Some(include_str!("../../../models/cifar10-prior/eval.json")),
+};
+
+/// A prior's architecture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PriorArch {
+    /// The gated PixelCNN (van den Oord et al., 2016), without blind spot.
+    #[serde(rename = "pixelcnn")]
+    PixelCnn(PixelCnnConfig),
+}
+
+impl Default for PriorArch {
+    fn default() -> Self {
+        PriorArch::PixelCnn(PixelCnnConfig::default())
+    }
+}
+
+impl PriorArch {
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            PriorArch::PixelCnn(c) => c.validate(),
+        }
+    }
+}
+
+/// What codes a prior models, and of which data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Provenance {
+    /// Model id (hex) of the VQ-VAE whose codes it was trained on; the prior is used only with
+    /// that VQ-VAE.
+    pub vqvae_model_id: String,
+    pub codes: CodeSpace,
+    /// Side of the code grids it was trained on (8 for 32 × 32 images at 4× downsampling).
+    pub grid_side: i64,
+    /// Side of the images behind those grids (for bits per dimension).
+    pub image_side: i64,
+    /// Number of classes it is conditioned on (0: unconditional).
+    pub classes: i64,
+    /// Names of the classes, by label (empty: CIFAR-10's).
+    pub class_names: Vec<String>,
+}
+
+impl Default for Provenance {
+    fn default() -> Self {
+        Provenance {
+            vqvae_model_id: String::new(),
+            codes: CodeSpace {
+                depth: 1,
+                vocabulary: 512,
+            },
+            grid_side: 8,
+            image_side: 32,
+            classes: 10,
+            class_names: Vec::new(),
+        }
+    }
+}
+
+impl Provenance {
+    /// The name of each class label (CIFAR-10's unless the provenance lists its own).
+    pub fn class_names(&self) -> Vec<String> {
+        if self.class_names.is_empty() {
+            vq_data::CLASS_NAMES.iter().map(|s| s.to_string()).collect()
+        } else {
+            self.class_names.clone()
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.codes.vocabulary < 2 {
+            return Err("the code vocabulary must be at least 2".into());
+        }
+        if self.codes.depth != 1 {
+            return Err(format!(
+                "priors model one code per position; these codes have depth {}",
+                self.codes.depth
+            ));
+        }
+        if self.classes < 0 {
+            return Err("classes must not be negative".into());
+        }
+        if self.grid_side < 1 || self.image_side < self.grid_side {
+            return Err(format!(
+                "grid_side {} and image_side {} must be positive, the image at least the grid",
+                self.grid_side, self.image_side
+            ));
+        }
+        if !self.class_names.is_empty() && self.class_names.len() as i64 != self.classes {
+            return Err(format!(
+                "{} class names for {} classes",
+                self.class_names.len(),
+                self.classes
+            ));
+        }
+        Ok(())
+    }
+
+    /// Bits of a code grid per image sub-pixel, from bits per code.
+    pub fn bits_per_dim(&self, bits_per_code: f64) -> f64 {
+        bits_per_code * (self.grid_side as f64).powi(2) / (3.0 * (self.image_side as f64).powi(2))
+    }
+}
+
+/// A prior checkpoint's `config.json`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PriorConfig {
+    pub arch: PriorArch,
+    pub provenance: Provenance,
+}
+
+impl ConfigFile for PriorConfig {
+    const WHAT: &'static str = "a prior config";
+    const FORMAT: u64 = 2;
+
+    fn from_legacy(fields: serde_json::Value) -> Option<Result<Self, String>> {
+        Some(
+            serde_json::from_value::<LegacyPriorConfig>(fields)
+                .map(PriorConfig::from)
+                .map_err(|e| e.to_string()),
+        )
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.arch.validate()?;
+        self.provenance.validate()
+    }
+}
+
+/// A prior's `config.json` before format 2: every setting at the top level.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct LegacyPriorConfig {
+    codebook_size: i64,
+    channels: i64,
+    layers: usize,
+    kernel: i64,
+    classes: i64,
+    vqvae_model_id: String,
+    grid_side: i64,
+    image_side: i64,
+    class_names: Vec<String>,
+}
+
+impl Default for LegacyPriorConfig {
+    fn default() -> Self {
+        let (p, a) = (Provenance::default(), PixelCnnConfig::default());
+        LegacyPriorConfig {
+            codebook_size: p.codes.vocabulary,
+            channels: a.channels,
+            layers: a.layers,
+            kernel: a.kernel,
+            classes: p.classes,
+            vqvae_model_id: p.vqvae_model_id,
+            grid_side: p.grid_side,
+            image_side: p.image_side,
+            class_names: p.class_names,
+        }
+    }
+}
+
+impl From<LegacyPriorConfig> for PriorConfig {
+    fn from(c: LegacyPriorConfig) -> Self {
+        PriorConfig {
+            arch: PriorArch::PixelCnn(PixelCnnConfig {
+                channels: c.channels,
+                layers: c.layers,
+                kernel: c.kernel,
+            }),
+            provenance: Provenance {
+                vqvae_model_id: c.vqvae_model_id,
+                codes: CodeSpace {
+                    depth: 1,
+                    vocabulary: c.codebook_size,
+                },
+                grid_side: c.grid_side,
+                image_side: c.image_side,
+                classes: c.classes,
+                class_names: c.class_names,
+            },
+        }
+    }
+}
+
+/// An autoregressive model of code grids in raster order.
+pub trait CodePrior: std::fmt::Debug {
+    fn provenance(&self) -> &Provenance;
+
+    /// `(B, V, h, w)` logits of each code of `(B, h, w)` grids given the codes before it in
+    /// raster order (and the class, when conditional: `labels` is `(B,)` i64). `train` turns on
+    /// what only training uses (dropout).
+    fn logits(&self, codes: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor;
+
+    /// Mean negative log-likelihood per code, in nats.
+    fn nll(&self, codes: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor {
+        self.logits(codes, labels, train)
+            .cross_entropy_loss::<Tensor>(codes, None, tch::Reduction::Mean, -100, 0.0)
+    }
+
+    /// Samples `n` grids, one code at a time in raster order; `temperature` divides the logits
+    /// (1: the model's distribution). Draws from LibTorch's generator (seed it with
+    /// `tch::manual_seed` for reproducible samples). This default runs the model on the rows up
+    /// to the current one for every code, which a causal model allows; a model with a cache
+    /// overrides it.
+    fn sample(&self, n: i64, labels: Option<&Tensor>, temperature: f64, device: Device) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        let side = self.provenance().grid_side;
+        let codes = Tensor::zeros([n, side, side], (Kind::Int64, device));
+        for i in 0..side {
+            for j in 0..side {
+                // Only the rows up to i matter for position (i, j): crop the rest away.
+                let visible = codes.narrow(1, 0, i + 1);
+                let logits = self
+                    .logits(&visible, labels, false)
+                    .select(2, i)
+                    .select(2, j);
+                let probs =
+                    (logits.to_kind(Kind::Float) / temperature.max(1e-6)).softmax(-1, Kind::Float);
+                let next = probs.multinomial(1, true).squeeze_dim(1);
+                codes.select(1, i).select(1, j).copy_(&next);
+            }
+        }
+        codes
+    }
+}
+
+/// Builds the prior `config` describes under `vs`.
+pub fn build(vs: nn::Path<'_>, config: &PriorConfig) -> Box<dyn CodePrior> {
+    match &config.arch {
+        PriorArch::PixelCnn(arch) => Box::new(PixelCnnPrior::new(vs, arch, &config.provenance)),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PriorError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{prior}: this prior was trained on the codes of model {prior_model}, but the VQ-VAE {vqvae} is model {vqvae_model}; pass the matching --checkpoint or --prior")]
+    OtherVqVae {
+        prior: String,
+        prior_model: String,
+        vqvae: String,
+        vqvae_model: String,
+    },
+}
+
+/// A loaded prior and where it came from.
+#[derive(Debug)]
+pub struct PriorCheckpoint {
+    /// The folder holding the weights (for the bundled prior, its folder in the repository).
+    pub dir: PathBuf,
+    pub bundled: bool,
+    pub config: PriorConfig,
+    pub model: Box<dyn CodePrior>,
+    pub vs: nn::VarStore,
+}
+
+impl PriorCheckpoint {
+    /// Opens a prior (checkpoint folder, run folder or the bundled one).
+    pub fn open(source: Source<'_>, device: Device) -> Result<Self, StoreError> {
+        let (dir, bundled, config, weights, weights_path) = match source {
+            Source::Path(path) => {
+                let dir = vq_store::resolve(path)?;
+                let config: PriorConfig = vq_store::read_config(&dir.join(CONFIG_FILE))?;
+                let weights_path = dir.join(MODEL_FILE);
+                let weights = vq_store::weights::read_file(&weights_path)?;
+                (dir, false, config, weights, weights_path)
+            }
+            Source::Bundled(b) => {
+                let config: PriorConfig =
+                    vq_store::parse_config(b.config).map_err(|reason| StoreError::Malformed {
+                        path: b.config_path(),
+                        what: PriorConfig::WHAT,
+                        reason,
+                    })?;
+                (
+                    PathBuf::from(b.name),
+                    true,
+                    config,
+                    b.weights.to_vec(),
+                    b.weights_path(),
+                )
+            }
+        };
+        let mut vs = nn::VarStore::new(device);
+        let model = build(vs.root(), &config);
+        vq_store::weights::load_bytes(&mut vs, &weights, &weights_path)?;
+        Ok(PriorCheckpoint {
+            dir,
+            bundled,
+            config,
+            model,
+            vs,
+        })
+    }
+
+    /// Opens a prior and checks that it models the codes of the VQ-VAE `vqvae_model_id` (hex),
+    /// described as `vqvae` in the error.
+    pub fn open_for(
+        source: Source<'_>,
+        vqvae: &str,
+        vqvae_model_id: &str,
+        device: Device,
+    ) -> Result<Self, PriorError> {
+        let prior = Self::open(source, device)?;
+        let prior_model = &prior.config.provenance.vqvae_model_id;
+        if prior_model != vqvae_model_id {
+            return Err(PriorError::OtherVqVae {
+                prior: prior.origin(),
+                prior_model: prior_model.clone(),
+                vqvae: vqvae.to_string(),
+                vqvae_model: vqvae_model_id.to_string(),
+            });
+        }
+        Ok(prior)
+    }
+
+    /// Where it came from, for messages.
+    pub fn origin(&self) -> String {
+        if self.bundled {
+            format!("the bundled prior ({})", self.dir.display())
+        } else {
+            self.dir.display().to_string()
+        }
+    }
+}
+
+/// The config file of a prior checkpoint folder (for tools that only need its provenance).
+pub fn read_config(dir: &Path) -> Result<PriorConfig, StoreError> {
+    vq_store::read_config(&dir.join(CONFIG_FILE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_format_1_bundled_config_reads_as_its_provenance_and_arch() {
+        let config: PriorConfig = vq_store::parse_config(BUNDLED.config).unwrap();
+        assert_eq!(
+            config.arch,
+            PriorArch::PixelCnn(PixelCnnConfig {
+                channels: 64,
+                layers: 8,
+                kernel: 3
+            })
+        );
+        let p = &config.provenance;
+        assert_eq!(p.vqvae_model_id, "44edb453f42c4f592c84cbfa10c71318");
+        assert_eq!(
+            p.codes,
+            CodeSpace {
+                depth: 1,
+                vocabulary: 512
+            }
+        );
+        assert_eq!((p.grid_side, p.image_side, p.classes), (8, 32, 10));
+        assert_eq!(p.class_names()[3], "cat");
+        // And a format-2 file of the same says the same.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        vq_store::write_config(&path, &config).unwrap();
+        assert_eq!(vq_store::read_config::<PriorConfig>(&path).unwrap(), config);
+    }
+
+    #[test]
+    fn deep_codes_and_bad_class_lists_are_refused() {
+        let mut p = Provenance::default();
+        assert!(p.validate().is_ok());
+        p.codes.depth = 4;
+        assert!(p.validate().unwrap_err().contains("depth 4"));
+        let p = Provenance {
+            class_names: vec!["a".into()],
+            ..Provenance::default()
+        };
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .contains("1 class names for 10 classes"));
+    }
+}

@@ -1,0 +1,327 @@
+//! The training loop, once for every [`Task`]: threads and device, a new run or an exact resume,
+//! seeded batches, the step, logs and progress, evaluations, `best`, checkpoints, curves and the
+//! summary.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use tch::Device;
+use vq_data::{BatchConfig, Batcher, BatcherState};
+use vq_store::names::STATE_FILE;
+use vq_store::RunDir;
+
+use crate::config::RunConfig;
+use crate::task::{Agg, Evaluation, Metric, StepReport, Task};
+
+/// Where training stands; with the task's checkpoint files, all a resume needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    /// Steps completed.
+    pub step: usize,
+    /// Where the batches stand (a function of the step; kept for a check on resume).
+    #[serde(default)]
+    pub batcher: BatcherState,
+    /// Optimizer updates applied.
+    pub adam_steps: i64,
+    /// Best evaluation score so far (higher is better) and its step. Format-1 VQ-VAE states
+    /// called the score `best_psnr`.
+    #[serde(default, alias = "best_psnr")]
+    pub best_score: Option<f64>,
+    #[serde(default)]
+    pub best_step: Option<usize>,
+    /// Training wall-clock seconds so far (across resumes).
+    pub elapsed_s: f64,
+    /// A format-1 prior state's best test NLL (bits per code); its score is the negative.
+    #[serde(default, skip_serializing)]
+    best_bits_per_code: Option<f64>,
+}
+
+impl RunState {
+    fn new() -> Self {
+        RunState {
+            step: 0,
+            batcher: BatcherState::default(),
+            adam_steps: 0,
+            best_score: None,
+            best_step: None,
+            elapsed_s: 0.0,
+            best_bits_per_code: None,
+        }
+    }
+
+    /// Reads a checkpoint's `state.json` (either format).
+    pub fn read(checkpoint: &Path) -> Result<Self> {
+        let mut state: RunState = vq_store::read_json(&checkpoint.join(STATE_FILE), "a run state")?;
+        if let (None, Some(bits)) = (state.best_score, state.best_bits_per_code.take()) {
+            state.best_score = Some(-bits);
+        }
+        Ok(state)
+    }
+}
+
+/// What a finished run reports (`summary.json`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunSummary<E> {
+    pub run_dir: PathBuf,
+    pub steps: usize,
+    pub final_eval: E,
+    /// The best evaluation's score and step.
+    pub best_score: f64,
+    pub best_step: usize,
+    pub train_seconds: f64,
+    /// Training items (images, code grids) per second over all steps.
+    pub items_per_second: f64,
+}
+
+/// Starts a new run of `T` in `run_dir` (which must not hold one already). If the start fails
+/// before the first checkpoint, a run folder this call created is removed again.
+pub fn train<T: Task>(config: T::Config, run_dir: &Path) -> Result<RunSummary<T::Eval>> {
+    config
+        .check()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    let run = RunDir::new(run_dir);
+    let created = run.create()?;
+    let result = vq_store::write_config(&run.config(), &config)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| run_loop::<T>(&config, &run, None));
+    if result.is_err() && run.last().is_none() {
+        // Nothing worth keeping (bad data, say): leave no half-made run behind.
+        if created {
+            let _ = std::fs::remove_dir_all(run_dir);
+        } else {
+            let _ = std::fs::remove_file(run.config());
+        }
+    }
+    result
+}
+
+/// Continues the run of `T` in `run_dir` from its last checkpoint, with its saved configuration.
+pub fn resume<T: Task>(run_dir: &Path) -> Result<RunSummary<T::Eval>> {
+    let run = RunDir::new(run_dir);
+    let config: T::Config = vq_store::read_config(&run.config())?;
+    let last = run.last();
+    if last.is_none() {
+        tracing::warn!(
+            "{} has no checkpoint yet: starting it from the beginning",
+            run_dir.display()
+        );
+    }
+    run_loop::<T>(&config, &run, last)
+}
+
+/// Per-step seed of LibTorch's generator (dead-code restarts, dropout draw from it), so that a
+/// resumed run draws exactly what the uninterrupted one would have.
+fn step_seed(seed: u64, step: usize) -> i64 {
+    let mixed = (seed ^ 0x9E37_79B9_7F4A_7C15)
+        .wrapping_mul(0xBF58_476D_1CE4_E5B9)
+        .wrapping_add(step as u64);
+    (mixed >> 1) as i64
+}
+
+fn run_loop<T: Task>(
+    config: &T::Config,
+    run: &RunDir,
+    from: Option<PathBuf>,
+) -> Result<RunSummary<T::Eval>> {
+    let runtime = config.runtime();
+    let schedule = config.schedule().clone();
+    if let Some(n) = runtime.threads {
+        tch::set_num_threads(n);
+    }
+    let device: Device = runtime.device.resolve()?;
+    tracing::info!(
+        "device {device:?}, {} LibTorch threads",
+        tch::get_num_threads()
+    );
+    // Which dataset and resolution this run trains on, for whoever uses its checkpoints.
+    let data = &config.data().path;
+    let dataset = vq_data::describe(data)
+        .with_context(|| format!("reading the dataset {}", data.display()))?;
+    vq_store::write_json(&run.data(), &dataset)?;
+
+    tch::manual_seed(schedule.seed as i64);
+    let mut task = T::build(config, run, device, from.is_none())?;
+    let mut state = match &from {
+        Some(dir) => {
+            let state = RunState::read(dir)?;
+            task.load(dir, &state)?;
+            run.rewind_metrics(state.step)?;
+            tracing::info!("resuming from {} (step {})", dir.display(), state.step);
+            state
+        }
+        None => RunState::new(),
+    };
+    let batch_config = BatchConfig {
+        batch_size: schedule.batch_size,
+        seed: schedule.seed,
+        hflip: task.flips(),
+        ..BatchConfig::default()
+    };
+    let mut batcher = Batcher::restore(task.train_len(), batch_config, state.batcher)?;
+    let mut metrics = run.metrics_log()?;
+    let bar = progress_bar(schedule.steps, state.step);
+    let mut window = Window::default();
+    let mut clock = Instant::now();
+    let mut last_eval = None;
+
+    while state.step < schedule.steps {
+        let step = state.step;
+        tch::manual_seed(step_seed(schedule.seed, step));
+        let batch = batcher.next_indices();
+        let lr = schedule.lr_at(step);
+        let Some(report) = task.step(step, lr, &batch)? else {
+            bar.abandon();
+            return Err(non_finite_loss(run, step));
+        };
+        state.step += 1;
+        state.batcher = batcher.state();
+        state.adam_steps = task.optimizer_steps();
+        window.add(report);
+        bar.inc(1);
+
+        let last_step = state.step == schedule.steps;
+        if state.step % schedule.log_every == 0 || last_step {
+            let seconds = clock.elapsed().as_secs_f64();
+            state.elapsed_s += seconds;
+            clock = Instant::now();
+            let mut line = window.flush();
+            line.insert("step".into(), json!(state.step));
+            line.insert("lr".into(), json!(lr));
+            let rate = line["items"].as_f64().unwrap_or(0.0) * schedule.batch_size as f64;
+            line.remove("items");
+            line.insert(
+                format!("{}_per_s", T::ITEMS),
+                json!(rate / seconds.max(1e-9)),
+            );
+            line.insert("elapsed_s".into(), json!(state.elapsed_s));
+            task.finish_log_line(&mut line);
+            bar.set_message(format!(
+                "{} {:.0} {}/s",
+                task.progress_message(&line),
+                rate / seconds.max(1e-9),
+                T::ITEMS
+            ));
+            let line = Value::Object(line);
+            tracing::debug!("{line}");
+            metrics.append(&line)?;
+        }
+        let evaluate = state.step % schedule.eval_every == 0 || last_step;
+        if evaluate || state.step % schedule.checkpoint_every == 0 {
+            state.elapsed_s += clock.elapsed().as_secs_f64();
+            let mut best = false;
+            if evaluate {
+                let eval = task.evaluate(run, state.step, last_step, state.elapsed_s)?;
+                bar.println(format!("step {}: {}", state.step, eval.describe()));
+                metrics.append(&json!({ "eval": eval }))?;
+                best = state.best_score.is_none_or(|b| eval.score() > b);
+                if best {
+                    state.best_score = Some(eval.score());
+                    state.best_step = Some(state.step);
+                }
+                last_eval = Some(eval);
+            }
+            run.save_checkpoint(state.step, best, |dir| {
+                task.save(dir).map_err(|e| vq_store::StoreError::Invalid {
+                    path: dir.to_path_buf(),
+                    reason: format!("{e:#}"),
+                })?;
+                vq_store::write_json(&dir.join(STATE_FILE), &state)
+            })?;
+            clock = Instant::now();
+        }
+    }
+    bar.finish_and_clear();
+    drop(metrics);
+    crate::curves::plot(&run.metrics(), &T::panels(), &run.curves())?;
+
+    let final_eval = match last_eval {
+        Some(e) => e,
+        // A resume of a finished run: nothing trained, evaluate once more for the summary.
+        None => task.evaluate(run, state.step, true, state.elapsed_s)?,
+    };
+    let summary = RunSummary {
+        run_dir: run.path().to_path_buf(),
+        steps: state.step,
+        best_score: state.best_score.unwrap_or(final_eval.score()),
+        best_step: state.best_step.unwrap_or(state.step),
+        final_eval,
+        train_seconds: state.elapsed_s,
+        // elapsed_s carries over a resume, so the rate is over all steps.
+        items_per_second: (state.step * schedule.batch_size) as f64 / state.elapsed_s.max(1e-9),
+    };
+    vq_store::write_json(&run.summary(), &summary)?;
+    Ok(summary)
+}
+
+/// The error that stops a run whose loss is not finite at 0-based `step`; it names the last good
+/// checkpoint, which is kept.
+fn non_finite_loss(run: &RunDir, step: usize) -> anyhow::Error {
+    let kept = run
+        .last()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "none yet".into());
+    anyhow::anyhow!(
+        "the loss became NaN or infinite at step {}; stopping (last good checkpoint: {kept})",
+        step + 1
+    )
+}
+
+/// The progress bar of a run of `steps` steps, `done` of them already done.
+pub fn progress_bar(steps: usize, done: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(steps as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("valid template"),
+    );
+    bar.set_position(done as u64);
+    bar
+}
+
+/// The step reports of one logging window.
+#[derive(Default)]
+struct Window {
+    reports: Vec<StepReport>,
+}
+
+impl Window {
+    fn add(&mut self, report: StepReport) {
+        self.reports.push(report);
+    }
+
+    /// The window's aggregated figures (`loss`, each metric, and `items`: the number of steps),
+    /// and a fresh window.
+    fn flush(&mut self) -> Map<String, Value> {
+        let reports = std::mem::take(&mut self.reports);
+        let n = reports.len().max(1) as f64;
+        let mut line = Map::new();
+        line.insert(
+            "loss".into(),
+            json!(reports.iter().map(|r| r.loss).sum::<f64>() / n),
+        );
+        let mut order: Vec<&'static str> = Vec::new();
+        let mut values: std::collections::HashMap<&'static str, (Agg, Vec<f64>)> =
+            Default::default();
+        for Metric { name, value, agg } in reports.iter().flat_map(|r| r.metrics.iter()) {
+            let entry = values.entry(name).or_insert_with(|| {
+                order.push(name);
+                (*agg, Vec::new())
+            });
+            entry.1.push(*value);
+        }
+        for name in order {
+            let (agg, v) = &values[name];
+            let value = match agg {
+                Agg::Mean => v.iter().sum::<f64>() / v.len().max(1) as f64,
+                Agg::Last => *v.last().unwrap_or(&f64::NAN),
+                Agg::Sum => v.iter().sum(),
+            };
+            line.insert(name.into(), json!(value));
+        }
+        line.insert("items".into(), json!(reports.len()));
+        line
+    }
+}
