@@ -136,13 +136,48 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     vq_data::write_atomic(path, |w| w.write_all(bytes)).context("writing the output")
 }
 
-/// One reconstructed image.
+/// What every per-file report starts with: the files and the image size.
 #[derive(Debug, Serialize)]
-pub struct ReconstructReport {
+pub struct FileHead {
     pub input: PathBuf,
     pub output: PathBuf,
     pub width: u32,
     pub height: u32,
+}
+
+impl FileHead {
+    fn new(input: &Path, output: &Path, width: u32, height: u32) -> Self {
+        FileHead {
+            input: input.to_path_buf(),
+            output: output.to_path_buf(),
+            width,
+            height,
+        }
+    }
+
+    fn pixels(&self) -> f64 {
+        self.width as f64 * self.height as f64
+    }
+}
+
+impl fmt::Display for FileHead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} -> {}: {}×{}",
+            self.input.display(),
+            self.output.display(),
+            self.width,
+            self.height
+        )
+    }
+}
+
+/// One reconstructed image.
+#[derive(Debug, Serialize)]
+pub struct ReconstructReport {
+    #[serde(flatten)]
+    pub file: FileHead,
     pub grid_width: u32,
     pub grid_height: u32,
     pub bits_per_pixel: f64,
@@ -157,11 +192,8 @@ impl fmt::Display for ReconstructReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} -> {}: {}×{}, {}×{} codes, {:.4} bits/pixel, PSNR {:.2} dB, SSIM {}{}, {:.2} s",
-            self.input.display(),
-            self.output.display(),
-            self.width,
-            self.height,
+            "{}, {}×{} codes, {:.4} bits/pixel, PSNR {:.2} dB, SSIM {}{}, {:.2} s",
+            self.file,
             self.grid_width,
             self.grid_height,
             self.bits_per_pixel,
@@ -194,14 +226,12 @@ pub fn reconstruct(session: &Session, args: &FilesArgs) -> Result<()> {
         let original = codec::as_written(&img.rgb, img.colour);
         let (psnr, ssim) = crate::compare(&original, &written);
         let bits = grid.codes.len() as f64 * ckpt.config.code_space().bits_per_code() as f64;
+        let file = FileHead::new(input, dest, w, h);
         Ok(ReconstructReport {
-            input: input.to_path_buf(),
-            output: dest.to_path_buf(),
-            width: w,
-            height: h,
+            bits_per_pixel: bits / file.pixels(),
+            file,
             grid_width: grid.width,
             grid_height: grid.height,
-            bits_per_pixel: bits / (w as f64 * h as f64),
             psnr,
             ssim,
             had_alpha: img.had_alpha,
@@ -213,10 +243,8 @@ pub fn reconstruct(session: &Session, args: &FilesArgs) -> Result<()> {
 /// One encoded image.
 #[derive(Debug, Serialize)]
 pub struct EncodeReport {
-    pub input: PathBuf,
-    pub output: PathBuf,
-    pub width: u32,
-    pub height: u32,
+    #[serde(flatten)]
+    pub file: FileHead,
     pub grid_width: u32,
     pub grid_height: u32,
     pub bits_per_code: u8,
@@ -227,16 +255,13 @@ impl fmt::Display for EncodeReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} -> {}: {}×{}, {}×{} codes of {} bits, {} bytes ({:.4} bits/pixel with the header)",
-            self.input.display(),
-            self.output.display(),
-            self.width,
-            self.height,
+            "{}, {}×{} codes of {} bits, {} bytes ({:.4} bits/pixel with the header)",
+            self.file,
             self.grid_width,
             self.grid_height,
             self.bits_per_code,
             self.bytes,
-            self.bytes as f64 * 8.0 / (self.width as f64 * self.height as f64)
+            self.bytes as f64 * 8.0 / self.file.pixels()
         )
     }
 }
@@ -255,38 +280,13 @@ pub fn encode(session: &Session, args: &FilesArgs) -> Result<()> {
             .with_context(|| format!("{}: building the code file", input.display()))?;
         write_file(dest, &bytes)?;
         Ok(EncodeReport {
-            input: input.to_path_buf(),
-            output: dest.to_path_buf(),
-            width: w,
-            height: h,
+            file: FileHead::new(input, dest, w, h),
             grid_width: grid.width,
             grid_height: grid.height,
             bits_per_code: vq_codes::bits_per_code(file.codebook_size),
             bytes: bytes.len(),
         })
     })
-}
-
-/// One decoded code file.
-#[derive(Debug, Serialize)]
-pub struct DecodeReport {
-    pub input: PathBuf,
-    pub output: PathBuf,
-    pub width: u32,
-    pub height: u32,
-}
-
-impl fmt::Display for DecodeReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} -> {}: {}×{}",
-            self.input.display(),
-            self.output.display(),
-            self.width,
-            self.height
-        )
-    }
 }
 
 /// `vq-cli decode`: write each `.vqz` file's image as `NAME.decoded.png`.
@@ -308,12 +308,8 @@ pub fn decode(session: &Session, args: &FilesArgs) -> Result<()> {
         };
         let img = codec(&ckpt, session.device).decode(&grid, file.width, file.height);
         write_file(dest, &codec::encode_png(&img, file.colour)?)?;
-        Ok(DecodeReport {
-            input: input.to_path_buf(),
-            output: dest.to_path_buf(),
-            width: file.width,
-            height: file.height,
-        })
+        // A decoded file reports its files and size.
+        Ok(FileHead::new(input, dest, file.width, file.height))
     })
 }
 

@@ -217,11 +217,14 @@ impl ConfigFile for TrainConfig {
     const FORMAT: u64 = 2;
 
     fn from_legacy(fields: serde_json::Value) -> Option<Result<Self, String>> {
-        Some(
-            serde_json::from_value::<LegacyTrainConfig>(fields)
-                .map_err(|e| e.to_string())
-                .and_then(TrainConfig::try_from),
-        )
+        Some(from_legacy_run(
+            fields,
+            "model",
+            |model, config: &mut Self| {
+                config.model = vq_store::parse_config(&model.to_string())?;
+                Ok(())
+            },
+        ))
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -236,93 +239,46 @@ impl ConfigFile for TrainConfig {
     }
 }
 
-/// A run's `config.json` before format 2: the schedule, data and runtime settings at the top
-/// level, the model's flat format-1 config under `model`.
-#[derive(Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub(crate) struct LegacyTrainConfig {
-    model: serde_json::Value,
-    data: PathBuf,
-    any_record_count: bool,
-    steps: usize,
-    batch_size: usize,
-    lr: f64,
-    warmup_steps: usize,
-    final_lr_fraction: f64,
-    seed: u64,
-    weight_ema: f64,
-    hflip: bool,
-    kmeans_init_images: usize,
-    kmeans_iters: usize,
-    log_every: usize,
-    eval_every: usize,
-    eval_images: usize,
-    checkpoint_every: usize,
-    threads: Option<i32>,
-    device: DeviceChoice,
-}
-
-impl Default for LegacyTrainConfig {
-    fn default() -> Self {
-        let c = TrainConfig::default();
-        let s = c.schedule;
-        LegacyTrainConfig {
-            model: serde_json::json!({}),
-            data: c.data.path,
-            any_record_count: c.data.any_record_count,
-            steps: s.steps,
-            batch_size: s.batch_size,
-            lr: s.lr,
-            warmup_steps: s.warmup_steps,
-            final_lr_fraction: s.final_lr_fraction,
-            seed: s.seed,
-            weight_ema: c.weight_ema,
-            hflip: c.hflip,
-            kmeans_init_images: c.kmeans_init_images,
-            kmeans_iters: c.kmeans_iters,
-            log_every: s.log_every,
-            eval_every: s.eval_every,
-            eval_images: c.eval_images,
-            checkpoint_every: s.checkpoint_every,
-            threads: c.runtime.threads,
-            device: c.runtime.device,
+/// Reads a run's `config.json` of format 1, where the data, schedule and runtime settings stood
+/// at the top level (`"data"` was the dataset's path) beside the task's own, and `section` (the
+/// model or the prior) was a format-1 config of its own, which `convert` reads into the config.
+pub(crate) fn from_legacy_run<C: RunConfig>(
+    fields: serde_json::Value,
+    section: &str,
+    convert: impl FnOnce(serde_json::Value, &mut C) -> Result<(), String>,
+) -> Result<C, String> {
+    use serde_json::Value;
+    let Value::Object(mut fields) = fields else {
+        return Err("expected a JSON object".into());
+    };
+    let defaults = C::default();
+    let mut value = serde_json::to_value(&defaults).map_err(|e| e.to_string())?;
+    if let Some(path) = fields.remove("data") {
+        value["data"]["path"] = path;
+    }
+    if let Some(any) = fields.remove("any_record_count") {
+        value["data"]["any_record_count"] = any;
+    }
+    // The schedule's and runtime's fields, under their format-2 names.
+    for group in ["schedule", "runtime"] {
+        let keys: Vec<String> = value[group]
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        for key in keys {
+            if let Some(v) = fields.remove(&key) {
+                value[group][&key] = v;
+            }
         }
     }
-}
-
-impl TryFrom<LegacyTrainConfig> for TrainConfig {
-    type Error = String;
-    fn try_from(c: LegacyTrainConfig) -> Result<Self, String> {
-        let model = vq_store::parse_config::<VqVaeConfig>(&c.model.to_string())
-            .map_err(|e| format!("model: {e}"))?;
-        Ok(TrainConfig {
-            model,
-            data: DataConfig {
-                path: c.data,
-                any_record_count: c.any_record_count,
-            },
-            schedule: Schedule {
-                steps: c.steps,
-                batch_size: c.batch_size,
-                lr: c.lr,
-                warmup_steps: c.warmup_steps,
-                final_lr_fraction: c.final_lr_fraction,
-                seed: c.seed,
-                log_every: c.log_every,
-                eval_every: c.eval_every,
-                checkpoint_every: c.checkpoint_every,
-            },
-            runtime: Runtime {
-                threads: c.threads,
-                device: c.device,
-            },
-            weight_ema: c.weight_ema,
-            hflip: c.hflip,
-            kmeans_init_images: c.kmeans_init_images,
-            kmeans_iters: c.kmeans_iters,
-            eval_images: c.eval_images,
-        })
+    let own = fields.remove(section);
+    // What is left has the same names in both formats.
+    vq_store::merge_over(&mut value, Value::Object(fields));
+    let mut config: C = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    if let Some(own) = own {
+        convert(own, &mut config).map_err(|e| format!("{section}: {e}"))?;
     }
+    Ok(config)
 }
 
 #[cfg(test)]

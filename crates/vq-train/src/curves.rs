@@ -200,24 +200,12 @@ mod tests {
             Panel {
                 title: "loss",
                 log_y: true,
-                curves: vec![Curve {
-                    label: "loss",
-                    source: Source::Train("loss"),
-                }],
+                curves: vec![Curve::train("loss", "loss")],
             },
             Panel {
                 title: "psnr",
                 log_y: false,
-                curves: vec![
-                    Curve {
-                        label: "train",
-                        source: Source::Train("psnr"),
-                    },
-                    Curve {
-                        label: "test",
-                        source: Source::Eval("psnr"),
-                    },
-                ],
+                curves: vec![Curve::train("train", "psnr"), Curve::eval("test", "psnr")],
             },
         ]
     }

@@ -12,15 +12,15 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 use vq_data::{gather, BatchIndices, Cifar10, Split};
 use vq_model::checkpoint::Checkpoint;
-use vq_model::{images_to_tensor, DeviceChoice};
+use vq_model::images_to_tensor;
 use vq_prior::{CodePrior, PriorArch, PriorConfig, Provenance};
 use vq_store::names::{CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE};
 use vq_store::{ConfigFile, RunDir};
 
 use crate::adam::Adam;
-use crate::config::{run_config, DataConfig, Runtime, Schedule};
+use crate::config::{from_legacy_run, run_config, DataConfig, Runtime, Schedule};
 use crate::runner::RunState;
-use crate::task::{Curve, Metric, Panel, Source, StepReport, Task};
+use crate::task::{Curve, Metric, Panel, StepReport, Task};
 
 /// Everything a prior run depends on; saved as `config.json` in its run folder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,92 +69,20 @@ impl ConfigFile for PriorTrainConfig {
     const FORMAT: u64 = 2;
 
     fn from_legacy(fields: serde_json::Value) -> Option<Result<Self, String>> {
-        Some(
-            serde_json::from_value::<LegacyPriorTrainConfig>(fields)
-                .map_err(|e| e.to_string())
-                .and_then(PriorTrainConfig::try_from),
-        )
+        Some(from_legacy_run(
+            fields,
+            "prior",
+            |prior, config: &mut Self| {
+                let prior: PriorConfig = vq_store::parse_config(&prior.to_string())?;
+                config.conditional = prior.provenance.classes > 0;
+                config.prior = prior.arch;
+                Ok(())
+            },
+        ))
     }
 
     fn validate(&self) -> Result<(), String> {
         self.prior.validate()
-    }
-}
-
-/// A prior run's `config.json` before format 2.
-#[derive(Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct LegacyPriorTrainConfig {
-    prior: serde_json::Value,
-    vqvae: Option<PathBuf>,
-    data: PathBuf,
-    any_record_count: bool,
-    steps: usize,
-    batch_size: usize,
-    lr: f64,
-    warmup_steps: usize,
-    final_lr_fraction: f64,
-    seed: u64,
-    log_every: usize,
-    eval_every: usize,
-    checkpoint_every: usize,
-    threads: Option<i32>,
-    device: DeviceChoice,
-}
-
-impl Default for LegacyPriorTrainConfig {
-    fn default() -> Self {
-        let c = PriorTrainConfig::default();
-        let s = c.schedule;
-        LegacyPriorTrainConfig {
-            prior: serde_json::json!({}),
-            vqvae: None,
-            data: c.data.path,
-            any_record_count: c.data.any_record_count,
-            steps: s.steps,
-            batch_size: s.batch_size,
-            lr: s.lr,
-            warmup_steps: s.warmup_steps,
-            final_lr_fraction: s.final_lr_fraction,
-            seed: s.seed,
-            log_every: s.log_every,
-            eval_every: s.eval_every,
-            checkpoint_every: s.checkpoint_every,
-            threads: c.runtime.threads,
-            device: c.runtime.device,
-        }
-    }
-}
-
-impl TryFrom<LegacyPriorTrainConfig> for PriorTrainConfig {
-    type Error = String;
-    fn try_from(c: LegacyPriorTrainConfig) -> Result<Self, String> {
-        let prior = vq_store::parse_config::<PriorConfig>(&c.prior.to_string())
-            .map_err(|e| format!("prior: {e}"))?;
-        Ok(PriorTrainConfig {
-            conditional: prior.provenance.classes > 0,
-            prior: prior.arch,
-            vqvae: c.vqvae,
-            data: DataConfig {
-                path: c.data,
-                any_record_count: c.any_record_count,
-            },
-            schedule: Schedule {
-                steps: c.steps,
-                batch_size: c.batch_size,
-                lr: c.lr,
-                warmup_steps: c.warmup_steps,
-                final_lr_fraction: c.final_lr_fraction,
-                seed: c.seed,
-                log_every: c.log_every,
-                eval_every: c.eval_every,
-                checkpoint_every: c.checkpoint_every,
-            },
-            runtime: Runtime {
-                threads: c.threads,
-                device: c.device,
-            },
-        })
     }
 }
 
@@ -456,23 +384,14 @@ impl Task for PriorTask {
                 title: "NLL (bits per code)",
                 log_y: false,
                 curves: vec![
-                    Curve {
-                        label: "train",
-                        source: Source::Train("bits_per_code"),
-                    },
-                    Curve {
-                        label: "test",
-                        source: Source::Eval("bits_per_code"),
-                    },
+                    Curve::train("train", "bits_per_code"),
+                    Curve::eval("test", "bits_per_code"),
                 ],
             },
             Panel {
                 title: "test bits/dim",
                 log_y: false,
-                curves: vec![Curve {
-                    label: "test",
-                    source: Source::Eval("bits_per_dim"),
-                }],
+                curves: vec![Curve::eval("test", "bits_per_dim")],
             },
         ]
     }

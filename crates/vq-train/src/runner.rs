@@ -281,6 +281,15 @@ pub fn progress_bar(steps: usize, done: usize) -> indicatif::ProgressBar {
     bar
 }
 
+/// `x` as a JSON integer when it is one.
+fn whole(x: f64) -> Value {
+    if x.fract() == 0.0 && x.abs() < 9e15 {
+        json!(x as i64)
+    } else {
+        json!(x)
+    }
+}
+
 /// The step reports of one logging window.
 #[derive(Default)]
 struct Window {
@@ -315,13 +324,83 @@ impl Window {
         for name in order {
             let (agg, v) = &values[name];
             let value = match agg {
-                Agg::Mean => v.iter().sum::<f64>() / v.len().max(1) as f64,
-                Agg::Last => *v.last().unwrap_or(&f64::NAN),
-                Agg::Sum => v.iter().sum(),
+                Agg::Mean => json!(v.iter().sum::<f64>() / v.len().max(1) as f64),
+                // Counts stay whole numbers in the log.
+                Agg::Last => whole(*v.last().unwrap_or(&f64::NAN)),
+                Agg::Sum => whole(v.iter().sum()),
             };
-            line.insert(name.into(), json!(value));
+            line.insert(name.into(), value);
         }
         line.insert("items".into(), json!(reports.len()));
         line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_means_lasts_and_sums_its_steps() {
+        let mut w = Window::default();
+        for (loss, used, restarted) in [(1.0, 10.0, 1.0), (3.0, 12.0, 2.0)] {
+            w.add(StepReport {
+                loss,
+                metrics: vec![
+                    Metric::mean("mse", loss / 10.0),
+                    Metric::last("codes_used", used),
+                    Metric::sum("restarted_codes", restarted),
+                ],
+            });
+        }
+        let line = w.flush();
+        assert_eq!(line["loss"], json!(2.0));
+        assert!((line["mse"].as_f64().unwrap() - 0.2).abs() < 1e-12);
+        assert_eq!(line["codes_used"], json!(12));
+        assert_eq!(line["restarted_codes"], json!(3));
+        assert_eq!(line["items"], json!(2));
+        assert_eq!(w.flush()["items"], json!(0), "a fresh window");
+    }
+
+    #[test]
+    fn states_of_both_formats_read_with_their_best_score() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |text: &str| std::fs::write(dir.path().join(STATE_FILE), text).unwrap();
+        // A format-1 VQ-VAE state: the score was the PSNR.
+        write(
+            r#"{"step": 7, "batcher": {"epoch": 1, "position": 64}, "adam_steps": 7,
+                "best_psnr": 21.5, "best_step": 6, "elapsed_s": 3.0}"#,
+        );
+        let s = RunState::read(dir.path()).unwrap();
+        assert_eq!(
+            (s.step, s.best_score, s.best_step),
+            (7, Some(21.5), Some(6))
+        );
+        assert_eq!(
+            s.batcher,
+            BatcherState {
+                epoch: 1,
+                position: 64
+            }
+        );
+        // A format-1 prior state: no batcher, the best NLL in bits (lower is better).
+        write(
+            r#"{"step": 3000, "adam_steps": 3000, "best_bits_per_code": 7.08,
+                "best_step": 3000, "elapsed_s": 1.0}"#,
+        );
+        let s = RunState::read(dir.path()).unwrap();
+        assert_eq!(s.best_score, Some(-7.08));
+        assert_eq!(s.batcher, BatcherState::default());
+        // What this build writes reads back the same.
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(!json.contains("bits"), "{json}");
+        write(&json);
+        assert_eq!(RunState::read(dir.path()).unwrap(), s);
+        write("{\"step\": ");
+        let err = RunState::read(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("state.json") && err.contains("not a run state"),
+            "{err}"
+        );
     }
 }

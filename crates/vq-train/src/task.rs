@@ -88,6 +88,24 @@ pub struct Curve {
     pub source: Source,
 }
 
+impl Curve {
+    /// A curve of the training lines' `key`.
+    pub fn train(label: &'static str, key: &'static str) -> Self {
+        Curve {
+            label,
+            source: Source::Train(key),
+        }
+    }
+
+    /// A curve of the evaluations' `key`.
+    pub fn eval(label: &'static str, key: &'static str) -> Self {
+        Curve {
+            label,
+            source: Source::Eval(key),
+        }
+    }
+}
+
 /// One panel of `curves.png`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Panel {

@@ -18,7 +18,7 @@ use crate::adam::Adam;
 use crate::average::WeightAverage;
 use crate::config::{DataConfig, TrainConfig};
 use crate::runner::RunState;
-use crate::task::{Curve, Metric, Panel, Source, StepReport, Task};
+use crate::task::{Curve, Metric, Panel, StepReport, Task};
 
 /// What a VQ-VAE run's pictures of its evaluations are called (`recon-step-NNNNNN.png`).
 pub const PICTURE: &str = "recon";
@@ -251,37 +251,19 @@ impl Task for VqVaeTask {
             Panel {
                 title: "training loss",
                 log_y: true,
-                curves: vec![Curve {
-                    label: "loss",
-                    source: Source::Train("loss"),
-                }],
+                curves: vec![Curve::train("loss", "loss")],
             },
             Panel {
                 title: "PSNR (dB)",
                 log_y: false,
-                curves: vec![
-                    Curve {
-                        label: "train",
-                        source: Source::Train("psnr"),
-                    },
-                    Curve {
-                        label: "test",
-                        source: Source::Eval("psnr"),
-                    },
-                ],
+                curves: vec![Curve::train("train", "psnr"), Curve::eval("test", "psnr")],
             },
             Panel {
                 title: "perplexity",
                 log_y: false,
                 curves: vec![
-                    Curve {
-                        label: "train batch",
-                        source: Source::Train("perplexity"),
-                    },
-                    Curve {
-                        label: "test",
-                        source: Source::Eval("perplexity"),
-                    },
+                    Curve::train("train batch", "perplexity"),
+                    Curve::eval("test", "perplexity"),
                 ],
             },
         ]
