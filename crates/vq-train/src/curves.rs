@@ -45,12 +45,25 @@ fn series(lines: &[Value], source: Source) -> Series {
         .collect()
 }
 
-/// `(x0, x1, y0, y1)` around all points, with a little room; `log`: positive values only.
+/// `(x0, x1, y0, y1)` around the points, with a little room; `log`: positive values only. On
+/// a linear axis the y range covers the points after the first tenth of the steps, so that the
+/// first steps (a PSNR climbing from 5 dB) do not flatten the late changes people look for;
+/// earlier points run off the bottom or top.
 fn bounds(all: &[&Series], log: bool) -> (f64, f64, f64, f64) {
+    let xs = all.iter().flat_map(|s| s.iter()).map(|p| p.0);
+    let (first, last) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+        (a.min(x), b.max(x))
+    });
+    let late = first + 0.1 * (last - first);
+    let late_points = all
+        .iter()
+        .flat_map(|s| s.iter())
+        .filter(|p| p.0 >= late)
+        .count();
     let points = all
         .iter()
         .flat_map(|s| s.iter())
-        .filter(|(_, y)| !log || *y > 0.0);
+        .filter(|(x, y)| (!log || *y > 0.0) && (log || late_points < 2 || *x >= late));
     let (mut x0, mut x1, mut y0, mut y1) = (
         f64::INFINITY,
         f64::NEG_INFINITY,
@@ -67,6 +80,7 @@ fn bounds(all: &[&Series], log: bool) -> (f64, f64, f64, f64) {
         return (0.0, 1.0, if log { 0.1 } else { 0.0 }, 1.0);
     }
     // One step or one evaluation still gets an axis of some width.
+    let (x0, x1) = (first.min(x0), last.max(x1));
     let (x0, x1) = if x1 - x0 < 1.0 {
         ((x0 - 1.0).max(0.0), x1 + 1.0)
     } else {
@@ -79,6 +93,16 @@ fn bounds(all: &[&Series], log: bool) -> (f64, f64, f64, f64) {
     } else {
         let pad = ((y1 - y0) * 0.05).max(y1.abs().max(1e-3) * 1e-3);
         (x0, x1, y0 - pad, y1 + pad)
+    }
+}
+
+/// A y-axis label: `decimals` places, trailing zeros dropped on a log axis (0.1, 0.01).
+fn label(y: f64, decimals: usize, log: bool) -> String {
+    let text = format!("{y:.decimals$}");
+    if log && text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
     }
 }
 
@@ -106,6 +130,9 @@ fn draw_panel(
         .collect();
     let all: Vec<&Series> = data.iter().map(|d| &d.1).collect();
     let (x0, x1, y0, y1) = bounds(&all, panel.log_y);
+    // Enough decimals to tell the grid lines apart.
+    let span = if panel.log_y { y0.abs() } else { y1 - y0 };
+    let decimals = (2.0 - span.max(1e-9).log10().floor()).clamp(0.0, 6.0) as usize;
     let mut builder = ChartBuilder::on(area);
     builder
         .caption(panel.title, ("sans-serif", 18))
@@ -120,7 +147,7 @@ fn draw_panel(
                 .configure_mesh()
                 .x_desc("step")
                 .x_label_formatter(&|x| format!("{}", x.round() as i64))
-                .y_label_formatter(&|y| format!("{y:.3}"))
+                .y_label_formatter(&|y| label(*y, decimals, panel.log_y))
                 .label_style(("sans-serif", 12))
                 .draw()
                 .map_err(plot_err)?;
@@ -225,7 +252,10 @@ mod tests {
             vec![(50.0, 0.7), (100.0, 0.005)]
         );
         assert_eq!(series(&lines, Source::Eval("psnr")), vec![(100.0, 21.5)]);
-        // The log axis spans both orders of magnitude; one evaluation still has a width.
+        // The log axis spans both orders of magnitude; one evaluation still has a width; a
+        // linear axis leaves out the first tenth of the run.
+        let (_, _, y0, _) = bounds(&[&series(&lines, Source::Train("psnr"))], false);
+        assert!(y0 > 15.0 && y0 < 22.0, "{y0}");
         let (_, _, y0, y1) = bounds(&[&series(&lines, Source::Train("loss"))], true);
         assert!(y0 < 0.005 && y1 > 0.7, "{y0} {y1}");
         let (x0, x1, _, _) = bounds(&[&series(&lines, Source::Eval("psnr"))], false);

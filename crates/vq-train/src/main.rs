@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use vq_model::DeviceChoice;
 use vq_train::{
-    resume, train, PriorTask, PriorTrainConfig, RunConfig, RunSummary, TrainConfig, VqVaeTask,
+    resume, train, PriorTask, PriorTrainConfig, RunConfig, RunSummary, Task, TrainConfig, VqVaeTask,
 };
 
 /// Train a VQ-VAE. With no arguments: the default recipe on datasets/cifar-10-batches-bin, into
@@ -120,6 +120,23 @@ impl RunArgs {
 enum Sub {
     /// Train a code prior over a trained VQ-VAE's codes (encodes the dataset once, cached).
     Prior(PriorArgs),
+    /// Draw (again) the curves of a run's metrics log, e.g. of a run made by an older version.
+    Curves {
+        /// A `metrics.jsonl`, or a run folder holding one.
+        metrics: PathBuf,
+        /// What kind of run wrote it.
+        #[arg(long, value_enum, default_value = "vqvae")]
+        kind: Kind,
+        /// The picture [default: curves.png beside the metrics].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Kind {
+    Vqvae,
+    Prior,
 }
 
 #[derive(clap::Args)]
@@ -150,6 +167,25 @@ fn main() {
 fn run(args: Args) -> Result<()> {
     match args.command {
         Some(Sub::Prior(prior)) => run_prior(prior),
+        Some(Sub::Curves {
+            metrics,
+            kind,
+            output,
+        }) => {
+            let metrics = if metrics.is_dir() {
+                vq_store::RunDir::new(&metrics).metrics()
+            } else {
+                metrics
+            };
+            let output = output.unwrap_or_else(|| metrics.with_file_name("curves.png"));
+            let panels = match kind {
+                Kind::Vqvae => <VqVaeTask as Task>::panels(),
+                Kind::Prior => <PriorTask as Task>::panels(),
+            };
+            vq_train::plot_curves(&metrics, &panels, &output)?;
+            println!("{}", output.display());
+            Ok(())
+        }
         None => run_vqvae(args),
     }
 }
