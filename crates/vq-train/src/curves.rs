@@ -243,13 +243,14 @@ mod tests {
             r#"{"step": 50, "loss": 0.7, "psnr": 15.0}"#,
             r#"{"step": 100, "loss": 0.005, "psnr": 22.0}"#,
             r#"{"eval": {"step": 100, "psnr": 21.5}}"#,
+            r#"{"step": 150, "loss": 0.006, "psnr": 22.5}"#,
         ]
         .iter()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
         assert_eq!(
             series(&lines, Source::Train("loss")),
-            vec![(50.0, 0.7), (100.0, 0.005)]
+            vec![(50.0, 0.7), (100.0, 0.005), (150.0, 0.006)]
         );
         assert_eq!(series(&lines, Source::Eval("psnr")), vec![(100.0, 21.5)]);
         // The log axis spans both orders of magnitude; one evaluation still has a width; a
