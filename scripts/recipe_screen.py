@@ -10,7 +10,7 @@ differ only in how the weights are averaged share one training trajectory exactl
 
 It is not the product and not a benchmark: it exists because a full run of the Rust recipe takes
 an hour on the 2-core development CPU, while this screens a dozen variants in minutes on a GPU
-(results in the README, "Tried and dropped"). Its absolute figures differ from the Rust run's
+(results in docs/experiments.md). Its absolute figures differ from the Rust run's
 by a few hundredths of a dB (another k-means, another random stream).
 
     # the training images, optionally a subset, packed small enough to carry to a GPU machine

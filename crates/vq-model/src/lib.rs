@@ -78,9 +78,9 @@ impl DeviceChoice {
 ///
 /// Why: every training step allocates and frees the same few-megabyte activation buffers. With
 /// glibc's defaults they are mapped and unmapped each time, and the kernel zero-fills every page
-/// again: on the 2-core dev CPU, batch-32 steps took 5× fewer page faults with these settings
-/// and trained about 12% faster (`train_step` bench, median of 5 alternating runs: 240 → 268
-/// images/s). Memory then stays at its peak until the process ends, which suits a training run.
+/// again. With these settings steps fault far fewer pages and train measurably faster
+/// (docs/experiments.md). Memory then stays at its peak until the process ends, which suits a
+/// training run.
 /// Call it first thing in `main`, before other threads start. No-op off Linux/glibc.
 pub fn retain_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
