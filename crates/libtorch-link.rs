@@ -12,6 +12,13 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=../libtorch-link.rs");
+    // Where `cargo xtask setup` installs what the binaries need beside LibTorch (the FID
+    // network): the checkout's `.libtorch/`, which the rpath below points into as well.
+    if let Ok(dir) = std::env::var("CARGO_MANIFEST_DIR") {
+        let home = Path::new(&dir).join("../../.libtorch");
+        let home = home.canonicalize().unwrap_or(home);
+        println!("cargo:rustc-env=VQ_LIBTORCH_HOME={}", home.display());
+    }
     println!("cargo:rerun-if-env-changed=VQ_LINK_CUDA");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         // vq-store links LibTorch only with its `tch` feature (the xtask uses it without).

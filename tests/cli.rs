@@ -472,3 +472,54 @@ fn format_1_checkpoints_and_an_old_vqz_still_work() {
         std::fs::read(fixtures.join("before.vqz")).unwrap()
     );
 }
+
+/// FID between folders of images, against itself, and through a saved statistics file; bad
+/// sides are errors naming them.
+#[test]
+fn fid_of_folders_and_statistics_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("real")).unwrap();
+    for i in 0..5u32 {
+        let img = image::RgbImage::from_fn(32 + 4 * i, 32, |x, y| {
+            let v = |a: f32| ((a.sin() * 0.5 + 0.5) * 255.0) as u8;
+            image::Rgb([
+                v(x as f32 * 0.1 * (i + 1) as f32),
+                v(y as f32 * 0.13 + i as f32),
+                v((x * y) as f32 * 0.01),
+            ])
+        });
+        img.save(dir.join(format!("real/{i}.png"))).unwrap();
+    }
+    let out = cli(&["-q", "reconstruct", "real", "-o", "recon"], dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let fid = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["--json", "fid"];
+        all.extend_from_slice(args);
+        let out = cli(&all, dir);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str(stdout(&out).trim()).unwrap()
+    };
+    let a = fid(&["real", "recon", "--save-stats", "real.fidstats"]);
+    assert_eq!(a["a"]["images"], 5);
+    assert_eq!(a["b"]["images"], 5);
+    let value = a["fid"].as_f64().unwrap();
+    assert!(value.is_finite() && value > 0.0, "{a}");
+    assert!(a["kid"]["mean"].as_f64().unwrap().is_finite(), "{a}");
+    assert_eq!(a["kid"]["subset_size"], 5);
+    // A set against itself.
+    let same = fid(&["real", "real"])["fid"].as_f64().unwrap();
+    assert!(same.abs() < 1e-3, "{same}");
+    // The saved statistics stand for the folder.
+    let again = fid(&["real.fidstats", "recon"])["fid"].as_f64().unwrap();
+    assert!(
+        (again - value).abs() < 1e-9 * value.max(1.0),
+        "{again} vs {value}"
+    );
+
+    assert_clean_failure(&cli(&["fid", "real", "nowhere"], dir), "nowhere");
+    std::fs::write(dir.join("bad.fidstats"), b"junk").unwrap();
+    assert_clean_failure(&cli(&["fid", "bad.fidstats", "real"], dir), "bad.fidstats");
+    let out = cli(&["fid", "real"], dir);
+    assert_clean_failure(&out, "two sets");
+}

@@ -192,6 +192,40 @@ fn import_train_and_sample_on_an_image_folder() {
         "{}",
         stderr(&out)
     );
+    // The reconstructions' FID against the test split, whose statistics are cached beside the
+    // dataset and reused.
+    let eval_fid = || {
+        let out = run(
+            "vq-cli",
+            &[
+                "--device",
+                "cpu",
+                "--checkpoint",
+                "vq",
+                "--json",
+                "eval",
+                "--data",
+                data.to_str().unwrap(),
+                "--fid",
+            ],
+            dir,
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let e: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+        e["rfid"].as_f64().unwrap()
+    };
+    let rfid = eval_fid();
+    assert!(rfid.is_finite() && rfid > 0.0, "{rfid}");
+    let cached: Vec<_> = std::fs::read_dir(data.join("fid"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        cached.len() == 1 && cached[0].starts_with("test-") && cached[0].ends_with(".fidstats"),
+        "{cached:?}"
+    );
+    assert_eq!(eval_fid(), rfid);
+
     // Its codes are refused by the bundled model too.
     picture(64, 64, 9).save(dir.join("p.png")).unwrap();
     let out = run(

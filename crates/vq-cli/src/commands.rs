@@ -340,6 +340,12 @@ pub struct EvalArgs {
     /// Evaluate only the first N images.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Also the FID (and KID) of the reconstructions against the whole split ("rFID"; the
+    /// split's statistics are computed once and cached beside the dataset).
+    #[arg(long)]
+    pub fid: bool,
+    #[command(flatten)]
+    pub fid_options: crate::fid::FidOptions,
 }
 
 /// Reconstruction figures over a dataset split.
@@ -355,6 +361,11 @@ pub struct EvalReport {
     pub perplexity: f64,
     pub codes_used: i64,
     pub codebook_size: i64,
+    /// FID of the reconstructions against the split (`--fid`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rfid: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rkid: Option<vq_fid::Kid>,
     pub seconds: f64,
 }
 
@@ -364,29 +375,36 @@ impl fmt::Display for EvalReport {
             SplitArg::Train => "train",
             SplitArg::Test => "test",
         };
-        table(
-            f,
-            &[
-                ("checkpoint", self.checkpoint.clone()),
-                ("images", format!("{} ({split} split)", self.images)),
-                ("MSE", format!("{:.6}", self.mse)),
-                ("PSNR", format!("{:.2} dB", self.psnr)),
-                ("SSIM", format!("{:.4}", self.ssim)),
-                ("perplexity", format!("{:.1}", self.perplexity)),
-                (
-                    "codes used",
-                    format!("{} of {}", self.codes_used, self.codebook_size),
+        let mut rows = vec![
+            ("checkpoint", self.checkpoint.clone()),
+            ("images", format!("{} ({split} split)", self.images)),
+            ("MSE", format!("{:.6}", self.mse)),
+            ("PSNR", format!("{:.2} dB", self.psnr)),
+            ("SSIM", format!("{:.4}", self.ssim)),
+            ("perplexity", format!("{:.1}", self.perplexity)),
+            (
+                "codes used",
+                format!("{} of {}", self.codes_used, self.codebook_size),
+            ),
+        ];
+        if let (Some(fid), Some(kid)) = (self.rfid, self.rkid) {
+            rows.push((
+                "rFID",
+                format!(
+                    "{fid:.3} (KID {:.5} ± {:.5}), against the whole split",
+                    kid.mean, kid.std
                 ),
-                (
-                    "time",
-                    format!(
-                        "{:.1} s ({:.0} images/s)",
-                        self.seconds,
-                        self.images as f64 / self.seconds.max(1e-9)
-                    ),
-                ),
-            ],
-        )
+            ));
+        }
+        rows.push((
+            "time",
+            format!(
+                "{:.1} s ({:.0} images/s)",
+                self.seconds,
+                self.images as f64 / self.seconds.max(1e-9)
+            ),
+        ));
+        table(f, &rows)
     }
 }
 
@@ -421,6 +439,43 @@ pub fn eval(session: &Session, args: &EvalArgs) -> Result<EvalReport> {
         |n| bar.set_position(n as u64),
     )?;
     bar.finish_and_clear();
+    let (rfid, rkid) = if args.fid {
+        let net = args.fid_options.network(session.device)?;
+        let split: Split = args.split.into();
+        let reference = {
+            let bar = crate::fid::bar(session, 0, "images of the split (cached afterwards)");
+            let stats = vq_fid::split_stats(&net, &args.data, split, &mut |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            })?;
+            bar.finish_and_clear();
+            stats
+        };
+        let bar = crate::fid::bar(session, count as u64, "reconstructions");
+        let features = vq_fid::models::reconstruction_features(
+            &net,
+            &ckpt,
+            &images,
+            count,
+            session.device,
+            &mut |done| bar.set_position(done as u64),
+        )?;
+        bar.finish_and_clear();
+        let ours = vq_fid::FeatureStats::from_features(&features)?;
+        let kid = vq_fid::kernel_inception_distance(
+            &ours.sample,
+            &reference.sample,
+            args.fid_options.kid_subsets,
+            args.fid_options.kid_subset_size,
+            0,
+        )?;
+        (
+            Some(vq_fid::frechet_distance(&ours, &reference)?),
+            Some(kid),
+        )
+    } else {
+        (None, None)
+    };
     Ok(EvalReport {
         checkpoint: ckpt.origin(),
         model_id: vq_store::hex(&ckpt.model_id),
@@ -432,6 +487,8 @@ pub fn eval(session: &Session, args: &EvalArgs) -> Result<EvalReport> {
         perplexity: e.perplexity,
         codes_used: e.codes_used,
         codebook_size: e.codebook_size,
+        rfid,
+        rkid,
         seconds: start.elapsed().as_secs_f64(),
     })
 }

@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod commands;
+pub mod fid;
 pub mod report;
 pub mod sample;
 
@@ -112,11 +113,21 @@ pub fn check_code_file(
 /// Collects the images to process: files as given, folders searched recursively for image
 /// extensions (skipping this tool's own `.recon.png` outputs).
 pub fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<PathBuf>, InputError> {
+    collect(paths, true)
+}
+
+/// Every image in the folders (recursively) and the files given, sorted by path within each
+/// folder: what FID measures.
+pub fn collect_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>, InputError> {
+    collect(paths, false)
+}
+
+fn collect(paths: &[PathBuf], skip_outputs: bool) -> Result<Vec<PathBuf>, InputError> {
     let mut out = Vec::new();
     for path in paths {
         if path.is_dir() {
             let mut found = Vec::new();
-            walk(path, &mut found)?;
+            walk(path, skip_outputs, &mut found)?;
             found.sort();
             out.extend(found);
         } else {
@@ -126,7 +137,7 @@ pub fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<PathBuf>, InputError> {
     Ok(out)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), InputError> {
+fn walk(dir: &Path, skip_outputs: bool, out: &mut Vec<PathBuf>) -> Result<(), InputError> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| InputError::Unreadable(dir.to_path_buf(), e.to_string()))?;
     for entry in entries {
@@ -134,7 +145,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), InputError> {
             .map_err(|e| InputError::Unreadable(dir.to_path_buf(), e.to_string()))?
             .path();
         if path.is_dir() {
-            walk(&path, out)?;
+            walk(&path, skip_outputs, out)?;
             continue;
         }
         let name = path
@@ -146,7 +157,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), InputError> {
             .extension()
             .map(|e| IMAGE_EXTENSIONS.contains(&e.to_string_lossy().to_lowercase().as_str()))
             .unwrap_or(false);
-        if is_image && !name.ends_with(".recon.png") {
+        if is_image && !(skip_outputs && name.ends_with(".recon.png")) {
             out.push(path);
         }
     }

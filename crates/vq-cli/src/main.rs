@@ -43,8 +43,12 @@ enum Command {
     Decode(FilesArgs),
     /// New images from the code prior: a PNG grid (one row of 8 per class when no --class).
     Sample(SampleArgs),
-    /// Reconstruction quality over a dataset split: MSE, PSNR, SSIM, perplexity, codes used.
+    /// Reconstruction quality over a dataset split: MSE, PSNR, SSIM, perplexity, codes used
+    /// (and the reconstructions' FID with --fid).
     Eval(EvalArgs),
+    /// FID and KID between two sets of images (folders, dataset splits, statistics files), or
+    /// of the prior's samples (--samples N) against a dataset split.
+    Fid(vq_cli::fid::FidArgs),
     /// The model's configuration, size, training steps and figures, and the device in use.
     Info,
 }
@@ -94,6 +98,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Eval(args) => {
             report::print(&commands::eval(&session, &args)?, session.json);
+            Ok(())
+        }
+        Command::Fid(args) => {
+            report::print(&vq_cli::fid::compare(&session, &args)?, session.json);
             Ok(())
         }
         Command::Info => {

@@ -55,6 +55,17 @@ pub fn load_split(
     }
 }
 
+/// The files that hold `split` of the dataset folder `dir` (either kind): what its identity is
+/// computed from.
+pub fn split_files(dir: impl AsRef<std::path::Path>, split: Split) -> Vec<std::path::PathBuf> {
+    let dir = dir.as_ref();
+    if folder::is_image_set(dir) {
+        vec![folder::split_file(dir, split)]
+    } else {
+        split.file_names().iter().map(|f| dir.join(f)).collect()
+    }
+}
+
 /// What a dataset folder holds, as a run folder records it (`RUN/dataset.json`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DatasetInfo {

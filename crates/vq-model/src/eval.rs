@@ -29,6 +29,15 @@ pub fn to_unit(t: &Tensor, range: PixelRange) -> Tensor {
     (t - offset as f64) / (scale as f64 * 255.0)
 }
 
+/// Maps model-range tensors to 8-bit pixels (`u8`), rounded and clamped as a PNG of them holds.
+pub fn to_bytes(t: &Tensor, range: PixelRange) -> Tensor {
+    let (scale, offset) = range.scale_offset();
+    ((t.to_kind(Kind::Float) - offset as f64) / scale as f64)
+        .round()
+        .clamp(0.0, 255.0)
+        .to_kind(Kind::Uint8)
+}
+
 /// MSE, PSNR, SSIM (on `[0, 1]` pixels), perplexity and code usage over the first `count`
 /// test images.
 pub fn evaluate(

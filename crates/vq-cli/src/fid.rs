@@ -1,0 +1,363 @@
+//! `vq-cli fid A B`: the Fréchet inception distance (and KID) between two sets of images, each
+//! a folder of images, a dataset split, a statistics file, or a prior's samples.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tch::Device;
+use vq_data::Split;
+use vq_fid::{FeatureStats, InceptionV3, Kid};
+use vq_prior::PriorCheckpoint;
+use vq_store::Source;
+
+use crate::commands::Session;
+use crate::report::table;
+
+/// The network's settings shared by every command that measures FID.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FidOptions {
+    /// KID: number of random subsets.
+    #[arg(long, default_value_t = 100)]
+    pub kid_subsets: usize,
+    /// KID: images per subset (fewer when a side has fewer).
+    #[arg(long, default_value_t = 1000)]
+    pub kid_subset_size: usize,
+    /// The Inception network [default: `.libtorch/fid/default_1.pt`, which `cargo xtask setup`
+    /// installs, or VQVAE_INCEPTION].
+    #[arg(long)]
+    pub inception: Option<PathBuf>,
+}
+
+impl FidOptions {
+    pub fn network(&self, device: Device) -> Result<InceptionV3> {
+        let path = self
+            .inception
+            .clone()
+            .unwrap_or_else(vq_fid::default_weights);
+        Ok(InceptionV3::load(&path, device)?)
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct FidArgs {
+    /// The images to measure: a folder of images (any size), a dataset split
+    /// (`cifar10:train`, `cifar10:test`, or `DATASET_DIR:train|test` for an imported image
+    /// set), or a statistics file (`.fidstats`). Not with --samples.
+    pub a: Option<String>,
+    /// What they are measured against, in the same forms [default with --samples:
+    /// cifar10:train].
+    pub b: Option<String>,
+    /// Measure N images sampled from the prior (class-balanced) instead of A.
+    #[arg(long, value_name = "N")]
+    pub samples: Option<i64>,
+    /// The prior for --samples [default: the bundled prior].
+    #[arg(long)]
+    pub prior: Option<PathBuf>,
+    /// Divides the prior's logits (--samples).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Seed of the samples.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The CIFAR-10 folder that `cifar10:` names.
+    #[arg(long, default_value = "datasets/cifar-10-batches-bin")]
+    pub data: PathBuf,
+    /// Also write the statistics of the first set to this file (reusable as a side later).
+    #[arg(long)]
+    pub save_stats: Option<PathBuf>,
+    #[command(flatten)]
+    pub options: FidOptions,
+}
+
+/// One side of a comparison.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FidSource {
+    Folder(PathBuf),
+    Split { dir: PathBuf, split: Split },
+    Stats(PathBuf),
+    Samples(i64),
+}
+
+impl FidSource {
+    /// Reads `text` as a folder, a `NAME:split`, or a statistics file.
+    pub fn parse(text: &str, cifar: &Path) -> Result<Self> {
+        if let Some((name, split)) = text.rsplit_once(':') {
+            let split = match split {
+                "train" => Some(Split::Train),
+                "test" => Some(Split::Test),
+                _ => None,
+            };
+            if let Some(split) = split {
+                let dir = if name == "cifar10" {
+                    cifar.to_path_buf()
+                } else {
+                    PathBuf::from(name)
+                };
+                return Ok(FidSource::Split { dir, split });
+            }
+        }
+        let path = PathBuf::from(text);
+        if path.is_dir() {
+            Ok(FidSource::Folder(path))
+        } else if path.is_file() {
+            Ok(FidSource::Stats(path))
+        } else {
+            bail!("{text}: no such folder or statistics file (or write a dataset split as cifar10:test or DIR:train)")
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            FidSource::Folder(p) => format!("{} (folder)", p.display()),
+            FidSource::Split { dir, split } => format!("{}:{split}", dir.display()),
+            FidSource::Stats(p) => format!("{} (statistics)", p.display()),
+            FidSource::Samples(n) => format!("{n} samples of the prior"),
+        }
+    }
+}
+
+/// One side's figures.
+#[derive(Debug, Serialize)]
+pub struct FidSide {
+    pub source: String,
+    pub images: i64,
+}
+
+/// FID and KID of two sets.
+#[derive(Debug, Serialize)]
+pub struct FidReport {
+    pub fid: f64,
+    pub kid: Kid,
+    pub a: FidSide,
+    pub b: FidSide,
+    /// Seconds of the whole measurement.
+    pub seconds: f64,
+    /// Images put through the network per second (cached sides cost nothing).
+    pub images_per_second: f64,
+}
+
+impl fmt::Display for FidReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        table(
+            f,
+            &[
+                ("FID", format!("{:.3}", self.fid)),
+                (
+                    "KID",
+                    format!(
+                        "{:.5} ± {:.5} ({} subsets of {})",
+                        self.kid.mean, self.kid.std, self.kid.subsets, self.kid.subset_size
+                    ),
+                ),
+                ("A", format!("{} ({} images)", self.a.source, self.a.images)),
+                ("B", format!("{} ({} images)", self.b.source, self.b.images)),
+                (
+                    "time",
+                    format!(
+                        "{:.1} s ({:.1} images/s through the network)",
+                        self.seconds, self.images_per_second
+                    ),
+                ),
+            ],
+        )
+    }
+}
+
+/// A progress bar over `total` images (hidden when quiet or printing JSON).
+pub fn bar(session: &Session, total: u64, what: &str) -> ProgressBar {
+    if session.quiet || session.json {
+        return ProgressBar::hidden();
+    }
+    ProgressBar::new(total).with_style(
+        ProgressStyle::with_template(&format!(
+            "{{bar:30}} {{pos}}/{{len}} {what} [{{elapsed}} < {{eta}}]"
+        ))
+        .expect("valid template"),
+    )
+}
+
+/// The statistics of one side; `through` counts the images put through the network.
+fn side_stats(
+    session: &Session,
+    args: &FidArgs,
+    net: &InceptionV3,
+    source: &FidSource,
+    through: &mut i64,
+) -> Result<FeatureStats> {
+    let stats = match source {
+        FidSource::Stats(path) => FeatureStats::load(path)?,
+        FidSource::Split { dir, split } => {
+            let bar = bar(session, 0, &format!("{}:{split}", dir.display()));
+            let stats = vq_fid::split_stats(net, dir, *split, &mut |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            })
+            .with_context(|| format!("the statistics of {}:{split}", dir.display()))?;
+            if bar.length().unwrap_or(0) > 0 {
+                *through += stats.count;
+            }
+            bar.finish_and_clear();
+            stats
+        }
+        FidSource::Folder(dir) => {
+            let files = crate::collect_images(std::slice::from_ref(dir))?;
+            if files.len() < 2 {
+                bail!(
+                    "{}: FID needs at least 2 images, found {}",
+                    dir.display(),
+                    files.len()
+                );
+            }
+            let bar = bar(session, files.len() as u64, &dir.display().to_string());
+            let features =
+                vq_fid::files_features(net, &files, &mut |done| bar.set_position(done as u64))?;
+            bar.finish_and_clear();
+            *through += files.len() as i64;
+            FeatureStats::from_features(&features)?
+        }
+        FidSource::Samples(n) => {
+            let ckpt = session.open()?;
+            let prior = open_prior(session, args.prior.as_deref(), &ckpt)?;
+            let bar = bar(session, *n as u64, "samples");
+            let features = vq_fid::models::sample_features(
+                net,
+                &ckpt,
+                prior.model.as_ref(),
+                vq_fid::models::Sampling {
+                    n: *n,
+                    temperature: args.temperature,
+                    seed: args.seed,
+                },
+                &mut |done| bar.set_position(done as u64),
+            )?;
+            bar.finish_and_clear();
+            *through += n;
+            FeatureStats::from_features(&features)?
+        }
+    };
+    Ok(stats)
+}
+
+/// The prior for `--samples`: the one given, or the bundled one, checked against the VQ-VAE.
+pub fn open_prior(
+    session: &Session,
+    path: Option<&Path>,
+    ckpt: &vq_model::Checkpoint,
+) -> Result<PriorCheckpoint> {
+    let source = match path {
+        Some(p) => Source::Path(p),
+        None => Source::Bundled(&vq_prior::BUNDLED),
+    };
+    PriorCheckpoint::open_for(
+        source,
+        &ckpt.origin(),
+        &vq_store::hex(&ckpt.model_id),
+        session.device,
+    )
+    .context("opening the prior (train one with `vq-train prior`)")
+}
+
+/// FID and KID between two sets of images.
+pub fn compare(session: &Session, args: &FidArgs) -> Result<FidReport> {
+    let start = Instant::now();
+    let (a, b) = match (args.samples, &args.a, &args.b) {
+        (Some(n), a, b) => {
+            if !(2..=1_000_000).contains(&n) {
+                bail!("--samples must be 2 to 1,000,000, not {n}");
+            }
+            if !(args.temperature > 0.0 && args.temperature.is_finite()) {
+                bail!("--temperature must be positive, not {}", args.temperature);
+            }
+            // With --samples, a single position names what they are measured against.
+            let against = match (a, b) {
+                (Some(_), Some(_)) => {
+                    bail!("with --samples, give at most one set to compare against")
+                }
+                (Some(x), None) | (None, Some(x)) => x.clone(),
+                (None, None) => "cifar10:train".to_string(),
+            };
+            (
+                FidSource::Samples(n),
+                FidSource::parse(&against, &args.data)?,
+            )
+        }
+        (None, Some(a), Some(b)) => (
+            FidSource::parse(a, &args.data)?,
+            FidSource::parse(b, &args.data)?,
+        ),
+        (None, _, _) => bail!("give two sets of images (A and B), or --samples N"),
+    };
+    let net = args.options.network(session.device)?;
+    let mut through = 0;
+    let extraction = Instant::now();
+    let sa = side_stats(session, args, &net, &a, &mut through)?;
+    if let Some(path) = &args.save_stats {
+        sa.save(path)?;
+    }
+    let sb = side_stats(session, args, &net, &b, &mut through)?;
+    let extraction = extraction.elapsed().as_secs_f64();
+    let fid = vq_fid::frechet_distance(&sa, &sb)?;
+    let kid = vq_fid::kernel_inception_distance(
+        &sa.sample,
+        &sb.sample,
+        args.options.kid_subsets,
+        args.options.kid_subset_size,
+        0,
+    )?;
+    Ok(FidReport {
+        fid,
+        kid,
+        a: FidSide {
+            source: a.describe(),
+            images: sa.count,
+        },
+        b: FidSide {
+            source: b.describe(),
+            images: sb.count,
+        },
+        seconds: start.elapsed().as_secs_f64(),
+        images_per_second: through as f64 / extraction.max(1e-9),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sides_parse_as_splits_folders_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let cifar = Path::new("datasets/cifar-10-batches-bin");
+        assert_eq!(
+            FidSource::parse("cifar10:test", cifar).unwrap(),
+            FidSource::Split {
+                dir: cifar.to_path_buf(),
+                split: Split::Test
+            }
+        );
+        assert_eq!(
+            FidSource::parse("datasets/photos:train", cifar).unwrap(),
+            FidSource::Split {
+                dir: PathBuf::from("datasets/photos"),
+                split: Split::Train
+            }
+        );
+        let folder = dir.path().to_str().unwrap();
+        assert_eq!(
+            FidSource::parse(folder, cifar).unwrap(),
+            FidSource::Folder(dir.path().to_path_buf())
+        );
+        let file = dir.path().join("a.fidstats");
+        std::fs::write(&file, b"x").unwrap();
+        assert_eq!(
+            FidSource::parse(file.to_str().unwrap(), cifar).unwrap(),
+            FidSource::Stats(file.clone())
+        );
+        let err = FidSource::parse("nowhere", cifar).unwrap_err().to_string();
+        assert!(err.contains("nowhere"), "{err}");
+    }
+}

@@ -1,0 +1,102 @@
+//! FID of what the toolkit's models make: a VQ-VAE's reconstructions (rFID) and a prior's
+//! samples decoded by its VQ-VAE.
+
+use tch::{Device, Tensor};
+use vq_data::{gather, BatchIndices, Cifar10};
+use vq_model::checkpoint::Checkpoint;
+use vq_model::{images_to_tensor, to_bytes};
+use vq_prior::CodePrior;
+
+use crate::extract::BATCH;
+use crate::inception::InceptionV3;
+use crate::FidError;
+
+/// Features of the reconstructions of the first `count` images of `set` (8-bit, as a PNG of
+/// them would hold).
+pub fn reconstruction_features(
+    net: &InceptionV3,
+    vqvae: &Checkpoint,
+    set: &Cifar10,
+    count: usize,
+    device: Device,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Tensor, FidError> {
+    let range = vqvae.config.input_range;
+    let mut parts = Vec::new();
+    for start in (0..count).step_by(BATCH as usize) {
+        let end = (start + BATCH as usize).min(count);
+        let batch = BatchIndices {
+            indices: (start..end).collect(),
+            flips: vec![false; end - start],
+        };
+        let xs = images_to_tensor(&gather(set.images.view(), &batch, range), device)
+            .map_err(|e| FidError::Invalid(e.to_string()))?;
+        let recon = {
+            let _guard = tch::no_grad_guard();
+            vqvae.model.decode(&vqvae.model.encode(&xs))
+        };
+        parts.push(net.features(&to_bytes(&recon, range))?);
+        progress(end);
+    }
+    if parts.is_empty() {
+        return Err(FidError::Invalid("no images to reconstruct".into()));
+    }
+    Ok(Tensor::cat(&parts, 0))
+}
+
+/// Labels of `n` class-balanced samples over `classes` classes (none when unconditional):
+/// class `i % classes` for sample `i`.
+pub fn balanced_labels(n: i64, classes: i64) -> Option<Vec<i64>> {
+    (classes > 0).then(|| (0..n).map(|i| i % classes).collect())
+}
+
+/// Code grids sampled at once: sampling runs the prior once per code position, so a big batch
+/// shares those passes; the network then takes the decoded images `BATCH` at a time.
+const SAMPLE_CHUNK: i64 = 500;
+
+/// Which samples to draw.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// Number of images.
+    pub n: i64,
+    /// Divides the prior's logits.
+    pub temperature: f64,
+    /// Seeds LibTorch's generator before the first sample.
+    pub seed: u64,
+}
+
+/// Features of `spec.n` images sampled from `prior` (class-balanced when it is conditional) and
+/// decoded by `vqvae`.
+pub fn sample_features(
+    net: &InceptionV3,
+    vqvae: &Checkpoint,
+    prior: &dyn CodePrior,
+    spec: Sampling,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Tensor, FidError> {
+    let Sampling {
+        n,
+        temperature,
+        seed,
+    } = spec;
+    let device = net.device();
+    tch::manual_seed(seed as i64);
+    let labels = balanced_labels(n, prior.provenance().classes);
+    let range = vqvae.config.input_range;
+    let mut parts = Vec::new();
+    for start in (0..n).step_by(SAMPLE_CHUNK as usize) {
+        let len = SAMPLE_CHUNK.min(n - start);
+        let chunk_labels = labels.as_ref().map(|l| {
+            Tensor::from_slice(&l[start as usize..(start + len) as usize]).to_device(device)
+        });
+        let codes = prior.sample(len, chunk_labels.as_ref(), temperature, device);
+        let images = to_bytes(&vqvae.model.decode(&codes.unsqueeze(1)), range);
+        parts.push(crate::features_of(net, &images, &mut |done| {
+            progress(start as usize + done)
+        })?);
+    }
+    if parts.is_empty() {
+        return Err(FidError::Invalid("no samples".into()));
+    }
+    Ok(Tensor::cat(&parts, 0))
+}
