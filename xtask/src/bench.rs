@@ -432,6 +432,7 @@ fn fid_python(root: &Path) -> Result<PathBuf> {
             "opencv-python-headless",
             "filetype",
             "tqdm",
+            "requests",
         ]))?;
         cmd::run(Command::new(&python).args([
             "-m",

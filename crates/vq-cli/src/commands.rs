@@ -12,8 +12,6 @@ use vq_codes::CodeFile;
 use vq_data::Split;
 use vq_model::checkpoint::{Checkpoint, TrainingInfo};
 use vq_model::VqVaeConfig;
-use vq_prior::PriorCheckpoint;
-use vq_store::Source;
 
 use crate::codec::{self, Codec, Tiling};
 use crate::report::{self, table};
@@ -589,9 +587,8 @@ pub struct SampleArgs {
     /// Only this class (name, e.g. cat, or number 0-9).
     #[arg(long)]
     pub class: Option<String>,
-    /// Divides the logits: below 1 is more conservative, above 1 more varied.
-    #[arg(long, default_value_t = 1.0)]
-    pub temperature: f64,
+    #[command(flatten)]
+    pub sampling: crate::sample::SamplingArgs,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// The prior: a prior run or checkpoint folder [default: the bundled prior].
@@ -609,6 +606,7 @@ pub struct SampleReport {
     pub seconds: f64,
     pub images_per_second: f64,
     pub temperature: f64,
+    pub guidance: f64,
     pub seed: u64,
 }
 
@@ -616,12 +614,13 @@ impl fmt::Display for SampleReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}: {} samples in {:.2} s ({:.1} images/s), temperature {}, seed {}",
+            "{}: {} samples in {:.2} s ({:.1} images/s), temperature {}, guidance {}, seed {}",
             self.output.display(),
             self.samples,
             self.seconds,
             self.images_per_second,
             self.temperature,
+            self.guidance,
             self.seed
         )
     }
@@ -630,25 +629,19 @@ impl fmt::Display for SampleReport {
 /// `vq-cli sample`: new images from the code prior, as a grid (one row of 8 per class when no
 /// class is given), enlarged to be seen.
 pub fn sample(session: &Session, args: &SampleArgs) -> Result<SampleReport> {
-    let (n, temperature) = (args.n, args.temperature);
+    let n = args.n;
     if !(1..=4096).contains(&n) {
         bail!("-n must be 1 to 4096, not {n}");
     }
-    if !(temperature > 0.0 && temperature.is_finite()) {
-        bail!("--temperature must be positive, not {temperature}");
+    if !(args.sampling.temperature > 0.0 && args.sampling.temperature.is_finite()) {
+        bail!(
+            "--temperature must be positive, not {}",
+            args.sampling.temperature
+        );
     }
     let ckpt = session.open()?;
-    let source = match &args.prior {
-        Some(path) => Source::Path(path),
-        None => Source::Bundled(&vq_prior::BUNDLED),
-    };
-    let prior = PriorCheckpoint::open_for(
-        source,
-        &ckpt.origin(),
-        &vq_store::hex(&ckpt.model_id),
-        session.device,
-    )
-    .context("opening the prior (train one with `vq-train prior`)")?;
+    let prior = crate::fid::open_prior(session, args.prior.as_deref(), &ckpt)?;
+    let options = args.sampling.options(&prior)?;
     let provenance = prior.model.provenance();
     let classes = provenance.classes;
     let labels: Option<Vec<i64>> = match (&args.class, classes) {
@@ -677,14 +670,8 @@ pub fn sample(session: &Session, args: &SampleArgs) -> Result<SampleReport> {
     let labels = labels.map(|l| Tensor::from_slice(&l).to_device(session.device));
     tch::manual_seed(args.seed as i64);
     let start = Instant::now();
-    let (images, _codes) = crate::sample::sample_images(
-        &prior,
-        &ckpt,
-        labels.as_ref(),
-        n,
-        temperature,
-        session.device,
-    );
+    let (images, _codes) =
+        crate::sample::sample_images(&prior, &ckpt, labels.as_ref(), n, &options, session.device);
     let seconds = start.elapsed().as_secs_f64();
     let rows: Vec<Tensor> = (0..(n + 7) / 8)
         .map(|r| images.narrow(0, r * 8, 8.min(n - r * 8)))
@@ -703,7 +690,8 @@ pub fn sample(session: &Session, args: &SampleArgs) -> Result<SampleReport> {
         samples: n,
         seconds,
         images_per_second: n as f64 / seconds.max(1e-9),
-        temperature,
+        temperature: options.temperature,
+        guidance: options.guidance,
         seed: args.seed,
     })
 }

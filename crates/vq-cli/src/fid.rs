@@ -57,9 +57,8 @@ pub struct FidArgs {
     /// The prior for --samples [default: the bundled prior].
     #[arg(long)]
     pub prior: Option<PathBuf>,
-    /// Divides the prior's logits (--samples).
-    #[arg(long, default_value_t = 1.0)]
-    pub temperature: f64,
+    #[command(flatten)]
+    pub sampling: crate::sample::SamplingArgs,
     /// Seed of the samples.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -222,6 +221,7 @@ fn side_stats(
         FidSource::Samples(n) => {
             let ckpt = session.open()?;
             let prior = open_prior(session, args.prior.as_deref(), &ckpt)?;
+            let options = args.sampling.options(&prior)?;
             let bar = bar(session, *n as u64, "samples");
             let features = vq_fid::models::sample_features(
                 net,
@@ -229,7 +229,7 @@ fn side_stats(
                 prior.model.as_ref(),
                 vq_fid::models::Sampling {
                     n: *n,
-                    temperature: args.temperature,
+                    options,
                     seed: args.seed,
                 },
                 &mut |done| bar.set_position(done as u64),
@@ -268,9 +268,6 @@ pub fn compare(session: &Session, args: &FidArgs) -> Result<FidReport> {
         (Some(n), a, b) => {
             if !(2..=1_000_000).contains(&n) {
                 bail!("--samples must be 2 to 1,000,000, not {n}");
-            }
-            if !(args.temperature > 0.0 && args.temperature.is_finite()) {
-                bail!("--temperature must be positive, not {}", args.temperature);
             }
             // With --samples, a single position names what they are measured against.
             let against = match (a, b) {

@@ -2,7 +2,45 @@
 
 use tch::{Device, Tensor};
 use vq_model::checkpoint::Checkpoint;
-use vq_prior::PriorCheckpoint;
+use vq_prior::{PriorCheckpoint, SampleOptions};
+
+/// How samples are drawn: the flags of `vq-cli sample` and `vq-cli fid --samples`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SamplingArgs {
+    /// Divides the logits: below 1 is more conservative, above 1 more varied.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Draw only among the K most likely codes (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: i64,
+    /// Draw only among the most likely codes that make up this probability (1: all).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Classifier-free guidance (a prior trained with a null class, such as the transformer):
+    /// 1 is the conditional model, more follows the class more closely.
+    #[arg(long, default_value_t = 1.0)]
+    pub guidance: f64,
+}
+
+impl SamplingArgs {
+    /// The options, checked (guidance only where the prior has an unconditional model).
+    pub fn options(&self, prior: &PriorCheckpoint) -> anyhow::Result<SampleOptions> {
+        let options = SampleOptions {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            guidance: self.guidance,
+        };
+        options.validate().map_err(|e| anyhow::anyhow!("--{e}"))?;
+        if options.guidance != 1.0 && !prior.model.supports_guidance() {
+            anyhow::bail!(
+                "{}: this prior has no unconditional model, so --guidance must be 1",
+                prior.origin()
+            );
+        }
+        Ok(options)
+    }
+}
 
 /// `n` new images as a `(n, 3, H, W)` model-range tensor, with their `(n, h, w)` code grids.
 pub fn sample_images(
@@ -10,10 +48,10 @@ pub fn sample_images(
     vqvae: &Checkpoint,
     labels: Option<&Tensor>,
     n: i64,
-    temperature: f64,
+    options: &SampleOptions,
     device: Device,
 ) -> (Tensor, Tensor) {
-    let codes = prior.model.sample(n, labels, temperature, device);
+    let codes = prior.model.sample(n, labels, options, device);
     let _guard = tch::no_grad_guard();
     // One code level: the depth axis the decoder takes.
     let images = vqvae.model.decode(&codes.unsqueeze(1));

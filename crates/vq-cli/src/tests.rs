@@ -273,8 +273,14 @@ fn a_prior_opens_only_with_its_own_vqvae_and_samples_images() {
     let prior =
         PriorCheckpoint::open_for(Source::Path(&own), "the VQ-VAE", &id, Device::Cpu).unwrap();
     let labels = Tensor::from_slice(&[3i64, 5]);
-    let (images, codes) =
-        crate::sample::sample_images(&prior, &vqvae, Some(&labels), 2, 1.0, Device::Cpu);
+    let (images, codes) = crate::sample::sample_images(
+        &prior,
+        &vqvae,
+        Some(&labels),
+        2,
+        &Default::default(),
+        Device::Cpu,
+    );
     assert_eq!(images.size(), vec![2, 3, 32, 32]);
     assert_eq!(codes.size(), vec![2, 8, 8]);
 }

@@ -11,8 +11,10 @@ use crate::inception::InceptionV3;
 use crate::stats::FeatureStats;
 use crate::{FidError, WEIGHTS_SHA256};
 
-/// Images per network pass: the batch that ran fastest on the 2-core CPU (docs/experiments.md).
-pub const BATCH: i64 = 50;
+/// Images per network pass: small batches ran fastest on the 2-core CPU, about 1.4 times
+/// batches of 50 (`cargo bench -p vq-fid --bench features`, docs/experiments.md); the features
+/// do not depend on it.
+pub const BATCH: i64 = 5;
 
 /// Features of `(N, 3, H, W)` 8-bit images, `BATCH` at a time; `progress` gets the number done.
 pub fn features_of(

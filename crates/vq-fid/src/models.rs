@@ -5,7 +5,7 @@ use tch::{Device, Tensor};
 use vq_data::{gather, BatchIndices, Cifar10};
 use vq_model::checkpoint::Checkpoint;
 use vq_model::{images_to_tensor, to_bytes};
-use vq_prior::CodePrior;
+use vq_prior::{CodePrior, SampleOptions};
 
 use crate::extract::BATCH;
 use crate::inception::InceptionV3;
@@ -59,8 +59,8 @@ const SAMPLE_CHUNK: i64 = 500;
 pub struct Sampling {
     /// Number of images.
     pub n: i64,
-    /// Divides the prior's logits.
-    pub temperature: f64,
+    /// How codes are drawn.
+    pub options: SampleOptions,
     /// Seeds LibTorch's generator before the first sample.
     pub seed: u64,
 }
@@ -74,11 +74,7 @@ pub fn sample_features(
     spec: Sampling,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Tensor, FidError> {
-    let Sampling {
-        n,
-        temperature,
-        seed,
-    } = spec;
+    let Sampling { n, options, seed } = spec;
     let device = net.device();
     tch::manual_seed(seed as i64);
     let labels = balanced_labels(n, prior.provenance().classes);
@@ -89,7 +85,7 @@ pub fn sample_features(
         let chunk_labels = labels.as_ref().map(|l| {
             Tensor::from_slice(&l[start as usize..(start + len) as usize]).to_device(device)
         });
-        let codes = prior.sample(len, chunk_labels.as_ref(), temperature, device);
+        let codes = prior.sample(len, chunk_labels.as_ref(), &options, device);
         let images = to_bytes(&vqvae.model.decode(&codes.unsqueeze(1)), range);
         parts.push(crate::features_of(net, &images, &mut |done| {
             progress(start as usize + done)

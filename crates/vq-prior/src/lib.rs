@@ -8,6 +8,7 @@
 //! size, the classes).
 
 mod pixelcnn;
+mod transformer;
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +19,7 @@ use vq_store::names::{CONFIG_FILE, MODEL_FILE};
 use vq_store::{Bundled, ConfigFile, Source, StoreError};
 
 pub use pixelcnn::{PixelCnnConfig, PixelCnnPrior};
+pub use transformer::{TransformerConfig, TransformerPrior};
 
 /// The prior this repository ships (`models/cifar10-prior/`), for the bundled VQ-VAE.
 pub static BUNDLED: Bundled = Bundled {
@@ -35,6 +37,8 @@ pub enum PriorArch {
     /// The gated PixelCNN (van den Oord et al., 2016), without blind spot.
     #[serde(rename = "pixelcnn")]
     PixelCnn(PixelCnnConfig),
+    /// A decoder-only transformer with a class token (and a null class for guidance).
+    Transformer(TransformerConfig),
 }
 
 impl Default for PriorArch {
@@ -47,6 +51,7 @@ impl PriorArch {
     pub fn validate(&self) -> Result<(), String> {
         match self {
             PriorArch::PixelCnn(c) => c.validate(),
+            PriorArch::Transformer(c) => c.validate(),
         }
     }
 }
@@ -211,6 +216,124 @@ impl From<LegacyPriorConfig> for PriorConfig {
     }
 }
 
+/// How codes are drawn from a prior's distribution.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SampleOptions {
+    /// Divides the logits: below 1 is more conservative, above 1 more varied.
+    pub temperature: f64,
+    /// Keep only the `top_k` most likely codes (0: all).
+    pub top_k: i64,
+    /// Keep the fewest most likely codes whose probabilities reach `top_p` (1: all).
+    pub top_p: f64,
+    /// Classifier-free guidance: logits `u + g·(c − u)` from the conditional (`c`) and the
+    /// unconditional (`u`) model; 1 is the conditional model itself.
+    pub guidance: f64,
+}
+
+impl Default for SampleOptions {
+    fn default() -> Self {
+        SampleOptions {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            guidance: 1.0,
+        }
+    }
+}
+
+impl SampleOptions {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
+            return Err(format!(
+                "temperature must be positive, not {}",
+                self.temperature
+            ));
+        }
+        if self.top_k < 0 {
+            return Err(format!("top-k must not be negative, not {}", self.top_k));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(format!("top-p must be in (0, 1], not {}", self.top_p));
+        }
+        if !(self.guidance.is_finite() && self.guidance >= 0.0) {
+            return Err(format!("guidance must be 0 or more, not {}", self.guidance));
+        }
+        Ok(())
+    }
+}
+
+/// One code per row from `(B, V)` logits: guidance (when `unconditional` logits are given),
+/// temperature, top-k, top-p, then a draw from LibTorch's generator. Every sampler goes
+/// through here, so cached and uncached sampling draw alike.
+pub fn draw(
+    conditional: &Tensor,
+    unconditional: Option<&Tensor>,
+    options: &SampleOptions,
+) -> Tensor {
+    let logits = conditional.to_kind(Kind::Float);
+    let logits = match unconditional {
+        // Guidance 1 is the conditional model exactly (no round trip through u + (c − u)).
+        Some(u) if options.guidance != 1.0 => {
+            let u = u.to_kind(Kind::Float);
+            &u + (&logits - &u) * options.guidance
+        }
+        _ => logits,
+    };
+    let mut logits = logits / options.temperature.max(1e-6);
+    let vocabulary = logits.size()[1];
+    if options.top_k > 0 && options.top_k < vocabulary {
+        let kth = logits
+            .topk(options.top_k, 1, true, true)
+            .0
+            .narrow(1, options.top_k - 1, 1);
+        logits = logits.masked_fill(&logits.lt_tensor(&kth), f64::NEG_INFINITY);
+    }
+    if options.top_p < 1.0 {
+        let (sorted, order) = logits.sort(1, true);
+        let probs = sorted.softmax(1, Kind::Float);
+        // Drop a code when the codes ranked above it already reach top_p.
+        let before = probs.cumsum(1, Kind::Float) - &probs;
+        let drop_sorted = before.ge(options.top_p);
+        let drop = drop_sorted.scatter(1, &order, &drop_sorted);
+        logits = logits.masked_fill(&drop, f64::NEG_INFINITY);
+    }
+    logits
+        .softmax(-1, Kind::Float)
+        .multinomial(1, true)
+        .squeeze_dim(1)
+}
+
+/// Raster-order sampling that runs the whole model for every code (on the rows up to the
+/// current one, which a causal model allows): the default [`CodePrior::sample`], and the
+/// reference a cached sampler is tested against.
+pub fn sample_uncached(
+    prior: &(impl CodePrior + ?Sized),
+    n: i64,
+    labels: Option<&Tensor>,
+    options: &SampleOptions,
+    device: Device,
+) -> Tensor {
+    let _guard = tch::no_grad_guard();
+    let side = prior.provenance().grid_side;
+    let guided = options.guidance != 1.0 && labels.is_some() && prior.supports_guidance();
+    let codes = Tensor::zeros([n, side, side], (Kind::Int64, device));
+    for i in 0..side {
+        for j in 0..side {
+            let visible = codes.narrow(1, 0, i + 1);
+            let at = |labels: Option<&Tensor>| {
+                prior
+                    .logits(&visible, labels, false)
+                    .select(2, i)
+                    .select(2, j)
+            };
+            let unconditional = guided.then(|| at(None));
+            let next = draw(&at(labels), unconditional.as_ref(), options);
+            codes.select(1, i).select(1, j).copy_(&next);
+        }
+    }
+    codes
+}
+
 /// An autoregressive model of code grids in raster order.
 pub trait CodePrior: std::fmt::Debug {
     fn provenance(&self) -> &Provenance;
@@ -226,30 +349,23 @@ pub trait CodePrior: std::fmt::Debug {
             .cross_entropy_loss::<Tensor>(codes, None, tch::Reduction::Mean, -100, 0.0)
     }
 
-    /// Samples `n` grids, one code at a time in raster order; `temperature` divides the logits
-    /// (1: the model's distribution). Draws from LibTorch's generator (seed it with
-    /// `tch::manual_seed` for reproducible samples). This default runs the model on the rows up
-    /// to the current one for every code, which a causal model allows; a model with a cache
-    /// overrides it.
-    fn sample(&self, n: i64, labels: Option<&Tensor>, temperature: f64, device: Device) -> Tensor {
-        let _guard = tch::no_grad_guard();
-        let side = self.provenance().grid_side;
-        let codes = Tensor::zeros([n, side, side], (Kind::Int64, device));
-        for i in 0..side {
-            for j in 0..side {
-                // Only the rows up to i matter for position (i, j): crop the rest away.
-                let visible = codes.narrow(1, 0, i + 1);
-                let logits = self
-                    .logits(&visible, labels, false)
-                    .select(2, i)
-                    .select(2, j);
-                let probs =
-                    (logits.to_kind(Kind::Float) / temperature.max(1e-6)).softmax(-1, Kind::Float);
-                let next = probs.multinomial(1, true).squeeze_dim(1);
-                codes.select(1, i).select(1, j).copy_(&next);
-            }
-        }
-        codes
+    /// Whether it has an unconditional model for classifier-free guidance.
+    fn supports_guidance(&self) -> bool {
+        false
+    }
+
+    /// Samples `n` grids (`labels`: their classes, when conditional), one code at a time in
+    /// raster order, drawn from LibTorch's generator (seed it with `tch::manual_seed` for
+    /// reproducible samples). The default runs the whole model for every code; a model with a
+    /// cache overrides it.
+    fn sample(
+        &self,
+        n: i64,
+        labels: Option<&Tensor>,
+        options: &SampleOptions,
+        device: Device,
+    ) -> Tensor {
+        sample_uncached(self, n, labels, options, device)
     }
 }
 
@@ -257,6 +373,9 @@ pub trait CodePrior: std::fmt::Debug {
 pub fn build(vs: nn::Path<'_>, config: &PriorConfig) -> Box<dyn CodePrior> {
     match &config.arch {
         PriorArch::PixelCnn(arch) => Box::new(PixelCnnPrior::new(vs, arch, &config.provenance)),
+        PriorArch::Transformer(arch) => {
+            Box::new(TransformerPrior::new(vs, arch, &config.provenance))
+        }
     }
 }
 

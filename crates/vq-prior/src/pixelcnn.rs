@@ -278,9 +278,19 @@ mod tests {
         assert!((a - b).abs().max().double_value(&[]) > 0.0);
         let labels = Tensor::from_slice(&[1i64, 2, 0]);
         tch::manual_seed(42);
-        let s1 = prior.sample(3, Some(&labels), 1.0, Device::Cpu);
+        let s1 = prior.sample(
+            3,
+            Some(&labels),
+            &crate::SampleOptions::default(),
+            Device::Cpu,
+        );
         tch::manual_seed(42);
-        let s2 = prior.sample(3, Some(&labels), 1.0, Device::Cpu);
+        let s2 = prior.sample(
+            3,
+            Some(&labels),
+            &crate::SampleOptions::default(),
+            Device::Cpu,
+        );
         assert_eq!(s1, s2);
         assert_eq!(s1.size(), vec![3, 4, 4]);
         assert!(s1.min().int64_value(&[]) >= 0 && s1.max().int64_value(&[]) < 7);

@@ -16,6 +16,9 @@ pub struct Adam {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
+    /// Decoupled weight decay (AdamW), applied to the tensors of two or more dimensions (the
+    /// weight matrices and embeddings; not biases or norms), as nanoGPT does. 0: plain Adam.
+    pub weight_decay: f64,
     /// Updates applied so far.
     pub steps: i64,
 }
@@ -35,6 +38,7 @@ impl Adam {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
+            weight_decay: 0.0,
             steps: 0,
         }
     }
@@ -70,6 +74,9 @@ impl Adam {
                 .g_add_(&(g.square() * (1.0 - self.beta2)));
             let denom = (&*v / bias2).sqrt() + self.eps;
             let update = (&*m / bias1) / denom * lr;
+            if self.weight_decay > 0.0 && p.dim() >= 2 {
+                let _ = p.g_mul_scalar_(1.0 - lr * self.weight_decay);
+            }
             let _ = p.g_sub_(&update);
         }
     }
@@ -141,6 +148,18 @@ mod tests {
         assert_eq!(adam2.steps, 400);
         assert_eq!(adam2.m["x"], adam.m["x"]);
         assert_eq!(adam2.v["x"], adam.v["x"]);
+
+        // Weight decay pulls a matrix towards zero without a gradient; a vector is left alone.
+        let vs4 = nn::VarStore::new(Device::Cpu);
+        let w = vs4.root().var("w", &[2, 2], nn::Init::Const(1.0));
+        let b = vs4.root().var("b", &[2], nn::Init::Const(1.0));
+        let mut adamw = Adam::new(&vs4);
+        adamw.weight_decay = 0.5;
+        adamw.zero_grad();
+        (w.sum(Kind::Float) * 0.0 + b.sum(Kind::Float) * 0.0).backward();
+        adamw.step(0.1);
+        assert!((w.double_value(&[0, 0]) - 0.95).abs() < 1e-6, "{w}");
+        assert_eq!(b.double_value(&[0]), 1.0);
 
         let vs3 = nn::VarStore::new(Device::Cpu);
         let _y = vs3.root().var("y", &[3], nn::Init::Const(0.0));

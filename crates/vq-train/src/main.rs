@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Parser;
 use vq_model::DeviceChoice;
+use vq_prior::PriorArch;
 use vq_train::{
     resume, train, PriorTask, PriorTrainConfig, RunConfig, RunSummary, Task, TrainConfig, VqVaeTask,
 };
@@ -134,6 +135,12 @@ enum Sub {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum Arch {
+    Pixelcnn,
+    Transformer,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum Kind {
     Vqvae,
     Prior,
@@ -144,6 +151,12 @@ struct PriorArgs {
     /// The VQ-VAE: a run folder or checkpoint folder [default: the bundled model].
     #[arg(long, conflicts_with = "resume")]
     vqvae: Option<PathBuf>,
+    /// The architecture, with its default shape (a config file sets the shape).
+    #[arg(long, value_enum, conflicts_with = "resume")]
+    arch: Option<Arch>,
+    /// Decoupled weight decay (AdamW) of the matrices and embeddings.
+    #[arg(long, conflicts_with = "resume")]
+    weight_decay: Option<f64>,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -255,6 +268,18 @@ fn run_prior(args: PriorArgs) -> Result<()> {
             let mut config: PriorTrainConfig = args.run.config()?;
             if let Some(v) = args.vqvae {
                 config.vqvae = Some(v);
+            }
+            if let Some(v) = args.weight_decay {
+                config.weight_decay = v;
+            }
+            match (args.arch, &config.prior) {
+                (Some(Arch::Pixelcnn), PriorArch::PixelCnn(_))
+                | (Some(Arch::Transformer), PriorArch::Transformer(_))
+                | (None, _) => {}
+                (Some(Arch::Pixelcnn), _) => config.prior = PriorArch::PixelCnn(Default::default()),
+                (Some(Arch::Transformer), _) => {
+                    config.prior = PriorArch::Transformer(Default::default())
+                }
             }
             train::<PriorTask>(config, &args.run.run_dir("prior"))?
         }

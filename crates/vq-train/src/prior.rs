@@ -31,6 +31,8 @@ pub struct PriorTrainConfig {
     pub prior: PriorArch,
     /// Conditioned on the dataset's classes.
     pub conditional: bool,
+    /// Decoupled weight decay of the matrices and embeddings (AdamW); 0: plain Adam.
+    pub weight_decay: f64,
     /// The VQ-VAE: a checkpoint folder or a run folder (its best checkpoint); `null`: the
     /// bundled model.
     pub vqvae: Option<PathBuf>,
@@ -44,6 +46,7 @@ impl Default for PriorTrainConfig {
         PriorTrainConfig {
             prior: PriorArch::default(),
             conditional: true,
+            weight_decay: 0.0,
             vqvae: None,
             data: DataConfig::default(),
             schedule: Schedule {
@@ -82,6 +85,12 @@ impl ConfigFile for PriorTrainConfig {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if !(0.0..1.0).contains(&self.weight_decay) {
+            return Err(format!(
+                "weight_decay must be in [0, 1), not {}",
+                self.weight_decay
+            ));
+        }
         self.prior.validate()
     }
 }
@@ -281,7 +290,8 @@ impl Task for PriorTask {
         drop(vqvae);
         let vs = nn::VarStore::new(device);
         let model = vq_prior::build(vs.root(), &prior_config);
-        let adam = Adam::new(&vs);
+        let mut adam = Adam::new(&vs);
+        adam.weight_decay = config.weight_decay;
         Ok(PriorTask {
             device,
             train,

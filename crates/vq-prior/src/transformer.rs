@@ -1,0 +1,494 @@
+//! A decoder-only transformer over the raster-ordered codes of a grid (minGPT's shape: pre-norm
+//! blocks, causal self-attention, learned positions), whose first token is the class. A null
+//! class, put in place of the true one at random during training, makes one model both
+//! conditional and unconditional, which classifier-free guidance needs. Sampling keeps each
+//! layer's keys and values, so every new code costs one position, not a pass over the grid.
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Tensor};
+
+use crate::{draw, CodePrior, Provenance, SampleOptions};
+
+/// The transformer's shape (`"kind": "transformer"` in a prior's config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransformerConfig {
+    /// Width of the residual stream.
+    pub width: i64,
+    pub layers: usize,
+    pub heads: i64,
+    /// Dropout of the embeddings, the attention weights and each block's outputs (training).
+    pub dropout: f64,
+    /// Probability that a training grid's class is replaced by the null class.
+    pub class_dropout: f64,
+}
+
+impl Default for TransformerConfig {
+    fn default() -> Self {
+        TransformerConfig {
+            width: 256,
+            layers: 6,
+            heads: 8,
+            dropout: 0.1,
+            class_dropout: 0.1,
+        }
+    }
+}
+
+impl TransformerConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.width < 1 || self.heads < 1 || self.layers < 1 || self.width % self.heads != 0 {
+            return Err(format!(
+                "width ({}) must be a positive multiple of heads ({}), with at least one layer",
+                self.width, self.heads
+            ));
+        }
+        for (name, p) in [
+            ("dropout", self.dropout),
+            ("class_dropout", self.class_dropout),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(format!("{name} must be in [0, 1), not {p}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `x · Wᵀ + b`, initialised as minGPT does (N(0, 0.02), zero bias).
+#[derive(Debug)]
+struct Linear {
+    ws: Tensor,
+    bs: Tensor,
+}
+
+impl Linear {
+    fn new(vs: nn::Path<'_>, i: i64, o: i64) -> Self {
+        Linear {
+            ws: vs.randn("weight", &[o, i], 0.0, 0.02),
+            bs: vs.zeros("bias", &[o]),
+        }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        xs.matmul(&self.ws.tr()) + &self.bs
+    }
+}
+
+/// The keys and values of one layer for the positions seen so far: `(B, heads, T, head_dim)`
+/// each, filled up to `len`.
+#[derive(Debug)]
+struct LayerCache {
+    keys: Tensor,
+    values: Tensor,
+}
+
+#[derive(Debug)]
+struct Block {
+    ln1: nn::LayerNorm,
+    qkv: Linear,
+    proj: Linear,
+    ln2: nn::LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    heads: i64,
+    dropout: f64,
+}
+
+impl Block {
+    fn new(vs: nn::Path<'_>, cfg: &TransformerConfig) -> Self {
+        let d = cfg.width;
+        Block {
+            ln1: nn::layer_norm(&vs / "ln1", vec![d], Default::default()),
+            qkv: Linear::new(&vs / "qkv", d, 3 * d),
+            proj: Linear::new(&vs / "proj", d, d),
+            ln2: nn::layer_norm(&vs / "ln2", vec![d], Default::default()),
+            fc1: Linear::new(&vs / "fc1", d, 4 * d),
+            fc2: Linear::new(&vs / "fc2", 4 * d, d),
+            heads: cfg.heads,
+            dropout: cfg.dropout,
+        }
+    }
+
+    /// `(B, T, D)` → queries, keys and values as `(B, heads, T, D / heads)`.
+    fn qkv(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
+        let (b, t, d) = x.size3().expect("(B, T, D) activations");
+        let parts = x
+            .apply(&self.ln1)
+            .apply(&self.qkv)
+            .view([b, t, 3, self.heads, d / self.heads])
+            .permute([2, 0, 3, 1, 4]);
+        (parts.get(0), parts.get(1), parts.get(2))
+    }
+
+    /// The rest of the block after attention: projection, residual, MLP.
+    fn finish(&self, x: &Tensor, attended: &Tensor, train: bool) -> Tensor {
+        let (b, t, d) = x.size3().expect("(B, T, D) activations");
+        let y = attended.transpose(1, 2).contiguous().view([b, t, d]);
+        let x = x + y.apply(&self.proj).dropout(self.dropout, train);
+        let h = x
+            .apply(&self.ln2)
+            .apply(&self.fc1)
+            .gelu("none")
+            .apply(&self.fc2)
+            .dropout(self.dropout, train);
+        x + h
+    }
+
+    /// All positions at once, each attending to itself and those before it.
+    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let (q, k, v) = self.qkv(x);
+        let p = if train { self.dropout } else { 0.0 };
+        let attended =
+            Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, p, true, None, false);
+        self.finish(x, &attended, train)
+    }
+
+    /// One new position `t` (`x`: `(B, 1, D)`), attending to the cached positions and itself;
+    /// its key and value join the cache.
+    fn step(&self, x: &Tensor, t: i64, cache: &mut LayerCache) -> Tensor {
+        let (q, k, v) = self.qkv(x);
+        cache.keys.narrow(2, t, 1).copy_(&k);
+        cache.values.narrow(2, t, 1).copy_(&v);
+        let (keys, values) = (
+            cache.keys.narrow(2, 0, t + 1),
+            cache.values.narrow(2, 0, t + 1),
+        );
+        let attended = Tensor::scaled_dot_product_attention::<Tensor>(
+            &q, &keys, &values, None, 0.0, false, None, false,
+        );
+        self.finish(x, &attended, false)
+    }
+}
+
+/// The transformer prior. Its variables are `codes`, `classes`, `positions`, `block{i}.*`,
+/// `ln_f` and `head`.
+#[derive(Debug)]
+pub struct TransformerPrior {
+    provenance: Provenance,
+    config: TransformerConfig,
+    codes: nn::Embedding,
+    /// One row per class and a last one for the null class (the only one when unconditional).
+    classes: nn::Embedding,
+    /// `(T, D)`: one row per position of the grid.
+    positions: Tensor,
+    blocks: Vec<Block>,
+    ln_f: nn::LayerNorm,
+    head: Linear,
+}
+
+impl TransformerPrior {
+    pub fn new(vs: nn::Path<'_>, cfg: &TransformerConfig, provenance: &Provenance) -> Self {
+        let d = cfg.width;
+        let length = provenance.grid_side * provenance.grid_side;
+        let embedding = nn::EmbeddingConfig {
+            ws_init: nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
+            ..Default::default()
+        };
+        TransformerPrior {
+            provenance: provenance.clone(),
+            config: cfg.clone(),
+            codes: nn::embedding(&vs / "codes", provenance.codes.vocabulary, d, embedding),
+            classes: nn::embedding(&vs / "classes", provenance.classes + 1, d, embedding),
+            positions: vs.randn("positions", &[length, d], 0.0, 0.02),
+            blocks: (0..cfg.layers)
+                .map(|i| Block::new(&vs / format!("block{i}"), cfg))
+                .collect(),
+            ln_f: nn::layer_norm(&vs / "ln_f", vec![d], Default::default()),
+            head: Linear::new(&vs / "head", d, provenance.codes.vocabulary),
+        }
+    }
+
+    /// The null class's row.
+    fn null_class(&self) -> i64 {
+        self.provenance.classes
+    }
+
+    /// The class rows of a batch of `b`: the labels, the null class where there are none (or
+    /// where training drops them).
+    fn class_rows(&self, labels: Option<&Tensor>, b: i64, device: Device, train: bool) -> Tensor {
+        let null = Tensor::full([b], self.null_class(), (Kind::Int64, device));
+        match labels {
+            Some(labels) if self.provenance.classes > 0 => {
+                let labels = labels.to_device(device).to_kind(Kind::Int64);
+                if train && self.config.class_dropout > 0.0 {
+                    let dropped =
+                        Tensor::rand([b], (Kind::Float, device)).lt(self.config.class_dropout);
+                    null.where_self(&dropped, &labels)
+                } else {
+                    labels
+                }
+            }
+            _ => null,
+        }
+    }
+
+    fn logits_of(&self, hidden: &Tensor) -> Tensor {
+        hidden.apply(&self.ln_f).apply(&self.head)
+    }
+}
+
+impl CodePrior for TransformerPrior {
+    fn provenance(&self) -> &Provenance {
+        &self.provenance
+    }
+
+    fn supports_guidance(&self) -> bool {
+        self.provenance.classes > 0
+    }
+
+    fn logits(&self, codes: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor {
+        let (b, h, w) = codes.size3().expect("(B, h, w) code grids");
+        let t = h * w;
+        let device = codes.device();
+        let flat = codes.view([b, t]);
+        // Position i reads the class (i = 0) or code i − 1, and predicts code i.
+        let start = self
+            .classes
+            .forward(&self.class_rows(labels, b, device, train))
+            .unsqueeze(1);
+        let x = if t > 1 {
+            Tensor::cat(&[start, self.codes.forward(&flat.narrow(1, 0, t - 1))], 1)
+        } else {
+            start
+        };
+        let mut x = (x + self.positions.narrow(0, 0, t)).dropout(self.config.dropout, train);
+        for block in &self.blocks {
+            x = block.forward(&x, train);
+        }
+        self.logits_of(&x).view([b, h, w, -1]).permute([0, 3, 1, 2])
+    }
+
+    /// Raster-order sampling with a key/value cache; with guidance, the conditional and the
+    /// unconditional halves of one doubled batch advance together.
+    fn sample(
+        &self,
+        n: i64,
+        labels: Option<&Tensor>,
+        options: &SampleOptions,
+        device: Device,
+    ) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        let side = self.provenance.grid_side;
+        let length = side * side;
+        let guided = options.guidance != 1.0 && labels.is_some() && self.supports_guidance();
+        let rows = if guided { 2 * n } else { n };
+        let mut classes = self.class_rows(labels, n, device, false);
+        if guided {
+            let null = Tensor::full([n], self.null_class(), (Kind::Int64, device));
+            classes = Tensor::cat(&[classes, null], 0);
+        }
+        let head_dim = self.config.width / self.config.heads;
+        let mut caches: Vec<LayerCache> = self
+            .blocks
+            .iter()
+            .map(|_| {
+                let zeros = || {
+                    Tensor::zeros(
+                        [rows, self.config.heads, length, head_dim],
+                        (Kind::Float, device),
+                    )
+                };
+                LayerCache {
+                    keys: zeros(),
+                    values: zeros(),
+                }
+            })
+            .collect();
+        let codes = Tensor::zeros([n, length], (Kind::Int64, device));
+        let mut x = self.classes.forward(&classes).unsqueeze(1);
+        for t in 0..length {
+            x = x + self.positions.narrow(0, t, 1);
+            for (block, cache) in self.blocks.iter().zip(caches.iter_mut()) {
+                x = block.step(&x, t, cache);
+            }
+            let logits = self.logits_of(&x).squeeze_dim(1);
+            let next = if guided {
+                draw(
+                    &logits.narrow(0, 0, n),
+                    Some(&logits.narrow(0, n, n)),
+                    options,
+                )
+            } else {
+                draw(&logits, None, options)
+            };
+            codes.narrow(1, t, 1).copy_(&next.unsqueeze(1));
+            let fed = if guided {
+                Tensor::cat(&[&next, &next], 0)
+            } else {
+                next
+            };
+            x = self.codes.forward(&fed).unsqueeze(1);
+        }
+        codes.view([n, side, side])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample_uncached;
+    use vq_model::CodeSpace;
+
+    /// LibTorch's generator is global: tests that seed it run one at a time.
+    fn seeded(seed: i64) -> std::sync::MutexGuard<'static, ()> {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed(seed);
+        guard
+    }
+
+    fn tiny(vs: &nn::VarStore, classes: i64) -> TransformerPrior {
+        let cfg = TransformerConfig {
+            width: 16,
+            layers: 2,
+            heads: 2,
+            dropout: 0.1,
+            class_dropout: 0.1,
+        };
+        let provenance = Provenance {
+            codes: CodeSpace {
+                depth: 1,
+                vocabulary: 11,
+            },
+            grid_side: 4,
+            classes,
+            ..Provenance::default()
+        };
+        TransformerPrior::new(vs.root(), &cfg, &provenance)
+    }
+
+    #[test]
+    fn a_later_code_changes_no_earlier_logit() {
+        let _rng = seeded(0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let prior = tiny(&vs, 3);
+        let codes = Tensor::randint(11, [2, 4, 4], (Kind::Int64, Device::Cpu));
+        let labels = Tensor::from_slice(&[1i64, 2]);
+        let base = prior.logits(&codes, Some(&labels), false).view([2, 11, 16]);
+        for changed_at in [0i64, 5, 15] {
+            let changed = codes.copy().view([2, 16]);
+            let old = changed.int64_value(&[0, changed_at]);
+            let _ = changed.get(0).get(changed_at).fill_((old + 1) % 11);
+            let out = prior
+                .logits(&changed.view([2, 4, 4]), Some(&labels), false)
+                .view([2, 11, 16]);
+            for t in 0..16 {
+                let diff = (out.get(0).select(1, t) - base.get(0).select(1, t))
+                    .abs()
+                    .max()
+                    .double_value(&[]);
+                if t <= changed_at {
+                    assert_eq!(diff, 0.0, "code {changed_at} moved the logits at {t}");
+                } else if t == changed_at + 1 {
+                    assert!(diff > 0.0, "position {t} does not see code {changed_at}");
+                }
+            }
+            // The other grid of the batch is untouched.
+            assert_eq!(out.get(1), base.get(1));
+        }
+        // The class is seen; the null class is another input.
+        let other = prior.logits(&codes, Some(&Tensor::from_slice(&[0i64, 0])), false);
+        assert!(
+            (other - prior.logits(&codes, Some(&labels), false))
+                .abs()
+                .max()
+                .double_value(&[])
+                > 0.0
+        );
+    }
+
+    #[test]
+    fn cached_sampling_draws_exactly_what_uncached_sampling_draws() {
+        let _rng = seeded(1);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let prior = tiny(&vs, 3);
+        let labels = Tensor::from_slice(&[0i64, 1, 2, 2, 1]);
+        for options in [
+            SampleOptions::default(),
+            SampleOptions {
+                guidance: 2.5,
+                temperature: 0.9,
+                ..SampleOptions::default()
+            },
+            SampleOptions {
+                top_k: 4,
+                top_p: 0.8,
+                ..SampleOptions::default()
+            },
+        ] {
+            tch::manual_seed(42);
+            let cached = prior.sample(5, Some(&labels), &options, Device::Cpu);
+            tch::manual_seed(42);
+            let uncached = sample_uncached(&prior, 5, Some(&labels), &options, Device::Cpu);
+            assert_eq!(cached.size(), vec![5, 4, 4]);
+            assert_eq!(cached, uncached, "{options:?}");
+            assert!(cached.min().int64_value(&[]) >= 0 && cached.max().int64_value(&[]) < 11);
+        }
+        // Unconditional sampling from the same model.
+        tch::manual_seed(7);
+        let a = prior.sample(3, None, &SampleOptions::default(), Device::Cpu);
+        tch::manual_seed(7);
+        let b = sample_uncached(&prior, 3, None, &SampleOptions::default(), Device::Cpu);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn guidance_one_is_the_conditional_model_and_more_moves_the_draws() {
+        let _rng = seeded(2);
+        let conditional = Tensor::randn([400, 11], (Kind::Float, Device::Cpu));
+        let unconditional = Tensor::randn([400, 11], (Kind::Float, Device::Cpu));
+        let draw_with = |g: f64, u: Option<&Tensor>| {
+            tch::manual_seed(5);
+            let options = SampleOptions {
+                guidance: g,
+                ..SampleOptions::default()
+            };
+            draw(&conditional, u, &options)
+        };
+        assert_eq!(draw_with(1.0, Some(&unconditional)), draw_with(1.0, None));
+        assert_ne!(draw_with(3.0, Some(&unconditional)), draw_with(1.0, None));
+        // top-k 1 and a tiny top-p are the argmax.
+        let argmax = conditional.argmax(1, false);
+        for options in [
+            SampleOptions {
+                top_k: 1,
+                ..SampleOptions::default()
+            },
+            SampleOptions {
+                top_p: 1e-6,
+                ..SampleOptions::default()
+            },
+        ] {
+            assert_eq!(draw(&conditional, None, &options), argmax, "{options:?}");
+        }
+    }
+
+    #[test]
+    fn training_mode_drops_classes_and_dropout_changes_the_logits() {
+        let _rng = seeded(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let prior = tiny(&vs, 3);
+        let codes = Tensor::randint(11, [64, 4, 4], (Kind::Int64, Device::Cpu));
+        let labels = Tensor::full([64], 1, (Kind::Int64, Device::Cpu));
+        let rows = prior.class_rows(Some(&labels), 64, Device::Cpu, true);
+        let nulls = rows.eq(3).sum(Kind::Int64).int64_value(&[]);
+        assert!(
+            nulls > 0 && nulls < 30,
+            "{nulls} of 64 classes dropped at p = 0.1"
+        );
+        let eval_a = prior.logits(&codes, Some(&labels), false);
+        let eval_b = prior.logits(&codes, Some(&labels), false);
+        assert_eq!(eval_a, eval_b, "evaluation is deterministic");
+        let train = prior.logits(&codes, Some(&labels), true);
+        assert!((train - eval_a).abs().max().double_value(&[]) > 0.0);
+        let nll = prior.nll(&codes, Some(&labels), true).double_value(&[]);
+        assert!(nll.is_finite() && nll > 0.0);
+    }
+}
