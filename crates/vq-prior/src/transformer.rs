@@ -304,7 +304,7 @@ impl CodePrior for TransformerPrior {
         let codes = Tensor::zeros([n, length], (Kind::Int64, device));
         let mut x = self.classes.forward(&classes).unsqueeze(1);
         for t in 0..length {
-            x = x + self.positions.narrow(0, t, 1);
+            x += self.positions.narrow(0, t, 1);
             for (block, cache) in self.blocks.iter().zip(caches.iter_mut()) {
                 x = block.step(&x, t, cache);
             }
