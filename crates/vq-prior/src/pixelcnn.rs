@@ -200,15 +200,6 @@ mod tests {
     use tch::{Device, Kind};
     use vq_model::CodeSpace;
 
-    /// LibTorch's generator is global: tests that seed it and draw weights from it run one at a
-    /// time, or another test's draws would change their weights.
-    fn seeded(seed: i64) -> std::sync::MutexGuard<'static, ()> {
-        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        tch::manual_seed(seed);
-        guard
-    }
-
     fn tiny(vs: &nn::VarStore, classes: i64, side: i64) -> PixelCnnPrior {
         let arch = PixelCnnConfig {
             channels: 8,
@@ -229,7 +220,7 @@ mod tests {
 
     #[test]
     fn a_code_never_sees_itself_or_later_codes_and_sees_all_earlier_ones() {
-        let _rng = seeded(0);
+        let _rng = crate::seeded(0);
         let vs = nn::VarStore::new(Device::Cpu);
         let prior = tiny(&vs, 0, 6);
         let (h, w) = (6, 6);
@@ -269,7 +260,7 @@ mod tests {
 
     #[test]
     fn class_conditioning_changes_the_logits_and_sampling_is_reproducible() {
-        let _rng = seeded(1);
+        let _rng = crate::seeded(1);
         let vs = nn::VarStore::new(Device::Cpu);
         let prior = tiny(&vs, 3, 4);
         let codes = Tensor::randint(7, [2, 4, 4], (Kind::Int64, Device::Cpu));

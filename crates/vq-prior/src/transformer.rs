@@ -336,14 +336,6 @@ mod tests {
     use crate::sample_uncached;
     use vq_model::CodeSpace;
 
-    /// LibTorch's generator is global: tests that seed it run one at a time.
-    fn seeded(seed: i64) -> std::sync::MutexGuard<'static, ()> {
-        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        tch::manual_seed(seed);
-        guard
-    }
-
     fn tiny(vs: &nn::VarStore, classes: i64) -> TransformerPrior {
         let cfg = TransformerConfig {
             width: 16,
@@ -366,7 +358,7 @@ mod tests {
 
     #[test]
     fn a_later_code_changes_no_earlier_logit() {
-        let _rng = seeded(0);
+        let _rng = crate::seeded(0);
         let vs = nn::VarStore::new(Device::Cpu);
         let prior = tiny(&vs, 3);
         let codes = Tensor::randint(11, [2, 4, 4], (Kind::Int64, Device::Cpu));
@@ -406,7 +398,7 @@ mod tests {
 
     #[test]
     fn cached_sampling_draws_exactly_what_uncached_sampling_draws() {
-        let _rng = seeded(1);
+        let _rng = crate::seeded(1);
         let vs = nn::VarStore::new(Device::Cpu);
         let prior = tiny(&vs, 3);
         let labels = Tensor::from_slice(&[0i64, 1, 2, 2, 1]);
@@ -441,7 +433,7 @@ mod tests {
 
     #[test]
     fn guidance_one_is_the_conditional_model_and_more_moves_the_draws() {
-        let _rng = seeded(2);
+        let _rng = crate::seeded(2);
         let conditional = Tensor::randn([400, 11], (Kind::Float, Device::Cpu));
         let unconditional = Tensor::randn([400, 11], (Kind::Float, Device::Cpu));
         let draw_with = |g: f64, u: Option<&Tensor>| {
@@ -472,7 +464,7 @@ mod tests {
 
     #[test]
     fn training_mode_drops_classes_and_dropout_changes_the_logits() {
-        let _rng = seeded(3);
+        let _rng = crate::seeded(3);
         let vs = nn::VarStore::new(Device::Cpu);
         let prior = tiny(&vs, 3);
         let codes = Tensor::randint(11, [64, 4, 4], (Kind::Int64, Device::Cpu));

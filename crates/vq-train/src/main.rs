@@ -120,7 +120,7 @@ impl RunArgs {
 #[derive(clap::Subcommand)]
 enum Sub {
     /// Train a code prior over a trained VQ-VAE's codes (encodes the dataset once, cached).
-    Prior(PriorArgs),
+    Prior(Box<PriorArgs>),
     /// Draw (again) the curves of a run's metrics log, e.g. of a run made by an older version.
     Curves {
         /// A `metrics.jsonl`, or a run folder holding one.
@@ -179,7 +179,7 @@ fn main() {
 
 fn run(args: Args) -> Result<()> {
     match args.command {
-        Some(Sub::Prior(prior)) => run_prior(prior),
+        Some(Sub::Prior(prior)) => run_prior(*prior),
         Some(Sub::Curves {
             metrics,
             kind,
