@@ -28,7 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let x = (Tensor::rand([images, 3, 32, 32], (Kind::Float, Device::Cpu)) * 255.0).round();
     let mut reference: Option<Tensor> = None;
     // A first pass warms up TorchScript's profiling executor.
-    net.features(&x.narrow(0, 0, 2))?;
+    let _ = net.features(&x.narrow(0, 0, 2))?;
     for (batch, channels_last, optimise) in [
         (10, false, true),
         (1, false, true),
