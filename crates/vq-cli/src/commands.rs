@@ -605,6 +605,9 @@ pub struct SampleReport {
     pub samples: i64,
     pub seconds: f64,
     pub images_per_second: f64,
+    /// Of `seconds`: drawing the codes, and decoding them.
+    pub sampling_seconds: f64,
+    pub decoding_seconds: f64,
     pub temperature: f64,
     pub guidance: f64,
     pub seed: u64,
@@ -614,11 +617,13 @@ impl fmt::Display for SampleReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}: {} samples in {:.2} s ({:.1} images/s), temperature {}, guidance {}, seed {}",
+            "{}: {} samples in {:.2} s ({:.1} images/s; codes {:.2} s, decoding {:.2} s), temperature {}, guidance {}, seed {}",
             self.output.display(),
             self.samples,
             self.seconds,
             self.images_per_second,
+            self.sampling_seconds,
+            self.decoding_seconds,
             self.temperature,
             self.guidance,
             self.seed
@@ -670,9 +675,10 @@ pub fn sample(session: &Session, args: &SampleArgs) -> Result<SampleReport> {
     let labels = labels.map(|l| Tensor::from_slice(&l).to_device(session.device));
     tch::manual_seed(args.seed as i64);
     let start = Instant::now();
-    let (images, _codes) =
+    let samples =
         crate::sample::sample_images(&prior, &ckpt, labels.as_ref(), n, &options, session.device);
     let seconds = start.elapsed().as_secs_f64();
+    let images = &samples.images;
     let rows: Vec<Tensor> = (0..(n + 7) / 8)
         .map(|r| images.narrow(0, r * 8, 8.min(n - r * 8)))
         .collect();
@@ -690,6 +696,8 @@ pub fn sample(session: &Session, args: &SampleArgs) -> Result<SampleReport> {
         samples: n,
         seconds,
         images_per_second: n as f64 / seconds.max(1e-9),
+        sampling_seconds: samples.sampling_seconds,
+        decoding_seconds: samples.decoding_seconds,
         temperature: options.temperature,
         guidance: options.guidance,
         seed: args.seed,

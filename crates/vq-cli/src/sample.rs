@@ -42,7 +42,20 @@ impl SamplingArgs {
     }
 }
 
-/// `n` new images as a `(n, 3, H, W)` model-range tensor, with their `(n, h, w)` code grids.
+/// What sampling produced and how long each half took.
+#[derive(Debug)]
+pub struct Samples {
+    /// `(n, 3, H, W)` in the VQ-VAE's input range.
+    pub images: Tensor,
+    /// `(n, h, w)` code grids.
+    pub codes: Tensor,
+    /// Seconds drawing the codes from the prior.
+    pub sampling_seconds: f64,
+    /// Seconds decoding them into images.
+    pub decoding_seconds: f64,
+}
+
+/// `n` new images with their code grids.
 pub fn sample_images(
     prior: &PriorCheckpoint,
     vqvae: &Checkpoint,
@@ -50,10 +63,18 @@ pub fn sample_images(
     n: i64,
     options: &SampleOptions,
     device: Device,
-) -> (Tensor, Tensor) {
+) -> Samples {
+    let start = std::time::Instant::now();
     let codes = prior.model.sample(n, labels, options, device);
+    let sampling_seconds = start.elapsed().as_secs_f64();
+    let start = std::time::Instant::now();
     let _guard = tch::no_grad_guard();
     // One code level: the depth axis the decoder takes.
     let images = vqvae.model.decode(&codes.unsqueeze(1));
-    (images, codes)
+    Samples {
+        images,
+        codes,
+        sampling_seconds,
+        decoding_seconds: start.elapsed().as_secs_f64(),
+    }
 }
