@@ -77,7 +77,8 @@ fn import_train_and_sample_on_an_image_folder() {
                       "codebook_size": 32, "code_dim": 8, "dead_code_steps": 4},
             "data": data, "steps": 4, "batch_size": 8, "lr": 2e-3, "warmup_steps": 1,
             "kmeans_init_images": 8, "kmeans_iters": 3, "log_every": 2, "eval_every": 2,
-            "eval_images": 6, "checkpoint_every": 2, "threads": 1, "device": "cpu"
+            "eval_images": 6, "checkpoint_every": 2, "threads": 1, "device": "cpu",
+            "fid": true
         }),
     );
     let out = run(
@@ -86,6 +87,13 @@ fn import_train_and_sample_on_an_image_folder() {
         dir,
     );
     assert!(out.status.success(), "{}", stderr(&out));
+    // The run ends with the reconstructions' FID, as its config asked.
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("vq/summary.json")).unwrap())
+            .unwrap();
+    let rfid = summary["generation"]["rfid"].as_f64().unwrap();
+    assert!(rfid.is_finite() && rfid > 0.0, "{summary}");
+    assert_eq!(summary["generation"]["images"], 6);
     let recorded: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("vq/data.json")).unwrap()).unwrap();
     assert_eq!(recorded["kind"], "image-set");
@@ -107,7 +115,8 @@ fn import_train_and_sample_on_an_image_folder() {
     write_json(
         &prior_config,
         serde_json::json!({"prior": {"channels": 8, "layers": 2}, "steps": 3, "batch_size": 8,
-                           "eval_every": 3, "checkpoint_every": 3, "threads": 1, "device": "cpu"}),
+                           "eval_every": 3, "checkpoint_every": 3, "threads": 1, "device": "cpu",
+                           "fid_samples": 4}),
     );
     let out = run(
         "vq-train",
@@ -130,6 +139,11 @@ fn import_train_and_sample_on_an_image_folder() {
     )
     .unwrap();
     assert_eq!(prior["format"], 2);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("prior/summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["generation"]["samples"], 4, "{summary}");
+    assert!(summary["generation"]["fid"].as_f64().unwrap().is_finite());
     let provenance = &prior["provenance"];
     assert_eq!(provenance["grid_side"], 16);
     assert_eq!(provenance["image_side"], 64);
@@ -162,6 +176,81 @@ fn import_train_and_sample_on_an_image_folder() {
         (samples.width(), samples.height()),
         (3 * (8 * 66 + 2), 3 * (66 + 2))
     );
+    // ...refuses guidance for the PixelCNN, which has no unconditional model...
+    let out = run(
+        "vq-cli",
+        &[
+            "--device",
+            "cpu",
+            "--checkpoint",
+            "vq",
+            "sample",
+            "-n",
+            "2",
+            "--prior",
+            "prior",
+            "--guidance",
+            "2",
+        ],
+        dir,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no unconditional model"),
+        "{}",
+        stderr(&out)
+    );
+    // ...but a transformer prior samples with guidance, from its key/value cache...
+    let transformer_config = dir.join("transformer.json");
+    write_json(
+        &transformer_config,
+        serde_json::json!({"format": 2,
+                           "prior": {"kind": "transformer", "width": 16, "layers": 1, "heads": 2},
+                           "schedule": {"steps": 3, "batch_size": 8, "eval_every": 3,
+                                        "checkpoint_every": 3},
+                           "runtime": {"threads": 1, "device": "cpu"}}),
+    );
+    let out = run(
+        "vq-train",
+        &[
+            "prior",
+            "--vqvae",
+            "vq",
+            "--data",
+            data.to_str().unwrap(),
+            "--config",
+            transformer_config.to_str().unwrap(),
+            "--run-dir",
+            "transformer",
+        ],
+        dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(
+        "vq-cli",
+        &[
+            "--device",
+            "cpu",
+            "--checkpoint",
+            "vq",
+            "sample",
+            "-n",
+            "3",
+            "--class",
+            "boats",
+            "--prior",
+            "transformer",
+            "--guidance",
+            "2",
+            "--top-k",
+            "10",
+            "-o",
+            "t.png",
+        ],
+        dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("guidance 2"), "{}", stdout(&out));
     // ...refuses a class the dataset does not have...
     let out = run(
         "vq-cli",
@@ -216,12 +305,14 @@ fn import_train_and_sample_on_an_image_folder() {
     };
     let rfid = eval_fid();
     assert!(rfid.is_finite() && rfid > 0.0, "{rfid}");
+    // (The training split's are there too: the prior run measured its samples against them.)
     let cached: Vec<_> = std::fs::read_dir(data.join("fid"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("test-"))
         .collect();
     assert!(
-        cached.len() == 1 && cached[0].starts_with("test-") && cached[0].ends_with(".fidstats"),
+        cached.len() == 1 && cached[0].ends_with(".fidstats"),
         "{cached:?}"
     );
     assert_eq!(eval_fid(), rfid);

@@ -60,6 +60,9 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Generation figures under one protocol: FID and KID against the CIFAR-10 training split of
+    /// the test split, of the VQ-VAE's reconstructions, and of each prior's samples.
+    EvalGen(EvalGenArgs),
     /// Copy a finished run's last checkpoint, figures and pictures into models/cifar10-default/,
     /// the model vq-cli uses by default.
     BundleModel { run_dir: PathBuf },
@@ -98,6 +101,29 @@ enum Command {
         #[command(subcommand)]
         which: Bench,
     },
+}
+
+#[derive(clap::Args, Clone)]
+struct EvalGenArgs {
+    #[command(flatten)]
+    data: DownloadArgs,
+    /// A prior run or checkpoint (repeatable) [default: the bundled prior].
+    #[arg(long)]
+    prior: Vec<PathBuf>,
+    /// The VQ-VAE [default: the bundled model].
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Samples per prior (class-balanced).
+    #[arg(long, default_value_t = 10_000)]
+    samples: usize,
+    /// Guidance values to measure each prior at (repeatable, or comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    guidance: Vec<f64>,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    /// Only the priors' samples (not the test split and the reconstructions).
+    #[arg(long)]
+    priors_only: bool,
 }
 
 #[derive(clap::Args, Clone)]
@@ -298,6 +324,12 @@ fn real_main() -> Result<()> {
             }
             cmd::run(command.args(&args))?;
         }
+        Command::EvalGen(args) => {
+            libtorch::ensure(&root, libtorch::CudaChoice::Auto)?;
+            fid::ensure(&root)?;
+            let dir = download(&root, &args.data)?;
+            eval_gen(&root, &dir, &args)?;
+        }
         Command::BundleModel { run_dir } => bundle::run(&root, &run_dir, false)?,
         Command::ImportImages {
             root: images,
@@ -363,5 +395,94 @@ fn real_main() -> Result<()> {
             }
         },
     }
+    Ok(())
+}
+
+/// `cargo xtask eval-gen`: generation figures under one protocol, every set against the CIFAR-10
+/// training split's statistics with the same network: the test split itself (the floor real
+/// images reach), the VQ-VAE's reconstructions of the test split (the floor decoded codes
+/// reach), and the samples of each prior (class-balanced).
+fn eval_gen(root: &std::path::Path, data: &std::path::Path, args: &EvalGenArgs) -> Result<()> {
+    let samples = args.samples.to_string();
+    let mut rows: Vec<(String, serde_json::Value)> = Vec::new();
+    let vq_cli = |fid_args: &[String]| -> Result<serde_json::Value> {
+        let mut command = cmd::cargo(root);
+        command.args(["run", "--release", "-q", "-p", "vq-cli", "--", "--json"]);
+        if let Some(c) = &args.checkpoint {
+            command.arg("--checkpoint").arg(std::path::absolute(c)?);
+        }
+        command.arg("fid").args(fid_args).arg("--data").arg(data);
+        let out = command.output().context("running vq-cli fid")?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "vq-cli fid failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        serde_json::from_slice(&out.stdout).context("vq-cli fid printed no JSON")
+    };
+    let against = "cifar10:train".to_string();
+    if !args.priors_only {
+        for (name, side) in [
+            ("CIFAR-10 test split (real images)", "cifar10:test"),
+            ("reconstructions of the test split", "recon:cifar10:test"),
+        ] {
+            tracing::info!("FID of the {name}");
+            rows.push((name.into(), vq_cli(&[side.into(), against.clone()])?));
+        }
+    }
+    let priors: Vec<Option<PathBuf>> = if args.prior.is_empty() {
+        vec![None]
+    } else {
+        args.prior.iter().cloned().map(Some).collect()
+    };
+    for prior in priors {
+        for guidance in &args.guidance {
+            let mut fid_args = vec![
+                "--samples".to_string(),
+                samples.clone(),
+                against.clone(),
+                "--guidance".into(),
+                guidance.to_string(),
+                "--temperature".into(),
+                args.temperature.to_string(),
+            ];
+            let name = match &prior {
+                Some(p) => {
+                    fid_args.push("--prior".into());
+                    fid_args.push(std::path::absolute(p)?.display().to_string());
+                    format!(
+                        "{} samples of {}, guidance {guidance}",
+                        args.samples,
+                        p.display()
+                    )
+                }
+                None => format!("{} samples of the bundled prior", args.samples),
+            };
+            tracing::info!("FID of {name}");
+            rows.push((name, vq_cli(&fid_args)?));
+        }
+    }
+    println!(
+        "\nFID and KID against the CIFAR-10 training split's statistics, {}",
+        cpu_model()
+    );
+    println!("{:<60} {:>9} {:>10} {:>8}", "set", "FID", "KID", "images");
+    for (name, v) in &rows {
+        println!(
+            "{name:<60} {:>9.2} {:>10.5} {:>8}",
+            v["fid"].as_f64().unwrap_or(f64::NAN),
+            v["kid"]["mean"].as_f64().unwrap_or(f64::NAN),
+            v["a"]["images"]
+        );
+    }
+    let json: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|(name, v)| serde_json::json!({"set": name, "result": v}))
+        .collect();
+    println!(
+        "{}",
+        serde_json::json!({"bench": "eval-gen", "cpu": cpu_model(), "rows": json})
+    );
     Ok(())
 }

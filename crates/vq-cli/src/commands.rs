@@ -452,7 +452,7 @@ pub fn eval(session: &Session, args: &EvalArgs) -> Result<EvalReport> {
         let bar = crate::fid::bar(session, count as u64, "reconstructions");
         let features = vq_fid::models::reconstruction_features(
             &net,
-            &ckpt,
+            &ckpt.model,
             &images,
             count,
             session.device,

@@ -46,7 +46,8 @@ impl FidOptions {
 pub struct FidArgs {
     /// The images to measure: a folder of images (any size), a dataset split
     /// (`cifar10:train`, `cifar10:test`, or `DATASET_DIR:train|test` for an imported image
-    /// set), or a statistics file (`.fidstats`). Not with --samples.
+    /// set), the VQ-VAE's reconstructions of a split (`recon:cifar10:test`), or a statistics
+    /// file (`.fidstats`). Not with --samples.
     pub a: Option<String>,
     /// What they are measured against, in the same forms [default with --samples:
     /// cifar10:train].
@@ -76,7 +77,15 @@ pub struct FidArgs {
 #[derive(Debug, Clone, PartialEq)]
 pub enum FidSource {
     Folder(PathBuf),
-    Split { dir: PathBuf, split: Split },
+    Split {
+        dir: PathBuf,
+        split: Split,
+    },
+    /// The VQ-VAE's reconstructions of a split (`recon:cifar10:test`).
+    Reconstructions {
+        dir: PathBuf,
+        split: Split,
+    },
     Stats(PathBuf),
     Samples(i64),
 }
@@ -84,6 +93,12 @@ pub enum FidSource {
 impl FidSource {
     /// Reads `text` as a folder, a `NAME:split`, or a statistics file.
     pub fn parse(text: &str, cifar: &Path) -> Result<Self> {
+        if let Some(rest) = text.strip_prefix("recon:") {
+            return match Self::parse(rest, cifar)? {
+                FidSource::Split { dir, split } => Ok(FidSource::Reconstructions { dir, split }),
+                _ => bail!("{text}: recon: takes a dataset split, such as recon:cifar10:test"),
+            };
+        }
         if let Some((name, split)) = text.rsplit_once(':') {
             let split = match split {
                 "train" => Some(Split::Train),
@@ -113,6 +128,9 @@ impl FidSource {
         match self {
             FidSource::Folder(p) => format!("{} (folder)", p.display()),
             FidSource::Split { dir, split } => format!("{}:{split}", dir.display()),
+            FidSource::Reconstructions { dir, split } => {
+                format!("reconstructions of {}:{split}", dir.display())
+            }
             FidSource::Stats(p) => format!("{} (statistics)", p.display()),
             FidSource::Samples(n) => format!("{n} samples of the prior"),
         }
@@ -202,6 +220,23 @@ fn side_stats(
             bar.finish_and_clear();
             stats
         }
+        FidSource::Reconstructions { dir, split } => {
+            let ckpt = session.open()?;
+            let set = vq_data::load_split(dir, *split, &Default::default())
+                .with_context(|| format!("loading {}:{split}", dir.display()))?;
+            let bar = bar(session, set.len() as u64, "reconstructions");
+            let features = vq_fid::models::reconstruction_features(
+                net,
+                &ckpt.model,
+                &set,
+                set.len(),
+                session.device,
+                &mut |done| bar.set_position(done as u64),
+            )?;
+            bar.finish_and_clear();
+            *through += set.len() as i64;
+            FeatureStats::from_features(&features)?
+        }
         FidSource::Folder(dir) => {
             let files = crate::collect_images(std::slice::from_ref(dir))?;
             if files.len() < 2 {
@@ -225,7 +260,7 @@ fn side_stats(
             let bar = bar(session, *n as u64, "samples");
             let features = vq_fid::models::sample_features(
                 net,
-                &ckpt,
+                &ckpt.model,
                 prior.model.as_ref(),
                 vq_fid::models::Sampling {
                     n: *n,
@@ -354,6 +389,14 @@ mod tests {
             FidSource::parse(file.to_str().unwrap(), cifar).unwrap(),
             FidSource::Stats(file.clone())
         );
+        assert_eq!(
+            FidSource::parse("recon:cifar10:test", cifar).unwrap(),
+            FidSource::Reconstructions {
+                dir: cifar.to_path_buf(),
+                split: Split::Test
+            }
+        );
+        assert!(FidSource::parse(&format!("recon:{folder}"), cifar).is_err());
         let err = FidSource::parse("nowhere", cifar).unwrap_err().to_string();
         assert!(err.contains("nowhere"), "{err}");
     }

@@ -273,7 +273,7 @@ fn a_prior_opens_only_with_its_own_vqvae_and_samples_images() {
     let prior =
         PriorCheckpoint::open_for(Source::Path(&own), "the VQ-VAE", &id, Device::Cpu).unwrap();
     let labels = Tensor::from_slice(&[3i64, 5]);
-    let (images, codes) = crate::sample::sample_images(
+    let samples = crate::sample::sample_images(
         &prior,
         &vqvae,
         Some(&labels),
@@ -281,6 +281,7 @@ fn a_prior_opens_only_with_its_own_vqvae_and_samples_images() {
         &Default::default(),
         Device::Cpu,
     );
-    assert_eq!(images.size(), vec![2, 3, 32, 32]);
-    assert_eq!(codes.size(), vec![2, 8, 8]);
+    assert_eq!(samples.images.size(), vec![2, 3, 32, 32]);
+    assert_eq!(samples.codes.size(), vec![2, 8, 8]);
+    assert!(samples.sampling_seconds >= 0.0 && samples.decoding_seconds >= 0.0);
 }

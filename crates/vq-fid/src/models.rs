@@ -3,8 +3,7 @@
 
 use tch::{Device, Tensor};
 use vq_data::{gather, BatchIndices, Cifar10};
-use vq_model::checkpoint::Checkpoint;
-use vq_model::{images_to_tensor, to_bytes};
+use vq_model::{images_to_tensor, to_bytes, VqVae};
 use vq_prior::{CodePrior, SampleOptions};
 
 use crate::extract::BATCH;
@@ -15,7 +14,7 @@ use crate::FidError;
 /// them would hold).
 pub fn reconstruction_features(
     net: &InceptionV3,
-    vqvae: &Checkpoint,
+    vqvae: &VqVae,
     set: &Cifar10,
     count: usize,
     device: Device,
@@ -33,7 +32,7 @@ pub fn reconstruction_features(
             .map_err(|e| FidError::Invalid(e.to_string()))?;
         let recon = {
             let _guard = tch::no_grad_guard();
-            vqvae.model.decode(&vqvae.model.encode(&xs))
+            vqvae.decode(&vqvae.encode(&xs))
         };
         parts.push(net.features(&to_bytes(&recon, range))?);
         progress(end);
@@ -69,7 +68,7 @@ pub struct Sampling {
 /// decoded by `vqvae`.
 pub fn sample_features(
     net: &InceptionV3,
-    vqvae: &Checkpoint,
+    vqvae: &VqVae,
     prior: &dyn CodePrior,
     spec: Sampling,
     progress: &mut dyn FnMut(usize),
@@ -86,7 +85,7 @@ pub fn sample_features(
             Tensor::from_slice(&l[start as usize..(start + len) as usize]).to_device(device)
         });
         let codes = prior.sample(len, chunk_labels.as_ref(), &options, device);
-        let images = to_bytes(&vqvae.model.decode(&codes.unsqueeze(1)), range);
+        let images = to_bytes(&vqvae.decode(&codes.unsqueeze(1)), range);
         parts.push(crate::features_of(net, &images, &mut |done| {
             progress(start as usize + done)
         })?);

@@ -182,6 +182,9 @@ pub struct TrainConfig {
     pub kmeans_iters: usize,
     /// Test images of each evaluation but the last (which uses the whole test split).
     pub eval_images: usize,
+    /// At the end, the FID (and KID) of the reconstructions of the whole test split against it
+    /// (minutes on a CPU), into `summary.json`.
+    pub fid: bool,
 }
 
 impl Default for TrainConfig {
@@ -206,6 +209,7 @@ impl Default for TrainConfig {
             kmeans_init_images: 4096,
             kmeans_iters: 20,
             eval_images: 2000,
+            fid: false,
         }
     }
 }

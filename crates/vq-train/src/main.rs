@@ -38,6 +38,9 @@ struct Args {
     /// Train images used for the quantizer's k-means initialisation (0: none).
     #[arg(long)]
     kmeans_init_images: Option<usize>,
+    /// End with the FID of the reconstructions of the test split (minutes on a CPU).
+    #[arg(long)]
+    fid: bool,
 }
 
 /// Flags of every kind of run.
@@ -157,6 +160,10 @@ struct PriorArgs {
     /// Decoupled weight decay (AdamW) of the matrices and embeddings.
     #[arg(long, conflicts_with = "resume")]
     weight_decay: Option<f64>,
+    /// End with the FID of N class-balanced samples against the training split (minutes on a
+    /// CPU).
+    #[arg(long, value_name = "N", conflicts_with = "resume")]
+    fid_samples: Option<i64>,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -239,6 +246,7 @@ fn run_vqvae(args: Args) -> Result<()> {
             if let Some(v) = args.kmeans_init_images {
                 config.kmeans_init_images = v;
             }
+            config.fid |= args.fid;
             train::<VqVaeTask>(config, &args.run.run_dir("run"))?
         }
     };
@@ -271,6 +279,9 @@ fn run_prior(args: PriorArgs) -> Result<()> {
             }
             if let Some(v) = args.weight_decay {
                 config.weight_decay = v;
+            }
+            if let Some(v) = args.fid_samples {
+                config.fid_samples = v;
             }
             match (args.arch, &config.prior) {
                 (Some(Arch::Pixelcnn), PriorArch::PixelCnn(_))

@@ -33,6 +33,9 @@ pub struct PriorTrainConfig {
     pub conditional: bool,
     /// Decoupled weight decay of the matrices and embeddings (AdamW); 0: plain Adam.
     pub weight_decay: f64,
+    /// At the end, the FID (and KID) of this many class-balanced samples against the training
+    /// split (0: none; minutes on a CPU), into `summary.json`.
+    pub fid_samples: i64,
     /// The VQ-VAE: a checkpoint folder or a run folder (its best checkpoint); `null`: the
     /// bundled model.
     pub vqvae: Option<PathBuf>,
@@ -47,6 +50,7 @@ impl Default for PriorTrainConfig {
             prior: PriorArch::default(),
             conditional: true,
             weight_decay: 0.0,
+            fid_samples: 0,
             vqvae: None,
             data: DataConfig::default(),
             schedule: Schedule {
@@ -91,6 +95,12 @@ impl ConfigFile for PriorTrainConfig {
                 self.weight_decay
             ));
         }
+        if self.fid_samples != 0 && !(2..=1_000_000).contains(&self.fid_samples) {
+            return Err(format!(
+                "fid_samples must be 0 (none) or 2 to 1,000,000, not {}",
+                self.fid_samples
+            ));
+        }
         self.prior.validate()
     }
 }
@@ -104,6 +114,10 @@ pub struct PriorEvaluation {
     pub bits_per_code: f64,
     /// Bits of a whole image's code grid divided by its sub-pixels.
     pub bits_per_dim: f64,
+    /// Bits per code of the test codes under their training-split frequencies alone (a
+    /// unigram model): what the prior gains over code frequencies is the difference.
+    #[serde(default)]
+    pub unigram_bits_per_code: f64,
     pub elapsed_s: f64,
 }
 
@@ -114,8 +128,8 @@ impl crate::task::Evaluation for PriorEvaluation {
 
     fn describe(&self) -> String {
         format!(
-            "test NLL {:.4} bits/code, {:.4} bits/dim ({} grids)",
-            self.bits_per_code, self.bits_per_dim, self.grids
+            "test NLL {:.4} bits/code (code frequencies alone: {:.4}), {:.4} bits/dim ({} grids)",
+            self.bits_per_code, self.unigram_bits_per_code, self.bits_per_dim, self.grids
         )
     }
 }
@@ -210,10 +224,30 @@ fn cached_codes(
     Ok(set)
 }
 
-/// Test NLL of `prior` over `set`.
+/// Bits per code of `test` under the code frequencies of `train` (add-one smoothed, so that a
+/// code unseen in training costs finite bits).
+pub fn unigram_bits_per_code(train: &CodeSet, test: &CodeSet, vocabulary: i64) -> f64 {
+    let counts = |set: &CodeSet| {
+        set.codes
+            .flatten(0, -1)
+            .bincount::<Tensor>(None, vocabulary)
+            .to_kind(Kind::Double)
+    };
+    let train_counts = counts(train) + 1.0;
+    let p = &train_counts / train_counts.sum(Kind::Double);
+    let test_counts = counts(test);
+    let nats = -(test_counts.shallow_clone() * p.log())
+        .sum(Kind::Double)
+        .double_value(&[])
+        / test_counts.sum(Kind::Double).double_value(&[]).max(1.0);
+    nats / std::f64::consts::LN_2
+}
+
+/// Test NLL of `prior` over `set`; `unigram` is [`unigram_bits_per_code`] of the run.
 pub fn evaluate_prior(
     prior: &dyn CodePrior,
     set: &CodeSet,
+    unigram: f64,
     device: Device,
     step: usize,
     elapsed_s: f64,
@@ -233,6 +267,7 @@ pub fn evaluate_prior(
         grids: n,
         bits_per_code,
         bits_per_dim: prior.provenance().bits_per_dim(bits_per_code),
+        unigram_bits_per_code: unigram,
         elapsed_s,
     }
 }
@@ -240,6 +275,12 @@ pub fn evaluate_prior(
 /// A code prior being trained.
 #[derive(Debug)]
 pub struct PriorTask {
+    /// The VQ-VAE, kept when the run ends with an FID of samples.
+    vqvae: Option<Checkpoint>,
+    data: DataConfig,
+    fid_samples: i64,
+    /// Test bits per code under the training codes' frequencies.
+    unigram: f64,
     device: Device,
     train: CodeSet,
     test: CodeSet,
@@ -287,12 +328,18 @@ impl Task for PriorTask {
             .map_err(|e| anyhow::anyhow!("the prior for {}: {e}", vqvae.origin()))?;
         let train = cached_codes(run, Split::Train, &vqvae, &config.data, device)?;
         let test = cached_codes(run, Split::Test, &vqvae, &config.data, device)?;
-        drop(vqvae);
+        let vqvae = (config.fid_samples > 0).then_some(vqvae);
+        let unigram =
+            unigram_bits_per_code(&train, &test, prior_config.provenance.codes.vocabulary);
         let vs = nn::VarStore::new(device);
         let model = vq_prior::build(vs.root(), &prior_config);
         let mut adam = Adam::new(&vs);
         adam.weight_decay = config.weight_decay;
         Ok(PriorTask {
+            vqvae,
+            data: config.data.clone(),
+            fid_samples: config.fid_samples,
+            unigram,
             device,
             train,
             test,
@@ -354,6 +401,7 @@ impl Task for PriorTask {
         Ok(evaluate_prior(
             self.model.as_ref(),
             &self.test,
+            self.unigram,
             self.device,
             step,
             elapsed_s,
@@ -388,6 +436,36 @@ impl Task for PriorTask {
         Ok(())
     }
 
+    fn generation_figures(&mut self, _run: &RunDir) -> Result<Option<serde_json::Value>> {
+        let Some(vqvae) = &self.vqvae else {
+            return Ok(None);
+        };
+        let net = vq_fid::InceptionV3::load(&vq_fid::default_weights(), self.device)?;
+        tracing::info!(
+            "FID of {} samples against the training split (minutes on a CPU)",
+            self.fid_samples
+        );
+        let reference = vq_fid::split_stats(&net, &self.data.path, Split::Train, &mut |_, _| {})?;
+        let features = vq_fid::models::sample_features(
+            &net,
+            &vqvae.model,
+            self.model.as_ref(),
+            vq_fid::models::Sampling {
+                n: self.fid_samples,
+                options: Default::default(),
+                seed: 0,
+            },
+            &mut |_| {},
+        )?;
+        let ours = vq_fid::FeatureStats::from_features(&features)?;
+        let fid = vq_fid::frechet_distance(&ours, &reference)?;
+        let kid = vq_fid::kernel_inception_distance(&ours.sample, &reference.sample, 100, 1000, 0)?;
+        Ok(Some(serde_json::json!({
+            "fid": fid, "kid": kid, "samples": ours.count,
+            "against": "the training split", "temperature": 1.0, "guidance": 1.0,
+        })))
+    }
+
     fn panels() -> Vec<Panel> {
         vec![
             Panel {
@@ -411,6 +489,20 @@ impl Task for PriorTask {
 mod tests {
     use super::*;
     use vq_store::parse_config;
+
+    #[test]
+    fn unigram_bits_are_the_cross_entropy_of_smoothed_frequencies() {
+        let set = |codes: &[i64]| CodeSet {
+            codes: Tensor::from_slice(codes).view([1, 1, codes.len() as i64]),
+            labels: Tensor::from_slice(&[0i64]),
+        };
+        // Train: code 0 three times, code 1 once; add-one over 4 codes gives 4/8, 2/8, 1/8, 1/8.
+        let train = set(&[0, 0, 0, 1]);
+        let bits = unigram_bits_per_code(&train, &set(&[0, 1]), 4);
+        assert!((bits - 1.5).abs() < 1e-12, "{bits}");
+        // A code never seen in training costs 3 bits, not infinity.
+        assert!((unigram_bits_per_code(&train, &set(&[3]), 4) - 3.0).abs() < 1e-12);
+    }
 
     #[test]
     fn format_1_prior_runs_read_as_the_same_run() {

@@ -74,6 +74,9 @@ pub struct RunSummary<E> {
     pub train_seconds: f64,
     /// Training items (images, code grids) per second over all steps.
     pub items_per_second: f64,
+    /// FID and KID, when the config asks for them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<Value>,
 }
 
 /// Starts a new run of `T` in `run_dir` (which must not hold one already). If the start fails
@@ -242,7 +245,9 @@ fn run_loop<T: Task>(
         // A resume of a finished run: nothing trained, evaluate once more for the summary.
         None => task.evaluate(run, state.step, true, state.elapsed_s)?,
     };
+    let generation = task.generation_figures(run)?;
     let summary = RunSummary {
+        generation,
         run_dir: run.path().to_path_buf(),
         steps: state.step,
         best_score: state.best_score.unwrap_or(final_eval.score()),

@@ -170,4 +170,10 @@ pub trait Task: Sized {
 
     /// The panels of `curves.png`.
     fn panels() -> Vec<Panel>;
+
+    /// Figures measured once at the end of a run, when its config asks for them (FID costs
+    /// minutes on a CPU); they go into `summary.json` as `"generation"`.
+    fn generation_figures(&mut self, _run: &RunDir) -> Result<Option<serde_json::Value>> {
+        Ok(None)
+    }
 }

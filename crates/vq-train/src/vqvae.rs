@@ -246,6 +246,38 @@ impl Task for VqVaeTask {
         Ok(())
     }
 
+    fn generation_figures(&mut self, _run: &RunDir) -> Result<Option<serde_json::Value>> {
+        if !self.config.fid {
+            return Ok(None);
+        }
+        let net = vq_fid::InceptionV3::load(&vq_fid::default_weights(), self.device)?;
+        tracing::info!("FID of the reconstructions of the test split (minutes on a CPU)");
+        let reference =
+            vq_fid::split_stats(&net, &self.config.data.path, Split::Test, &mut |_, _| {})?;
+        let served = match &mut self.average {
+            Some(avg) => {
+                avg.sync();
+                &avg.model
+            }
+            None => &self.model,
+        };
+        let features = vq_fid::models::reconstruction_features(
+            &net,
+            served,
+            &self.test,
+            self.test.len(),
+            self.device,
+            &mut |_| {},
+        )?;
+        let ours = vq_fid::FeatureStats::from_features(&features)?;
+        let fid = vq_fid::frechet_distance(&ours, &reference)?;
+        let kid = vq_fid::kernel_inception_distance(&ours.sample, &reference.sample, 100, 1000, 0)?;
+        Ok(Some(serde_json::json!({
+            "rfid": fid, "rkid": kid, "images": ours.count,
+            "against": "the test split",
+        })))
+    }
+
     fn panels() -> Vec<Panel> {
         vec![
             Panel {
