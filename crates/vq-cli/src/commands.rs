@@ -517,6 +517,12 @@ impl fmt::Display for InfoReport {
                 32 / c.downsample,
                 32 / c.downsample
             ),
+            vq_model::QuantizerConfig::Fsq(q) => format!(
+                "finite scalar quantizer, levels {:?}: {} codes ({} bits a code)",
+                q.levels,
+                space.vocabulary,
+                space.bits_per_code()
+            ),
         };
         table(
             f,

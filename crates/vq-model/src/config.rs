@@ -163,6 +163,7 @@ impl VqVaeConfig {
     pub fn vq_mut(&mut self) -> Option<&mut VqConfig> {
         match &mut self.quantizer {
             QuantizerConfig::Vq(c) => Some(c),
+            _ => None,
         }
     }
 }

@@ -307,6 +307,35 @@ mod tests {
     }
 
     #[test]
+    fn an_fsq_model_trains_and_decodes_its_own_codes() {
+        tch::manual_seed(10);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = VqVaeConfig {
+            quantizer: QuantizerConfig::Fsq(crate::quantizer::FsqConfig {
+                levels: vec![4, 3, 3],
+            }),
+            ..tiny(CodebookUpdate::default(), 4)
+        };
+        let model = VqVae::new(vs.root(), &cfg);
+        assert_eq!(model.quantizer.code_space().vocabulary, 36);
+        assert!(model.quantizer.parameters().is_empty());
+        let x = images(2);
+        let out = model.forward(&x);
+        assert_eq!(out.codes().size(), vec![2, 1, 8, 8]);
+        out.loss.backward();
+        let g = vs.variables()["encoder.to_code.weight"].grad();
+        assert!(
+            g.abs().sum(Kind::Float).double_value(&[]) > 0.0,
+            "the encoder learns"
+        );
+        let diff = (model.decode(&model.encode(&x)) - &out.reconstruction)
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(diff < 1e-6, "{diff}");
+    }
+
+    #[test]
     fn kmeans_initialisation_loads_the_centroids() {
         tch::manual_seed(5);
         let vs = nn::VarStore::new(Device::Cpu);

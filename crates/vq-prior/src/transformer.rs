@@ -74,7 +74,8 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Tensor {
-        xs.matmul(&self.ws.tr()) + &self.bs
+        // One fused product-and-bias (addmm) rather than a product and a second pass.
+        xs.linear(&self.ws, Some(&self.bs))
     }
 }
 

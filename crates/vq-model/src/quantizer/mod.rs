@@ -3,12 +3,14 @@
 //! [`QuantizerConfig`] (`{"kind": "vq", ...}` in `config.json`); nothing outside a quantizer
 //! reaches into its tensors.
 
+mod fsq;
 mod vq;
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 use vq_kmeans::KMeansConfig;
 
+pub use fsq::{FiniteScalarQuantizer, FsqConfig};
 pub use vq::{CodebookUpdate, GradientEstimator, VectorQuantizer, VqConfig};
 
 use crate::ModelError;
@@ -35,6 +37,8 @@ impl CodeSpace {
 pub enum QuantizerConfig {
     /// One codebook, nearest code by Euclidean distance (van den Oord et al., 2017).
     Vq(VqConfig),
+    /// Finite scalar quantization (Mentzer et al., 2023): no codebook.
+    Fsq(FsqConfig),
 }
 
 impl Default for QuantizerConfig {
@@ -48,6 +52,8 @@ impl QuantizerConfig {
     pub fn latent_dim(&self) -> i64 {
         match self {
             QuantizerConfig::Vq(c) => c.code_dim,
+            // One latent channel per level count: no projection needed.
+            QuantizerConfig::Fsq(c) => c.levels.len() as i64,
         }
     }
 
@@ -57,12 +63,17 @@ impl QuantizerConfig {
                 depth: 1,
                 vocabulary: c.codebook_size,
             },
+            QuantizerConfig::Fsq(c) => CodeSpace {
+                depth: 1,
+                vocabulary: c.vocabulary(),
+            },
         }
     }
 
     pub fn validate(&self) -> Result<(), String> {
         match self {
             QuantizerConfig::Vq(c) => c.validate(),
+            QuantizerConfig::Fsq(c) => c.validate(),
         }
     }
 
@@ -70,6 +81,7 @@ impl QuantizerConfig {
     pub fn build(&self, vs: nn::Path<'_>) -> Box<dyn Quantizer> {
         match self {
             QuantizerConfig::Vq(c) => Box::new(VectorQuantizer::new(vs, c)),
+            QuantizerConfig::Fsq(c) => Box::new(FiniteScalarQuantizer::new(vs, c)),
         }
     }
 }
