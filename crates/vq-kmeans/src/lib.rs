@@ -49,6 +49,9 @@ pub struct KMeansConfig {
     pub init: Init,
     /// Fit on at most this many points per centroid (a uniform sample), then assign all.
     pub max_points_per_centroid: Option<usize>,
+    /// Spherical k-means: the points are scaled to unit length first and the centroids kept
+    /// at unit length, so that the nearest centroid is the one of largest cosine similarity.
+    pub spherical: bool,
 }
 
 impl Default for KMeansConfig {
@@ -60,6 +63,7 @@ impl Default for KMeansConfig {
             tol: 1e-4,
             init: Init::KMeansPlusPlus,
             max_points_per_centroid: None,
+            spherical: false,
         }
     }
 }
@@ -91,6 +95,20 @@ impl KMeansConfig {
         self.max_points_per_centroid = limit;
         self
     }
+    pub fn spherical(mut self, spherical: bool) -> Self {
+        self.spherical = spherical;
+        self
+    }
+}
+
+/// Each row scaled to unit length (rows of zero length are left at zero).
+fn unit_rows(a: &mut Array2<f32>) {
+    for mut row in a.outer_iter_mut() {
+        let norm = row.dot(&row).sqrt();
+        if norm > 0.0 {
+            row.mapv_inplace(|v| v / norm);
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -105,6 +123,8 @@ pub enum KMeansError {
     NonFinite { row: usize, col: usize, value: f32 },
     #[error("max_points_per_centroid must be at least 1")]
     ZeroSampleLimit,
+    #[error("point {row} has length zero (spherical k-means needs a direction)")]
+    ZeroVector { row: usize },
 }
 
 /// Time spent in each phase of a fit, in seconds.
@@ -147,7 +167,13 @@ impl KMeans {
     pub fn fit(points: ArrayView2<'_, f32>, config: &KMeansConfig) -> Result<KMeans, KMeansError> {
         let (n, d) = points.dim();
         validate(points, config)?;
-        let points: CowArray<'_, f32, Ix2> = points.as_standard_layout();
+        let points: CowArray<'_, f32, Ix2> = if config.spherical {
+            let mut unit = points.to_owned();
+            unit_rows(&mut unit);
+            CowArray::from(unit)
+        } else {
+            points.as_standard_layout()
+        };
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
 
         // The fitting set: everything, or a uniform sample.
@@ -184,6 +210,10 @@ impl KMeans {
             let started = std::time::Instant::now();
             let previous = centroids.clone();
             centroids = update_centroids(fit_points, &bounds, centroids.view(), config.k);
+            if config.spherical {
+                // The mean direction of each cluster; the bounds account for the move.
+                unit_rows(&mut centroids);
+            }
             let fraction = hamerly_assignment(
                 fit_points,
                 &norms,
@@ -242,6 +272,14 @@ fn validate(points: ArrayView2<'_, f32>, config: &KMeansConfig) -> Result<(), KM
     }
     if let Some(((row, col), &value)) = points.indexed_iter().find(|(_, v)| !v.is_finite()) {
         return Err(KMeansError::NonFinite { row, col, value });
+    }
+    if config.spherical {
+        if let Some(row) = points
+            .outer_iter()
+            .position(|r| r.iter().all(|&v| v == 0.0))
+        {
+            return Err(KMeansError::ZeroVector { row });
+        }
     }
     Ok(())
 }
@@ -858,6 +896,32 @@ mod tests {
     }
 
     #[test]
+    fn spherical_clusters_by_direction_not_length() {
+        // Two directions, each at very different lengths: plain k-means splits by length,
+        // spherical k-means by direction.
+        let points = Array2::from_shape_fn((40, 2), |(i, j)| {
+            let length = if i % 4 < 2 { 0.1 } else { 50.0 };
+            let angle = if i % 2 == 0 { 0.1f32 } else { 1.4 };
+            length * if j == 0 { angle.cos() } else { angle.sin() }
+        });
+        let fit =
+            KMeans::fit(points.view(), &KMeansConfig::new(2).seed(1).spherical(true)).unwrap();
+        for (i, &l) in fit.assignments.iter().enumerate() {
+            assert_eq!(l, fit.assignments[i % 2], "point {i}");
+        }
+        assert_ne!(fit.assignments[0], fit.assignments[1]);
+        for c in fit.centroids.outer_iter() {
+            assert!((c.dot(&c).sqrt() - 1.0).abs() < 1e-5);
+        }
+        let mut zero = points.clone();
+        zero.row_mut(7).fill(0.0);
+        assert_eq!(
+            KMeans::fit(zero.view(), &KMeansConfig::new(2).spherical(true)),
+            Err(KMeansError::ZeroVector { row: 7 })
+        );
+    }
+
+    #[test]
     fn config_round_trips_through_serde() {
         let cfg = KMeansConfig::new(512)
             .seed(3)
@@ -907,6 +971,28 @@ mod tests {
             prop_assert_eq!(fit.cluster_sizes.iter().sum::<usize>(), n);
             let brute = brute_inertia(points.view(), fit.centroids.view(), &fit.assignments);
             prop_assert!((fit.inertia - brute).abs() <= 1e-4 * (1.0 + brute));
+        }
+
+        #[test]
+        fn spherical_centroids_are_unit_and_each_point_has_the_closest_direction(
+            points in points_strategy(), k_frac in 0.0f64..1.0, seed in any::<u64>()
+        ) {
+            // Directions need non-zero points.
+            let points = points.mapv(|v| v + 0.5);
+            prop_assume!(points.outer_iter().all(|r| r.iter().any(|&v| v != 0.0)));
+            let n = points.nrows();
+            let k = 1 + ((n - 1) as f64 * k_frac) as usize;
+            let cfg = KMeansConfig::new(k).seed(seed).max_iters(10).spherical(true);
+            let fit = KMeans::fit(points.view(), &cfg).unwrap();
+            for c in fit.centroids.outer_iter() {
+                prop_assert!((c.dot(&c).sqrt() - 1.0).abs() < 1e-4, "{c}");
+            }
+            for (p, &l) in points.outer_iter().zip(&fit.assignments) {
+                let unit = &p / p.dot(&p).sqrt();
+                let mine = unit.dot(&fit.centroids.row(l as usize));
+                let best = fit.centroids.outer_iter().map(|c| unit.dot(&c)).fold(f32::NEG_INFINITY, f32::max);
+                prop_assert!(mine >= best - 1e-4, "cosine {mine} < {best}");
+            }
         }
 
         #[test]
