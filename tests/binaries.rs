@@ -106,3 +106,97 @@ fn train_on_a_truncated_file_names_it() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// A residual-VQ model from the quantizer flags: its `.vqz` files are version 2 with one level
+/// per codebook, and decode at every depth up to the model's.
+#[test]
+fn a_residual_model_trains_from_flags_and_its_files_decode_at_fewer_levels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(DIR_NAME);
+    synthetic_split(50_000).save(&dir, Split::Train).unwrap();
+    synthetic_split(10_000).save(&dir, Split::Test).unwrap();
+    let config = tmp.path().join("tiny.json");
+    std::fs::write(
+        &config,
+        r#"{"model": {"hidden_channels": 8, "residual": {"hidden_channels": 4, "layers": 1}},
+            "schedule": {"steps": 3, "batch_size": 8, "eval_every": 100},
+            "kmeans_init_images": 32, "format": 2}"#,
+    )
+    .unwrap();
+    let flags = |extra: &[&str]| {
+        let mut args = vec![
+            "--config",
+            config.to_str().unwrap(),
+            "--data",
+            dir.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        run("vq-train", &args, tmp.path())
+    };
+    // Flags that do not fit the quantizer are refused by name.
+    let out = flags(&["--quantizer", "fsq", "--depth", "3", "--run-dir", "bad"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--depth"), "{}", stderr(&out));
+    let out = flags(&[
+        "--quantizer",
+        "residual",
+        "--depth",
+        "3",
+        "--quantizer-dropout",
+        "--codebook-size",
+        "16",
+        "--code-dim",
+        "4",
+        "--run-dir",
+        "rvq",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary = std::fs::read_to_string(tmp.path().join("rvq/summary.json")).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(
+        summary["final_eval"]["levels"].as_array().map(|l| l.len()),
+        Some(3),
+        "perplexity and codes used of each level: {summary}"
+    );
+
+    let image = image::RgbImage::from_fn(40, 24, |x, y| {
+        image::Rgb([(x * 6) as u8, (y * 10) as u8, ((x + y) * 3) as u8])
+    });
+    image.save(tmp.path().join("a.png")).unwrap();
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--device", "cpu", "--checkpoint", "rvq"];
+        all.extend_from_slice(args);
+        run("vq-cli", &all, tmp.path())
+    };
+    let out = cli(&["encode", "a.png"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bytes = std::fs::read(tmp.path().join("a.vqz")).unwrap();
+    let file = vq_codes::CodeFile::from_bytes(&bytes).unwrap();
+    assert_eq!((bytes[4], file.depth()), (2, 3));
+    assert!(cli(&["reconstruct", "a.png"]).status.success());
+    assert!(cli(&["decode", "a.vqz"]).status.success());
+    let read = |name: &str| {
+        image::open(tmp.path().join(name))
+            .unwrap()
+            .to_rgb8()
+            .into_raw()
+    };
+    assert_eq!(read("a.decoded.png"), read("a.recon.png"));
+    let mut decoded = Vec::new();
+    for levels in ["1", "2", "3"] {
+        let name = format!("a{levels}.png");
+        let out = cli(&["decode", "a.vqz", "--levels", levels, "-o", &name]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        decoded.push(read(&name));
+    }
+    assert_eq!(decoded[2], read("a.recon.png"));
+    assert_ne!(
+        decoded[0], decoded[2],
+        "one level is a different, coarser image"
+    );
+    let out = cli(&["decode", "a.vqz", "--levels", "4", "-o", "a4.png"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("holds 3 level"), "{}", stderr(&out));
+}

@@ -56,6 +56,17 @@ pub struct FilesArgs {
     pub output: Option<PathBuf>,
 }
 
+/// `vq-cli decode`'s inputs and options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DecodeArgs {
+    #[command(flatten)]
+    pub files: FilesArgs,
+    /// Decode only the first L levels of a residual code file (a coarser image at a lower
+    /// rate) [default: all the file holds]
+    #[arg(long)]
+    pub levels: Option<usize>,
+}
+
 /// Runs `work(input, output)` over every input (folders expanded), with a progress bar when
 /// there are several; a failure is reported and the others go on; any failure fails the command.
 fn each_input<R: report::Report>(
@@ -245,6 +256,8 @@ pub struct EncodeReport {
     pub file: FileHead,
     pub grid_width: u32,
     pub grid_height: u32,
+    /// Codes per grid cell (levels of a residual quantizer).
+    pub depth: usize,
     pub bits_per_code: u8,
     pub bytes: usize,
 }
@@ -253,10 +266,15 @@ impl fmt::Display for EncodeReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}, {}×{} codes of {} bits, {} bytes ({:.4} bits/pixel with the header)",
+            "{}, {}×{}{} codes of {} bits, {} bytes ({:.4} bits/pixel with the header)",
             self.file,
             self.grid_width,
             self.grid_height,
+            if self.depth > 1 {
+                format!("×{}", self.depth)
+            } else {
+                String::new()
+            },
             self.bits_per_code,
             self.bytes,
             self.bytes as f64 * 8.0 / self.file.pixels()
@@ -281,27 +299,41 @@ pub fn encode(session: &Session, args: &FilesArgs) -> Result<()> {
             file: FileHead::new(input, dest, w, h),
             grid_width: grid.width,
             grid_height: grid.height,
-            bits_per_code: vq_codes::bits_per_code(file.codebook_size),
+            depth: file.depth(),
+            bits_per_code: vq_codes::bits_per_code(file.codebook_size()),
             bytes: bytes.len(),
         })
     })
 }
 
 /// `vq-cli decode`: write each `.vqz` file's image as `NAME.decoded.png`.
-pub fn decode(session: &Session, args: &FilesArgs) -> Result<()> {
+pub fn decode(session: &Session, args: &DecodeArgs) -> Result<()> {
     let ckpt = session.open()?;
-    each_input(session, args, "decoded.png", |input, dest| {
+    if args.levels == Some(0) {
+        bail!("--levels must be at least 1");
+    }
+    each_input(session, &args.files, "decoded.png", |input, dest| {
         if !input.is_file() {
             bail!("{}: no such file", input.display());
         }
         let bytes = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
-        let file = CodeFile::from_bytes(&bytes)
+        let mut file = CodeFile::from_bytes(&bytes)
             .with_context(|| format!("{}: not a valid .vqz code file", input.display()))?;
         crate::check_code_file(input, &file, &ckpt)?;
+        if let Some(levels) = args.levels {
+            if levels > file.depth() {
+                bail!(
+                    "{}: --levels {levels}, but the file holds {} level(s)",
+                    input.display(),
+                    file.depth()
+                );
+            }
+            file.truncate_levels(levels);
+        }
         let grid = crate::CodeGrid {
             width: file.grid_width,
             height: file.grid_height,
-            depth: 1,
+            depth: file.depth() as u32,
             codes: file.codes.clone(),
         };
         let img = codec(&ckpt, session.device).decode(&grid, file.width, file.height);
@@ -517,11 +549,26 @@ impl fmt::Display for InfoReport {
                 32 / c.downsample,
                 32 / c.downsample
             ),
+            vq_model::QuantizerConfig::Cosine(q) => format!(
+                "cosine quantizer, K = {} unit codes of dimension {} (projected from {}; {} bits a code)",
+                q.codebook_size,
+                q.code_dim,
+                q.latent_dim,
+                space.bits_per_code()
+            ),
             vq_model::QuantizerConfig::Fsq(q) => format!(
                 "finite scalar quantizer, levels {:?}: {} codes ({} bits a code)",
                 q.levels,
                 space.vocabulary,
                 space.bits_per_code()
+            ),
+            vq_model::QuantizerConfig::Residual(q) => format!(
+                "residual vector quantizer, {} levels of K = {} codes of dimension {} ({} bits a position at full depth){}",
+                q.depth,
+                q.codebook_size,
+                q.code_dim,
+                q.depth * i64::from(space.bits_per_code()),
+                if q.dropout { ", trained with quantizer dropout" } else { "" }
             ),
         };
         table(

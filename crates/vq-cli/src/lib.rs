@@ -58,7 +58,8 @@ pub fn code_file(
     height: u32,
     colour: Colour,
 ) -> Result<CodeFile, CodeFileMismatch> {
-    if grid.depth != 1 {
+    let space = checkpoint.config.code_space();
+    if grid.depth as i64 != space.depth || grid.depth as usize > vq_codes::MAX_DEPTH {
         return Err(CodeFileMismatch::Depth(grid.depth));
     }
     Ok(CodeFile {
@@ -69,7 +70,7 @@ pub fn code_file(
         height,
         grid_width: grid.width,
         grid_height: grid.height,
-        codebook_size: checkpoint.config.code_space().vocabulary as u32,
+        vocabularies: vec![space.vocabulary as u32; grid.depth as usize],
         codes: grid.codes.clone(),
     })
 }
@@ -83,8 +84,14 @@ pub enum CodeFileMismatch {
         checkpoint: String,
         checkpoint_model: String,
     },
-    #[error("a .vqz file holds one code per position; this model's codes have depth {0}")]
+    #[error("codes of depth {0} do not fit this model or a .vqz file (1 to 64 levels)")]
     Depth(u32),
+    #[error("{file}: holds {file_depth} levels of codes, more than this model's {model_depth}")]
+    TooDeep {
+        file: PathBuf,
+        file_depth: usize,
+        model_depth: i64,
+    },
 }
 
 /// Refuses a code file made by another model.
@@ -101,12 +108,20 @@ pub fn check_code_file(
             checkpoint_model: vq_store::hex(&checkpoint.model_id),
         });
     }
-    // Same weights imply the same K and downsampling; checked anyway for a clear message
-    // should the id ever collide.
+    // Same weights imply the same K and downsampling. A file may hold fewer levels than the
+    // model (a residual file cut to a lower rate), never more.
     debug_assert_eq!(
-        file.codebook_size as i64,
+        file.codebook_size() as i64,
         checkpoint.config.code_space().vocabulary
     );
+    let model_depth = checkpoint.config.code_space().depth;
+    if file.depth() as i64 > model_depth {
+        return Err(CodeFileMismatch::TooDeep {
+            file: path.to_path_buf(),
+            file_depth: file.depth(),
+            model_depth,
+        });
+    }
     Ok(())
 }
 

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
-use vq_cli::commands::{self, EvalArgs, FilesArgs, SampleArgs, Session};
+use vq_cli::commands::{self, DecodeArgs, EvalArgs, FilesArgs, SampleArgs, Session};
 use vq_cli::report;
 use vq_model::DeviceChoice;
 
@@ -40,7 +40,7 @@ enum Command {
     /// Encode images to .vqz code files.
     Encode(FilesArgs),
     /// Decode .vqz code files to PNG images.
-    Decode(FilesArgs),
+    Decode(DecodeArgs),
     /// New images from the code prior: a PNG grid (one row of 8 per class when no --class).
     Sample(SampleArgs),
     /// Reconstruction quality over a dataset split: MSE, PSNR, SSIM, perplexity, codes used

@@ -1,7 +1,9 @@
 //! The `.vqz` code file: one image as the grid of VQ-VAE code indices that the decoder turns
 //! back into pixels, tied to the model that made it.
 //!
-//! Layout (version 1, all integers little-endian, 56-byte header then the payload):
+//! Layout (version 1, all integers little-endian, 56-byte header then the payload). Version 1
+//! holds one code per grid cell; it is still what is written when that is all a file needs,
+//! so older builds read it.
 //!
 //! | offset | size | field |
 //! |-------:|-----:|-------|
@@ -21,14 +23,36 @@
 //! | 52 | 4  | CRC-32 (IEEE) of bytes 0..52 followed by the payload |
 //! | 56 | …  | the codes, row-major, packed least-significant bit first |
 //!
+//! Version 2 holds `L` codes per cell (a residual quantizer's levels), each level with its own
+//! vocabulary. Its header is version 1's with these differences:
+//!
+//! | offset | size | field |
+//! |-------:|-----:|-------|
+//! | 4  | 2  | format version (2) |
+//! | 40 | 4  | vocabulary of level 1 |
+//! | 44 | 1  | bits per code of level 1 |
+//! | 45 | 1  | depth L (1 to 64) |
+//! | 46 | 1  | payload coding: 0 = packed (other values reserved) |
+//! | 47 | 1  | reserved, zero |
+//! | 48 | 4  | payload length in bytes = ceil(grid cells × Σ bits of each level / 8) |
+//! | 52 | 4  | CRC-32 of bytes 0..52, the level table and the payload |
+//! | 56 | 4·L | level table: the vocabulary of each level (the first equals offset 40) |
+//! | 56 + 4·L | … | level 1's codes (row-major), then level 2's, …, one bit stream, each code at its level's ⌈log2 V⌉ bits |
+//!
+//! Levels come first to last, so the codes of the first `l` levels are a prefix of the payload
+//! (what `vq-cli decode --levels l` decodes).
+//!
 //! [`CodeFile::from_bytes`] checks every field against the others, so a truncated, padded or
 //! corrupted file is an error, never a panic or a wrong image.
 
 use thiserror::Error;
 
 pub const MAGIC: [u8; 4] = *b"VQZ\0";
-pub const VERSION: u16 = 1;
+/// The newest format version this build reads and writes.
+pub const VERSION: u16 = 2;
 pub const HEADER_LEN: usize = 56;
+/// Upper bound on the depth (codes per grid cell).
+pub const MAX_DEPTH: usize = 64;
 /// Upper bound on either image side: far above any real photo, low enough that the grid size
 /// arithmetic cannot overflow.
 pub const MAX_SIDE: u32 = 1 << 20;
@@ -52,8 +76,11 @@ pub struct CodeFile {
     pub height: u32,
     pub grid_width: u32,
     pub grid_height: u32,
-    pub codebook_size: u32,
-    /// `grid_height × grid_width` indices, row-major, each `< codebook_size`.
+    /// The vocabulary of each level (one entry for a single codebook): its length is the
+    /// depth.
+    pub vocabularies: Vec<u32>,
+    /// `depth × grid_height × grid_width` indices: level by level, each level row-major, each
+    /// code below its level's vocabulary.
     pub codes: Vec<u32>,
 }
 
@@ -61,7 +88,7 @@ pub struct CodeFile {
 pub enum CodeFileError {
     #[error("not a .vqz code file (it does not start with the VQZ magic bytes)")]
     BadMagic,
-    #[error("format version {0} is not supported (this build reads version {VERSION})")]
+    #[error("format version {0} is not supported (this build reads versions 1 to {VERSION})")]
     UnsupportedVersion(u16),
     #[error("truncated: {what} needs {needed} bytes, the file has {got}")]
     Truncated {
@@ -75,7 +102,7 @@ pub enum CodeFileError {
     Inconsistent(String),
     #[error("the codes are corrupt (CRC-32 {found:08x}, header says {expected:08x})")]
     Checksum { expected: u32, found: u32 },
-    #[error("code {index} is {value}, outside the codebook of {codebook_size}")]
+    #[error("code {index} is {value}, outside its level's vocabulary of {codebook_size}")]
     CodeOutOfRange {
         index: usize,
         value: u32,
@@ -94,35 +121,75 @@ pub fn grid_side(pixels: u32, downsample: u8) -> u32 {
 }
 
 impl CodeFile {
+    /// Codes per grid cell.
+    pub fn depth(&self) -> usize {
+        self.vocabularies.len()
+    }
+
+    /// The first level's vocabulary (a single codebook's size).
+    pub fn codebook_size(&self) -> u32 {
+        self.vocabularies.first().copied().unwrap_or(0)
+    }
+
+    /// Grid cells (codes per level).
+    pub fn cells(&self) -> usize {
+        self.grid_width as usize * self.grid_height as usize
+    }
+
+    /// The version [`CodeFile::to_bytes`] writes: 1 when one level is all the file holds.
+    pub fn version(&self) -> u16 {
+        if self.depth() == 1 {
+            1
+        } else {
+            2
+        }
+    }
+
+    /// Bits of the packed codes of one grid cell, all levels.
+    fn bits_per_cell(&self) -> usize {
+        self.vocabularies
+            .iter()
+            .map(|&v| bits_per_code(v) as usize)
+            .sum()
+    }
+
     /// Bits per pixel of the packed codes (header excluded).
     pub fn bits_per_pixel(&self) -> f64 {
-        let bits = self.codes.len() as f64 * bits_per_code(self.codebook_size) as f64;
+        let bits = (self.cells() * self.bits_per_cell()) as f64;
         bits / (self.width as f64 * self.height as f64)
+    }
+
+    /// Keeps the first `levels` levels (a coarser image of a residual code file).
+    pub fn truncate_levels(&mut self, levels: usize) {
+        let levels = levels.min(self.depth());
+        self.vocabularies.truncate(levels);
+        self.codes.truncate(levels * self.cells());
     }
 
     /// Checks the fields against each other; [`CodeFile::to_bytes`] and
     /// [`CodeFile::from_bytes`] both call it.
     pub fn validate(&self) -> Result<(), CodeFileError> {
         self.validate_header()?;
-        let cells = self.grid_width as usize * self.grid_height as usize;
-        if self.codes.len() != cells {
+        let cells = self.cells();
+        if self.codes.len() != cells * self.depth() {
             return Err(CodeFileError::Inconsistent(format!(
-                "{} codes for a {}×{} grid",
+                "{} codes for a {}×{} grid of depth {}",
                 self.codes.len(),
                 self.grid_width,
-                self.grid_height
+                self.grid_height,
+                self.depth()
             )));
         }
         if let Some((index, &value)) = self
             .codes
             .iter()
             .enumerate()
-            .find(|(_, &c)| c >= self.codebook_size)
+            .find(|(i, &c)| c >= self.vocabularies[i / cells])
         {
             return Err(CodeFileError::CodeOutOfRange {
                 index,
                 value,
-                codebook_size: self.codebook_size,
+                codebook_size: self.vocabularies[index / cells],
             });
         }
         Ok(())
@@ -150,22 +217,39 @@ impl CodeFile {
                 self.grid_width, self.grid_height, self.width, self.height, self.downsample
             ));
         }
-        if self.codebook_size < 2 || self.codebook_size > MAX_CODEBOOK {
+        if self.vocabularies.is_empty() || self.vocabularies.len() > MAX_DEPTH {
             return bad(format!(
-                "codebook size {} (must be 2 to {MAX_CODEBOOK})",
-                self.codebook_size
+                "depth {} (must be 1 to {MAX_DEPTH})",
+                self.vocabularies.len()
             ));
+        }
+        if let Some(v) = self
+            .vocabularies
+            .iter()
+            .find(|&&v| !(2..=MAX_CODEBOOK).contains(&v))
+        {
+            return bad(format!("codebook size {v} (must be 2 to {MAX_CODEBOOK})"));
         }
         Ok(())
     }
 
     pub fn to_bytes(&self) -> Result<Vec<u8>, CodeFileError> {
         self.validate()?;
-        let bits = bits_per_code(self.codebook_size);
-        let payload = pack(&self.codes, bits);
-        let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+        let version = self.version();
+        let bits = bits_per_code(self.codebook_size());
+        let cells = self.cells();
+        let mut payload = Vec::new();
+        let (mut acc, mut filled) = (0u64, 0u32);
+        for (level, &v) in self.vocabularies.iter().enumerate() {
+            let codes = &self.codes[level * cells..(level + 1) * cells];
+            push_bits(&mut payload, &mut acc, &mut filled, codes, bits_per_code(v));
+        }
+        if filled > 0 {
+            payload.push(acc as u8);
+        }
+        let mut out = Vec::with_capacity(HEADER_LEN + 4 * self.depth() + payload.len());
         out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&version.to_le_bytes());
         out.push(match self.colour {
             Colour::Rgb => 0,
             Colour::Gray => 1,
@@ -177,15 +261,25 @@ impl CodeFile {
             self.height,
             self.grid_width,
             self.grid_height,
-            self.codebook_size,
+            self.codebook_size(),
         ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
-        out.extend_from_slice(&[bits, 0, 0, 0]);
+        let depth = if version == 1 { 0 } else { self.depth() as u8 };
+        out.extend_from_slice(&[bits, depth, 0, 0]);
         out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        let crc = checksum(&out, &payload);
+        let table: Vec<u8> = if version == 1 {
+            Vec::new()
+        } else {
+            self.vocabularies
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect()
+        };
+        let crc = checksum(&out, &table, &payload);
         out.extend_from_slice(&crc.to_le_bytes());
         debug_assert_eq!(out.len(), HEADER_LEN);
+        out.extend_from_slice(&table);
         out.extend_from_slice(&payload);
         Ok(out)
     }
@@ -207,7 +301,7 @@ impl CodeFile {
         };
         need("the version", 6)?;
         let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-        if version != VERSION {
+        if !(1..=VERSION).contains(&version) {
             return Err(CodeFileError::UnsupportedVersion(version));
         }
         need("the header", HEADER_LEN)?;
@@ -231,47 +325,87 @@ impl CodeFile {
             height: u32_at(28),
             grid_width: u32_at(32),
             grid_height: u32_at(36),
-            codebook_size: u32_at(40),
+            vocabularies: vec![u32_at(40)],
             codes: Vec::new(),
         };
         let bits = bytes[44];
-        if bytes[45..48] != [0, 0, 0] {
+        let (depth, reserved) = match version {
+            1 => (1, &bytes[45..48]),
+            _ => (bytes[45] as usize, &bytes[47..48]),
+        };
+        if reserved.iter().any(|&b| b != 0) {
             return Err(CodeFileError::Inconsistent(
                 "reserved header bytes are not zero".into(),
             ));
         }
-        // Check the sizes before trusting them to size anything.
-        file.validate_header()?;
-        if bits != bits_per_code(file.codebook_size) {
+        if version > 1 && bytes[46] != 0 {
             return Err(CodeFileError::Inconsistent(format!(
-                "{bits} bits per code for a codebook of {} (expected {})",
-                file.codebook_size,
-                bits_per_code(file.codebook_size)
+                "payload coding {} (this build reads 0, packed codes)",
+                bytes[46]
             )));
         }
-        let cells = file.grid_width as usize * file.grid_height as usize;
-        let payload_len = (cells * bits as usize).div_ceil(8);
-        if u32_at(48) as usize != payload_len {
+        if !(1..=MAX_DEPTH).contains(&depth) {
             return Err(CodeFileError::Inconsistent(format!(
-                "payload length {} for {cells} codes of {bits} bits (expected {payload_len})",
-                u32_at(48)
+                "depth {depth} (must be 1 to {MAX_DEPTH})"
             )));
         }
-        need("the codes", HEADER_LEN + payload_len)?;
-        if bytes.len() > HEADER_LEN + payload_len {
-            return Err(CodeFileError::TrailingBytes(
-                bytes.len() - HEADER_LEN - payload_len,
+        if version > 1 && depth == 1 {
+            // One encoding per file: one level is written as version 1.
+            return Err(CodeFileError::Inconsistent(
+                "version 2 with one level (such a file is version 1)".into(),
             ));
         }
-        let payload = &bytes[HEADER_LEN..];
-        let (expected, found) = (u32_at(52), checksum(&bytes[..52], payload));
+        let table_len = if version == 1 { 0 } else { 4 * depth };
+        need("the level table", HEADER_LEN + table_len)?;
+        let table = &bytes[HEADER_LEN..HEADER_LEN + table_len];
+        if version > 1 {
+            file.vocabularies = table
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            if file.vocabularies[0] != u32_at(40) {
+                return Err(CodeFileError::Inconsistent(format!(
+                    "the level table starts with {} codes, the header says {}",
+                    file.vocabularies[0],
+                    u32_at(40)
+                )));
+            }
+        }
+        // Check the sizes before trusting them to size anything.
+        file.validate_header()?;
+        if bits != bits_per_code(file.codebook_size()) {
+            return Err(CodeFileError::Inconsistent(format!(
+                "{bits} bits per code for a codebook of {} (expected {})",
+                file.codebook_size(),
+                bits_per_code(file.codebook_size())
+            )));
+        }
+        let cells = file.cells();
+        let payload_bits = cells * file.bits_per_cell();
+        let payload_len = payload_bits.div_ceil(8);
+        if u32_at(48) as usize != payload_len {
+            return Err(CodeFileError::Inconsistent(format!(
+                "payload length {} for {cells} cells of {} bits (expected {payload_len})",
+                u32_at(48),
+                file.bits_per_cell()
+            )));
+        }
+        let start = HEADER_LEN + table_len;
+        need("the codes", start + payload_len)?;
+        if bytes.len() > start + payload_len {
+            return Err(CodeFileError::TrailingBytes(
+                bytes.len() - start - payload_len,
+            ));
+        }
+        let payload = &bytes[start..];
+        let (expected, found) = (u32_at(52), checksum(&bytes[..52], table, payload));
         if expected != found {
             return Err(CodeFileError::Checksum { expected, found });
         }
-        file.codes = unpack(payload, bits, cells);
-        if payload_len * 8 > cells * bits as usize {
+        file.codes = unpack_levels(payload, &file.vocabularies, cells);
+        if payload_len * 8 > payload_bits {
             let last = payload[payload_len - 1];
-            let used = (cells * bits as usize) % 8;
+            let used = payload_bits % 8;
             if last >> used != 0 {
                 return Err(CodeFileError::Inconsistent(
                     "padding bits after the last code are not zero".into(),
@@ -283,27 +417,34 @@ impl CodeFile {
     }
 }
 
-/// CRC-32 of the header (up to the CRC field) and the payload.
-fn checksum(header: &[u8], payload: &[u8]) -> u32 {
+/// CRC-32 of the header (up to the CRC field), the level table (version 2) and the payload.
+fn checksum(header: &[u8], table: &[u8], payload: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&header[..52]);
+    h.update(table);
     h.update(payload);
     h.finalize()
+}
+
+/// Appends `values` at `bits` each to a bit stream (`acc` holds the `filled` bits not yet
+/// written), least-significant bit first.
+fn push_bits(out: &mut Vec<u8>, acc: &mut u64, filled: &mut u32, values: &[u32], bits: u8) {
+    for &v in values {
+        *acc |= (v as u64 & ((1u64 << bits) - 1)) << *filled;
+        *filled += bits as u32;
+        while *filled >= 8 {
+            out.push(*acc as u8);
+            *acc >>= 8;
+            *filled -= 8;
+        }
+    }
 }
 
 /// Packs `values` at `bits` each, least-significant bit first.
 pub fn pack(values: &[u32], bits: u8) -> Vec<u8> {
     let mut out = Vec::with_capacity((values.len() * bits as usize).div_ceil(8));
     let (mut acc, mut filled) = (0u64, 0u32);
-    for &v in values {
-        acc |= (v as u64 & ((1u64 << bits) - 1)) << filled;
-        filled += bits as u32;
-        while filled >= 8 {
-            out.push(acc as u8);
-            acc >>= 8;
-            filled -= 8;
-        }
-    }
+    push_bits(&mut out, &mut acc, &mut filled, values, bits);
     if filled > 0 {
         out.push(acc as u8);
     }
@@ -312,18 +453,30 @@ pub fn pack(values: &[u32], bits: u8) -> Vec<u8> {
 
 /// The inverse of [`pack`]: `count` values of `bits` each.
 pub fn unpack(bytes: &[u8], bits: u8, count: usize) -> Vec<u32> {
-    let mask = (1u64 << bits) - 1;
-    let mut out = Vec::with_capacity(count);
+    unpack_levels_at(bytes, &[bits], count)
+}
+
+/// `cells` codes of each level, each at its vocabulary's bits, from one bit stream.
+fn unpack_levels(bytes: &[u8], vocabularies: &[u32], cells: usize) -> Vec<u32> {
+    let bits: Vec<u8> = vocabularies.iter().map(|&v| bits_per_code(v)).collect();
+    unpack_levels_at(bytes, &bits, cells)
+}
+
+fn unpack_levels_at(bytes: &[u8], bits: &[u8], count: usize) -> Vec<u32> {
+    let mut out = Vec::with_capacity(count * bits.len());
     let (mut acc, mut filled) = (0u64, 0u32);
     let mut bytes = bytes.iter();
-    while out.len() < count {
-        while filled < bits as u32 {
-            acc |= (*bytes.next().unwrap_or(&0) as u64) << filled;
-            filled += 8;
+    for &bits in bits {
+        let mask = (1u64 << bits) - 1;
+        for _ in 0..count {
+            while filled < bits as u32 {
+                acc |= (*bytes.next().unwrap_or(&0) as u64) << filled;
+                filled += 8;
+            }
+            out.push((acc & mask) as u32);
+            acc >>= bits;
+            filled -= bits as u32;
         }
-        out.push((acc & mask) as u32);
-        acc >>= bits;
-        filled -= bits as u32;
     }
     out
 }
@@ -343,9 +496,20 @@ mod tests {
             height,
             grid_width: gw,
             grid_height: gh,
-            codebook_size: k,
+            vocabularies: vec![k],
             codes: (0..gw * gh).map(|i| (i * 7919) % k).collect(),
         }
+    }
+
+    /// A depth-`l` file with the vocabularies `ks` cycled over the levels.
+    fn deep(width: u32, height: u32, ks: &[u32], depth: usize) -> CodeFile {
+        let mut f = sample(width, height, ks[0]);
+        f.vocabularies = (0..depth).map(|l| ks[l % ks.len()]).collect();
+        let cells = f.cells();
+        f.codes = (0..cells * depth)
+            .map(|i| (i as u32 * 7919) % f.vocabularies[i / cells])
+            .collect();
+        f
     }
 
     #[test]
@@ -380,8 +544,12 @@ mod tests {
         assert_eq!(err(b"PNG\0rest"), CodeFileError::BadMagic);
         assert_eq!(err(&[]), CodeFileError::BadMagic);
         let mut v = good.clone();
+        v[4] = 3;
+        assert_eq!(err(&v), CodeFileError::UnsupportedVersion(3));
+        // A version-1 file relabelled 2 lacks its level table (depth byte 0).
+        let mut v = good.clone();
         v[4] = 2;
-        assert_eq!(err(&v), CodeFileError::UnsupportedVersion(2));
+        assert!(matches!(err(&v), CodeFileError::Inconsistent(_)));
         assert!(matches!(err(&good[..30]), CodeFileError::Truncated { .. }));
         assert!(matches!(
             err(&good[..good.len() - 1]),
@@ -411,7 +579,7 @@ mod tests {
         codes[2] = 6;
         let payload = pack(&codes, 3);
         bytes.truncate(HEADER_LEN);
-        let crc = checksum(&bytes, &payload);
+        let crc = checksum(&bytes, &[], &payload);
         bytes[52..56].copy_from_slice(&crc.to_le_bytes());
         bytes.extend_from_slice(&payload);
         assert_eq!(
@@ -424,6 +592,55 @@ mod tests {
         );
         f.codes[2] = 5;
         assert!(f.to_bytes().is_err());
+    }
+
+    #[test]
+    fn a_residual_file_is_version_2_and_its_prefix_levels_decode() {
+        let f = deep(32, 32, &[512, 1000, 3], 4);
+        let bytes = f.to_bytes().unwrap();
+        assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), 2);
+        assert_eq!(bytes[45], 4);
+        let bits = 9 + 10 + 2 + 9;
+        assert_eq!(
+            bytes.len(),
+            HEADER_LEN + 16 + (64 * bits as usize).div_ceil(8)
+        );
+        assert_eq!(f.bits_per_pixel(), 64.0 * bits as f64 / 1024.0);
+        let back = CodeFile::from_bytes(&bytes).unwrap();
+        assert_eq!(back, f);
+        let mut two = back.clone();
+        two.truncate_levels(2);
+        assert_eq!(two.depth(), 2);
+        assert_eq!(two.codes[..], f.codes[..2 * 64]);
+        // A code above its own level's vocabulary (level 3 has 3 codes) is refused.
+        let mut bad = f.clone();
+        bad.codes[2 * 64 + 5] = 3;
+        assert_eq!(
+            bad.to_bytes().unwrap_err(),
+            CodeFileError::CodeOutOfRange {
+                index: 2 * 64 + 5,
+                value: 3,
+                codebook_size: 3
+            }
+        );
+        // One level is written as version 1, byte for byte what older builds wrote.
+        assert_eq!(
+            u16::from_le_bytes([sample(8, 8, 512).to_bytes().unwrap()[4], 0]),
+            1
+        );
+    }
+
+    #[test]
+    fn the_fuzz_seeds_are_valid_files_that_encode_back_to_themselves() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/vqz");
+        let mut depths = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            let file = CodeFile::from_bytes(&bytes).unwrap();
+            assert_eq!(file.to_bytes().unwrap(), bytes);
+            depths.push(file.depth());
+        }
+        assert!(depths.contains(&1) && depths.contains(&2), "{depths:?}");
     }
 
     proptest! {
@@ -444,6 +661,17 @@ mod tests {
             }
             let bytes = f.to_bytes().unwrap();
             prop_assert_eq!(CodeFile::from_bytes(&bytes).unwrap(), f);
+        }
+
+        #[test]
+        fn deep_files_round_trip_and_every_byte_is_checked(width in 1u32..80, height in 1u32..80, ks in proptest::collection::vec(2u32..70_000, 1..4), depth in 1usize..9, pos in 0usize..4096, flip in 1u8..=255) {
+            let f = deep(width, height, &ks, depth);
+            let bytes = f.to_bytes().unwrap();
+            prop_assert_eq!(CodeFile::from_bytes(&bytes).unwrap(), f);
+            let mut v = bytes.clone();
+            let pos = pos % v.len();
+            v[pos] ^= flip;
+            prop_assert!(CodeFile::from_bytes(&v).is_err(), "byte {} ^ {:#x} accepted", pos, flip);
         }
 
         #[test]

@@ -19,6 +19,9 @@ pub struct Evaluation {
     pub perplexity: f64,
     pub codes_used: i64,
     pub codebook_size: i64,
+    /// Perplexity and codes used of each level (one for a single codebook).
+    #[serde(default)]
+    pub levels: Vec<crate::quantizer::LevelUsage>,
     /// Training seconds when it was taken.
     pub elapsed_s: f64,
 }
@@ -83,6 +86,7 @@ pub fn evaluate_with_progress(
         counts += &out.quantized.counts;
         progress(end);
     }
+    let levels = crate::quantizer::level_usage(&counts);
     // The first level's usage (the only level of a plain VQ).
     let counts = counts.get(0);
     let perplexity = crate::quantizer::perplexity(&counts);
@@ -95,6 +99,7 @@ pub fn evaluate_with_progress(
         perplexity,
         codes_used: counts.gt(0.0).sum(Kind::Int64).int64_value(&[]),
         codebook_size: k,
+        levels,
         elapsed_s,
     })
 }

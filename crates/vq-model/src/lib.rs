@@ -23,8 +23,8 @@ pub use nets::{
 };
 pub use picture::{save_grid, save_png, upscale, VIEW_SCALE};
 pub use quantizer::{
-    CodeSpace, CodebookUpdate, GradientEstimator, Quantized, Quantizer, QuantizerConfig,
-    VectorQuantizer, VqConfig,
+    CodeSpace, CodebookUpdate, CosineConfig, FsqConfig, GradientEstimator, LevelUsage, Quantized,
+    Quantizer, QuantizerConfig, ResidualConfig, VectorQuantizer, VqConfig,
 };
 pub use vq_store::StoreError;
 

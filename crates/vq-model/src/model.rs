@@ -63,9 +63,15 @@ impl VqVae {
         self.decoder.forward(&self.quantizer.embed(codes))
     }
 
+    /// An evaluation pass: [`VqVae::forward_t`] with `train` false.
     pub fn forward(&self, xs: &Tensor) -> VqVaeOutput {
+        self.forward_t(xs, false)
+    }
+
+    /// A pass in training (`train`: the quantizer may drop levels) or evaluation.
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> VqVaeOutput {
         let z = self.encoder.forward(xs);
-        let quantized = self.quantizer.forward(&z);
+        let quantized = self.quantizer.forward_t(&z, train);
         let reconstruction = self.decoder.forward(&quantized.quantized);
         let reconstruction_loss = reconstruction.mse_loss(xs, Reduction::Mean);
         let objective = reconstruction_objective(
@@ -333,6 +339,49 @@ mod tests {
             .max()
             .double_value(&[]);
         assert!(diff < 1e-6, "{diff}");
+    }
+
+    #[test]
+    fn a_trained_residual_model_decodes_better_with_every_level() {
+        tch::manual_seed(11);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = VqVaeConfig {
+            quantizer: QuantizerConfig::Residual(crate::quantizer::ResidualConfig {
+                depth: 3,
+                codebook_size: 16,
+                code_dim: 4,
+                dead_code_steps: 0,
+                dropout: true,
+                ..Default::default()
+            }),
+            ..tiny(CodebookUpdate::default(), 4)
+        };
+        let mut model = VqVae::new(vs.root(), &cfg);
+        // Smooth images, so that a tiny model learns them within a few dozen steps.
+        let x = images(8)
+            .avg_pool2d([8, 8], [8, 8], [0, 0], false, true, None::<i64>)
+            .upsample_nearest2d([32, 32], None, None);
+        model
+            .init_quantizer(&x, 8, &KMeansConfig::new(16).seed(1))
+            .unwrap();
+        let mut opt = nn::OptimizerConfig::build(nn::Adam::default(), &vs, 3e-3).unwrap();
+        for step in 1..=60 {
+            let out = model.forward_t(&x, true);
+            opt.backward_step(&out.loss);
+            model.quantizer.after_step(&out.quantized, step);
+        }
+        let codes = model.encode(&x);
+        assert_eq!(codes.size(), vec![8, 3, 8, 8]);
+        let mut last = f64::INFINITY;
+        for depth in 1..=3 {
+            let err = (model.decode(&codes.narrow(1, 0, depth)) - &x)
+                .square()
+                .mean(Kind::Float)
+                .double_value(&[]);
+            assert!(err <= last, "depth {depth}: MSE {err} after {last}");
+            last = err;
+        }
+        assert_eq!(model.decode(&codes), model.forward(&x).reconstruction);
     }
 
     #[test]

@@ -17,9 +17,25 @@ struct Args {
     command: Option<Sub>,
     #[command(flatten)]
     run: RunArgs,
-    /// Codebook size K (vector quantizer).
+    /// The quantizer (its other settings take their defaults unless set by the flags below).
+    #[arg(long, value_enum)]
+    quantizer: Option<QuantizerKind>,
+    /// Codebook size K (vq, cosine, residual; every level of a residual quantizer).
     #[arg(long)]
     codebook_size: Option<i64>,
+    /// Dimension of the codes: the projected dimension of cosine codes (e.g. 8, 16, 32).
+    #[arg(long)]
+    code_dim: Option<i64>,
+    /// FSQ: values per latent channel, e.g. 8,8,8 (512 codes) or 8,5,5,5 (1,000).
+    #[arg(long, value_delimiter = ',')]
+    fsq_levels: Option<Vec<i64>>,
+    /// Residual VQ: number of codebooks in sequence.
+    #[arg(long)]
+    depth: Option<i64>,
+    /// Residual VQ: train each step on a random number of levels, so that the model decodes
+    /// at every depth.
+    #[arg(long)]
+    quantizer_dropout: bool,
     /// 4 (8×8 codes) or 2 (16×16 codes).
     #[arg(long)]
     downsample: Option<i64>,
@@ -41,6 +57,89 @@ struct Args {
     /// End with the FID of the reconstructions of the test split (minutes on a CPU).
     #[arg(long)]
     fid: bool,
+}
+
+/// `--quantizer`: the kinds of `"quantizer": {"kind": ...}`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum QuantizerKind {
+    Vq,
+    Cosine,
+    Fsq,
+    Residual,
+}
+
+/// Applies the quantizer flags to `model`.
+fn set_quantizer(model: &mut vq_model::VqVaeConfig, args: &Args) -> Result<()> {
+    use vq_model::QuantizerConfig as Q;
+    if let Some(kind) = args.quantizer {
+        let latent = model.quantizer.latent_dim();
+        model.quantizer = match kind {
+            QuantizerKind::Vq => Q::Vq(Default::default()),
+            QuantizerKind::Cosine => Q::Cosine(vq_model::CosineConfig {
+                latent_dim: latent,
+                ..Default::default()
+            }),
+            QuantizerKind::Fsq => Q::Fsq(Default::default()),
+            QuantizerKind::Residual => Q::Residual(Default::default()),
+        };
+    }
+    let kind = |q: &Q| match q {
+        Q::Vq(_) => "vq",
+        Q::Cosine(_) => "cosine",
+        Q::Fsq(_) => "fsq",
+        Q::Residual(_) => "residual",
+    };
+    let wrong =
+        |flag: &str, q: &Q| anyhow::anyhow!("{flag} does not apply to the {} quantizer", kind(q));
+    if let Some(k) = args.codebook_size {
+        match &mut model.quantizer {
+            Q::Vq(c) => c.codebook_size = k,
+            Q::Cosine(c) => c.codebook_size = k,
+            Q::Residual(c) => c.codebook_size = k,
+            q => return Err(wrong("--codebook-size", q)),
+        }
+    }
+    if let Some(d) = args.code_dim {
+        match &mut model.quantizer {
+            Q::Vq(c) => c.code_dim = d,
+            Q::Cosine(c) => c.code_dim = d,
+            Q::Residual(c) => c.code_dim = d,
+            q => return Err(wrong("--code-dim", q)),
+        }
+    }
+    if let Some(levels) = &args.fsq_levels {
+        match &mut model.quantizer {
+            Q::Fsq(c) => c.levels = levels.clone(),
+            q => return Err(wrong("--fsq-levels", q)),
+        }
+    }
+    if args.depth.is_some() || args.quantizer_dropout {
+        match &mut model.quantizer {
+            Q::Residual(c) => {
+                c.depth = args.depth.unwrap_or(c.depth);
+                c.dropout |= args.quantizer_dropout;
+            }
+            q => return Err(wrong("--depth and --quantizer-dropout", q)),
+        }
+    }
+    if let Some(v) = args.commitment_cost {
+        match &mut model.quantizer {
+            Q::Vq(c) => c.commitment_cost = v,
+            Q::Cosine(c) => c.commitment_cost = v,
+            Q::Residual(c) => c.commitment_cost = v,
+            q => return Err(wrong("--commitment-cost", q)),
+        }
+    }
+    if let Some(v) = args.gradient {
+        model
+            .vq_mut()
+            .context("--gradient applies to the vector quantizer")?
+            .gradient = v;
+    }
+    model
+        .quantizer
+        .validate()
+        .map_err(|e| anyhow::anyhow!("quantizer settings: {e}"))
 }
 
 /// Flags of every kind of run.
@@ -215,25 +314,8 @@ fn run_vqvae(args: Args) -> Result<()> {
         Some(dir) => resume::<VqVaeTask>(dir)?,
         None => {
             let mut config: TrainConfig = args.run.config()?;
+            set_quantizer(&mut config.model, &args)?;
             let model = &mut config.model;
-            if let Some(k) = args.codebook_size {
-                model
-                    .vq_mut()
-                    .context("--codebook-size applies to the vector quantizer (\"kind\": \"vq\")")?
-                    .codebook_size = k;
-            }
-            if let Some(v) = args.commitment_cost {
-                model
-                    .vq_mut()
-                    .context("--commitment-cost applies to the vector quantizer")?
-                    .commitment_cost = v;
-            }
-            if let Some(v) = args.gradient {
-                model
-                    .vq_mut()
-                    .context("--gradient applies to the vector quantizer")?
-                    .gradient = v;
-            }
             if let Some(v) = args.downsample {
                 model.downsample = v;
             }

@@ -312,7 +312,7 @@ pub fn train_step(
     lr: f64,
     step: usize,
 ) -> Option<(vq_model::VqVaeOutput, i64)> {
-    let out = model.forward(xs);
+    let out = model.forward_t(xs, true);
     if !out.loss.double_value(&[]).is_finite() {
         return None;
     }

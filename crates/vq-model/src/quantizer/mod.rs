@@ -3,14 +3,18 @@
 //! [`QuantizerConfig`] (`{"kind": "vq", ...}` in `config.json`); nothing outside a quantizer
 //! reaches into its tensors.
 
+mod cosine;
 mod fsq;
+mod residual;
 mod vq;
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 use vq_kmeans::KMeansConfig;
 
+pub use cosine::{CosineConfig, CosineQuantizer};
 pub use fsq::{FiniteScalarQuantizer, FsqConfig};
+pub use residual::{ResidualConfig, ResidualQuantizer, MAX_DEPTH};
 pub use vq::{CodebookUpdate, GradientEstimator, VectorQuantizer, VqConfig};
 
 use crate::ModelError;
@@ -37,8 +41,12 @@ impl CodeSpace {
 pub enum QuantizerConfig {
     /// One codebook, nearest code by Euclidean distance (van den Oord et al., 2017).
     Vq(VqConfig),
+    /// Low-dimensional, unit-length codes matched by cosine similarity (Yu et al., 2022).
+    Cosine(CosineConfig),
     /// Finite scalar quantization (Mentzer et al., 2023): no codebook.
     Fsq(FsqConfig),
+    /// L codebooks in sequence on the residual (SoundStream, EnCodec).
+    Residual(ResidualConfig),
 }
 
 impl Default for QuantizerConfig {
@@ -52,6 +60,8 @@ impl QuantizerConfig {
     pub fn latent_dim(&self) -> i64 {
         match self {
             QuantizerConfig::Vq(c) => c.code_dim,
+            QuantizerConfig::Cosine(c) => c.latent_dim,
+            QuantizerConfig::Residual(c) => c.code_dim,
             // One latent channel per level count: no projection needed.
             QuantizerConfig::Fsq(c) => c.levels.len() as i64,
         }
@@ -63,9 +73,17 @@ impl QuantizerConfig {
                 depth: 1,
                 vocabulary: c.codebook_size,
             },
+            QuantizerConfig::Cosine(c) => CodeSpace {
+                depth: 1,
+                vocabulary: c.codebook_size,
+            },
             QuantizerConfig::Fsq(c) => CodeSpace {
                 depth: 1,
                 vocabulary: c.vocabulary(),
+            },
+            QuantizerConfig::Residual(c) => CodeSpace {
+                depth: c.depth,
+                vocabulary: c.codebook_size,
             },
         }
     }
@@ -73,7 +91,9 @@ impl QuantizerConfig {
     pub fn validate(&self) -> Result<(), String> {
         match self {
             QuantizerConfig::Vq(c) => c.validate(),
+            QuantizerConfig::Cosine(c) => c.validate(),
             QuantizerConfig::Fsq(c) => c.validate(),
+            QuantizerConfig::Residual(c) => c.validate(),
         }
     }
 
@@ -81,7 +101,9 @@ impl QuantizerConfig {
     pub fn build(&self, vs: nn::Path<'_>) -> Box<dyn Quantizer> {
         match self {
             QuantizerConfig::Vq(c) => Box::new(VectorQuantizer::new(vs, c)),
+            QuantizerConfig::Cosine(c) => Box::new(CosineQuantizer::new(vs, c)),
             QuantizerConfig::Fsq(c) => Box::new(FiniteScalarQuantizer::new(vs, c)),
+            QuantizerConfig::Residual(c) => Box::new(ResidualQuantizer::new(vs, c)),
         }
     }
 }
@@ -114,6 +136,26 @@ impl Quantized {
     }
 }
 
+/// Perplexity and distinct codes used of one level.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LevelUsage {
+    pub perplexity: f64,
+    pub codes_used: i64,
+}
+
+/// [`LevelUsage`] of each row of `(L, V)` counts.
+pub fn level_usage(counts: &Tensor) -> Vec<LevelUsage> {
+    (0..counts.size()[0])
+        .map(|l| {
+            let c = counts.get(l);
+            LevelUsage {
+                perplexity: perplexity(&c),
+                codes_used: c.gt(0.0).sum(Kind::Int64).int64_value(&[]),
+            }
+        })
+        .collect()
+}
+
 /// `exp(entropy)` of a histogram of code counts.
 pub fn perplexity(counts: &Tensor) -> f64 {
     let p = counts / counts.sum(Kind::Float).clamp_min(1.0);
@@ -136,7 +178,14 @@ pub trait Quantizer: std::fmt::Debug {
     /// Quantizes `(B, D, h, w)` encoder outputs.
     fn forward(&self, z: &Tensor) -> Quantized;
 
-    /// `(B, L, h, w)` codes → the `(B, D, h, w)` decoder input they stand for.
+    /// [`Quantizer::forward`] in training (`train`) or evaluation: the same unless the
+    /// quantizer behaves differently while training (residual VQ's quantizer dropout).
+    fn forward_t(&self, z: &Tensor, _train: bool) -> Quantized {
+        self.forward(z)
+    }
+
+    /// `(B, L, h, w)` codes → the `(B, D, h, w)` decoder input they stand for. A residual
+    /// quantizer also takes fewer levels than its depth.
     fn embed(&self, codes: &Tensor) -> Tensor;
 
     fn code_space(&self) -> CodeSpace;

@@ -123,6 +123,13 @@ pub struct VectorQuantizer {
     /// Training step at which each code was last chosen (non-trainable, saved).
     last_used: Tensor,
     config: VqConfig,
+    /// Codes kept at unit length (the cosine quantizer's codebook): inputs must be unit too.
+    unit_codes: bool,
+}
+
+/// Rows (or the channel axis, `dim`) scaled to unit length.
+pub(crate) fn l2_normalize(t: &Tensor, dim: i64) -> Tensor {
+    t / t.norm_scalaropt_dim(2, [dim], true).clamp_min(1e-12)
 }
 
 /// `λ·R·z` for each row: `R` is the rotation taking the direction of `z` onto that of `e` (a
@@ -177,7 +184,18 @@ impl VectorQuantizer {
             ema_sum,
             last_used: vs.zeros_no_train("last_used", &[k]),
             config: config.clone(),
+            unit_codes: false,
         }
+    }
+
+    /// A codebook of unit vectors for unit-length inputs: the nearest code is the one of
+    /// largest cosine, and the codes are renormalised after every update.
+    pub fn with_unit_codes(vs: nn::Path<'_>, config: &VqConfig) -> Self {
+        let mut q = Self::new(vs, config);
+        q.unit_codes = true;
+        let unit = l2_normalize(&q.codebook.detach(), 1);
+        q.set_codebook(&unit);
+        q
     }
 
     pub fn codebook_size(&self) -> i64 {
@@ -208,6 +226,57 @@ impl VectorQuantizer {
         let _ = self
             .last_used
             .index_copy_(0, indices, &(ones * step as f64));
+    }
+
+    /// The after-step update from one pass's `(N,)` codes, `(N, D)` inputs and `(K,)` counts:
+    /// the EMA codebook update (EMA mode) and the restart of codes unused for
+    /// `dead_code_steps` steps. Returns the number of codes restarted.
+    pub(crate) fn update(
+        &mut self,
+        codes: &Tensor,
+        inputs: &Tensor,
+        counts: &Tensor,
+        step: i64,
+    ) -> i64 {
+        let _guard = tch::no_grad_guard();
+        if let CodebookUpdate::Ema { decay, epsilon } = self.config.update {
+            let k = self.codebook_size();
+            let sums =
+                Tensor::zeros_like(&self.ema_sum).index_add(0, codes, &inputs.to_kind(Kind::Float));
+            self.ema_count
+                .copy_(&(&self.ema_count * decay + counts * (1.0 - decay)));
+            self.ema_sum
+                .copy_(&(&self.ema_sum * decay + sums * (1.0 - decay)));
+            let n = self.ema_count.sum(Kind::Float);
+            let smoothed = (&self.ema_count + epsilon) / (&n + k as f64 * epsilon) * &n;
+            let means = &self.ema_sum / smoothed.unsqueeze(1);
+            if self.unit_codes {
+                self.codebook.copy_(&l2_normalize(&means, 1));
+            } else {
+                self.codebook.copy_(&means);
+            }
+        }
+        let used = counts.gt(0.0);
+        let now = Tensor::full_like(&self.last_used, step as f64);
+        self.last_used
+            .copy_(&now.where_self(&used, &self.last_used));
+        if self.config.dead_code_steps == 0 {
+            return 0;
+        }
+        let dead = (&now - &self.last_used)
+            .ge(self.config.dead_code_steps as f64)
+            .nonzero()
+            .flatten(0, -1);
+        let n_dead = dead.size()[0];
+        if n_dead == 0 {
+            return 0;
+        }
+        // Re-seed each dead code with a random encoder output of this batch.
+        let rows = inputs.size()[0];
+        let pick = Tensor::randint(rows, [n_dead], (Kind::Int64, inputs.device()));
+        let fresh = inputs.index_select(0, &pick).to_kind(Kind::Float);
+        self.set_codes(&dead, &fresh, step);
+        n_dead
     }
 
     /// Loads a whole codebook (e.g. k-means centroids), resetting the EMA statistics to it.
@@ -293,47 +362,12 @@ impl Quantizer for VectorQuantizer {
     /// The EMA codebook update (EMA mode) and the restart of codes unused for `dead_code_steps`
     /// steps.
     fn after_step(&mut self, pass: &Quantized, step: i64) -> i64 {
-        let _guard = tch::no_grad_guard();
-        let codes = pass.codes.flatten(0, -1);
-        let inputs = Self::inputs_of(pass);
-        let counts = pass.counts.get(0);
-        if let CodebookUpdate::Ema { decay, epsilon } = self.config.update {
-            let k = self.codebook_size();
-            let sums = Tensor::zeros_like(&self.ema_sum).index_add(
-                0,
-                &codes,
-                &inputs.to_kind(Kind::Float),
-            );
-            self.ema_count
-                .copy_(&(&self.ema_count * decay + &counts * (1.0 - decay)));
-            self.ema_sum
-                .copy_(&(&self.ema_sum * decay + sums * (1.0 - decay)));
-            let n = self.ema_count.sum(Kind::Float);
-            let smoothed = (&self.ema_count + epsilon) / (&n + k as f64 * epsilon) * &n;
-            self.codebook
-                .copy_(&(&self.ema_sum / smoothed.unsqueeze(1)));
-        }
-        let used = counts.gt(0.0);
-        let now = Tensor::full_like(&self.last_used, step as f64);
-        self.last_used
-            .copy_(&now.where_self(&used, &self.last_used));
-        if self.config.dead_code_steps == 0 {
-            return 0;
-        }
-        let dead = (&now - &self.last_used)
-            .ge(self.config.dead_code_steps as f64)
-            .nonzero()
-            .flatten(0, -1);
-        let n_dead = dead.size()[0];
-        if n_dead == 0 {
-            return 0;
-        }
-        // Re-seed each dead code with a random encoder output of this batch.
-        let rows = inputs.size()[0];
-        let pick = Tensor::randint(rows, [n_dead], (Kind::Int64, inputs.device()));
-        let fresh = inputs.index_select(0, &pick).to_kind(Kind::Float);
-        self.set_codes(&dead, &fresh, step);
-        n_dead
+        self.update(
+            &pass.codes.flatten(0, -1),
+            Self::inputs_of(pass),
+            &pass.counts.get(0),
+            step,
+        )
     }
 
     /// k-means on the vectors; the centroids become the codebook.
@@ -353,6 +387,7 @@ impl Quantizer for VectorQuantizer {
             .map_err(|e| ModelError::Shape(e.to_string()))?;
         let mut config = kmeans.clone();
         config.k = self.codebook_size() as usize;
+        config.spherical |= self.unit_codes;
         let fit = KMeans::fit(points.view(), &config)?;
         let centroids =
             Tensor::from_slice(fit.centroids.as_slice().unwrap_or(&[])).view([config.k as i64, d]);

@@ -1,0 +1,227 @@
+//! Low-dimensional cosine codes (Yu et al., 2022, "Vector-quantized image modeling with
+//! improved VQGAN"): the encoder output is projected to a few dimensions by a 1×1 convolution,
+//! normalised to unit length, matched to a unit-length codebook by cosine similarity, and
+//! projected back. A small, normalised code space keeps far more of the codebook in use.
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, nn::Module, Kind, Tensor};
+use vq_kmeans::KMeansConfig;
+
+use super::vq::l2_normalize;
+use super::{
+    CodeSpace, CodebookUpdate, InitReport, Quantized, Quantizer, VectorQuantizer, VqConfig,
+};
+use crate::ModelError;
+
+/// Settings of the cosine quantizer (`"kind": "cosine"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CosineConfig {
+    /// K: number of codes.
+    pub codebook_size: i64,
+    /// Dimension of the codes (after the projection): small, e.g. 8, 16 or 32.
+    pub code_dim: i64,
+    /// Channels of the encoder output (and of the decoder input).
+    pub latent_dim: i64,
+    /// β: weight of the commitment loss (between unit vectors).
+    pub commitment_cost: f64,
+    pub update: CodebookUpdate,
+    /// Codes unused for this many training steps are re-seeded (0 disables the restart).
+    pub dead_code_steps: usize,
+}
+
+impl Default for CosineConfig {
+    fn default() -> Self {
+        let vq = VqConfig::default();
+        CosineConfig {
+            codebook_size: vq.codebook_size,
+            code_dim: 16,
+            latent_dim: vq.code_dim,
+            commitment_cost: vq.commitment_cost,
+            update: vq.update,
+            dead_code_steps: vq.dead_code_steps,
+        }
+    }
+}
+
+impl CosineConfig {
+    /// The codebook's own settings (over the projected, normalised vectors).
+    fn codebook(&self) -> VqConfig {
+        VqConfig {
+            codebook_size: self.codebook_size,
+            code_dim: self.code_dim,
+            commitment_cost: self.commitment_cost,
+            update: self.update,
+            dead_code_steps: self.dead_code_steps,
+            ..VqConfig::default()
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.latent_dim < 1 {
+            return Err(format!(
+                "latent_dim must be at least 1, not {}",
+                self.latent_dim
+            ));
+        }
+        if self.code_dim < 2 {
+            return Err(format!(
+                "code_dim of cosine codes must be at least 2 (one dimension has only two unit \
+                 vectors), not {}",
+                self.code_dim
+            ));
+        }
+        self.codebook().validate()
+    }
+}
+
+/// Projection in, unit-length codebook, projection out. Its variables are `in_proj.*`,
+/// `out_proj.*` and the codebook's (`codebook`, `ema_count`, `ema_sum`, `last_used`).
+#[derive(Debug)]
+pub struct CosineQuantizer {
+    in_proj: nn::Conv2D,
+    out_proj: nn::Conv2D,
+    codebook: VectorQuantizer,
+}
+
+impl CosineQuantizer {
+    pub fn new(vs: nn::Path<'_>, config: &CosineConfig) -> Self {
+        let conv = |name: &str, i, o| nn::conv2d(&vs / name, i, o, 1, Default::default());
+        CosineQuantizer {
+            in_proj: conv("in_proj", config.latent_dim, config.code_dim),
+            out_proj: conv("out_proj", config.code_dim, config.latent_dim),
+            codebook: VectorQuantizer::with_unit_codes(vs, &config.codebook()),
+        }
+    }
+
+    /// `(B, latent, h, w)` → unit-length `(B, code_dim, h, w)`.
+    fn project(&self, z: &Tensor) -> Tensor {
+        l2_normalize(&self.in_proj.forward(&z.to_kind(Kind::Float)), 1)
+    }
+
+    /// The unit-length codebook, `(K, code_dim)`.
+    pub fn codes(&self) -> &Tensor {
+        &self.codebook.codebook
+    }
+}
+
+impl Quantizer for CosineQuantizer {
+    fn forward(&self, z: &Tensor) -> Quantized {
+        let mut pass = self.codebook.forward(&self.project(z));
+        pass.quantized = self.out_proj.forward(&pass.quantized);
+        pass
+    }
+
+    fn embed(&self, codes: &Tensor) -> Tensor {
+        self.out_proj.forward(&self.codebook.embed(codes))
+    }
+
+    fn code_space(&self) -> CodeSpace {
+        self.codebook.code_space()
+    }
+
+    fn after_step(&mut self, pass: &Quantized, step: i64) -> i64 {
+        self.codebook.after_step(pass, step)
+    }
+
+    /// Spherical k-means on the projected, normalised encoder outputs.
+    fn init_from_data(
+        &mut self,
+        vectors: &Tensor,
+        kmeans: &KMeansConfig,
+    ) -> Result<Option<InitReport>, ModelError> {
+        let projected = {
+            let _guard = tch::no_grad_guard();
+            let n = vectors.size()[0];
+            let as_map = vectors.view([n, -1, 1, 1]);
+            self.project(&as_map).flatten(1, -1)
+        };
+        self.codebook.init_from_data(&projected, kmeans)
+    }
+
+    fn parameters(&self) -> Vec<Tensor> {
+        let mut p = vec![self.in_proj.ws.shallow_clone()];
+        p.extend(self.in_proj.bs.iter().map(|b| b.shallow_clone()));
+        p.extend(self.codebook.parameters());
+        p.push(self.out_proj.ws.shallow_clone());
+        p.extend(self.out_proj.bs.iter().map(|b| b.shallow_clone()));
+        p
+    }
+
+    fn statistics(&self) -> Vec<Tensor> {
+        self.codebook.statistics()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    fn cosine() -> (nn::VarStore, CosineQuantizer) {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let q = CosineQuantizer::new(
+            vs.root(),
+            &CosineConfig {
+                codebook_size: 32,
+                code_dim: 4,
+                latent_dim: 6,
+                dead_code_steps: 0,
+                ..CosineConfig::default()
+            },
+        );
+        (vs, q)
+    }
+
+    fn unit_norm_error(t: &Tensor, dim: i64) -> f64 {
+        (t.norm_scalaropt_dim(2, [dim], false) - 1.0)
+            .abs()
+            .max()
+            .double_value(&[])
+    }
+
+    #[test]
+    fn codes_and_inputs_are_unit_and_the_lookup_is_the_argmax_of_the_cosine() {
+        tch::manual_seed(5);
+        let (_vs, mut q) = cosine();
+        let z = Tensor::randn([3, 6, 4, 4], (Kind::Float, Device::Cpu));
+        assert!(unit_norm_error(q.codes(), 1) < 1e-5);
+        let pass = q.forward(&z);
+        let inputs = VectorQuantizer::inputs_of(&pass);
+        assert!(unit_norm_error(inputs, 1) < 1e-5);
+        // Exact argmax of the cosine between the projected input and every code.
+        let cosine = inputs.matmul(&q.codes().tr())
+            / (inputs.norm_scalaropt_dim(2, [1], true)
+                * q.codes().norm_scalaropt_dim(2, [1], false).unsqueeze(0));
+        assert_eq!(pass.codes.flatten(0, -1), cosine.argmax(1, false));
+        // The decoder input is the back-projection of exactly those codes.
+        assert_eq!(pass.quantized.detach(), q.embed(&pass.codes));
+        // After an EMA update the codes are unit length again.
+        q.after_step(&pass, 1);
+        assert!(unit_norm_error(q.codes(), 1) < 1e-5);
+        // Spherical k-means initialisation keeps them unit.
+        let vectors = Tensor::randn([300, 6], (Kind::Float, Device::Cpu));
+        let report = q
+            .init_from_data(&vectors, &KMeansConfig::new(32).seed(2))
+            .unwrap()
+            .unwrap();
+        assert_eq!(report.points, 300);
+        assert!(unit_norm_error(q.codes(), 1) < 1e-5);
+    }
+
+    #[test]
+    fn gradients_reach_the_encoder_and_both_projections() {
+        tch::manual_seed(6);
+        let (vs, q) = cosine();
+        let z = Tensor::randn([2, 6, 3, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let pass = q.forward(&z);
+        (pass.quantized.square().sum(Kind::Float) + &pass.aux_loss).backward();
+        assert!(z.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        for name in ["in_proj.weight", "out_proj.weight"] {
+            let g = vs.variables()[name].grad();
+            assert!(g.abs().sum(Kind::Float).double_value(&[]) > 0.0, "{name}");
+        }
+        assert!(!vs.variables()["codebook"].requires_grad(), "EMA codebook");
+        assert_eq!(q.parameters().len(), 5);
+    }
+}
