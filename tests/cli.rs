@@ -523,3 +523,71 @@ fn fid_of_folders_and_statistics_files() {
     let out = cli(&["fid", "real"], dir);
     assert_clean_failure(&out, "two sets");
 }
+
+/// `encode --entropy` with the bundled prior: the same image as the packed file, a file named
+/// by its prior, and a clear error with another prior or damaged bytes.
+#[test]
+fn entropy_coded_files_decode_to_the_same_image_and_name_their_prior() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    picture(48, 40).save(dir.join("a.png")).unwrap();
+    assert!(cli(&["encode", "a.png", "-o", "plain.vqz"], dir)
+        .status
+        .success());
+    let out = cli(&["encode", "--entropy", "a.png", "-o", "coded.vqz"], dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let coded = std::fs::read(dir.join("coded.vqz")).unwrap();
+    assert_eq!((coded[4], coded[46]), (2, 1), "version 2, arithmetic-coded");
+    for name in ["plain", "coded"] {
+        let out = cli(
+            &[
+                "decode",
+                &format!("{name}.vqz"),
+                "-o",
+                &format!("{name}.png"),
+            ],
+            dir,
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    assert_eq!(read("coded.png"), read("plain.png"));
+
+    // Another prior: refused by name before any decoding.
+    let prior = root().join("models/cifar10-prior");
+    let other = dir.join("other-prior");
+    std::fs::create_dir_all(&other).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(prior.join(f), other.join(f)).unwrap();
+    }
+    let path = other.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+    let out = cli(
+        &[
+            "decode",
+            "coded.vqz",
+            "-o",
+            "x.png",
+            "--prior",
+            other.to_str().unwrap(),
+        ],
+        dir,
+    );
+    assert_clean_failure(&out, "coded.vqz");
+    assert!(
+        stderr(&out).contains("coded with prior"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A damaged payload fails the file's checksum.
+    let mut damaged = coded.clone();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0x40;
+    std::fs::write(dir.join("damaged.vqz"), &damaged).unwrap();
+    assert_clean_failure(&cli(&["decode", "damaged.vqz"], dir), "damaged.vqz");
+    assert!(!dir.join("damaged.decoded.png").exists());
+}

@@ -56,11 +56,28 @@ pub struct FilesArgs {
     pub output: Option<PathBuf>,
 }
 
+/// `vq-cli encode`'s inputs and options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EncodeArgs {
+    #[command(flatten)]
+    pub files: FilesArgs,
+    /// Arithmetic-code the codes with the prior's probabilities (the file then costs about the
+    /// prior's NLL instead of ⌈log2 K⌉ bits a code, and decoding needs the same prior)
+    #[arg(long)]
+    pub entropy: bool,
+    /// The prior for --entropy [default: the bundled prior]
+    #[arg(long, requires = "entropy")]
+    pub prior: Option<PathBuf>,
+}
+
 /// `vq-cli decode`'s inputs and options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DecodeArgs {
     #[command(flatten)]
     pub files: FilesArgs,
+    /// The prior of arithmetic-coded files [default: the bundled prior]
+    #[arg(long)]
+    pub prior: Option<PathBuf>,
     /// Decode only the first L levels of a residual code file (a coarser image at a lower
     /// rate) [default: all the file holds]
     #[arg(long)]
@@ -283,14 +300,42 @@ impl fmt::Display for EncodeReport {
 }
 
 /// `vq-cli encode`: write each image's codes as `NAME.vqz`.
-pub fn encode(session: &Session, args: &FilesArgs) -> Result<()> {
+pub fn encode(session: &Session, args: &EncodeArgs) -> Result<()> {
     let ckpt = session.open()?;
-    each_input(session, args, "vqz", |input, dest| {
+    // Entropy coding runs the prior on the CPU, where its arithmetic is reproducible.
+    let prior = if args.entropy {
+        let prior = crate::fid::open_prior_on(args.prior.as_deref(), &ckpt, Device::Cpu)?;
+        if ckpt.config.code_space().depth != 1 {
+            bail!(
+                "--entropy: priors model one code per position; this model's codes have depth {}",
+                ckpt.config.code_space().depth
+            );
+        }
+        Some(prior)
+    } else {
+        None
+    };
+    each_input(session, &args.files, "vqz", |input, dest| {
         let img = crate::load_image(input)?;
         let (w, h) = img.rgb.dimensions();
         let grid = codec(&ckpt, session.device).encode(&img.rgb);
-        let file = crate::code_file(&ckpt, &grid, w, h, img.colour)
+        let mut file = crate::code_file(&ckpt, &grid, w, h, img.colour)
             .with_context(|| format!("{}: building the code file", input.display()))?;
+        if let Some(prior) = &prior {
+            let codes = vq_prior::entropy::Grid {
+                width: grid.width as usize,
+                height: grid.height as usize,
+                codes: grid.codes.clone(),
+            };
+            let class = vq_prior::entropy::best_class(prior.model.as_ref(), &codes);
+            let payload = vq_prior::entropy::encode(prior.model.as_ref(), &codes, class);
+            file.entropy = Some(vq_codes::EntropyCoding {
+                prior_id: prior.model_id,
+                class: class.map(|c| c as u8),
+                codes_crc: vq_codes::codes_checksum(&file.codes),
+                payload,
+            });
+        }
         let bytes = file
             .to_bytes()
             .with_context(|| format!("{}: building the code file", input.display()))?;
@@ -320,6 +365,30 @@ pub fn decode(session: &Session, args: &DecodeArgs) -> Result<()> {
         let mut file = CodeFile::from_bytes(&bytes)
             .with_context(|| format!("{}: not a valid .vqz code file", input.display()))?;
         crate::check_code_file(input, &file, &ckpt)?;
+        if let Some(coding) = &file.entropy {
+            let prior = crate::fid::open_prior_on(args.prior.as_deref(), &ckpt, Device::Cpu)
+                .with_context(|| format!("{}: arithmetic-coded with a prior", input.display()))?;
+            if prior.model_id != coding.prior_id {
+                bail!(
+                    "{}: coded with prior {}, but {} is prior {}; decode it with the prior that encoded it (--prior)",
+                    input.display(),
+                    vq_store::hex(&coding.prior_id),
+                    prior.origin(),
+                    vq_store::hex(&prior.model_id)
+                );
+            }
+            let grid = vq_prior::entropy::decode(
+                prior.model.as_ref(),
+                &coding.payload,
+                file.grid_width as usize,
+                file.grid_height as usize,
+                coding.class.map(i64::from),
+            );
+            file.codes = grid.codes;
+            file.validate().with_context(|| {
+                format!("{}: decoding the arithmetic-coded codes", input.display())
+            })?;
+        }
         if let Some(levels) = args.levels {
             if levels > file.depth() {
                 bail!(
@@ -370,6 +439,10 @@ pub struct EvalArgs {
     /// Evaluate only the first N images.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Decode with only the first L levels of a residual quantizer's codes (its lower rates)
+    /// [default: all]
+    #[arg(long)]
+    pub levels: Option<i64>,
     /// Also the FID (and KID) of the reconstructions against the whole split ("rFID"; the
     /// split's statistics are computed once and cached beside the dataset).
     #[arg(long)]
@@ -449,6 +522,16 @@ pub fn eval(session: &Session, args: &EvalArgs) -> Result<EvalReport> {
             )
         })?;
     let count = args.limit.unwrap_or(images.len()).min(images.len());
+    let depth = ckpt.config.code_space().depth;
+    if let Some(levels) = args.levels {
+        if !(1..=depth).contains(&levels) {
+            bail!("--levels {levels}: this model's codes have {depth} level(s)");
+        }
+    }
+    let scope = vq_model::EvalScope {
+        count,
+        levels: args.levels,
+    };
     let bar = if session.json || session.quiet {
         ProgressBar::hidden()
     } else {
@@ -462,7 +545,7 @@ pub fn eval(session: &Session, args: &EvalArgs) -> Result<EvalReport> {
     let e = vq_model::evaluate_with_progress(
         &ckpt.model,
         &images,
-        count,
+        scope,
         session.device,
         step,
         0.0,
@@ -486,7 +569,7 @@ pub fn eval(session: &Session, args: &EvalArgs) -> Result<EvalReport> {
             &net,
             &ckpt.model,
             &images,
-            count,
+            scope,
             session.device,
             &mut |done| bar.set_position(done as u64),
         )?;

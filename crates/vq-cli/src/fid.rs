@@ -229,7 +229,10 @@ fn side_stats(
                 net,
                 &ckpt.model,
                 &set,
-                set.len(),
+                vq_model::EvalScope {
+                    count: set.len(),
+                    levels: None,
+                },
                 session.device,
                 &mut |done| bar.set_position(done as u64),
             )?;
@@ -283,6 +286,15 @@ pub fn open_prior(
     path: Option<&Path>,
     ckpt: &vq_model::Checkpoint,
 ) -> Result<PriorCheckpoint> {
+    open_prior_on(path, ckpt, session.device)
+}
+
+/// [`open_prior`] on `device`.
+pub fn open_prior_on(
+    path: Option<&Path>,
+    ckpt: &vq_model::Checkpoint,
+    device: tch::Device,
+) -> Result<PriorCheckpoint> {
     let source = match path {
         Some(p) => Source::Path(p),
         None => Source::Bundled(&vq_prior::BUNDLED),
@@ -291,7 +303,7 @@ pub fn open_prior(
         source,
         &ckpt.origin(),
         &vq_store::hex(&ckpt.model_id),
-        session.device,
+        device,
     )
     .context("opening the prior (train one with `vq-train prior`)")
 }

@@ -72,6 +72,7 @@ pub fn code_file(
         grid_height: grid.height,
         vocabularies: vec![space.vocabulary as u32; grid.depth as usize],
         codes: grid.codes.clone(),
+        entropy: None,
     })
 }
 

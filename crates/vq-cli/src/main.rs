@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
-use vq_cli::commands::{self, DecodeArgs, EvalArgs, FilesArgs, SampleArgs, Session};
+use vq_cli::commands::{self, DecodeArgs, EncodeArgs, EvalArgs, FilesArgs, SampleArgs, Session};
 use vq_cli::report;
 use vq_model::DeviceChoice;
 
@@ -37,8 +37,8 @@ struct Cli {
 enum Command {
     /// Encode and decode images; writes NAME.recon.png and prints PSNR, SSIM and bits per pixel.
     Reconstruct(FilesArgs),
-    /// Encode images to .vqz code files.
-    Encode(FilesArgs),
+    /// Encode images to .vqz code files (--entropy: arithmetic-coded with the prior).
+    Encode(EncodeArgs),
     /// Decode .vqz code files to PNG images.
     Decode(DecodeArgs),
     /// New images from the code prior: a PNG grid (one row of 8 per class when no --class).

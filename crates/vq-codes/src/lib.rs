@@ -32,7 +32,7 @@
 //! | 40 | 4  | vocabulary of level 1 |
 //! | 44 | 1  | bits per code of level 1 |
 //! | 45 | 1  | depth L (1 to 64) |
-//! | 46 | 1  | payload coding: 0 = packed (other values reserved) |
+//! | 46 | 1  | payload coding: 0 = packed, 1 = arithmetic-coded with a code prior |
 //! | 47 | 1  | reserved, zero |
 //! | 48 | 4  | payload length in bytes = ceil(grid cells × Σ bits of each level / 8) |
 //! | 52 | 4  | CRC-32 of bytes 0..52, the level table and the payload |
@@ -42,10 +42,20 @@
 //! Levels come first to last, so the codes of the first `l` levels are a prefix of the payload
 //! (what `vq-cli decode --levels l` decodes).
 //!
+//! An arithmetic-coded file (coding 1, any depth) has a 24-byte block between the level table
+//! and the payload: the prior's id (16 bytes: the first bytes of the SHA-256 of its weights),
+//! the class it was coded with (1 byte, 255 for none), 3 reserved zero bytes, and the CRC-32 of
+//! the codes themselves (each as 4 little-endian bytes, level by level), which tells a decoder
+//! whose probabilities differed from the encoder's that it decoded the wrong codes. The
+//! payload is the arithmetic coder's bytes ([`arithmetic`]); the codes need the prior to be
+//! read ([`CodeFile::codes`] is empty until then).
+//!
 //! [`CodeFile::from_bytes`] checks every field against the others, so a truncated, padded or
 //! corrupted file is an error, never a panic or a wrong image.
 
 use thiserror::Error;
+
+pub mod arithmetic;
 
 pub const MAGIC: [u8; 4] = *b"VQZ\0";
 /// The newest format version this build reads and writes.
@@ -80,8 +90,37 @@ pub struct CodeFile {
     /// depth.
     pub vocabularies: Vec<u32>,
     /// `depth × grid_height × grid_width` indices: level by level, each level row-major, each
-    /// code below its level's vocabulary.
+    /// code below its level's vocabulary. Empty in an arithmetic-coded file just read.
     pub codes: Vec<u32>,
+    /// How the codes are stored when not packed: arithmetic-coded with a prior.
+    pub entropy: Option<EntropyCoding>,
+}
+
+/// An arithmetic-coded payload and what it takes to decode it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntropyCoding {
+    /// The first 16 bytes of the SHA-256 of the prior's weights.
+    pub prior_id: [u8; 16],
+    /// The class the codes were coded with, for a class-conditional prior.
+    pub class: Option<u8>,
+    /// [`codes_checksum`] of the codes.
+    pub codes_crc: u32,
+    /// The arithmetic coder's bytes.
+    pub payload: Vec<u8>,
+}
+
+/// Bytes of the block that precedes an arithmetic-coded payload.
+const ENTROPY_BLOCK_LEN: usize = 24;
+/// Class byte of codes coded without a class.
+const NO_CLASS: u8 = 255;
+
+/// CRC-32 of codes, each as 4 little-endian bytes.
+pub fn codes_checksum(codes: &[u32]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    for c in codes {
+        h.update(&c.to_le_bytes());
+    }
+    h.finalize()
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -102,6 +141,8 @@ pub enum CodeFileError {
     Inconsistent(String),
     #[error("the codes are corrupt (CRC-32 {found:08x}, header says {expected:08x})")]
     Checksum { expected: u32, found: u32 },
+    #[error("the decoded codes do not match the file's checksum: the prior's probabilities differed from the encoder's (another prior, build or CPU)")]
+    CodesChecksum,
     #[error("code {index} is {value}, outside its level's vocabulary of {codebook_size}")]
     CodeOutOfRange {
         index: usize,
@@ -136,9 +177,10 @@ impl CodeFile {
         self.grid_width as usize * self.grid_height as usize
     }
 
-    /// The version [`CodeFile::to_bytes`] writes: 1 when one level is all the file holds.
+    /// The version [`CodeFile::to_bytes`] writes: 1 when one packed level is all the file
+    /// holds.
     pub fn version(&self) -> u16 {
-        if self.depth() == 1 {
+        if self.depth() == 1 && self.entropy.is_none() {
             1
         } else {
             2
@@ -171,6 +213,20 @@ impl CodeFile {
     pub fn validate(&self) -> Result<(), CodeFileError> {
         self.validate_header()?;
         let cells = self.cells();
+        if let Some(e) = &self.entropy {
+            if e.class == Some(NO_CLASS) {
+                return Err(CodeFileError::Inconsistent(format!(
+                    "class {NO_CLASS} is the mark of no class"
+                )));
+            }
+            if self.codes.is_empty() {
+                // Not decoded yet: nothing more to check.
+                return Ok(());
+            }
+            if codes_checksum(&self.codes) != e.codes_crc {
+                return Err(CodeFileError::CodesChecksum);
+            }
+        }
         if self.codes.len() != cells * self.depth() {
             return Err(CodeFileError::Inconsistent(format!(
                 "{} codes for a {}×{} grid of depth {}",
@@ -239,13 +295,18 @@ impl CodeFile {
         let bits = bits_per_code(self.codebook_size());
         let cells = self.cells();
         let mut payload = Vec::new();
-        let (mut acc, mut filled) = (0u64, 0u32);
-        for (level, &v) in self.vocabularies.iter().enumerate() {
-            let codes = &self.codes[level * cells..(level + 1) * cells];
-            push_bits(&mut payload, &mut acc, &mut filled, codes, bits_per_code(v));
-        }
-        if filled > 0 {
-            payload.push(acc as u8);
+        match &self.entropy {
+            Some(e) => payload.extend_from_slice(&e.payload),
+            None => {
+                let (mut acc, mut filled) = (0u64, 0u32);
+                for (level, &v) in self.vocabularies.iter().enumerate() {
+                    let codes = &self.codes[level * cells..(level + 1) * cells];
+                    push_bits(&mut payload, &mut acc, &mut filled, codes, bits_per_code(v));
+                }
+                if filled > 0 {
+                    payload.push(acc as u8);
+                }
+            }
         }
         let mut out = Vec::with_capacity(HEADER_LEN + 4 * self.depth() + payload.len());
         out.extend_from_slice(&MAGIC);
@@ -266,9 +327,10 @@ impl CodeFile {
             out.extend_from_slice(&v.to_le_bytes());
         }
         let depth = if version == 1 { 0 } else { self.depth() as u8 };
-        out.extend_from_slice(&[bits, depth, 0, 0]);
+        let coding = u8::from(self.entropy.is_some());
+        out.extend_from_slice(&[bits, depth, coding, 0]);
         out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        let table: Vec<u8> = if version == 1 {
+        let mut table: Vec<u8> = if version == 1 {
             Vec::new()
         } else {
             self.vocabularies
@@ -276,6 +338,11 @@ impl CodeFile {
                 .flat_map(|v| v.to_le_bytes())
                 .collect()
         };
+        if let Some(e) = &self.entropy {
+            table.extend_from_slice(&e.prior_id);
+            table.extend_from_slice(&[e.class.unwrap_or(NO_CLASS), 0, 0, 0]);
+            table.extend_from_slice(&e.codes_crc.to_le_bytes());
+        }
         let crc = checksum(&out, &table, &payload);
         out.extend_from_slice(&crc.to_le_bytes());
         debug_assert_eq!(out.len(), HEADER_LEN);
@@ -327,6 +394,7 @@ impl CodeFile {
             grid_height: u32_at(36),
             vocabularies: vec![u32_at(40)],
             codes: Vec::new(),
+            entropy: None,
         };
         let bits = bytes[44];
         let (depth, reserved) = match version {
@@ -338,9 +406,10 @@ impl CodeFile {
                 "reserved header bytes are not zero".into(),
             ));
         }
-        if version > 1 && bytes[46] != 0 {
+        let coded = version > 1 && bytes[46] == 1;
+        if version > 1 && bytes[46] > 1 {
             return Err(CodeFileError::Inconsistent(format!(
-                "payload coding {} (this build reads 0, packed codes)",
+                "payload coding {} (this build reads 0, packed, and 1, arithmetic-coded)",
                 bytes[46]
             )));
         }
@@ -349,17 +418,18 @@ impl CodeFile {
                 "depth {depth} (must be 1 to {MAX_DEPTH})"
             )));
         }
-        if version > 1 && depth == 1 {
-            // One encoding per file: one level is written as version 1.
+        if version > 1 && depth == 1 && !coded {
+            // One encoding per file: one packed level is written as version 1.
             return Err(CodeFileError::Inconsistent(
                 "version 2 with one level (such a file is version 1)".into(),
             ));
         }
-        let table_len = if version == 1 { 0 } else { 4 * depth };
+        let levels_len = if version == 1 { 0 } else { 4 * depth };
+        let table_len = levels_len + if coded { ENTROPY_BLOCK_LEN } else { 0 };
         need("the level table", HEADER_LEN + table_len)?;
         let table = &bytes[HEADER_LEN..HEADER_LEN + table_len];
         if version > 1 {
-            file.vocabularies = table
+            file.vocabularies = table[..levels_len]
                 .chunks_exact(4)
                 .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
                 .collect();
@@ -381,6 +451,41 @@ impl CodeFile {
             )));
         }
         let cells = file.cells();
+        if coded {
+            let block = &table[levels_len..];
+            if block[17..20] != [0, 0, 0] {
+                return Err(CodeFileError::Inconsistent(
+                    "reserved bytes of the entropy block are not zero".into(),
+                ));
+            }
+            let start = HEADER_LEN + table_len;
+            let payload_len = u32_at(48) as usize;
+            if payload_len == 0 {
+                return Err(CodeFileError::Inconsistent(
+                    "an empty arithmetic-coded payload".into(),
+                ));
+            }
+            need("the coded payload", start + payload_len)?;
+            if bytes.len() > start + payload_len {
+                return Err(CodeFileError::TrailingBytes(
+                    bytes.len() - start - payload_len,
+                ));
+            }
+            let payload = &bytes[start..];
+            let (expected, found) = (u32_at(52), checksum(&bytes[..52], table, payload));
+            if expected != found {
+                return Err(CodeFileError::Checksum { expected, found });
+            }
+            let mut prior_id = [0u8; 16];
+            prior_id.copy_from_slice(&block[..16]);
+            file.entropy = Some(EntropyCoding {
+                prior_id,
+                class: (block[16] != NO_CLASS).then_some(block[16]),
+                codes_crc: u32::from_le_bytes(block[20..24].try_into().unwrap()),
+                payload: payload.to_vec(),
+            });
+            return Ok(file);
+        }
         let payload_bits = cells * file.bits_per_cell();
         let payload_len = payload_bits.div_ceil(8);
         if u32_at(48) as usize != payload_len {
@@ -498,6 +603,7 @@ mod tests {
             grid_height: gh,
             vocabularies: vec![k],
             codes: (0..gw * gh).map(|i| (i * 7919) % k).collect(),
+            entropy: None,
         }
     }
 
@@ -641,6 +747,34 @@ mod tests {
             depths.push(file.depth());
         }
         assert!(depths.contains(&1) && depths.contains(&2), "{depths:?}");
+    }
+
+    #[test]
+    fn an_arithmetic_coded_file_keeps_its_payload_and_checks_the_decoded_codes() {
+        let mut f = deep(32, 32, &[512], 1);
+        let codes = std::mem::take(&mut f.codes);
+        f.entropy = Some(EntropyCoding {
+            prior_id: *b"prior-id-16bytes",
+            class: Some(3),
+            codes_crc: codes_checksum(&codes),
+            payload: vec![0xA5; 40],
+        });
+        let bytes = f.to_bytes().unwrap();
+        assert_eq!((bytes[4], bytes[45], bytes[46]), (2, 1, 1));
+        assert_eq!(bytes.len(), HEADER_LEN + 4 + ENTROPY_BLOCK_LEN + 40);
+        let mut back = CodeFile::from_bytes(&bytes).unwrap();
+        assert_eq!(back, f);
+        // Decoded codes are accepted only when they are the encoder's.
+        back.codes = codes.clone();
+        assert!(back.validate().is_ok());
+        back.codes[7] ^= 1;
+        assert_eq!(back.validate().unwrap_err(), CodeFileError::CodesChecksum);
+        // Every byte is covered.
+        for pos in 0..bytes.len() {
+            let mut v = bytes.clone();
+            v[pos] ^= 0x04;
+            assert!(CodeFile::from_bytes(&v).is_err(), "byte {pos}");
+        }
     }
 
     proptest! {

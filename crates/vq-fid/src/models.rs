@@ -16,11 +16,12 @@ pub fn reconstruction_features(
     net: &InceptionV3,
     vqvae: &VqVae,
     set: &Cifar10,
-    count: usize,
+    scope: vq_model::EvalScope,
     device: Device,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Tensor, FidError> {
     let range = vqvae.config.input_range;
+    let count = scope.count;
     let mut parts = Vec::new();
     for start in (0..count).step_by(BATCH as usize) {
         let end = (start + BATCH as usize).min(count);
@@ -32,7 +33,11 @@ pub fn reconstruction_features(
             .map_err(|e| FidError::Invalid(e.to_string()))?;
         let recon = {
             let _guard = tch::no_grad_guard();
-            vqvae.decode(&vqvae.encode(&xs))
+            let codes = vqvae.encode(&xs);
+            match scope.levels {
+                Some(levels) => vqvae.decode(&codes.narrow(1, 0, levels)),
+                None => vqvae.decode(&codes),
+            }
         };
         parts.push(net.features(&to_bytes(&recon, range))?);
         progress(end);

@@ -41,6 +41,16 @@ pub fn to_bytes(t: &Tensor, range: PixelRange) -> Tensor {
         .to_kind(Kind::Uint8)
 }
 
+/// Which images an evaluation covers and at what depth it decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EvalScope {
+    /// The first `count` images of the split.
+    pub count: usize,
+    /// Decode with only the first `levels` levels of the codes (a residual quantizer's lower
+    /// rate); `None`: all of them.
+    pub levels: Option<i64>,
+}
+
 /// MSE, PSNR, SSIM (on `[0, 1]` pixels), perplexity and code usage over the first `count`
 /// test images.
 pub fn evaluate(
@@ -51,20 +61,25 @@ pub fn evaluate(
     step: usize,
     elapsed_s: f64,
 ) -> Result<Evaluation, ModelError> {
-    evaluate_with_progress(model, test, count, device, step, elapsed_s, |_| {})
+    let scope = EvalScope {
+        count,
+        levels: None,
+    };
+    evaluate_with_progress(model, test, scope, device, step, elapsed_s, |_| {})
 }
 
 /// [`evaluate`], calling `progress` with the number of images done after each chunk.
 pub fn evaluate_with_progress(
     model: &VqVae,
     test: &Cifar10,
-    count: usize,
+    scope: EvalScope,
     device: Device,
     step: usize,
     elapsed_s: f64,
     mut progress: impl FnMut(usize),
 ) -> Result<Evaluation, ModelError> {
     let _guard = tch::no_grad_guard();
+    let count = scope.count;
     let range = model.config.input_range;
     let space = model.quantizer.code_space();
     let k = space.vocabulary;
@@ -79,8 +94,12 @@ pub fn evaluate_with_progress(
         };
         let xs = images_to_tensor(&gather(test.images.view(), &batch, range), device)?;
         let out = model.forward(&xs);
+        let reconstruction = match scope.levels {
+            Some(levels) => model.decode(&out.codes().narrow(1, 0, levels)),
+            None => out.reconstruction.shallow_clone(),
+        };
         sums.add(&quality(
-            &to_unit(&out.reconstruction, range),
+            &to_unit(&reconstruction, range),
             &to_unit(&xs, range),
         ));
         counts += &out.quantized.counts;

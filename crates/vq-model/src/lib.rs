@@ -14,7 +14,7 @@ pub mod quantizer;
 pub use bundled::BUNDLED;
 pub use checkpoint::Checkpoint;
 pub use config::{native_bf16, ComputeKind, ReconstructionLoss, VqVaeConfig};
-pub use eval::{evaluate, evaluate_with_progress, to_bytes, to_unit, Evaluation};
+pub use eval::{evaluate, evaluate_with_progress, to_bytes, to_unit, EvalScope, Evaluation};
 pub use metrics::{quality, ssim_per_image, QualitySums};
 pub use model::{reconstruction_objective, VqVae, VqVaeOutput};
 pub use nets::{

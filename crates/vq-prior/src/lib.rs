@@ -7,6 +7,7 @@
 //! its provenance ([`Provenance`]: the VQ-VAE whose codes it models, their code space, the image
 //! size, the classes).
 
+pub mod entropy;
 mod pixelcnn;
 mod transformer;
 
@@ -303,19 +304,19 @@ pub fn draw(
         .squeeze_dim(1)
 }
 
-/// Raster-order sampling that runs the whole model for every code (on the rows up to the
-/// current one, which a causal model allows): the default [`CodePrior::sample`], and the
-/// reference a cached sampler is tested against.
-pub fn sample_uncached(
+/// Raster-order stepping without a cache: the whole model runs on the rows filled so far for
+/// every code. `choose` gets each position's `(n, V)` conditional logits (and the unconditional
+/// ones when `guided`) and returns the `(n,)` codes to place there.
+pub fn step_uncached(
     prior: &(impl CodePrior + ?Sized),
     n: i64,
     labels: Option<&Tensor>,
-    options: &SampleOptions,
+    guided: bool,
     device: Device,
+    choose: &mut dyn FnMut(&Tensor, Option<&Tensor>) -> Tensor,
 ) -> Tensor {
     let _guard = tch::no_grad_guard();
     let side = prior.provenance().grid_side;
-    let guided = options.guidance != 1.0 && labels.is_some() && prior.supports_guidance();
     let codes = Tensor::zeros([n, side, side], (Kind::Int64, device));
     for i in 0..side {
         for j in 0..side {
@@ -327,11 +328,25 @@ pub fn sample_uncached(
                     .select(2, j)
             };
             let unconditional = guided.then(|| at(None));
-            let next = draw(&at(labels), unconditional.as_ref(), options);
+            let next = choose(&at(labels), unconditional.as_ref());
             codes.select(1, i).select(1, j).copy_(&next);
         }
     }
     codes
+}
+
+/// Sampling by [`step_uncached`]: what [`CodePrior::sample`] does for a model without a cache.
+pub fn sample_uncached(
+    prior: &(impl CodePrior + ?Sized),
+    n: i64,
+    labels: Option<&Tensor>,
+    options: &SampleOptions,
+    device: Device,
+) -> Tensor {
+    let guided = options.guidance != 1.0 && labels.is_some() && prior.supports_guidance();
+    step_uncached(prior, n, labels, guided, device, &mut |c, u| {
+        draw(c, u, options)
+    })
 }
 
 /// An autoregressive model of code grids in raster order.
@@ -354,10 +369,27 @@ pub trait CodePrior: std::fmt::Debug {
         false
     }
 
+    /// Runs the model over `n` grids in raster order, one code at a time: `choose` gets each
+    /// position's `(n, V)` conditional logits (and, when `guided`, the unconditional ones) and
+    /// returns the `(n,)` codes placed there, which the next positions then read. Sampling
+    /// draws them; entropy coding reads them from a file. The default runs the whole model for
+    /// every code ([`step_uncached`]); a model with a cache overrides it. The same calls give
+    /// the same logits bit for bit on the same build, device and thread count, which is what
+    /// lets an entropy decoder see the encoder's probabilities.
+    fn step(
+        &self,
+        n: i64,
+        labels: Option<&Tensor>,
+        guided: bool,
+        device: Device,
+        choose: &mut dyn FnMut(&Tensor, Option<&Tensor>) -> Tensor,
+    ) -> Tensor {
+        step_uncached(self, n, labels, guided, device, choose)
+    }
+
     /// Samples `n` grids (`labels`: their classes, when conditional), one code at a time in
     /// raster order, drawn from LibTorch's generator (seed it with `tch::manual_seed` for
-    /// reproducible samples). The default runs the whole model for every code; a model with a
-    /// cache overrides it.
+    /// reproducible samples).
     fn sample(
         &self,
         n: i64,
@@ -365,7 +397,8 @@ pub trait CodePrior: std::fmt::Debug {
         options: &SampleOptions,
         device: Device,
     ) -> Tensor {
-        sample_uncached(self, n, labels, options, device)
+        let guided = options.guidance != 1.0 && labels.is_some() && self.supports_guidance();
+        self.step(n, labels, guided, device, &mut |c, u| draw(c, u, options))
     }
 }
 
@@ -401,6 +434,9 @@ pub struct PriorCheckpoint {
     pub config: PriorConfig,
     pub model: Box<dyn CodePrior>,
     pub vs: nn::VarStore,
+    /// The first 16 bytes of the SHA-256 of its weights file (what an entropy-coded `.vqz`
+    /// names).
+    pub model_id: [u8; 16],
 }
 
 impl PriorCheckpoint {
@@ -439,6 +475,7 @@ impl PriorCheckpoint {
             config,
             model,
             vs,
+            model_id: vq_store::model_id(&weights),
         })
     }
 

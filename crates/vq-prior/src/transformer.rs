@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
-use crate::{draw, CodePrior, Provenance, SampleOptions};
+use crate::{CodePrior, Provenance};
 
 /// The transformer's shape (`"kind": "transformer"` in a prior's config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -266,19 +266,20 @@ impl CodePrior for TransformerPrior {
         self.logits_of(&x).view([b, h, w, -1]).permute([0, 3, 1, 2])
     }
 
-    /// Raster-order sampling with a key/value cache; with guidance, the conditional and the
+    /// Raster-order stepping with a key/value cache; with guidance, the conditional and the
     /// unconditional halves of one doubled batch advance together.
-    fn sample(
+    fn step(
         &self,
         n: i64,
         labels: Option<&Tensor>,
-        options: &SampleOptions,
+        guided: bool,
         device: Device,
+        choose: &mut dyn FnMut(&Tensor, Option<&Tensor>) -> Tensor,
     ) -> Tensor {
         let _guard = tch::no_grad_guard();
         let side = self.provenance.grid_side;
         let length = side * side;
-        let guided = options.guidance != 1.0 && labels.is_some() && self.supports_guidance();
+        let guided = guided && labels.is_some() && self.supports_guidance();
         let rows = if guided { 2 * n } else { n };
         let mut classes = self.class_rows(labels, n, device, false);
         if guided {
@@ -311,13 +312,9 @@ impl CodePrior for TransformerPrior {
             }
             let logits = self.logits_of(&x).squeeze_dim(1);
             let next = if guided {
-                draw(
-                    &logits.narrow(0, 0, n),
-                    Some(&logits.narrow(0, n, n)),
-                    options,
-                )
+                choose(&logits.narrow(0, 0, n), Some(&logits.narrow(0, n, n)))
             } else {
-                draw(&logits, None, options)
+                choose(&logits, None)
             };
             codes.narrow(1, t, 1).copy_(&next.unsqueeze(1));
             let fed = if guided {
@@ -334,7 +331,7 @@ impl CodePrior for TransformerPrior {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sample_uncached;
+    use crate::{draw, sample_uncached, SampleOptions};
     use vq_model::CodeSpace;
 
     fn tiny(vs: &nn::VarStore, classes: i64) -> TransformerPrior {

@@ -265,7 +265,10 @@ impl Task for VqVaeTask {
             &net,
             served,
             &self.test,
-            self.test.len(),
+            vq_model::EvalScope {
+                count: self.test.len(),
+                levels: None,
+            },
             self.device,
             &mut |_| {},
         )?;
