@@ -544,3 +544,297 @@ mod tests {
         assert!(median(&[]).is_nan());
     }
 }
+
+/// A virtualenv with Pillow (JPEG, WebP) and scikit-image (the photographs), made on first use.
+fn codec_python(root: &Path) -> Result<PathBuf> {
+    let python = peer_python(root)?;
+    let ready = Command::new(&python)
+        .args(["-c", "import PIL, skimage"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ready {
+        cmd::run(Command::new(&python).args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "pillow",
+            "scikit-image",
+        ]))?;
+    }
+    Ok(python)
+}
+
+/// PSNR on [0, 1] pixels of two RGB images of one size (all channels).
+fn psnr(a: &Path, b: &Path) -> Result<f64> {
+    let open = |p: &Path| -> Result<image::RgbImage> {
+        Ok(image::open(p)
+            .with_context(|| format!("reading {}", p.display()))?
+            .to_rgb8())
+    };
+    let (a, b) = (open(a)?, open(b)?);
+    if a.dimensions() != b.dimensions() {
+        bail!("{:?} and {:?} images", a.dimensions(), b.dimensions());
+    }
+    let mse = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(&x, &y)| ((x as f64 - y as f64) / 255.0).powi(2))
+        .sum::<f64>()
+        / a.as_raw().len() as f64;
+    Ok(-10.0 * mse.max(1e-10).log10())
+}
+
+/// One model's row for one photo.
+struct CodecRow {
+    photo: String,
+    model: String,
+    bytes: usize,
+    psnr: f64,
+}
+
+/// `cargo xtask bench codec`.
+pub fn codec(
+    root: &Path,
+    data: &Path,
+    models: &[PathBuf],
+    images: usize,
+    threads: usize,
+) -> Result<()> {
+    let python = codec_python(root)?;
+    let dir = root.join("target").join("bench").join("codec");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    let photos_dir = dir.join("photos");
+    let photos = json_output(
+        peer_command(&python, root, "codec_peer.py")
+            .arg("export")
+            .arg(&photos_dir),
+        "scripts/codec_peer.py export",
+    )?;
+    let threads_s = threads.to_string();
+    let vq_cli = |args: &[&str]| -> Command {
+        let mut c = cmd::cargo(root);
+        c.args(["run", "--release", "-q", "-p", "vq-cli", "--"])
+            .args(["--threads", &threads_s, "--device", "cpu", "-q"])
+            .args(args);
+        c
+    };
+    let bundled = root.join("models").join("cifar10-default");
+    let models: Vec<PathBuf> = if models.is_empty() {
+        vec![bundled.clone()]
+    } else {
+        models.to_vec()
+    };
+    let mut rows = Vec::new();
+    for photo in &photos {
+        let name = photo["photo"].as_str().context("photo name")?.to_string();
+        let png = photos_dir.join(format!("{name}.png"));
+        for (m, model) in models.iter().enumerate() {
+            let ckpt = model.to_str().context("model path")?;
+            let vqz = dir.join(format!("{name}-{m}.vqz"));
+            cmd::run(
+                vq_cli(&["--checkpoint", ckpt, "encode"])
+                    .arg(&png)
+                    .arg("-o")
+                    .arg(&vqz),
+            )?;
+            let file = vq_codes::CodeFile::from_bytes(&std::fs::read(&vqz)?)?;
+            let label = model
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            let mut depths: Vec<usize> = [1, 2, 4, 8]
+                .into_iter()
+                .filter(|&l| l < file.depth())
+                .collect();
+            depths.push(file.depth());
+            for levels in depths {
+                let mut cut = file.clone();
+                cut.truncate_levels(levels);
+                let bytes = cut.to_bytes()?;
+                let cut_path = dir.join(format!("{name}-{m}-{levels}.vqz"));
+                std::fs::write(&cut_path, &bytes)?;
+                let decoded = dir.join(format!("{name}-{m}-{levels}.png"));
+                cmd::run(
+                    vq_cli(&["--checkpoint", ckpt, "decode"])
+                        .arg(&cut_path)
+                        .arg("-o")
+                        .arg(&decoded),
+                )?;
+                let model_name = if file.depth() > 1 {
+                    format!("{label} ({levels} levels)")
+                } else {
+                    label.clone()
+                };
+                rows.push(CodecRow {
+                    photo: name.clone(),
+                    model: model_name,
+                    bytes: bytes.len(),
+                    psnr: psnr(&png, &decoded)?,
+                });
+            }
+            if model == &bundled {
+                let coded = dir.join(format!("{name}-{m}-entropy.vqz"));
+                cmd::run(
+                    vq_cli(&["--checkpoint", ckpt, "encode", "--entropy"])
+                        .arg(&png)
+                        .arg("-o")
+                        .arg(&coded),
+                )?;
+                let decoded = dir.join(format!("{name}-{m}-entropy.png"));
+                cmd::run(
+                    vq_cli(&["--checkpoint", ckpt, "decode"])
+                        .arg(&coded)
+                        .arg("-o")
+                        .arg(&decoded),
+                )?;
+                rows.push(CodecRow {
+                    photo: name.clone(),
+                    model: format!("{label} + prior (entropy-coded)"),
+                    bytes: std::fs::metadata(&coded)?.len() as usize,
+                    psnr: psnr(&png, &decoded)?,
+                });
+            }
+        }
+    }
+    // The peers at each of our file sizes.
+    println!(
+        "\nImage codecs at equal file size on scikit-image's photographs, {threads} threads, {}",
+        crate::cpu_model()
+    );
+    println!(
+        "{:<16} {:<44} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "photo", "model", "bpp", "PSNR", "JPEG bpp", "JPEG", "WebP bpp", "WebP"
+    );
+    let mut by_model: Vec<(String, Vec<[f64; 5]>)> = Vec::new();
+    let mut results = Vec::new();
+    for row in &rows {
+        let photo = photos
+            .iter()
+            .find(|p| p["photo"] == row.photo.as_str())
+            .context("photo")?;
+        let pixels = num(photo, "width") * num(photo, "height");
+        let png = photos_dir.join(format!("{}.png", row.photo));
+        let peer = json_output(
+            peer_command(&python, root, "codec_peer.py")
+                .arg("match")
+                .arg(&png)
+                .arg(row.bytes.to_string()),
+            "scripts/codec_peer.py match",
+        )?
+        .pop()
+        .context("no figures from the codec peer")?;
+        let peer_fig = |fmt: &str| -> (f64, f64) {
+            match peer.get(fmt) {
+                Some(v) if !v.is_null() => (num(v, "bpp"), num(v, "psnr")),
+                _ => (f64::NAN, f64::NAN),
+            }
+        };
+        let (jpeg_bpp, jpeg) = peer_fig("jpeg");
+        let (webp_bpp, webp) = peer_fig("webp");
+        let bpp = row.bytes as f64 * 8.0 / pixels;
+        println!(
+            "{:<16} {:<44} {:>8.3} {:>8.2} {:>8.3} {:>8.2} {:>8.3} {:>8.2}",
+            row.photo, row.model, bpp, row.psnr, jpeg_bpp, jpeg, webp_bpp, webp
+        );
+        match by_model.iter_mut().find(|(m, _)| m == &row.model) {
+            Some((_, v)) => v.push([bpp, row.psnr, jpeg, webp, jpeg_bpp]),
+            None => by_model.push((
+                row.model.clone(),
+                vec![[bpp, row.psnr, jpeg, webp, jpeg_bpp]],
+            )),
+        }
+        results.push(json!({
+            "photo": row.photo, "model": row.model, "bytes": row.bytes, "bpp": bpp,
+            "psnr": row.psnr, "peers": peer,
+        }));
+    }
+    println!("\nMean over the photos (PSNR in dB; a peer's mean over the photos where it fits the size)");
+    println!(
+        "{:<44} {:>8} {:>8} {:>8} {:>8} {:>10}",
+        "model", "bpp", "PSNR", "JPEG", "WebP", "vs JPEG"
+    );
+    for (model, v) in &by_model {
+        let mean = |i: usize| {
+            let xs: Vec<f64> = v.iter().map(|r| r[i]).filter(|x| x.is_finite()).collect();
+            xs.iter().sum::<f64>() / xs.len().max(1) as f64
+        };
+        println!(
+            "{:<44} {:>8.3} {:>8.2} {:>8.2} {:>8.2} {:>+10.2}",
+            model,
+            mean(0),
+            mean(1),
+            mean(2),
+            mean(3),
+            mean(1) - mean(2)
+        );
+    }
+
+    // The bundled pair on CIFAR-10 test images: packed against entropy-coded.
+    let cifar = dir.join("cifar");
+    std::fs::create_dir_all(&cifar)?;
+    let test = vq_data::load_split(data, vq_data::Split::Test, &Default::default())?;
+    let images = images.min(test.len());
+    for i in 0..images {
+        let img = image::RgbImage::from_fn(32, 32, |x, y| {
+            image::Rgb(std::array::from_fn(|c| {
+                test.images[[i, c, y as usize, x as usize]]
+            }))
+        });
+        img.save(cifar.join(format!("{i:05}.png")))?;
+    }
+    let (packed, coded) = (dir.join("cifar-packed"), dir.join("cifar-coded"));
+    cmd::run(vq_cli(&["encode"]).arg(&cifar).arg("-o").arg(&packed))?;
+    let start = std::time::Instant::now();
+    cmd::run(
+        vq_cli(&["encode", "--entropy"])
+            .arg(&cifar)
+            .arg("-o")
+            .arg(&coded),
+    )?;
+    let coding_s = start.elapsed().as_secs_f64();
+    let mut sizes = [0u64; 2];
+    let mut payload = [0u64; 2];
+    for (k, folder) in [&packed, &coded].into_iter().enumerate() {
+        for entry in std::fs::read_dir(folder)? {
+            let bytes = std::fs::read(entry?.path())?;
+            sizes[k] += bytes.len() as u64;
+            let file = vq_codes::CodeFile::from_bytes(&bytes)?;
+            payload[k] += match &file.entropy {
+                Some(e) => e.payload.len() as u64,
+                None => (file.codes.len() * 9).div_ceil(8) as u64,
+            };
+        }
+    }
+    let per = |x: u64| x as f64 / images as f64;
+    println!(
+        "\nCIFAR-10 test images 0..{images}, the bundled model and prior: packed {:.1} bytes an image ({:.2} bits a code of payload), entropy-coded {:.1} bytes ({:.2} bits a code of payload): {:.1}% smaller files, {:.1}% smaller payload; {:.2} s an image to encode with the prior",
+        per(sizes[0]),
+        per(payload[0]) * 8.0 / 64.0,
+        per(sizes[1]),
+        per(payload[1]) * 8.0 / 64.0,
+        100.0 * (1.0 - sizes[1] as f64 / sizes[0] as f64),
+        100.0 * (1.0 - payload[1] as f64 / payload[0] as f64),
+        coding_s / images as f64,
+    );
+    println!(
+        "{}",
+        json!({
+            "bench": "codec",
+            "threads": threads,
+            "cpu": crate::cpu_model(),
+            "photos": results,
+            "cifar": {
+                "images": images,
+                "packed_bytes_per_image": per(sizes[0]),
+                "entropy_bytes_per_image": per(sizes[1]),
+                "packed_payload_bits_per_code": per(payload[0]) * 8.0 / 64.0,
+                "entropy_payload_bits_per_code": per(payload[1]) * 8.0 / 64.0,
+            },
+        })
+    );
+    Ok(())
+}

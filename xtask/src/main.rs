@@ -202,6 +202,24 @@ enum Bench {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// The models as image codecs against JPEG and WebP at the same file size, on
+    /// scikit-image's colour photographs (tiled encoding of images larger than the training
+    /// images): PSNR per photo and averaged; residual models at each depth; the bundled model
+    /// also arithmetic-coded with the bundled prior. Then the bundled pair on CIFAR-10 test
+    /// images: bytes per image packed and entropy-coded.
+    Codec {
+        #[command(flatten)]
+        data: DownloadArgs,
+        /// Checkpoint or run folders [default: the bundled model]
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<PathBuf>,
+        /// CIFAR-10 test images for the entropy-coding figure.
+        #[arg(long, default_value_t = 500)]
+        images: usize,
+        /// CPU threads [default: all cores].
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// CIFAR-10 load rate from page cache (MB/s).
     Data {
         #[command(flatten)]
@@ -384,6 +402,16 @@ fn real_main() -> Result<()> {
                 fid::ensure(&root)?;
                 let dir = download(&root, &data)?;
                 bench::fid(&root, &dir, images, all_cores(threads))?;
+            }
+            Bench::Codec {
+                data,
+                models,
+                images,
+                threads,
+            } => {
+                libtorch::ensure(&root, libtorch::CudaChoice::Auto)?;
+                let dir = download(&root, &data)?;
+                bench::codec(&root, &dir, &models, images, all_cores(threads))?;
             }
             Bench::Data { data } => {
                 let dir = download(&root, &data)?;
