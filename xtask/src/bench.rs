@@ -533,18 +533,6 @@ pub fn fid(root: &Path, data: &Path, images: usize, threads: usize) -> Result<()
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::median;
-
-    #[test]
-    fn median_of_odd_even_and_empty() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
-        assert!(median(&[]).is_nan());
-    }
-}
-
 /// A virtualenv with Pillow (JPEG, WebP) and scikit-image (the photographs), made on first use.
 fn codec_python(root: &Path) -> Result<PathBuf> {
     let python = peer_python(root)?;
@@ -752,7 +740,9 @@ pub fn codec(
             "psnr": row.psnr, "peers": peer,
         }));
     }
-    println!("\nMean over the photos (PSNR in dB; a peer's mean over the photos where it fits the size)");
+    println!(
+        "\nMean over the photos (PSNR in dB; a peer's mean over the photos where it fits the size)"
+    );
     println!(
         "{:<44} {:>8} {:>8} {:>8} {:>8} {:>10}",
         "model", "bpp", "PSNR", "JPEG", "WebP", "vs JPEG"
@@ -837,4 +827,16 @@ pub fn codec(
         })
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
 }
