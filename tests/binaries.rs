@@ -199,4 +199,40 @@ fn a_residual_model_trains_from_flags_and_its_files_decode_at_fewer_levels() {
     let out = cli(&["decode", "a.vqz", "--levels", "4", "-o", "a4.png"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("holds 3 level"), "{}", stderr(&out));
+
+    // A prior models the first level; its samples decode at that depth.
+    let prior_config = tmp.path().join("prior.json");
+    std::fs::write(
+        &prior_config,
+        r#"{"prior": {"kind": "transformer", "width": 16, "layers": 1, "heads": 2},
+            "schedule": {"steps": 2, "batch_size": 8, "eval_every": 100},
+            "format": 2}"#,
+    )
+    .unwrap();
+    let out = run(
+        "vq-train",
+        &[
+            "prior",
+            "--vqvae",
+            "rvq",
+            "--config",
+            prior_config.to_str().unwrap(),
+            "--data",
+            dir.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--run-dir",
+            "prior",
+        ],
+        tmp.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let prior: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("prior/checkpoints/last/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(prior["provenance"]["codes"]["depth"], 1, "{prior}");
+    let out = cli(&["sample", "--prior", "prior", "-n", "4", "-o", "s.png"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(tmp.path().join("s.png").is_file());
 }

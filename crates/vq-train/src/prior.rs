@@ -153,13 +153,10 @@ impl CodeSet {
     }
 }
 
-/// Encodes `images` with the VQ-VAE in chunks (no flips); the codes of its one level.
+/// Encodes `images` with the VQ-VAE in chunks (no flips); the codes of its first level (its
+/// only level, but for a residual quantizer: see [`modelled_codes`]).
 pub fn encode_split(vqvae: &Checkpoint, images: &Cifar10, device: Device) -> Result<CodeSet> {
     let _guard = tch::no_grad_guard();
-    let depth = vqvae.config.code_space().depth;
-    if depth != 1 {
-        bail!("priors model one code per position; this VQ-VAE's codes have depth {depth}");
-    }
     let range = vqvae.config.input_range;
     let mut parts = Vec::new();
     for start in (0..images.len()).step_by(500) {
@@ -176,6 +173,17 @@ pub fn encode_split(vqvae: &Checkpoint, images: &Cifar10, device: Device) -> Res
         codes: Tensor::cat(&parts, 0),
         labels: Tensor::from_slice(&labels),
     })
+}
+
+/// The codes a prior models: one per position. For a residual quantizer that is the first
+/// level only, a coarse image that its samples decode to: one code per position is what the
+/// priors' grids hold, and modelling the whole stack in sequence would make the transformer's
+/// sequence L times longer (its cost grows with the square).
+pub fn modelled_codes(vqvae: &Checkpoint) -> vq_model::CodeSpace {
+    vq_model::CodeSpace {
+        depth: 1,
+        ..vqvae.config.code_space()
+    }
 }
 
 /// The split's codes from the run's cache, or encoded now and cached (written atomically).
@@ -317,7 +325,7 @@ impl Task for PriorTask {
             arch: config.prior.clone(),
             provenance: Provenance {
                 vqvae_model_id: vq_store::hex(&vqvae.model_id),
-                codes: vqvae.config.code_space(),
+                codes: modelled_codes(&vqvae),
                 grid_side: vqvae.config.grid_side(data.side as i64),
                 image_side: data.side as i64,
                 classes,
