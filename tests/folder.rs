@@ -251,6 +251,35 @@ fn import_train_and_sample_on_an_image_folder() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("guidance 2"), "{}", stdout(&out));
+    // ...and with no flag, draws with the settings its config records.
+    let config_path = dir.join("transformer/checkpoints/last/config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["sampling"] = serde_json::json!({"guidance": 1.5, "temperature": 0.9});
+    write_json(&config_path, config);
+    let out = run(
+        "vq-cli",
+        &[
+            "--device",
+            "cpu",
+            "--checkpoint",
+            "vq",
+            "sample",
+            "-n",
+            "3",
+            "--prior",
+            "transformer",
+            "-o",
+            "t2.png",
+        ],
+        dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("temperature 0.9, guidance 1.5"),
+        "{}",
+        stdout(&out)
+    );
     // ...refuses a class the dataset does not have...
     let out = run(
         "vq-cli",

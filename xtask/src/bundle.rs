@@ -88,3 +88,28 @@ pub fn run(root: &Path, run_dir: &Path, prior: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// Records the bundled prior's default sampling settings in its `config.json` (`"sampling"`),
+/// which `vq-cli sample` and `vq-cli fid --samples` use when no flag is given. The weights, and
+/// so the prior's id, are untouched.
+pub fn set_sampling(root: &Path, guidance: Option<f64>, temperature: Option<f64>) -> Result<()> {
+    if guidance.is_none() && temperature.is_none() {
+        return Ok(());
+    }
+    let path = root.join(PRIOR_DIR).join(CONFIG_FILE);
+    let mut config: serde_json::Value = vq_store::read_json(&path, "a prior config")?;
+    let mut sampling = serde_json::Map::new();
+    if let Some(g) = guidance {
+        sampling.insert("guidance".into(), g.into());
+    }
+    if let Some(t) = temperature {
+        sampling.insert("temperature".into(), t.into());
+    }
+    config
+        .as_object_mut()
+        .with_context(|| format!("{}: not a JSON object", path.display()))?
+        .insert("sampling".into(), sampling.into());
+    vq_store::write_json(&path, &config)?;
+    tracing::info!("{}: sampling {}", path.display(), config["sampling"]);
+    Ok(())
+}

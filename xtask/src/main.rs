@@ -68,7 +68,16 @@ enum Command {
     BundleModel { run_dir: PathBuf },
     /// Copy a finished prior run (`vq-train prior`) into models/cifar10-prior/, the prior
     /// `vq-cli sample` uses by default.
-    BundlePrior { run_dir: PathBuf },
+    BundlePrior {
+        run_dir: PathBuf,
+        /// The classifier-free guidance its samples are drawn with by default (recorded as
+        /// the config's `"sampling"`; measure it first with `vq-cli fid --samples`).
+        #[arg(long)]
+        guidance: Option<f64>,
+        /// The default sampling temperature, likewise.
+        #[arg(long)]
+        temperature: Option<f64>,
+    },
     /// Import an image folder (ROOT/<split>/<class>/*.png, ROOT/<class>/*, or a flat folder)
     /// into a dataset `vq-train --data OUT` trains on: decoded in parallel, resized and
     /// centre-cropped to SIZE × SIZE.
@@ -365,7 +374,14 @@ fn real_main() -> Result<()> {
             },
         )?,
         Command::Fuzz { seconds, targets } => fuzz::run(&root, &targets, seconds)?,
-        Command::BundlePrior { run_dir } => bundle::run(&root, &run_dir, true)?,
+        Command::BundlePrior {
+            run_dir,
+            guidance,
+            temperature,
+        } => {
+            bundle::run(&root, &run_dir, true)?;
+            bundle::set_sampling(&root, guidance, temperature)?;
+        }
         Command::Bench { which } => match which {
             Bench::Kmeans { iters } => bench::kmeans(&root, iters)?,
             Bench::Train {

@@ -774,12 +774,6 @@ pub fn sample(session: &Session, args: &SampleArgs) -> Result<SampleReport> {
     if !(1..=4096).contains(&n) {
         bail!("-n must be 1 to 4096, not {n}");
     }
-    if !(args.sampling.temperature > 0.0 && args.sampling.temperature.is_finite()) {
-        bail!(
-            "--temperature must be positive, not {}",
-            args.sampling.temperature
-        );
-    }
     let ckpt = session.open()?;
     let prior = crate::fid::open_prior(session, args.prior.as_deref(), &ckpt)?;
     let options = args.sampling.options(&prior)?;

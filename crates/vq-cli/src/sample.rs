@@ -4,32 +4,38 @@ use tch::{Device, Tensor};
 use vq_model::checkpoint::Checkpoint;
 use vq_prior::{PriorCheckpoint, SampleOptions};
 
-/// How samples are drawn: the flags of `vq-cli sample` and `vq-cli fid --samples`.
+/// How samples are drawn: the flags of `vq-cli sample` and `vq-cli fid --samples`. A flag not
+/// given takes the prior's own setting (its config's `"sampling"`, the settings measured best
+/// for it), else the default.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SamplingArgs {
-    /// Divides the logits: below 1 is more conservative, above 1 more varied.
-    #[arg(long, default_value_t = 1.0)]
-    pub temperature: f64,
-    /// Draw only among the K most likely codes (0: all).
-    #[arg(long, default_value_t = 0)]
-    pub top_k: i64,
-    /// Draw only among the most likely codes that make up this probability (1: all).
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f64,
+    /// Divides the logits: below 1 is more conservative, above 1 more varied [default: the
+    /// prior's, else 1]
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Draw only among the K most likely codes (0: all) [default: the prior's, else 0]
+    #[arg(long)]
+    pub top_k: Option<i64>,
+    /// Draw only among the most likely codes that make up this probability (1: all)
+    /// [default: the prior's, else 1]
+    #[arg(long)]
+    pub top_p: Option<f64>,
     /// Classifier-free guidance (a prior trained with a null class, such as the transformer):
-    /// 1 is the conditional model, more follows the class more closely.
-    #[arg(long, default_value_t = 1.0)]
-    pub guidance: f64,
+    /// 1 is the conditional model, more follows the class more closely [default: the prior's,
+    /// else 1]
+    #[arg(long)]
+    pub guidance: Option<f64>,
 }
 
 impl SamplingArgs {
     /// The options, checked (guidance only where the prior has an unconditional model).
     pub fn options(&self, prior: &PriorCheckpoint) -> anyhow::Result<SampleOptions> {
+        let base = prior.config.sampling.unwrap_or_default();
         let options = SampleOptions {
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            guidance: self.guidance,
+            temperature: self.temperature.unwrap_or(base.temperature),
+            top_k: self.top_k.unwrap_or(base.top_k),
+            top_p: self.top_p.unwrap_or(base.top_p),
+            guidance: self.guidance.unwrap_or(base.guidance),
         };
         options.validate().map_err(|e| anyhow::anyhow!("--{e}"))?;
         if options.guidance != 1.0 && !prior.model.supports_guidance() {

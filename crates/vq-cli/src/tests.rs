@@ -255,6 +255,7 @@ fn a_prior_opens_only_with_its_own_vqvae_and_samples_images() {
                 codes: vqvae.config.code_space(),
                 ..Provenance::default()
             },
+            sampling: None,
         };
         let vs = nn::VarStore::new(Device::Cpu);
         let _prior = vq_prior::build(vs.root(), &cfg);

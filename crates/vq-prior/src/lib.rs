@@ -142,6 +142,10 @@ impl Provenance {
 pub struct PriorConfig {
     pub arch: PriorArch,
     pub provenance: Provenance,
+    /// How `vq-cli sample` and `vq-cli fid --samples` draw from it when no flag says otherwise
+    /// (the settings measured best for this prior); absent: [`SampleOptions::default`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<SampleOptions>,
 }
 
 impl ConfigFile for PriorConfig {
@@ -213,12 +217,14 @@ impl From<LegacyPriorConfig> for PriorConfig {
                 classes: c.classes,
                 class_names: c.class_names,
             },
+            sampling: None,
         }
     }
 }
 
 /// How codes are drawn from a prior's distribution.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SampleOptions {
     /// Divides the logits: below 1 is more conservative, above 1 more varied.
     pub temperature: f64,

@@ -331,6 +331,7 @@ impl Task for PriorTask {
                 classes,
                 class_names,
             },
+            sampling: None,
         };
         ConfigFile::validate(&prior_config)
             .map_err(|e| anyhow::anyhow!("the prior for {}: {e}", vqvae.origin()))?;
