@@ -292,9 +292,10 @@ impl CodePrior for TransformerPrior {
             .iter()
             .map(|_| {
                 let zeros = || {
+                    // The weights' number type: f32, or bf16 where a caller converted them.
                     Tensor::zeros(
                         [rows, self.config.heads, length, head_dim],
-                        (Kind::Float, device),
+                        (self.positions.kind(), device),
                     )
                 };
                 LayerCache {

@@ -1,0 +1,77 @@
+//! Sampling rate of a prior (codes only, no decoding): `cargo bench -p vq-prior --bench
+//! sampling -- [--prior DIR] [--images N] [--threads T]`, for a few batch sizes, with the
+//! weights in f32 and in bf16 (where the CPU has bf16 arithmetic, LibTorch's matrix products
+//! use it). Prints images/s of each and, for bf16, how many codes equal the f32 draws of the
+//! same seed (the draws follow the probabilities, which bf16 rounds).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use tch::{Device, Kind, Tensor};
+use vq_prior::{PriorCheckpoint, SampleOptions};
+use vq_store::Source;
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let images: i64 = arg("--images").and_then(|v| v.parse().ok()).unwrap_or(1000);
+    if let Some(t) = arg("--threads").and_then(|v| v.parse().ok()) {
+        tch::set_num_threads(t);
+    }
+    let prior_dir = arg("--prior").map(PathBuf::from);
+    let source = match &prior_dir {
+        Some(p) => Source::Path(p),
+        None => Source::Bundled(&vq_prior::BUNDLED),
+    };
+    let mut prior = PriorCheckpoint::open(source, Device::Cpu)?;
+    let classes = prior.model.provenance().classes.max(1);
+    let labels = Tensor::arange(images, (Kind::Int64, Device::Cpu)).remainder(classes);
+    let labels = (prior.model.provenance().classes > 0).then_some(labels);
+    let options = SampleOptions::default();
+    println!(
+        "prior {}, {images} images, {} threads",
+        prior.origin(),
+        tch::get_num_threads()
+    );
+    let mut reference: Option<Tensor> = None;
+    for (kind, name) in [(Kind::Float, "f32"), (Kind::BFloat16, "bf16")] {
+        prior.vs.set_kind(kind);
+        for batch in [250, 500, 1000] {
+            tch::manual_seed(0);
+            let start = Instant::now();
+            let mut parts = Vec::new();
+            for s in (0..images).step_by(batch as usize) {
+                let n = batch.min(images - s);
+                let l = labels.as_ref().map(|l| l.narrow(0, s, n));
+                parts.push(prior.model.sample(n, l.as_ref(), &options, Device::Cpu));
+            }
+            let seconds = start.elapsed().as_secs_f64();
+            let codes = Tensor::cat(&parts, 0);
+            let same = match &reference {
+                Some(r) if batch == 1000 => {
+                    let eq = codes.eq_tensor(r).to_kind(Kind::Float).mean(Kind::Float);
+                    format!(
+                        ", {:.1}% of codes equal to f32's",
+                        100.0 * eq.double_value(&[])
+                    )
+                }
+                _ => String::new(),
+            };
+            if kind == Kind::Float && batch == 1000 {
+                reference = Some(codes.shallow_clone());
+            }
+            println!(
+                "{name} batch {batch:>5}: {:.2} s, {:.0} images/s{same}",
+                seconds,
+                images as f64 / seconds
+            );
+        }
+    }
+    Ok(())
+}
