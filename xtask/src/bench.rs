@@ -610,11 +610,17 @@ pub fn codec(
             .args(args);
         c
     };
-    let bundled = root.join("models").join("cifar10-default");
+    let bundled = root.join("models").join("cifar10-default").canonicalize()?;
     let models: Vec<PathBuf> = if models.is_empty() {
         vec![bundled.clone()]
     } else {
-        models.to_vec()
+        models
+            .iter()
+            .map(|m| {
+                m.canonicalize()
+                    .with_context(|| format!("{}: no such model", m.display()))
+            })
+            .collect::<Result<_>>()?
     };
     let mut rows = Vec::new();
     for photo in &photos {

@@ -330,7 +330,7 @@ pub fn encode(session: &Session, args: &EncodeArgs) -> Result<()> {
             let class = vq_prior::entropy::best_class(prior.model.as_ref(), &codes);
             let payload = vq_prior::entropy::encode(prior.model.as_ref(), &codes, class);
             file.entropy = Some(vq_codes::EntropyCoding {
-                prior_id: prior.model_id,
+                prior_id: prior.model_id[..8].try_into().expect("a 16-byte id"),
                 class: class.map(|c| c as u8),
                 codes_crc: vq_codes::codes_checksum(&file.codes),
                 payload,
@@ -368,13 +368,13 @@ pub fn decode(session: &Session, args: &DecodeArgs) -> Result<()> {
         if let Some(coding) = &file.entropy {
             let prior = crate::fid::open_prior_on(args.prior.as_deref(), &ckpt, Device::Cpu)
                 .with_context(|| format!("{}: arithmetic-coded with a prior", input.display()))?;
-            if prior.model_id != coding.prior_id {
+            if prior.model_id[..8] != coding.prior_id {
                 bail!(
                     "{}: coded with prior {}, but {} is prior {}; decode it with the prior that encoded it (--prior)",
                     input.display(),
                     vq_store::hex(&coding.prior_id),
                     prior.origin(),
-                    vq_store::hex(&prior.model_id)
+                    vq_store::hex(&prior.model_id[..8])
                 );
             }
             let grid = vq_prior::entropy::decode(

@@ -42,10 +42,10 @@
 //! Levels come first to last, so the codes of the first `l` levels are a prefix of the payload
 //! (what `vq-cli decode --levels l` decodes).
 //!
-//! An arithmetic-coded file (coding 1, any depth) has a 24-byte block between the level table
-//! and the payload: the prior's id (16 bytes: the first bytes of the SHA-256 of its weights),
-//! the class it was coded with (1 byte, 255 for none), 3 reserved zero bytes, and the CRC-32 of
-//! the codes themselves (each as 4 little-endian bytes, level by level), which tells a decoder
+//! An arithmetic-coded file (coding 1, any depth) has a 13-byte block between the level table
+//! and the payload: the prior's id (8 bytes: the first bytes of the SHA-256 of its weights),
+//! the class it was coded with (1 byte, 255 for none), and the CRC-32 of the codes themselves
+//! (each as 4 little-endian bytes, level by level), which tells a decoder
 //! whose probabilities differed from the encoder's that it decoded the wrong codes. The
 //! payload is the arithmetic coder's bytes ([`arithmetic`]); the codes need the prior to be
 //! read ([`CodeFile::codes`] is empty until then).
@@ -99,8 +99,8 @@ pub struct CodeFile {
 /// An arithmetic-coded payload and what it takes to decode it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntropyCoding {
-    /// The first 16 bytes of the SHA-256 of the prior's weights.
-    pub prior_id: [u8; 16],
+    /// The first 8 bytes of the SHA-256 of the prior's weights (a small file's bytes count).
+    pub prior_id: [u8; 8],
     /// The class the codes were coded with, for a class-conditional prior.
     pub class: Option<u8>,
     /// [`codes_checksum`] of the codes.
@@ -110,7 +110,7 @@ pub struct EntropyCoding {
 }
 
 /// Bytes of the block that precedes an arithmetic-coded payload.
-const ENTROPY_BLOCK_LEN: usize = 24;
+const ENTROPY_BLOCK_LEN: usize = 13;
 /// Class byte of codes coded without a class.
 const NO_CLASS: u8 = 255;
 
@@ -340,7 +340,7 @@ impl CodeFile {
         };
         if let Some(e) = &self.entropy {
             table.extend_from_slice(&e.prior_id);
-            table.extend_from_slice(&[e.class.unwrap_or(NO_CLASS), 0, 0, 0]);
+            table.push(e.class.unwrap_or(NO_CLASS));
             table.extend_from_slice(&e.codes_crc.to_le_bytes());
         }
         let crc = checksum(&out, &table, &payload);
@@ -453,11 +453,6 @@ impl CodeFile {
         let cells = file.cells();
         if coded {
             let block = &table[levels_len..];
-            if block[17..20] != [0, 0, 0] {
-                return Err(CodeFileError::Inconsistent(
-                    "reserved bytes of the entropy block are not zero".into(),
-                ));
-            }
             let start = HEADER_LEN + table_len;
             let payload_len = u32_at(48) as usize;
             if payload_len == 0 {
@@ -476,12 +471,12 @@ impl CodeFile {
             if expected != found {
                 return Err(CodeFileError::Checksum { expected, found });
             }
-            let mut prior_id = [0u8; 16];
-            prior_id.copy_from_slice(&block[..16]);
+            let mut prior_id = [0u8; 8];
+            prior_id.copy_from_slice(&block[..8]);
             file.entropy = Some(EntropyCoding {
                 prior_id,
-                class: (block[16] != NO_CLASS).then_some(block[16]),
-                codes_crc: u32::from_le_bytes(block[20..24].try_into().unwrap()),
+                class: (block[8] != NO_CLASS).then_some(block[8]),
+                codes_crc: u32::from_le_bytes(block[9..13].try_into().unwrap()),
                 payload: payload.to_vec(),
             });
             return Ok(file);
@@ -754,7 +749,7 @@ mod tests {
         let mut f = deep(32, 32, &[512], 1);
         let codes = std::mem::take(&mut f.codes);
         f.entropy = Some(EntropyCoding {
-            prior_id: *b"prior-id-16bytes",
+            prior_id: *b"prior-id",
             class: Some(3),
             codes_crc: codes_checksum(&codes),
             payload: vec![0xA5; 40],
