@@ -410,7 +410,8 @@ fn format_1_checkpoints_and_an_old_vqz_still_work() {
     let info: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(info["model_id"], "44edb453f42c4f592c84cbfa10c71318");
     assert_eq!(info["training"]["step"], 35000);
-    let prior = root().join("models/cifar10-prior");
+    // The PixelCNN bundled before format 2, with its format-1 config.
+    let prior = fixtures.join("pixelcnn-format1");
     let out = cli(
         &[
             "--checkpoint",

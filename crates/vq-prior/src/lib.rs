@@ -536,8 +536,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_format_1_bundled_config_reads_as_its_provenance_and_arch() {
-        let config: PriorConfig = vq_store::parse_config(BUNDLED.config).unwrap();
+    fn a_format_1_config_reads_as_its_provenance_and_arch() {
+        // The PixelCNN bundled before format 2 (now a test fixture).
+        let config: PriorConfig = vq_store::parse_config(include_str!(
+            "../../../tests/fixtures/pixelcnn-format1/config.json"
+        ))
+        .unwrap();
         assert_eq!(
             config.arch,
             PriorArch::PixelCnn(PixelCnnConfig {
