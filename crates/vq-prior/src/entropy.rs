@@ -94,16 +94,23 @@ fn labels(class: Option<i64>, n: usize) -> Option<Tensor> {
     class.map(|c| Tensor::full([n as i64], c, (Kind::Int64, Device::Cpu)))
 }
 
-/// Arithmetic-codes `grid` with `prior` (on the CPU), conditioned on `class`.
-pub fn encode(prior: &dyn CodePrior, grid: &Grid, class: Option<i64>) -> Vec<u8> {
+/// Steps `prior` over the blocks of a `width` × `height` grid, one position of every block at a
+/// time, on the CPU with one thread: `code_at(table, cell)` gets the frequency table of each
+/// grid cell in turn and returns its code, which the next positions then read.
+fn step_blocks(
+    prior: &dyn CodePrior,
+    width: usize,
+    height: usize,
+    class: Option<i64>,
+    code_at: &mut dyn FnMut(&[u32], usize) -> u32,
+) {
     let _one = OneThread::new();
     let side = prior.provenance().grid_side as usize;
-    let blocks = Blocks::new(side, grid.width, grid.height);
+    let blocks = Blocks::new(side, width, height);
     let n = blocks.count();
-    let mut encoder = Encoder::new();
-    let mut t = 0;
     let labels = labels(class, n);
-    // The codes it returns are the grid's, already placed.
+    let mut t = 0;
+    // The codes it returns are the grid's, already placed by `code_at`.
     let _ = prior.step(
         n as i64,
         labels.as_ref(),
@@ -115,17 +122,23 @@ pub fn encode(prior: &dyn CodePrior, grid: &Grid, class: Option<i64>) -> Vec<u8>
             let tables = tables(logits);
             let codes: Vec<i64> = (0..n)
                 .map(|b| match blocks.cell(b, i, j) {
-                    Some(cell) => {
-                        let code = grid.codes[cell] as usize;
-                        encoder.encode(interval(&tables[b], code));
-                        code as i64
-                    }
+                    Some(cell) => code_at(&tables[b], cell) as i64,
                     None => 0,
                 })
                 .collect();
             Tensor::from_slice(&codes)
         },
     );
+}
+
+/// Arithmetic-codes `grid` with `prior` (on the CPU), conditioned on `class`.
+pub fn encode(prior: &dyn CodePrior, grid: &Grid, class: Option<i64>) -> Vec<u8> {
+    let mut encoder = Encoder::new();
+    step_blocks(prior, grid.width, grid.height, class, &mut |table, cell| {
+        let code = grid.codes[cell];
+        encoder.encode(interval(table, code as usize));
+        code
+    });
     encoder.finish()
 }
 
@@ -138,44 +151,19 @@ pub fn decode(
     height: usize,
     class: Option<i64>,
 ) -> Grid {
-    let _one = OneThread::new();
-    let side = prior.provenance().grid_side as usize;
-    let blocks = Blocks::new(side, width, height);
-    let n = blocks.count();
     let mut decoder = Decoder::new(bytes);
-    let mut grid = Grid {
+    let mut codes = vec![0; width * height];
+    step_blocks(prior, width, height, class, &mut |table, cell| {
+        let (code, iv) = find(table, decoder.target(table.iter().sum()));
+        decoder.consume(iv);
+        codes[cell] = code as u32;
+        code as u32
+    });
+    Grid {
         width,
         height,
-        codes: vec![0; width * height],
-    };
-    let mut t = 0;
-    let labels = labels(class, n);
-    // The codes it returns are the grid's, already placed.
-    let _ = prior.step(
-        n as i64,
-        labels.as_ref(),
-        false,
-        Device::Cpu,
-        &mut |logits, _| {
-            let (i, j) = (t / side, t % side);
-            t += 1;
-            let tables = tables(logits);
-            let codes: Vec<i64> = (0..n)
-                .map(|b| match blocks.cell(b, i, j) {
-                    Some(cell) => {
-                        let total = tables[b].iter().sum();
-                        let (code, iv) = find(&tables[b], decoder.target(total));
-                        decoder.consume(iv);
-                        grid.codes[cell] = code as u32;
-                        code as i64
-                    }
-                    None => 0,
-                })
-                .collect();
-            Tensor::from_slice(&codes)
-        },
-    );
-    grid
+        codes,
+    }
 }
 
 /// The class (or none) under which the prior finds `grid` most likely, by its teacher-forced
