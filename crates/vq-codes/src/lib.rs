@@ -451,47 +451,29 @@ impl CodeFile {
             )));
         }
         let cells = file.cells();
-        if coded {
-            let block = &table[levels_len..];
-            let start = HEADER_LEN + table_len;
-            let payload_len = u32_at(48) as usize;
-            if payload_len == 0 {
+        let payload_bits = cells * file.bits_per_cell();
+        // An arithmetic-coded payload has any non-empty length; packed codes have exactly theirs.
+        let (payload_len, what) = if coded {
+            let len = u32_at(48) as usize;
+            if len == 0 {
                 return Err(CodeFileError::Inconsistent(
                     "an empty arithmetic-coded payload".into(),
                 ));
             }
-            need("the coded payload", start + payload_len)?;
-            if bytes.len() > start + payload_len {
-                return Err(CodeFileError::TrailingBytes(
-                    bytes.len() - start - payload_len,
-                ));
+            (len, "the coded payload")
+        } else {
+            let len = payload_bits.div_ceil(8);
+            if u32_at(48) as usize != len {
+                return Err(CodeFileError::Inconsistent(format!(
+                    "payload length {} for {cells} cells of {} bits (expected {len})",
+                    u32_at(48),
+                    file.bits_per_cell()
+                )));
             }
-            let payload = &bytes[start..];
-            let (expected, found) = (u32_at(52), checksum(&bytes[..52], table, payload));
-            if expected != found {
-                return Err(CodeFileError::Checksum { expected, found });
-            }
-            let mut prior_id = [0u8; 8];
-            prior_id.copy_from_slice(&block[..8]);
-            file.entropy = Some(EntropyCoding {
-                prior_id,
-                class: (block[8] != NO_CLASS).then_some(block[8]),
-                codes_crc: u32::from_le_bytes(block[9..13].try_into().unwrap()),
-                payload: payload.to_vec(),
-            });
-            return Ok(file);
-        }
-        let payload_bits = cells * file.bits_per_cell();
-        let payload_len = payload_bits.div_ceil(8);
-        if u32_at(48) as usize != payload_len {
-            return Err(CodeFileError::Inconsistent(format!(
-                "payload length {} for {cells} cells of {} bits (expected {payload_len})",
-                u32_at(48),
-                file.bits_per_cell()
-            )));
-        }
+            (len, "the codes")
+        };
         let start = HEADER_LEN + table_len;
-        need("the codes", start + payload_len)?;
+        need(what, start + payload_len)?;
         if bytes.len() > start + payload_len {
             return Err(CodeFileError::TrailingBytes(
                 bytes.len() - start - payload_len,
@@ -501,6 +483,18 @@ impl CodeFile {
         let (expected, found) = (u32_at(52), checksum(&bytes[..52], table, payload));
         if expected != found {
             return Err(CodeFileError::Checksum { expected, found });
+        }
+        if coded {
+            let block = &table[levels_len..];
+            let mut prior_id = [0u8; 8];
+            prior_id.copy_from_slice(&block[..8]);
+            file.entropy = Some(EntropyCoding {
+                prior_id,
+                class: (block[8] != NO_CLASS).then_some(block[8]),
+                codes_crc: u32::from_le_bytes(block[9..13].try_into().unwrap()),
+                payload: payload.to_vec(),
+            });
+            return Ok(file);
         }
         file.codes = unpack_levels(payload, &file.vocabularies, cells);
         if payload_len * 8 > payload_bits {
