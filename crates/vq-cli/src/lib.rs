@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod commands;
+pub mod device;
 pub mod fid;
 pub mod report;
 pub mod sample;

@@ -51,6 +51,9 @@ enum Command {
     Fid(vq_cli::fid::FidArgs),
     /// The model's configuration, size, training steps and figures, and the device in use.
     Info,
+    /// The devices LibTorch sees (CUDA GPUs with their compute capability), and the bundled
+    /// model run on each, in f32 and bf16, against the CPU's answers.
+    Device,
 }
 
 fn main() {
@@ -102,6 +105,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Fid(args) => {
             report::print(&vq_cli::fid::compare(&session, &args)?, session.json);
+            Ok(())
+        }
+        Command::Device => {
+            report::print(&vq_cli::device::report()?, session.json);
             Ok(())
         }
         Command::Info => {

@@ -132,13 +132,13 @@ mod tests {
 
     #[test]
     fn resizing_keeps_constants_and_matches_half_pixel_bilinear() {
-        let x = Tensor::full([1, 3, 8, 8], 77.0, (Kind::Float, Device::Cpu));
+        let x = Tensor::full([1, 3, 8, 8], 77.0, (Kind::Float, vq_model::test_device()));
         let y = resize_bilinear(&x, 20);
         assert_eq!(y.size(), vec![1, 3, 20, 20]);
         assert!((y - 77.0).abs().max().double_value(&[]) < 1e-4);
         // A horizontal ramp 0..7: output column j of 16 samples input coordinate j · 8 / 16,
         // the last ones clamped to the border.
-        let ramp = Tensor::arange(8, (Kind::Float, Device::Cpu))
+        let ramp = Tensor::arange(8, (Kind::Float, vq_model::test_device()))
             .view([1, 1, 1, 8])
             .repeat([1, 1, 4, 1]);
         let y = resize_bilinear(&ramp, 16).get(0).get(0).get(0);
@@ -151,7 +151,7 @@ mod tests {
             );
         }
         // The network's own size passes through untouched.
-        let z = Tensor::rand([2, 3, 299, 299], (Kind::Float, Device::Cpu));
+        let z = Tensor::rand([2, 3, 299, 299], (Kind::Float, vq_model::test_device()));
         assert_eq!(resize_bilinear(&z, 299), z);
     }
 
@@ -159,14 +159,14 @@ mod tests {
     fn missing_and_modified_weights_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("default_1.pt");
-        let err = InceptionV3::load(&missing, Device::Cpu).unwrap_err();
+        let err = InceptionV3::load(&missing, vq_model::test_device()).unwrap_err();
         assert!(matches!(err, FidError::MissingWeights(_)), "{err}");
         assert!(
             err.to_string().contains("default_1.pt")
                 && err.to_string().contains("cargo xtask setup")
         );
         std::fs::write(&missing, b"not a network").unwrap();
-        let err = InceptionV3::load(&missing, Device::Cpu)
+        let err = InceptionV3::load(&missing, vq_model::test_device())
             .unwrap_err()
             .to_string();
         assert!(
@@ -183,9 +183,9 @@ mod network_tests {
     /// The real network on a handful of images (`cargo xtask setup` installs it).
     #[test]
     fn the_network_gives_2048_features_per_image_of_any_size() {
-        let net = InceptionV3::load(&default_weights(), Device::Cpu).unwrap();
+        let net = InceptionV3::load(&default_weights(), vq_model::test_device()).unwrap();
         tch::manual_seed(0);
-        let small = (Tensor::rand([3, 3, 32, 32], (Kind::Float, Device::Cpu)) * 255.0).round();
+        let small = (Tensor::rand([3, 3, 32, 32], (Kind::Float, vq_model::test_device())) * 255.0).round();
         let f = net.features(&small).unwrap();
         assert_eq!(f.size(), vec![3, FEATURES]);
         assert_eq!(f.isfinite().all().int64_value(&[]), 1);
@@ -201,10 +201,10 @@ mod network_tests {
         let diff = (alone.get(0) - f.get(1)).abs().max().double_value(&[]);
         assert!(diff < 1e-4, "{diff}");
         // Another size is resized to the network's.
-        let wide = (Tensor::rand([1, 3, 40, 64], (Kind::Float, Device::Cpu)) * 255.0).round();
+        let wide = (Tensor::rand([1, 3, 40, 64], (Kind::Float, vq_model::test_device())) * 255.0).round();
         assert_eq!(net.features(&wide).unwrap().size(), vec![1, FEATURES]);
         assert!(net
-            .features(&Tensor::zeros([2, 1, 8, 8], (Kind::Float, Device::Cpu)))
+            .features(&Tensor::zeros([2, 1, 8, 8], (Kind::Float, vq_model::test_device())))
             .is_err());
     }
 }

@@ -27,7 +27,8 @@ pub enum ReconstructionLoss {
 #[serde(rename_all = "lowercase")]
 #[value(rename_all = "lowercase")]
 pub enum ComputeKind {
-    /// bf16 where the CPU has AMX bf16 tiles (see [`native_bf16`]), f32 elsewhere.
+    /// bf16 where the hardware runs it natively: on a CUDA GPU of compute capability 8.0 or
+    /// more, on a CPU with AMX bf16 tiles (see [`native_bf16`]); f32 elsewhere.
     #[default]
     Auto,
     F32,
@@ -37,9 +38,14 @@ pub enum ComputeKind {
 }
 
 impl ComputeKind {
-    pub fn kind(self) -> tch::Kind {
+    /// The number type of the convolutions on `device`.
+    pub fn kind(self, device: tch::Device) -> tch::Kind {
+        let native = match device {
+            tch::Device::Cuda(i) => crate::cuda::device_info(i).is_some_and(|d| d.native_bf16()),
+            _ => native_bf16(),
+        };
         match self {
-            ComputeKind::Auto if native_bf16() => tch::Kind::BFloat16,
+            ComputeKind::Auto if native => tch::Kind::BFloat16,
             ComputeKind::Auto => tch::Kind::Float,
             ComputeKind::F32 => tch::Kind::Float,
             ComputeKind::Bf16 => tch::Kind::BFloat16,
@@ -240,6 +246,23 @@ impl From<LegacyVqVaeConfig> for VqVaeConfig {
 mod tests {
     use super::*;
     use vq_store::parse_config;
+
+    #[test]
+    fn compute_kind_on_each_device() {
+        use tch::{Device, Kind};
+        for device in [Device::Cpu, Device::Cuda(0)] {
+            assert_eq!(ComputeKind::F32.kind(device), Kind::Float);
+            assert_eq!(ComputeKind::Bf16.kind(device), Kind::BFloat16);
+        }
+        let cpu_auto = if native_bf16() { Kind::BFloat16 } else { Kind::Float };
+        assert_eq!(ComputeKind::Auto.kind(Device::Cpu), cpu_auto);
+        // On CUDA the GPU decides, not the CPU's flags.
+        let gpu_auto = match crate::cuda::device_info(0) {
+            Some(info) if info.native_bf16() => Kind::BFloat16,
+            _ => Kind::Float,
+        };
+        assert_eq!(ComputeKind::Auto.kind(Device::Cuda(0)), gpu_auto);
+    }
 
     #[test]
     fn validation_defaults_and_round_trip() {

@@ -4,6 +4,7 @@
 mod bundled;
 pub mod checkpoint;
 mod config;
+pub mod cuda;
 mod eval;
 mod metrics;
 mod model;
@@ -71,6 +72,17 @@ impl DeviceChoice {
             DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
             DeviceChoice::Cuda => Err(ModelError::NoCuda),
         }
+    }
+}
+
+/// The device the test suites build their models on: CUDA device 0 when `VQ_TEST_DEVICE=cuda`
+/// (scripts/gpu-check.sh sets it on the GPU machine), the CPU otherwise. Tests that compare
+/// against figures computed on the CPU, or that need bit-exact determinism, keep `Device::Cpu`.
+#[doc(hidden)]
+pub fn test_device() -> Device {
+    match std::env::var("VQ_TEST_DEVICE").as_deref() {
+        Ok("cuda") => Device::Cuda(0),
+        _ => Device::Cpu,
     }
 }
 

@@ -163,7 +163,6 @@ mod tests {
     use super::*;
     use crate::config::ComputeKind;
     use crate::quantizer::{CodebookUpdate, QuantizerConfig, VqConfig};
-    use tch::Device;
 
     fn tiny(update: CodebookUpdate, downsample: i64) -> VqVaeConfig {
         VqVaeConfig {
@@ -186,7 +185,7 @@ mod tests {
     }
 
     fn images(n: i64) -> Tensor {
-        Tensor::rand([n, 3, 32, 32], (Kind::Float, Device::Cpu)) - 0.5
+        Tensor::rand([n, 3, 32, 32], (Kind::Float, crate::test_device())) - 0.5
     }
 
     #[test]
@@ -194,7 +193,7 @@ mod tests {
         tch::manual_seed(0);
         let target = images(4);
         // Very different errors per image, so that the weighting matters.
-        let noise = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu))
+        let noise = Tensor::randn([4, 3, 32, 32], (Kind::Float, crate::test_device()))
             * Tensor::from_slice(&[0.01f32, 0.05, 0.1, 0.3]).view([4, 1, 1, 1]);
         let recon = (&target + noise).set_requires_grad(true);
 
@@ -237,7 +236,7 @@ mod tests {
     fn shapes_for_both_downsampling_factors() {
         tch::manual_seed(0);
         for (f, side) in [(4, 8), (2, 16)] {
-            let vs = nn::VarStore::new(Device::Cpu);
+            let vs = nn::VarStore::new(crate::test_device());
             let model = VqVae::new(vs.root(), &tiny(CodebookUpdate::default(), f));
             let x = images(2);
             let out = model.forward(&x);
@@ -263,7 +262,7 @@ mod tests {
     #[test]
     fn bf16_compute_keeps_f32_weights_outputs_and_gradients() {
         tch::manual_seed(8);
-        let vs = nn::VarStore::new(Device::Cpu);
+        let vs = nn::VarStore::new(crate::test_device());
         let cfg = VqVaeConfig {
             compute: crate::config::ComputeKind::Bf16,
             ..tiny(CodebookUpdate::default(), 4)
@@ -282,7 +281,7 @@ mod tests {
         assert_eq!(g.kind(), Kind::Float);
         assert!(g.abs().sum(Kind::Float).double_value(&[]) > 0.0);
         // Same weights in f32: the bf16 reconstruction is close to it.
-        let vs32 = nn::VarStore::new(Device::Cpu);
+        let vs32 = nn::VarStore::new(crate::test_device());
         let model32 = VqVae::new(vs32.root(), &tiny(CodebookUpdate::default(), 4));
         let mut vs32 = vs32;
         vs32.copy(&vs).unwrap();
@@ -295,7 +294,7 @@ mod tests {
     #[test]
     fn gradients_pass_straight_through_and_ema_codebook_has_none() {
         tch::manual_seed(2);
-        let vs = nn::VarStore::new(Device::Cpu);
+        let vs = nn::VarStore::new(crate::test_device());
         let model = VqVae::new(vs.root(), &tiny(CodebookUpdate::default(), 4));
         model.forward(&images(2)).loss.backward();
         let vars = vs.variables();
@@ -303,7 +302,7 @@ mod tests {
         assert!(enc.defined() && enc.abs().sum(Kind::Float).double_value(&[]) > 0.0);
         assert!(!vars["quantizer.codebook"].requires_grad());
 
-        let vs = nn::VarStore::new(Device::Cpu);
+        let vs = nn::VarStore::new(crate::test_device());
         let model = VqVae::new(vs.root(), &tiny(CodebookUpdate::Loss, 4));
         let out = model.forward(&images(2));
         assert!(out.quantized.aux_loss.double_value(&[]) > 0.0);
@@ -315,7 +314,7 @@ mod tests {
     #[test]
     fn an_fsq_model_trains_and_decodes_its_own_codes() {
         tch::manual_seed(10);
-        let vs = nn::VarStore::new(Device::Cpu);
+        let vs = nn::VarStore::new(crate::test_device());
         let cfg = VqVaeConfig {
             quantizer: QuantizerConfig::Fsq(crate::quantizer::FsqConfig {
                 levels: vec![4, 3, 3],
@@ -344,7 +343,7 @@ mod tests {
     #[test]
     fn a_trained_residual_model_decodes_better_with_every_level() {
         tch::manual_seed(11);
-        let vs = nn::VarStore::new(Device::Cpu);
+        let vs = nn::VarStore::new(crate::test_device());
         let cfg = VqVaeConfig {
             quantizer: QuantizerConfig::Residual(crate::quantizer::ResidualConfig {
                 depth: 3,
@@ -387,7 +386,7 @@ mod tests {
     #[test]
     fn kmeans_initialisation_loads_the_centroids() {
         tch::manual_seed(5);
-        let vs = nn::VarStore::new(Device::Cpu);
+        let vs = nn::VarStore::new(crate::test_device());
         let mut model = VqVae::new(vs.root(), &tiny(CodebookUpdate::default(), 4));
         let x = images(8);
         let before = model.quantizer.parameters()[0].copy();
@@ -417,7 +416,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("model.safetensors");
         let cfg = tiny(CodebookUpdate::default(), 4);
-        let vs = nn::VarStore::new(Device::Cpu);
+        let vs = nn::VarStore::new(crate::test_device());
         let model = VqVae::new(vs.root(), &cfg);
         let x = images(2);
         let before = model.forward(&x).reconstruction;
@@ -429,7 +428,7 @@ mod tests {
         );
 
         tch::manual_seed(7);
-        let mut vs2 = nn::VarStore::new(Device::Cpu);
+        let mut vs2 = nn::VarStore::new(crate::test_device());
         let model2 = VqVae::new(vs2.root(), &cfg);
         assert!(
             (model2.forward(&x).reconstruction - &before)
@@ -473,28 +472,28 @@ mod tests {
         };
         let mut wider = cfg.clone();
         wider.vq_mut().unwrap().codebook_size = 32;
-        let vs = nn::VarStore::new(Device::Cpu);
+        let vs = nn::VarStore::new(crate::test_device());
         VqVae::new(vs.root(), &deeper);
         vq_store::weights::save(&vs, &path).unwrap();
         // More layers in the file than in the model: VarStore::load alone would accept it.
-        let mut vs1 = nn::VarStore::new(Device::Cpu);
+        let mut vs1 = nn::VarStore::new(crate::test_device());
         VqVae::new(vs1.root(), &cfg);
         let err = vq_store::weights::load(&mut vs1, &path)
             .unwrap_err()
             .to_string();
         assert!(err.contains("the model lacks"), "{err}");
         // Fewer layers in the file than in the model.
-        let vs = nn::VarStore::new(Device::Cpu);
+        let vs = nn::VarStore::new(crate::test_device());
         VqVae::new(vs.root(), &cfg);
         vq_store::weights::save(&vs, &path).unwrap();
-        let mut vs2 = nn::VarStore::new(Device::Cpu);
+        let mut vs2 = nn::VarStore::new(crate::test_device());
         VqVae::new(vs2.root(), &deeper);
         let err = vq_store::weights::load(&mut vs2, &path)
             .unwrap_err()
             .to_string();
         assert!(err.contains("has no tensor"), "{err}");
         // Another codebook size: named with both shapes, no LibTorch backtrace.
-        let mut vs3 = nn::VarStore::new(Device::Cpu);
+        let mut vs3 = nn::VarStore::new(crate::test_device());
         VqVae::new(vs3.root(), &wider);
         let err = vq_store::weights::load(&mut vs3, &path)
             .unwrap_err()

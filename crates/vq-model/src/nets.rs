@@ -212,7 +212,7 @@ pub struct Encoder {
 
 impl Encoder {
     pub fn new(vs: nn::Path<'_>, cfg: &EncoderConfig) -> Self {
-        let (h, kind) = (cfg.hidden_channels, cfg.compute.kind());
+        let (h, kind) = (cfg.hidden_channels, cfg.compute.kind(vs.device()));
         let downs = if cfg.downsample == 4 {
             vec![
                 Conv::new(&vs / "down0", cfg.in_channels, h / 2, 4, 2, 1, true, kind),
@@ -282,7 +282,7 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(vs: nn::Path<'_>, cfg: &DecoderConfig) -> Self {
-        let (h, kind) = (cfg.hidden_channels, cfg.compute.kind());
+        let (h, kind) = (cfg.hidden_channels, cfg.compute.kind(vs.device()));
         let ups = if cfg.upsample == 4 {
             vec![
                 Upsample::new(&vs / "up0", h, h / 2, kind),

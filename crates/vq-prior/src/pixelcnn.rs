@@ -197,7 +197,7 @@ impl CodePrior for PixelCnnPrior {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::{Device, Kind};
+    use tch::Kind;
     use vq_model::CodeSpace;
 
     fn tiny(vs: &nn::VarStore, classes: i64, side: i64) -> PixelCnnPrior {
@@ -221,10 +221,10 @@ mod tests {
     #[test]
     fn a_code_never_sees_itself_or_later_codes_and_sees_all_earlier_ones() {
         let _rng = crate::seeded(0);
-        let vs = nn::VarStore::new(Device::Cpu);
+        let vs = nn::VarStore::new(vq_model::test_device());
         let prior = tiny(&vs, 0, 6);
         let (h, w) = (6, 6);
-        let codes = Tensor::randint(7, [1, h, w], (Kind::Int64, Device::Cpu));
+        let codes = Tensor::randint(7, [1, h, w], (Kind::Int64, vq_model::test_device()));
         let base = prior.logits(&codes, None, false);
         for (pi, pj) in [(0, 0), (2, 3), (3, 0), (5, 5), (1, 5)] {
             let changed = codes.copy();
@@ -261,9 +261,9 @@ mod tests {
     #[test]
     fn class_conditioning_changes_the_logits_and_sampling_is_reproducible() {
         let _rng = crate::seeded(1);
-        let vs = nn::VarStore::new(Device::Cpu);
+        let vs = nn::VarStore::new(vq_model::test_device());
         let prior = tiny(&vs, 3, 4);
-        let codes = Tensor::randint(7, [2, 4, 4], (Kind::Int64, Device::Cpu));
+        let codes = Tensor::randint(7, [2, 4, 4], (Kind::Int64, vq_model::test_device()));
         let a = prior.logits(&codes, Some(&Tensor::from_slice(&[0i64, 0])), false);
         let b = prior.logits(&codes, Some(&Tensor::from_slice(&[2i64, 2])), false);
         assert!((a - b).abs().max().double_value(&[]) > 0.0);
@@ -273,14 +273,14 @@ mod tests {
             3,
             Some(&labels),
             &crate::SampleOptions::default(),
-            Device::Cpu,
+            vq_model::test_device(),
         );
         tch::manual_seed(42);
         let s2 = prior.sample(
             3,
             Some(&labels),
             &crate::SampleOptions::default(),
-            Device::Cpu,
+            vq_model::test_device(),
         );
         assert_eq!(s1, s2);
         assert_eq!(s1.size(), vec![3, 4, 4]);

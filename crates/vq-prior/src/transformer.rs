@@ -358,9 +358,9 @@ mod tests {
     #[test]
     fn a_later_code_changes_no_earlier_logit() {
         let _rng = crate::seeded(0);
-        let vs = nn::VarStore::new(Device::Cpu);
+        let vs = nn::VarStore::new(vq_model::test_device());
         let prior = tiny(&vs, 3);
-        let codes = Tensor::randint(11, [2, 4, 4], (Kind::Int64, Device::Cpu));
+        let codes = Tensor::randint(11, [2, 4, 4], (Kind::Int64, vq_model::test_device()));
         let labels = Tensor::from_slice(&[1i64, 2]);
         let base = prior.logits(&codes, Some(&labels), false).view([2, 11, 16]);
         for changed_at in [0i64, 5, 15] {
@@ -398,7 +398,7 @@ mod tests {
     #[test]
     fn cached_sampling_draws_exactly_what_uncached_sampling_draws() {
         let _rng = crate::seeded(1);
-        let vs = nn::VarStore::new(Device::Cpu);
+        let vs = nn::VarStore::new(vq_model::test_device());
         let prior = tiny(&vs, 3);
         let labels = Tensor::from_slice(&[0i64, 1, 2, 2, 1]);
         for options in [
@@ -415,26 +415,26 @@ mod tests {
             },
         ] {
             tch::manual_seed(42);
-            let cached = prior.sample(5, Some(&labels), &options, Device::Cpu);
+            let cached = prior.sample(5, Some(&labels), &options, vq_model::test_device());
             tch::manual_seed(42);
-            let uncached = sample_uncached(&prior, 5, Some(&labels), &options, Device::Cpu);
+            let uncached = sample_uncached(&prior, 5, Some(&labels), &options, vq_model::test_device());
             assert_eq!(cached.size(), vec![5, 4, 4]);
             assert_eq!(cached, uncached, "{options:?}");
             assert!(cached.min().int64_value(&[]) >= 0 && cached.max().int64_value(&[]) < 11);
         }
         // Unconditional sampling from the same model.
         tch::manual_seed(7);
-        let a = prior.sample(3, None, &SampleOptions::default(), Device::Cpu);
+        let a = prior.sample(3, None, &SampleOptions::default(), vq_model::test_device());
         tch::manual_seed(7);
-        let b = sample_uncached(&prior, 3, None, &SampleOptions::default(), Device::Cpu);
+        let b = sample_uncached(&prior, 3, None, &SampleOptions::default(), vq_model::test_device());
         assert_eq!(a, b);
     }
 
     #[test]
     fn guidance_one_is_the_conditional_model_and_more_moves_the_draws() {
         let _rng = crate::seeded(2);
-        let conditional = Tensor::randn([400, 11], (Kind::Float, Device::Cpu));
-        let unconditional = Tensor::randn([400, 11], (Kind::Float, Device::Cpu));
+        let conditional = Tensor::randn([400, 11], (Kind::Float, vq_model::test_device()));
+        let unconditional = Tensor::randn([400, 11], (Kind::Float, vq_model::test_device()));
         let draw_with = |g: f64, u: Option<&Tensor>| {
             tch::manual_seed(5);
             let options = SampleOptions {
@@ -464,11 +464,11 @@ mod tests {
     #[test]
     fn training_mode_drops_classes_and_dropout_changes_the_logits() {
         let _rng = crate::seeded(3);
-        let vs = nn::VarStore::new(Device::Cpu);
+        let vs = nn::VarStore::new(vq_model::test_device());
         let prior = tiny(&vs, 3);
-        let codes = Tensor::randint(11, [64, 4, 4], (Kind::Int64, Device::Cpu));
-        let labels = Tensor::full([64], 1, (Kind::Int64, Device::Cpu));
-        let rows = prior.class_rows(Some(&labels), 64, Device::Cpu, true);
+        let codes = Tensor::randint(11, [64, 4, 4], (Kind::Int64, vq_model::test_device()));
+        let labels = Tensor::full([64], 1, (Kind::Int64, vq_model::test_device()));
+        let rows = prior.class_rows(Some(&labels), 64, vq_model::test_device(), true);
         let nulls = rows.eq(3).sum(Kind::Int64).int64_value(&[]);
         assert!(
             nulls > 0 && nulls < 30,

@@ -110,7 +110,7 @@ impl Task for VqVaeTask {
             train.len(),
             test.len(),
             config.data.path.display(),
-            config.model.compute.kind()
+            config.model.compute.kind(device)
         );
         let vs = nn::VarStore::new(device);
         let model = VqVae::new(vs.root(), &config.model);

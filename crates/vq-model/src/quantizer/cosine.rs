@@ -156,10 +156,9 @@ impl Quantizer for CosineQuantizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Device;
 
     fn cosine() -> (nn::VarStore, CosineQuantizer) {
-        let vs = nn::VarStore::new(Device::Cpu);
+        let vs = nn::VarStore::new(crate::test_device());
         let q = CosineQuantizer::new(
             vs.root(),
             &CosineConfig {
@@ -184,7 +183,7 @@ mod tests {
     fn codes_and_inputs_are_unit_and_the_lookup_is_the_argmax_of_the_cosine() {
         tch::manual_seed(5);
         let (_vs, mut q) = cosine();
-        let z = Tensor::randn([3, 6, 4, 4], (Kind::Float, Device::Cpu));
+        let z = Tensor::randn([3, 6, 4, 4], (Kind::Float, crate::test_device()));
         assert!(unit_norm_error(q.codes(), 1) < 1e-5);
         let pass = q.forward(&z);
         let inputs = VectorQuantizer::inputs_of(&pass);
@@ -200,7 +199,7 @@ mod tests {
         q.after_step(&pass, 1);
         assert!(unit_norm_error(q.codes(), 1) < 1e-5);
         // Spherical k-means initialisation keeps them unit.
-        let vectors = Tensor::randn([300, 6], (Kind::Float, Device::Cpu));
+        let vectors = Tensor::randn([300, 6], (Kind::Float, crate::test_device()));
         let report = q
             .init_from_data(&vectors, &KMeansConfig::new(32).seed(2))
             .unwrap()
@@ -213,7 +212,7 @@ mod tests {
     fn gradients_reach_the_encoder_and_both_projections() {
         tch::manual_seed(6);
         let (vs, q) = cosine();
-        let z = Tensor::randn([2, 6, 3, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let z = Tensor::randn([2, 6, 3, 3], (Kind::Float, crate::test_device())).set_requires_grad(true);
         let pass = q.forward(&z);
         (pass.quantized.square().sum(Kind::Float) + &pass.aux_loss).backward();
         assert!(z.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);

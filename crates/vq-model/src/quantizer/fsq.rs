@@ -172,7 +172,7 @@ mod tests {
     use super::*;
 
     fn fsq(levels: &[i64]) -> FiniteScalarQuantizer {
-        let vs = nn::VarStore::new(Device::Cpu);
+        let vs = nn::VarStore::new(crate::test_device());
         FiniteScalarQuantizer::new(
             vs.root(),
             &FsqConfig {
@@ -186,13 +186,13 @@ mod tests {
         for levels in [vec![8, 8, 8], vec![8, 5, 5, 5], vec![2, 3], vec![7]] {
             let q = fsq(&levels);
             let v: i64 = levels.iter().product();
-            let all = Tensor::arange(v, (Kind::Int64, Device::Cpu)).view([1, 1, 1, v]);
+            let all = Tensor::arange(v, (Kind::Int64, crate::test_device())).view([1, 1, 1, v]);
             let embedded = q.embed(&all);
             assert_eq!(embedded.size(), vec![1, levels.len() as i64, 1, v]);
             // Embedded values lie on each channel's grid, in [-1, 1].
             assert!(embedded.abs().max().double_value(&[]) <= 1.0 + 1e-6);
             // The grid values index back to the same code: no two codes coincide.
-            let rounded = (&embedded * q.per_channel(|l| (l / 2) as f64, Device::Cpu)).round();
+            let rounded = (&embedded * q.per_channel(|l| (l / 2) as f64, crate::test_device())).round();
             assert_eq!(q.indices(&rounded), all, "{levels:?}");
         }
     }
@@ -202,13 +202,13 @@ mod tests {
         tch::manual_seed(0);
         let q = fsq(&[8, 5, 5, 5]);
         let z =
-            (Tensor::randn([2, 4, 3, 3], (Kind::Float, Device::Cpu)) * 2.0).set_requires_grad(true);
+            (Tensor::randn([2, 4, 3, 3], (Kind::Float, crate::test_device())) * 2.0).set_requires_grad(true);
         let out = q.forward(&z);
         assert_eq!(out.codes.size(), vec![2, 1, 3, 3]);
         assert!(out.codes.min().int64_value(&[]) >= 0 && out.codes.max().int64_value(&[]) < 1000);
         // The output is the embedding of its codes, exactly.
         assert_eq!(out.quantized.detach(), q.embed(&out.codes));
-        let half = q.per_channel(|l| (l / 2) as f64, Device::Cpu);
+        let half = q.per_channel(|l| (l / 2) as f64, crate::test_device());
         let steps = &out.quantized.detach() * &half;
         assert_eq!(steps.round(), steps, "values are whole steps of the grid");
         // Straight through the rounding: the gradient is that of the bound, divided by the

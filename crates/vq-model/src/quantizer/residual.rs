@@ -230,10 +230,9 @@ impl Quantizer for ResidualQuantizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Device;
 
     fn residual(depth: i64, dropout: bool) -> (nn::VarStore, ResidualQuantizer) {
-        let vs = nn::VarStore::new(Device::Cpu);
+        let vs = nn::VarStore::new(crate::test_device());
         let q = ResidualQuantizer::new(
             vs.root(),
             &ResidualConfig {
@@ -253,10 +252,10 @@ mod tests {
         tch::manual_seed(7);
         let (_vs, mut q) = residual(3, false);
         for level in &mut q.levels[1..] {
-            let zeros = Tensor::zeros([16, 4], (Kind::Float, Device::Cpu));
+            let zeros = Tensor::zeros([16, 4], (Kind::Float, crate::test_device()));
             level.set_codebook(&zeros);
         }
-        let z = Tensor::randn([2, 4, 3, 3], (Kind::Float, Device::Cpu)) * 0.1;
+        let z = Tensor::randn([2, 4, 3, 3], (Kind::Float, crate::test_device())) * 0.1;
         let all = q.forward(&z);
         let first = q.levels[0].forward(&z);
         assert_eq!(all.codes.size(), vec![2, 3, 3, 3]);
@@ -269,7 +268,7 @@ mod tests {
     fn each_level_lowers_the_error_after_kmeans_and_dropout_decodes_at_every_depth() {
         tch::manual_seed(8);
         let (_vs, mut q) = residual(4, true);
-        let vectors = Tensor::randn([400, 4], (Kind::Float, Device::Cpu));
+        let vectors = Tensor::randn([400, 4], (Kind::Float, crate::test_device()));
         q.init_from_data(&vectors, &KMeansConfig::new(16).seed(3))
             .unwrap()
             .unwrap();

@@ -415,7 +415,6 @@ impl Quantizer for VectorQuantizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Device;
 
     fn vq(update: CodebookUpdate) -> VqConfig {
         VqConfig {
@@ -430,9 +429,9 @@ mod tests {
     #[test]
     fn nearest_is_the_exact_argmin() {
         tch::manual_seed(1);
-        let vs = nn::VarStore::new(Device::Cpu);
+        let vs = nn::VarStore::new(crate::test_device());
         let q = VectorQuantizer::new(vs.root(), &vq(CodebookUpdate::default()));
-        let z = Tensor::randn([200, 4], (Kind::Float, Device::Cpu)) * 0.1;
+        let z = Tensor::randn([200, 4], (Kind::Float, crate::test_device())) * 0.1;
         let exact = (z.unsqueeze(1) - q.codebook.unsqueeze(0))
             .square()
             .sum_dim_intlist(2, false, Kind::Float)
@@ -447,13 +446,13 @@ mod tests {
             GradientEstimator::StraightThrough,
             GradientEstimator::Rotation,
         ] {
-            let vs = nn::VarStore::new(Device::Cpu);
+            let vs = nn::VarStore::new(crate::test_device());
             let cfg = VqConfig {
                 gradient,
                 ..vq(CodebookUpdate::default())
             };
             let q = VectorQuantizer::new(vs.root(), &cfg);
-            let z = (Tensor::randn([2, 4, 3, 3], (Kind::Float, Device::Cpu)) * 0.1)
+            let z = (Tensor::randn([2, 4, 3, 3], (Kind::Float, crate::test_device())) * 0.1)
                 .set_requires_grad(true);
             let out = q.forward(&z);
             let codes = q.embed(&out.codes);
@@ -480,7 +479,7 @@ mod tests {
     #[test]
     fn ema_with_no_memory_moves_codes_to_their_means() {
         tch::manual_seed(3);
-        let vs = nn::VarStore::new(Device::Cpu);
+        let vs = nn::VarStore::new(crate::test_device());
         let mut q = VectorQuantizer::new(
             vs.root(),
             &vq(CodebookUpdate::Ema {
@@ -488,7 +487,7 @@ mod tests {
                 epsilon: 1e-9,
             }),
         );
-        let z = Tensor::randn([2, 4, 8, 8], (Kind::Float, Device::Cpu)) * 0.1;
+        let z = Tensor::randn([2, 4, 8, 8], (Kind::Float, crate::test_device())) * 0.1;
         let out = q.forward(&z);
         q.after_step(&out, 1);
         let codes = out.codes.flatten(0, -1);
@@ -514,14 +513,14 @@ mod tests {
     #[test]
     fn dead_codes_restart_from_encoder_outputs() {
         tch::manual_seed(4);
-        let vs = nn::VarStore::new(Device::Cpu);
+        let vs = nn::VarStore::new(crate::test_device());
         let cfg = VqConfig {
             dead_code_steps: 3,
             ..vq(CodebookUpdate::default())
         };
         let mut q = VectorQuantizer::new(vs.root(), &cfg);
         // All inputs equal: one code wins, the others stay unused.
-        let z = Tensor::ones([1, 4, 8, 8], (Kind::Float, Device::Cpu)) * 0.3;
+        let z = Tensor::ones([1, 4, 8, 8], (Kind::Float, crate::test_device())) * 0.3;
         let mut restarted = 0;
         for step in 1..=3 {
             let out = q.forward(&z);
