@@ -29,6 +29,37 @@ impl Default for Tiling {
     }
 }
 
+/// Pixels per network pass. Windows of one size always go through the network in passes of the
+/// same number of windows (`PASS_PIXELS / window pixels`, at least one), the last pass padded
+/// with copies: LibTorch's convolutions pick their algorithm by batch size, and its rounding
+/// with it, so a fixed pass shape is what makes an image's codes the same whether it is encoded
+/// alone or among a folder of others (a test checks this). 64 images of 32 × 32 per pass; a
+/// window of 128 × 128 pixels or more goes alone, as before.
+const PASS_PIXELS: u64 = 1 << 16;
+
+/// `f` applied to `inputs` (each `(1, ...)`, all of one shape) in passes of exactly `per_pass`
+/// rows; the `(N, ...)` results in order.
+pub(crate) fn in_fixed_passes(
+    inputs: &[Tensor],
+    per_pass: usize,
+    f: impl Fn(&Tensor) -> Tensor,
+) -> Tensor {
+    let per_pass = per_pass.max(1);
+    let mut outs = Vec::with_capacity(inputs.len().div_ceil(per_pass));
+    for chunk in inputs.chunks(per_pass) {
+        let mut rows: Vec<&Tensor> = chunk.iter().collect();
+        let last = *rows.last().expect("chunks are not empty");
+        rows.resize(per_pass, last);
+        outs.push(f(&Tensor::cat(&rows, 0)).narrow(0, 0, chunk.len() as i64));
+    }
+    Tensor::cat(&outs, 0)
+}
+
+/// Windows per pass for windows of `pixels` pixels.
+pub(crate) fn per_pass(pixels: u64) -> usize {
+    (PASS_PIXELS / pixels.max(1)).max(1) as usize
+}
+
 /// A code grid: `depth` levels of `height` × `width` codes, each level row-major, level after
 /// level.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,65 +131,122 @@ impl Codec<'_> {
     }
 
     pub fn encode(&self, img: &RgbImage) -> CodeGrid {
+        self.encode_batch(&[img]).pop().expect("one grid per image")
+    }
+
+    /// The `width` × `height` image the codes stand for.
+    pub fn decode(&self, grid: &CodeGrid, width: u32, height: u32) -> RgbImage {
+        self.decode_batch(&[grid], width, height)
+            .pop()
+            .expect("one image per grid")
+    }
+
+    /// Codes of images of one size, each tile of all of them in one pass through the network:
+    /// a folder of small images then costs a few large passes instead of one small pass each.
+    /// Every image's codes are those [`Codec::encode`] gives it alone (a test checks this).
+    ///
+    /// # Panics
+    /// If the images are not all of one size (callers group them by size).
+    pub fn encode_batch(&self, imgs: &[&RgbImage]) -> Vec<CodeGrid> {
+        let Some(first) = imgs.first() else {
+            return Vec::new();
+        };
+        let (width, height) = first.dimensions();
+        assert!(
+            imgs.iter().all(|i| i.dimensions() == (width, height)),
+            "encode_batch takes images of one size"
+        );
         let _guard = tch::no_grad_guard();
         let f = self.factor();
-        let (gw, gh) = self.grid_size(img.width(), img.height());
+        let (gw, gh) = self.grid_size(width, height);
         let depth = self.model.quantizer.code_space().depth as u32;
         let plane = (gw * gh) as usize;
-        let mut codes = vec![0u32; plane * depth as usize];
+        let mut grids: Vec<Vec<u32>> = vec![vec![0u32; plane * depth as usize]; imgs.len()];
         for ((cy0, cy1), (wy0, wy1)) in spans(gh, self.tiling) {
             for ((cx0, cx1), (wx0, wx1)) in spans(gw, self.tiling) {
-                let xs = self.window_pixels(img, (wx0 * f, wx1 * f), (wy0 * f, wy1 * f));
-                // (1, L, h, w) codes of the window; its core, level by level.
-                let window = self.model.encode(&xs).to_device(Device::Cpu);
+                let windows: Vec<Tensor> = imgs
+                    .iter()
+                    .map(|img| self.window_pixels(img, (wx0 * f, wx1 * f), (wy0 * f, wy1 * f)))
+                    .collect();
+                // (B, L, h, w) codes of the windows; their cores, image by image, level by level.
+                let pixels = ((wx1 - wx0) * f) as u64 * ((wy1 - wy0) * f) as u64;
+                let window =
+                    in_fixed_passes(&windows, per_pass(pixels), |xs| self.model.encode(xs))
+                        .to_device(Device::Cpu);
                 let window = window
                     .narrow(2, (cy0 - wy0) as i64, (cy1 - cy0) as i64)
                     .narrow(3, (cx0 - wx0) as i64, (cx1 - cx0) as i64)
                     .contiguous();
-                let core = Vec::<i64>::try_from(window.flatten(0, -1))
+                let cores = Vec::<i64>::try_from(window.flatten(0, -1))
                     .expect("codes are a CPU i64 tensor");
                 let (cw, ch) = ((cx1 - cx0) as usize, (cy1 - cy0) as usize);
-                for (level, level_codes) in core.chunks(cw * ch).enumerate() {
-                    for (row, chunk) in level_codes.chunks(cw).enumerate() {
-                        let start =
-                            level * plane + (cy0 as usize + row) * gw as usize + cx0 as usize;
-                        for (dst, &src) in codes[start..start + cw].iter_mut().zip(chunk) {
-                            *dst = src as u32;
+                for (codes, core) in grids.iter_mut().zip(cores.chunks(depth as usize * cw * ch)) {
+                    for (level, level_codes) in core.chunks(cw * ch).enumerate() {
+                        for (row, chunk) in level_codes.chunks(cw).enumerate() {
+                            let start =
+                                level * plane + (cy0 as usize + row) * gw as usize + cx0 as usize;
+                            for (dst, &src) in codes[start..start + cw].iter_mut().zip(chunk) {
+                                *dst = src as u32;
+                            }
                         }
                     }
                 }
             }
         }
-        CodeGrid {
-            width: gw,
-            height: gh,
-            depth,
-            codes,
-        }
+        grids
+            .into_iter()
+            .map(|codes| CodeGrid {
+                width: gw,
+                height: gh,
+                depth,
+                codes,
+            })
+            .collect()
     }
 
-    /// The `width` × `height` image the codes stand for.
-    pub fn decode(&self, grid: &CodeGrid, width: u32, height: u32) -> RgbImage {
+    /// The `width` × `height` images that grids of one shape stand for, decoded together (see
+    /// [`Codec::encode_batch`]).
+    ///
+    /// # Panics
+    /// If the grids differ in shape.
+    pub fn decode_batch(&self, grids: &[&CodeGrid], width: u32, height: u32) -> Vec<RgbImage> {
+        let Some(first) = grids.first() else {
+            return Vec::new();
+        };
+        let shape = (first.width, first.height, first.depth);
+        assert!(
+            grids.iter().all(|g| (g.width, g.height, g.depth) == shape),
+            "decode_batch takes grids of one shape"
+        );
         let _guard = tch::no_grad_guard();
         let f = self.factor();
         let range = self.model.config.input_range;
-        let mut out = RgbImage::new(width, height);
-        let all = Tensor::from_slice(&grid.codes.iter().map(|&c| c as i64).collect::<Vec<_>>())
-            .view([1, grid.depth as i64, grid.height as i64, grid.width as i64]);
-        for ((cy0, cy1), (wy0, wy1)) in spans(grid.height, self.tiling) {
-            for ((cx0, cx1), (wx0, wx1)) in spans(grid.width, self.tiling) {
+        let mut outs: Vec<RgbImage> = grids.iter().map(|_| RgbImage::new(width, height)).collect();
+        let codes: Vec<i64> = grids
+            .iter()
+            .flat_map(|g| g.codes.iter().map(|&c| c as i64))
+            .collect();
+        let all = Tensor::from_slice(&codes).view([
+            grids.len() as i64,
+            first.depth as i64,
+            first.height as i64,
+            first.width as i64,
+        ]);
+        for ((cy0, cy1), (wy0, wy1)) in spans(first.height, self.tiling) {
+            for ((cx0, cx1), (wx0, wx1)) in spans(first.width, self.tiling) {
                 let window = all
                     .narrow(2, wy0 as i64, (wy1 - wy0) as i64)
                     .narrow(3, wx0 as i64, (wx1 - wx0) as i64)
                     .to_device(self.device);
-                let pixels = self
-                    .model
-                    .decode(&window)
-                    .to_device(Device::Cpu)
-                    .to_kind(Kind::Float)
-                    .squeeze_dim(0)
-                    .permute([1, 2, 0])
-                    .contiguous();
+                let rows: Vec<Tensor> = window.split(1, 0);
+                let window_pixels = ((wx1 - wx0) * f) as u64 * ((wy1 - wy0) * f) as u64;
+                let pixels = in_fixed_passes(&rows, per_pass(window_pixels), |codes| {
+                    self.model.decode(codes)
+                })
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float)
+                .permute([0, 2, 3, 1])
+                .contiguous();
                 // Bytes through `PixelRange::to_byte`, the one definition of the rounding, rather
                 // than a second one in tensor arithmetic that could round a value sitting on a
                 // .5 boundary the other way.
@@ -168,15 +256,18 @@ impl Codec<'_> {
                     .map(|v| range.to_byte(v))
                     .collect();
                 let ww = ((wx1 - wx0) * f) as usize;
-                for y in cy0 * f..(cy1 * f).min(height) {
-                    for x in cx0 * f..(cx1 * f).min(width) {
-                        let i = (((y - wy0 * f) as usize) * ww + (x - wx0 * f) as usize) * 3;
-                        out.put_pixel(x, y, image::Rgb([bytes[i], bytes[i + 1], bytes[i + 2]]));
+                let per_image = bytes.len() / grids.len();
+                for (out, bytes) in outs.iter_mut().zip(bytes.chunks(per_image)) {
+                    for y in cy0 * f..(cy1 * f).min(height) {
+                        for x in cx0 * f..(cx1 * f).min(width) {
+                            let i = (((y - wy0 * f) as usize) * ww + (x - wx0 * f) as usize) * 3;
+                            out.put_pixel(x, y, image::Rgb([bytes[i], bytes[i + 1], bytes[i + 2]]));
+                        }
                     }
                 }
             }
         }
-        out
+        outs
     }
 }
 

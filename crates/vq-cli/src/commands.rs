@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
 use serde::Serialize;
 use tch::{Device, Tensor};
 use vq_codes::CodeFile;
@@ -13,7 +14,7 @@ use vq_data::Split;
 use vq_model::checkpoint::{Checkpoint, TrainingInfo};
 use vq_model::VqVaeConfig;
 
-use crate::codec::{self, Codec, Tiling};
+use crate::codec::{self, CodeGrid, Codec, Tiling};
 use crate::report::{self, table};
 
 /// What every command shares: the device, the model, how much to print.
@@ -92,6 +93,33 @@ fn each_input<R: report::Report>(
     suffix: &str,
     mut work: impl FnMut(&Path, &Path) -> Result<R>,
 ) -> Result<()> {
+    each_input_batched(session, args, suffix, 1, |jobs| {
+        jobs.iter().map(|job| work(job.input, &job.dest)).collect()
+    })
+}
+
+/// One input and the file it is written to.
+struct Job<'a> {
+    input: &'a Path,
+    dest: PathBuf,
+}
+
+/// Inputs read together and run through the network in large passes (see [`by_size`]).
+const BATCH_INPUTS: usize = 256;
+/// Pixels per network pass: 1,024 images of 32 × 32, 16 of 256 × 256.
+const BATCH_PIXELS: u64 = 1 << 20;
+
+/// The loop over inputs of `reconstruct`, `encode` and `decode`: outputs named, inputs never
+/// overwritten, a progress bar, each report printed in input order, failures counted (one bad
+/// file does not stop the others). `work` takes `batch` inputs at a time and returns one result
+/// per input.
+fn each_input_batched<R: report::Report>(
+    session: &Session,
+    args: &FilesArgs,
+    suffix: &str,
+    batch: usize,
+    mut work: impl FnMut(&[Job<'_>]) -> Vec<Result<R>>,
+) -> Result<()> {
     let files = crate::collect_inputs(&args.inputs)?;
     if files.is_empty() {
         bail!("no images found in {}", display_list(&args.inputs));
@@ -111,35 +139,91 @@ fn each_input<R: report::Report>(
         ProgressBar::hidden()
     };
     let mut failed = 0;
-    for input in &files {
-        bar.set_message(input.display().to_string());
-        let dest = if single_file_output {
-            output.expect("checked above").to_path_buf()
-        } else {
-            crate::output_path(input, output, suffix)
-        };
-        let result = if crate::same_file(input, &dest) {
-            Err(anyhow::anyhow!(
-                "{}: the output would overwrite the input; choose another -o",
-                input.display()
-            ))
-        } else {
-            work(input, &dest)
-        };
-        match result {
-            Ok(report) => session.print(&bar, &report),
-            Err(e) => {
-                failed += 1;
-                bar.suspend(|| eprintln!("error: {e:#}"));
+    for chunk in files.chunks(batch.max(1)) {
+        bar.set_message(chunk[0].display().to_string());
+        let mut jobs = Vec::with_capacity(chunk.len());
+        let mut refused: Vec<Option<anyhow::Error>> = Vec::with_capacity(chunk.len());
+        for input in chunk {
+            let dest = if single_file_output {
+                output.expect("checked above").to_path_buf()
+            } else {
+                crate::output_path(input, output, suffix)
+            };
+            if crate::same_file(input, &dest) {
+                refused.push(Some(anyhow::anyhow!(
+                    "{}: the output would overwrite the input; choose another -o",
+                    input.display()
+                )));
+            } else {
+                refused.push(None);
+                jobs.push(Job { input, dest });
             }
         }
-        bar.inc(1);
+        let mut results = work(&jobs).into_iter();
+        for refusal in refused {
+            let result = match refusal {
+                Some(e) => Err(e),
+                None => results
+                    .next()
+                    .unwrap_or_else(|| Err(anyhow::anyhow!("no result for an input"))),
+            };
+            match result {
+                Ok(report) => session.print(&bar, &report),
+                Err(e) => {
+                    failed += 1;
+                    bar.suspend(|| eprintln!("error: {e:#}"));
+                }
+            }
+            bar.inc(1);
+        }
     }
     bar.finish_and_clear();
     if failed > 0 {
         bail!("{failed} of {} inputs failed", files.len());
     }
     Ok(())
+}
+
+/// Indices of the items of each size, in runs of at most [`BATCH_PIXELS`] pixels (at least
+/// one item each): the groups that go through the network together. Items without a size (not
+/// loaded) are left out.
+fn by_size(sizes: &[Option<(u32, u32)>]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<((u32, u32), Vec<usize>)> = Vec::new();
+    for (i, size) in sizes.iter().enumerate() {
+        let Some(size) = *size else { continue };
+        let pixels = size.0 as u64 * size.1 as u64;
+        match groups
+            .iter_mut()
+            .rev()
+            .find(|(s, g)| *s == size && (g.len() as u64 + 1) * pixels <= BATCH_PIXELS.max(pixels))
+        {
+            Some((_, g)) => g.push(i),
+            None => groups.push((size, vec![i])),
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
+}
+
+/// Each loaded image's code grid, the images of one size encoded together.
+fn encode_images(
+    codec: &Codec<'_>,
+    images: &[Result<crate::LoadedImage>],
+) -> Vec<Option<CodeGrid>> {
+    let sizes: Vec<Option<(u32, u32)>> = images
+        .iter()
+        .map(|i| i.as_ref().ok().map(|i| i.rgb.dimensions()))
+        .collect();
+    let mut grids: Vec<Option<CodeGrid>> = vec![None; images.len()];
+    for group in by_size(&sizes) {
+        let imgs: Vec<&image::RgbImage> = group
+            .iter()
+            .map(|&i| &images[i].as_ref().expect("sized, so loaded").rgb)
+            .collect();
+        for (i, grid) in group.iter().zip(codec.encode_batch(&imgs)) {
+            grids[*i] = Some(grid);
+        }
+    }
+    grids
 }
 
 fn display_list(paths: &[PathBuf]) -> String {
@@ -240,30 +324,93 @@ impl fmt::Display for ReconstructReport {
 /// `vq-cli reconstruct`: encode and decode each image, write `NAME.recon.png`.
 pub fn reconstruct(session: &Session, args: &FilesArgs) -> Result<()> {
     let ckpt = session.open()?;
-    each_input(session, args, "recon.png", |input, dest| {
+    let codec = codec(&ckpt, session.device);
+    let bits_per_code = ckpt.config.code_space().bits_per_code() as f64;
+    each_input_batched(session, args, "recon.png", BATCH_INPUTS, |jobs| {
         let start = Instant::now();
-        let img = crate::load_image(input)?;
-        let (w, h) = img.rgb.dimensions();
-        let codec = codec(&ckpt, session.device);
-        let grid = codec.encode(&img.rgb);
-        let recon = codec.decode(&grid, w, h);
-        write_file(dest, &codec::encode_png(&recon, img.colour)?)?;
-        let written = codec::as_written(&recon, img.colour);
-        let original = codec::as_written(&img.rgb, img.colour);
-        let (psnr, ssim) = crate::compare(&original, &written);
-        let bits = grid.codes.len() as f64 * ckpt.config.code_space().bits_per_code() as f64;
-        let file = FileHead::new(input, dest, w, h);
-        Ok(ReconstructReport {
-            bits_per_pixel: bits / file.pixels(),
-            file,
-            grid_width: grid.width,
-            grid_height: grid.height,
-            psnr,
-            ssim,
-            had_alpha: img.had_alpha,
-            seconds: start.elapsed().as_secs_f64(),
-        })
+        let images = load_images(jobs);
+        let grids = encode_images(&codec, &images);
+        let sizes: Vec<Option<(u32, u32)>> = images
+            .iter()
+            .map(|i| i.as_ref().ok().map(|i| i.rgb.dimensions()))
+            .collect();
+        let mut recons: Vec<Option<image::RgbImage>> = vec![None; jobs.len()];
+        let mut figures: Vec<(f64, Option<f64>)> = vec![(0.0, None); jobs.len()];
+        for group in by_size(&sizes) {
+            let (w, h) = sizes[group[0]].expect("grouped, so sized");
+            let gs: Vec<&CodeGrid> = group
+                .iter()
+                .map(|&i| grids[i].as_ref().expect("loaded, so encoded"))
+                .collect();
+            let decoded = codec.decode_batch(&gs, w, h);
+            // Compared as written: a grayscale input is written back as grayscale.
+            let (originals, outputs): (Vec<_>, Vec<_>) = group
+                .iter()
+                .zip(&decoded)
+                .map(|(&i, recon)| {
+                    let colour = images[i].as_ref().expect("sized, so loaded").colour;
+                    let original = &images[i].as_ref().expect("sized, so loaded").rgb;
+                    (
+                        codec::as_written(original, colour),
+                        codec::as_written(recon, colour),
+                    )
+                })
+                .unzip();
+            let group_figures = crate::compare_batch(
+                &originals.iter().collect::<Vec<_>>(),
+                &outputs.iter().collect::<Vec<_>>(),
+            );
+            for ((&i, recon), f) in group.iter().zip(decoded).zip(group_figures) {
+                recons[i] = Some(recon);
+                figures[i] = f;
+            }
+        }
+        // PNG encoding and writing, on all cores.
+        let written: Vec<Result<()>> = jobs
+            .par_iter()
+            .zip(&images)
+            .zip(&recons)
+            .map(|((job, img), recon)| match (img, recon) {
+                (Ok(img), Some(recon)) => {
+                    write_file(&job.dest, &codec::encode_png(recon, img.colour)?)
+                }
+                _ => Ok(()),
+            })
+            .collect();
+        // The batch's time shared out over its images.
+        let seconds = start.elapsed().as_secs_f64() / jobs.len().max(1) as f64;
+        images
+            .into_iter()
+            .zip(grids)
+            .zip(figures)
+            .zip(written)
+            .zip(jobs)
+            .map(|((((img, grid), (psnr, ssim)), written), job)| {
+                let img = img?;
+                written?;
+                let grid = grid.expect("loaded, so encoded");
+                let (w, h) = img.rgb.dimensions();
+                let file = FileHead::new(job.input, &job.dest, w, h);
+                Ok(ReconstructReport {
+                    bits_per_pixel: grid.codes.len() as f64 * bits_per_code / file.pixels(),
+                    file,
+                    grid_width: grid.width,
+                    grid_height: grid.height,
+                    psnr,
+                    ssim,
+                    had_alpha: img.had_alpha,
+                    seconds,
+                })
+            })
+            .collect()
     })
+}
+
+/// The inputs decoded, on all cores.
+fn load_images(jobs: &[Job<'_>]) -> Vec<Result<crate::LoadedImage>> {
+    jobs.par_iter()
+        .map(|job| crate::load_image(job.input).map_err(anyhow::Error::from))
+        .collect()
 }
 
 /// One encoded image.
@@ -315,39 +462,61 @@ pub fn encode(session: &Session, args: &EncodeArgs) -> Result<()> {
     } else {
         None
     };
-    each_input(session, &args.files, "vqz", |input, dest| {
-        let img = crate::load_image(input)?;
-        let (w, h) = img.rgb.dimensions();
-        let grid = codec(&ckpt, session.device).encode(&img.rgb);
-        let mut file = crate::code_file(&ckpt, &grid, w, h, img.colour)
-            .with_context(|| format!("{}: building the code file", input.display()))?;
-        if let Some(prior) = &prior {
-            let codes = vq_prior::entropy::Grid {
-                width: grid.width as usize,
-                height: grid.height as usize,
-                codes: grid.codes.clone(),
-            };
-            let class = vq_prior::entropy::best_class(prior.model.as_ref(), &codes);
-            let payload = vq_prior::entropy::encode(prior.model.as_ref(), &codes, class);
-            file.entropy = Some(vq_codes::EntropyCoding {
-                prior_id: prior.model_id[..8].try_into().expect("a 16-byte id"),
-                class: class.map(|c| c as u8),
-                codes_crc: vq_codes::codes_checksum(&file.codes),
-                payload,
-            });
-        }
-        let bytes = file
-            .to_bytes()
-            .with_context(|| format!("{}: building the code file", input.display()))?;
-        write_file(dest, &bytes)?;
-        Ok(EncodeReport {
-            file: FileHead::new(input, dest, w, h),
-            grid_width: grid.width,
-            grid_height: grid.height,
-            depth: file.depth(),
-            bits_per_code: vq_codes::bits_per_code(file.codebook_size()),
-            bytes: bytes.len(),
-        })
+    let codec = codec(&ckpt, session.device);
+    each_input_batched(session, &args.files, "vqz", BATCH_INPUTS, |jobs| {
+        let images = load_images(jobs);
+        let grids = encode_images(&codec, &images);
+        images
+            .into_iter()
+            .zip(grids)
+            .zip(jobs)
+            .map(|((img, grid), job)| {
+                let img = img?;
+                let grid = grid.expect("loaded, so encoded");
+                write_code_file(&ckpt, prior.as_ref(), job, &img, &grid)
+            })
+            .collect()
+    })
+}
+
+/// One image's `.vqz` file, entropy-coded with `prior` if given.
+fn write_code_file(
+    ckpt: &Checkpoint,
+    prior: Option<&vq_prior::PriorCheckpoint>,
+    job: &Job<'_>,
+    img: &crate::LoadedImage,
+    grid: &CodeGrid,
+) -> Result<EncodeReport> {
+    let (input, dest) = (job.input, job.dest.as_path());
+    let (w, h) = img.rgb.dimensions();
+    let mut file = crate::code_file(ckpt, grid, w, h, img.colour)
+        .with_context(|| format!("{}: building the code file", input.display()))?;
+    if let Some(prior) = prior {
+        let codes = vq_prior::entropy::Grid {
+            width: grid.width as usize,
+            height: grid.height as usize,
+            codes: grid.codes.clone(),
+        };
+        let class = vq_prior::entropy::best_class(prior.model.as_ref(), &codes);
+        let payload = vq_prior::entropy::encode(prior.model.as_ref(), &codes, class);
+        file.entropy = Some(vq_codes::EntropyCoding {
+            prior_id: prior.model_id[..8].try_into().expect("a 16-byte id"),
+            class: class.map(|c| c as u8),
+            codes_crc: vq_codes::codes_checksum(&file.codes),
+            payload,
+        });
+    }
+    let bytes = file
+        .to_bytes()
+        .with_context(|| format!("{}: building the code file", input.display()))?;
+    write_file(dest, &bytes)?;
+    Ok(EncodeReport {
+        file: FileHead::new(input, dest, w, h),
+        grid_width: grid.width,
+        grid_height: grid.height,
+        depth: file.depth(),
+        bits_per_code: vq_codes::bits_per_code(file.codebook_size()),
+        bytes: bytes.len(),
     })
 }
 

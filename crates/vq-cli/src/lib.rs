@@ -33,22 +33,57 @@ pub fn load_image(path: &Path) -> Result<LoadedImage, InputError> {
 /// PSNR (dB, on `[0, 1]` pixels) and SSIM of `output` against `original`; SSIM needs at least
 /// 11 pixels a side (its window) and is `None` below that.
 pub fn compare(original: &RgbImage, output: &RgbImage) -> (f64, Option<f64>) {
+    compare_batch(&[original], &[output])
+        .pop()
+        .expect("one figure pair per image")
+}
+
+/// [`compare`] for pairs of images all of one size, in one pass of tensor arithmetic.
+///
+/// # Panics
+/// If the images differ in size or the slices in length.
+pub fn compare_batch(originals: &[&RgbImage], outputs: &[&RgbImage]) -> Vec<(f64, Option<f64>)> {
+    assert_eq!(originals.len(), outputs.len());
+    let Some(first) = originals.first() else {
+        return Vec::new();
+    };
+    let (w, h) = first.dimensions();
+    assert!(
+        originals
+            .iter()
+            .chain(outputs)
+            .all(|i| i.dimensions() == (w, h)),
+        "compare_batch takes images of one size"
+    );
     let _guard = tch::no_grad_guard();
-    let to_tensor = |img: &RgbImage| {
-        Tensor::from_slice(img.as_raw())
-            .view([1, img.height() as i64, img.width() as i64, 3])
+    let to_tensor = |imgs: &[&RgbImage]| {
+        let bytes: Vec<u8> = imgs
+            .iter()
+            .flat_map(|i| i.as_raw().iter().copied())
+            .collect();
+        Tensor::from_slice(&bytes)
+            .view([imgs.len() as i64, h as i64, w as i64, 3])
             .permute([0, 3, 1, 2])
             .to_kind(Kind::Float)
             / 255.0
     };
-    let (a, b) = (to_tensor(original), to_tensor(output));
-    if original.width() >= 11 && original.height() >= 11 {
-        let q = vq_model::quality(&b, &a);
-        (q.mean_psnr(), Some(q.mean_ssim()))
+    let (a, b) = (to_tensor(originals), to_tensor(outputs));
+    let mse = (&a - &b)
+        .square()
+        .flatten(1, -1)
+        .mean_dim(1, false, Kind::Double);
+    let psnr =
+        Vec::<f64>::try_from(mse.clamp_min(1e-10).log10() * -10.0).expect("a CPU f64 tensor");
+    let ssim: Vec<Option<f64>> = if w >= 11 && h >= 11 {
+        Vec::<f64>::try_from(vq_model::ssim_per_image(&b, &a).to_kind(Kind::Double))
+            .expect("a CPU f64 tensor")
+            .into_iter()
+            .map(Some)
+            .collect()
     } else {
-        let mse = (&a - &b).square().mean(Kind::Float).double_value(&[]);
-        (-10.0 * mse.max(1e-10).log10(), None)
-    }
+        vec![None; originals.len()]
+    };
+    psnr.into_iter().zip(ssim).collect()
 }
 
 /// The `.vqz` file for `grid`, made by `checkpoint` from a `width` × `height` image.

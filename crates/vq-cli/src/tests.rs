@@ -74,6 +74,69 @@ fn tiles_with_a_wide_halo_equal_one_pass() {
 }
 
 #[test]
+fn an_image_has_the_same_codes_and_pixels_alone_and_among_others() {
+    let ckpt = Checkpoint::bundled(Device::Cpu).unwrap();
+    let codec = Codec {
+        model: &ckpt.model,
+        device: Device::Cpu,
+        tiling: Tiling::default(),
+    };
+    let others: Vec<RgbImage> = (0..70)
+        .map(|i| {
+            RgbImage::from_fn(32, 32, |x, y| {
+                let v = |a: f32| ((a.sin() * 0.5 + 0.5) * 255.0) as u8;
+                let t = i as f32 * 0.37;
+                image::Rgb([
+                    v(x as f32 * 0.3 + t),
+                    v(y as f32 * 0.2 - t),
+                    v((x * y) as f32 * 0.01 + t),
+                ])
+            })
+        })
+        .collect();
+    let img = picture(32, 32);
+    let alone = codec.encode(&img);
+    let alone_pixels = codec.decode(&alone, 32, 32);
+    // At the start, in the middle, and in a second, partly filled pass.
+    for at in [0, 5, 66] {
+        let mut batch: Vec<&RgbImage> = others.iter().collect();
+        batch.insert(at, &img);
+        let grids = codec.encode_batch(&batch);
+        assert_eq!(grids.len(), 71);
+        assert_eq!(grids[at], alone, "codes of the image at {at}");
+        let refs: Vec<&CodeGrid> = grids.iter().collect();
+        let decoded = codec.decode_batch(&refs, 32, 32);
+        assert_eq!(decoded[at], alone_pixels, "pixels of the image at {at}");
+    }
+}
+
+#[test]
+fn fixed_passes_make_the_encoder_output_independent_of_the_other_images() {
+    // Bit for bit, so that not even a near-tie between two codes can go another way.
+    let ckpt = Checkpoint::bundled(Device::Cpu).unwrap();
+    tch::manual_seed(3);
+    let windows: Vec<Tensor> = (0..70)
+        .map(|_| Tensor::rand([1, 3, 32, 32], (Kind::Float, Device::Cpu)) - 0.5)
+        .collect();
+    let per_pass = codec::per_pass(32 * 32);
+    let encode = |xs: &Tensor| {
+        let _guard = tch::no_grad_guard();
+        ckpt.model.encode_continuous(xs)
+    };
+    let alone = codec::in_fixed_passes(&windows[3..4], per_pass, encode);
+    let forward: Vec<Tensor> = windows.iter().map(Tensor::shallow_clone).collect();
+    let backward: Vec<Tensor> = windows.iter().rev().map(Tensor::shallow_clone).collect();
+    // Image 3 in the first pass, then (reversed) in the second, partly filled one.
+    for (order, at) in [(forward, 3), (backward, 66)] {
+        let all = codec::in_fixed_passes(&order, per_pass, encode);
+        assert!(
+            all.narrow(0, at, 1).equal(&alone),
+            "image 3 at position {at}"
+        );
+    }
+}
+
+#[test]
 fn a_small_image_is_exactly_the_models_forward_pass() {
     tch::manual_seed(1);
     let vs = nn::VarStore::new(Device::Cpu);
@@ -95,7 +158,9 @@ fn a_small_image_is_exactly_the_models_forward_pass() {
     )
     .view([1, 32, 32, 3])
     .permute([0, 3, 1, 2]);
-    let codes = model.encode(&xs);
+    // The codec runs small images in passes of a fixed size (copies fill the pass).
+    let xs = xs.repeat([codec::per_pass(32 * 32) as i64, 1, 1, 1]);
+    let codes = model.encode(&xs).narrow(0, 0, 1);
     assert_eq!(codes.size(), vec![1, 1, 8, 8]);
     let expected: Vec<u32> = Vec::<i64>::try_from(codes.flatten(0, -1))
         .unwrap()
