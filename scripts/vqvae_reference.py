@@ -6,6 +6,8 @@ architecture as vqvae-rs's default (hidden 128, residual hidden 32, 2 residual l
 grid, K = 512, D = 64).
 
   --mode speed    time training steps, print one JSON line with images/s
+                  (--device cuda, --amp bf16 for autocast, --channels-last: the fair peers on
+                  a GPU and on a CPU with AMX)
   --mode quality  train --steps steps on CIFAR-10 and evaluate on the test split (mean
                   per-image PSNR on [0, 1] pixels, SSIM, perplexity, codes used), one JSON line
 """
@@ -108,18 +110,28 @@ def main():
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--amp", choices=["none", "bf16"], default="none",
+                   help="bf16: torch.autocast around the forward pass (weights stay f32)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="model and inputs in channels-last memory format")
     a = p.parse_args()
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
-    model = VQVAE()
+    device = torch.device(a.device)
+    memory_format = torch.channels_last if a.channels_last else torch.contiguous_format
+    model = VQVAE().to(device, memory_format=memory_format)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     train = load_split(a.data, "train")
     gen = torch.Generator().manual_seed(a.seed)
 
     def step():
         idx = torch.randint(0, train.shape[0], (a.batch_size,), generator=gen)
-        x = train[idx].float() / 255.0 - 0.5
-        recon, loss, counts = model(x)
+        x = (train[idx].float() / 255.0 - 0.5).to(device, memory_format=memory_format)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.amp == "bf16"):
+            recon, loss, counts = model(x)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -131,10 +143,15 @@ def main():
         t0 = time.perf_counter()
         for _ in range(a.steps):
             step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         dt = time.perf_counter() - t0
+        peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
         print(json.dumps({"peer": "pytorch-reference", "torch": torch.__version__, "threads": a.threads,
+                          "device": a.device, "amp": a.amp, "channels_last": a.channels_last,
                           "batch_size": a.batch_size, "steps": a.steps, "seconds": dt,
-                          "images_per_s": a.steps * a.batch_size / dt}))
+                          "images_per_s": a.steps * a.batch_size / dt,
+                          "peak_memory_bytes": peak}))
         return
 
     t0 = time.perf_counter()
@@ -148,8 +165,9 @@ def main():
     psnr, ssims, counts = [], [], torch.zeros(512)
     with torch.no_grad():
         for i in range(0, test.shape[0], 500):
-            x = test[i:i + 500].float() / 255.0 - 0.5
+            x = (test[i:i + 500].float() / 255.0 - 0.5).to(device, memory_format=memory_format)
             recon, _, c = model(x)
+            recon, x, c = recon.float().cpu(), x.cpu(), c.cpu()
             r, t = (recon + 0.5).clamp(0, 1), x + 0.5
             mse = (r - t).pow(2).flatten(1).mean(1)
             psnr.append(-10 * torch.log10(mse.clamp_min(1e-10)))

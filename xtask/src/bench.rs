@@ -84,6 +84,12 @@ pub fn train(
     let python = torch_python(root)?;
     let threads_s = threads.to_string();
     let steps_s = steps.to_string();
+    let m = machine();
+    println!(
+        "machine: {} ({})",
+        m["cpu"].as_str().unwrap_or("?"),
+        m["flags"]
+    );
     let ours_step = |batch: usize, compute: &str| -> Result<Value> {
         let mut command = cmd::cargo(root);
         command
@@ -104,13 +110,16 @@ pub fn train(
             .pop()
             .context("no figures from the training benchmark")
     };
-    let reference_step = |batch: usize| -> Result<Value> {
+    let reference_step = |batch: usize, bf16_channels_last: bool| -> Result<Value> {
         let mut command = peer_command(&python, root, "vqvae_reference.py");
         command
             .args(["--mode", "speed", "--data"])
             .arg(data)
             .args(["--steps", &steps_s, "--threads", &threads_s])
             .args(["--batch-size", &batch.to_string()]);
+        if bf16_channels_last {
+            command.args(["--amp", "bf16", "--channels-last"]);
+        }
         json_output(&mut command, "scripts/vqvae_reference.py")?
             .pop()
             .context("no figures from the reference")
@@ -123,7 +132,7 @@ pub fn train(
         let mut torch = Value::Null;
         for round in 1..=rounds {
             ours.push(num(&ours_step(batch, "f32")?, "images_per_s"));
-            let peer = reference_step(batch)?;
+            let peer = reference_step(batch, false)?;
             reference.push(num(&peer, "images_per_s"));
             torch = peer["torch"].clone();
             eprintln!(
@@ -133,6 +142,8 @@ pub fn train(
             );
         }
         let bf16 = num(&ours_step(batch, "bf16")?, "images_per_s");
+        // The fair peer of our bf16 step: autocast bf16 with channels-last tensors.
+        let reference_bf16 = num(&reference_step(batch, true)?, "images_per_s");
         let ratios: Vec<f64> = ours.iter().zip(&reference).map(|(o, r)| o / r).collect();
         let (ours_median, reference_median) = (median(&ours), median(&reference));
         let ratio = median(&ratios);
@@ -154,6 +165,13 @@ pub fn train(
             "{:<24} {:>10.1} {:>8.2}",
             "PyTorch reference (f32)", reference_median, 1.0
         );
+        println!(
+            "{:<24} {:>10.1} {:>8.2}   (ours bf16 / this: {:.2})",
+            "reference bf16+cl, 1 run",
+            reference_bf16,
+            reference_bf16 / reference_median,
+            bf16 / reference_bf16
+        );
         rows.push(json!({
             "batch_size": batch,
             "rounds": rounds,
@@ -165,13 +183,45 @@ pub fn train(
             "ratio_f32_min": ratios.iter().copied().fold(f64::INFINITY, f64::min),
             "ratio_f32_max": ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
             "ratio_bf16": bf16 / reference_median,
+            "reference_bf16_channels_last_images_per_s": reference_bf16,
+            "ratio_bf16_vs_reference_bf16_channels_last": bf16 / reference_bf16,
         }));
     }
     println!(
         "{}",
-        json!({"bench": "train", "threads": threads, "steps": steps, "results": rows})
+        json!({"bench": "train", "machine": machine(), "threads": threads, "steps": steps, "results": rows})
     );
     Ok(())
+}
+
+/// The CPU model and the flags that decide the speed of our kernels, printed with every figure
+/// so that figures from different machines are never read as one.
+pub fn machine() -> Value {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let flags = field("flags");
+    let have: Vec<&str> = [
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512_bf16",
+        "amx_bf16",
+        "amx_tile",
+    ]
+    .into_iter()
+    .filter(|f| flags.split_whitespace().any(|x| x == *f))
+    .collect();
+    json!({
+        "cpu": field("model name"),
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "flags": have.join(" "),
+    })
 }
 
 /// The median (the mean of the middle two for an even count); NaN for none.

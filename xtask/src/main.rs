@@ -6,6 +6,7 @@ mod cmd;
 mod download;
 mod fid;
 mod fuzz;
+mod gpu_bundle;
 mod import;
 mod libtorch;
 
@@ -105,6 +106,10 @@ enum Command {
         /// Targets to run [default: all of cifar_records, archive, vqz].
         targets: Vec<String>,
     },
+    /// Build the GPU check's bundle (target/gpu-bundle/bundle.tar.xz): vq-cli, vq-train, the
+    /// device-taking test suites and the benchmarks, built against LibTorch 2.11 with CUDA, plus
+    /// a CIFAR-10 subset; prints the `device` command that runs scripts/gpu-check.sh with it.
+    GpuBundle(gpu_bundle::GpuBundleArgs),
     /// Benchmarks, each printing a table and a final JSON line.
     Bench {
         #[command(subcommand)]
@@ -382,6 +387,7 @@ fn real_main() -> Result<()> {
             bundle::run(&root, &run_dir, true)?;
             bundle::set_sampling(&root, guidance, temperature)?;
         }
+        Command::GpuBundle(args) => gpu_bundle::run(&root, &args)?,
         Command::Bench { which } => match which {
             Bench::Kmeans { iters } => bench::kmeans(&root, iters)?,
             Bench::Train {

@@ -60,13 +60,19 @@ pub fn report() -> Result<DeviceReport> {
     let images = check_images();
     let (cpu_codes, cpu_out, _) = run(&reference, ComputeKind::F32, Device::Cpu, &images)?;
     let mut checks = Vec::new();
-    let devices =
-        std::iter::once(Device::Cpu).chain((0..count).map(Device::Cuda)).collect::<Vec<_>>();
+    let devices = std::iter::once(Device::Cpu)
+        .chain((0..count).map(Device::Cuda))
+        .collect::<Vec<_>>();
     for device in devices {
         for compute in [ComputeKind::F32, ComputeKind::Bf16] {
-            let (codes, out, mse) = run(&reference, compute, device, &images)
-                .with_context(|| format!("running the bundled model on {device:?} in {compute:?}"))?;
-            let agree = codes.eq_tensor(&cpu_codes).to_kind(Kind::Double).mean(Kind::Double);
+            let (codes, out, mse) =
+                run(&reference, compute, device, &images).with_context(|| {
+                    format!("running the bundled model on {device:?} in {compute:?}")
+                })?;
+            let agree = codes
+                .eq_tensor(&cpu_codes)
+                .to_kind(Kind::Double)
+                .mean(Kind::Double);
             let diff = (&out - &cpu_out).abs().max();
             checks.push(DeviceCheck {
                 device: format!("{device:?}"),
@@ -94,7 +100,8 @@ fn check_images() -> Tensor {
     let y = Tensor::arange(32, (Kind::Float, Device::Cpu)).view([1, 1, 32, 1]);
     let x = Tensor::arange(32, (Kind::Float, Device::Cpu)).view([1, 1, 1, 32]);
     let waves = ((&x * (&i * 0.01 + 0.05) + &y * (&c * 0.05 + 0.05)).sin() + 1.0) * 0.3;
-    let blocks = ((&x / 8.0).floor() + (&y / (i.remainder(3.0) * 4.0 + 8.0)).floor()).remainder(2.0);
+    let blocks =
+        ((&x / 8.0).floor() + (&y / (i.remainder(3.0) * 4.0 + 8.0)).floor()).remainder(2.0);
     (waves + blocks * 0.3 + 0.05).clamp(0.0, 1.0)
 }
 
@@ -115,7 +122,10 @@ fn run(
     let xs = range_from_unit(images, range).to_device(device);
     let out = model.forward(&xs);
     let recon = range_to_unit(&out.reconstruction.to_device(Device::Cpu), range).clamp(0.0, 1.0);
-    let mse = (&recon - images).square().mean(Kind::Double).double_value(&[]);
+    let mse = (&recon - images)
+        .square()
+        .mean(Kind::Double)
+        .double_value(&[]);
     Ok((out.codes().to_device(Device::Cpu), recon, mse))
 }
 
@@ -177,7 +187,10 @@ mod tests {
         let r = report().unwrap();
         assert_eq!(r.cuda_available, !r.cuda_devices.is_empty());
         let cpu_f32 = &r.checks[0];
-        assert_eq!((cpu_f32.device.as_str(), cpu_f32.compute.as_str()), ("Cpu", "f32"));
+        assert_eq!(
+            (cpu_f32.device.as_str(), cpu_f32.compute.as_str()),
+            ("Cpu", "f32")
+        );
         assert_eq!(cpu_f32.codes_agree, 1.0);
         assert_eq!(cpu_f32.max_pixel_difference, 0.0);
         // The bundled model reconstructs the smooth check images well...

@@ -23,6 +23,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if threads > 0 {
         tch::set_num_threads(threads as i32);
     }
+    // The GPU check (scripts/gpu-check.sh): `--device cuda|cpu`, and `--timing-weights FILE`
+    // for the zero-weight stand-in the GPU bundle carries; only the rate is measured there.
+    if std::env::args().any(|a| a == "--device") {
+        return on_device(images);
+    }
     let net = InceptionV3::load(&vq_fid::default_weights(), Device::Cpu)?;
     tch::manual_seed(0);
     let x = (Tensor::rand([images, 3, 32, 32], (Kind::Float, Device::Cpu)) * 255.0).round();
@@ -98,6 +103,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .double_value(&[]);
         println!(
             "{{\"batch\":{batch},\"workers\":2,\"threads_each\":1,\"images\":{images},\"seconds\":{seconds:.2},\"images_per_s\":{:.2},\"max_feature_difference\":{max_diff:.3e}}}",
+            images as f64 / seconds
+        );
+    }
+    Ok(())
+}
+
+fn on_device(images: i64) -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let device = match args
+        .iter()
+        .position(|a| a == "--device")
+        .map(|i| args.get(i + 1))
+    {
+        Some(Some(d)) if d == "cuda" => Device::Cuda(0),
+        _ => Device::Cpu,
+    };
+    let net = match args.iter().position(|a| a == "--timing-weights") {
+        Some(i) => InceptionV3::load_for_timing(std::path::Path::new(&args[i + 1]), device)?,
+        None => InceptionV3::load(&vq_fid::default_weights(), device)?,
+    };
+    tch::manual_seed(0);
+    let x = (Tensor::rand([images, 3, 32, 32], (Kind::Float, device)) * 255.0).round();
+    let _ = net.features(&x.narrow(0, 0, 8))?;
+    for batch in [50, 100, 200, 500] {
+        let start = Instant::now();
+        for s in (0..images).step_by(batch as usize) {
+            // features() returns on the CPU, so each batch ends in a device sync.
+            let _features = net.features(&x.narrow(0, s, batch.min(images - s)))?;
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        println!(
+            "{{\"device\":\"{device:?}\",\"batch\":{batch},\"images\":{images},\"seconds\":{seconds:.3},\"images_per_s\":{:.1}}}",
             images as f64 / seconds
         );
     }

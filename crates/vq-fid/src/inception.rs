@@ -44,6 +44,16 @@ pub fn resize_bilinear(x: &Tensor, side: i64) -> Tensor {
     x.grid_sampler(&grid, 0, 1, false)
 }
 
+fn read(path: &Path) -> Result<Vec<u8>, FidError> {
+    std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => FidError::MissingWeights(path.to_path_buf()),
+        _ => FidError::Unreadable {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        },
+    })
+}
+
 /// TF Inception-v3, pool3 output.
 #[derive(Debug)]
 pub struct InceptionV3 {
@@ -55,13 +65,7 @@ pub struct InceptionV3 {
 impl InceptionV3 {
     /// Loads the network after checking its SHA-256.
     pub fn load(path: &Path, device: Device) -> Result<Self, FidError> {
-        let bytes = std::fs::read(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => FidError::MissingWeights(path.to_path_buf()),
-            _ => FidError::Unreadable {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            },
-        })?;
+        let bytes = read(path)?;
         let found: String = Sha256::digest(&bytes)
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -73,6 +77,17 @@ impl InceptionV3 {
                 expected: WEIGHTS_SHA256,
             });
         }
+        Self::from_bytes(path, bytes, device)
+    }
+
+    /// Loads any TorchScript file of the same interface without the checksum: for timing a
+    /// stand-in of the same graph (the GPU bundle carries one with zeroed weights, since the
+    /// real file is too big to carry). Its features are not FID features.
+    pub fn load_for_timing(path: &Path, device: Device) -> Result<Self, FidError> {
+        Self::from_bytes(path, read(path)?, device)
+    }
+
+    fn from_bytes(path: &Path, bytes: Vec<u8>, device: Device) -> Result<Self, FidError> {
         let mut module = CModule::load_data_on_device(&mut std::io::Cursor::new(bytes), device)
             .map_err(|e| FidError::Unreadable {
                 path: path.to_path_buf(),
@@ -185,7 +200,8 @@ mod network_tests {
     fn the_network_gives_2048_features_per_image_of_any_size() {
         let net = InceptionV3::load(&default_weights(), vq_model::test_device()).unwrap();
         tch::manual_seed(0);
-        let small = (Tensor::rand([3, 3, 32, 32], (Kind::Float, vq_model::test_device())) * 255.0).round();
+        let small =
+            (Tensor::rand([3, 3, 32, 32], (Kind::Float, vq_model::test_device())) * 255.0).round();
         let f = net.features(&small).unwrap();
         assert_eq!(f.size(), vec![3, FEATURES]);
         assert_eq!(f.isfinite().all().int64_value(&[]), 1);
@@ -201,10 +217,14 @@ mod network_tests {
         let diff = (alone.get(0) - f.get(1)).abs().max().double_value(&[]);
         assert!(diff < 1e-4, "{diff}");
         // Another size is resized to the network's.
-        let wide = (Tensor::rand([1, 3, 40, 64], (Kind::Float, vq_model::test_device())) * 255.0).round();
+        let wide =
+            (Tensor::rand([1, 3, 40, 64], (Kind::Float, vq_model::test_device())) * 255.0).round();
         assert_eq!(net.features(&wide).unwrap().size(), vec![1, FEATURES]);
         assert!(net
-            .features(&Tensor::zeros([2, 1, 8, 8], (Kind::Float, vq_model::test_device())))
+            .features(&Tensor::zeros(
+                [2, 1, 8, 8],
+                (Kind::Float, vq_model::test_device())
+            ))
             .is_err());
     }
 }

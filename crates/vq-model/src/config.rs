@@ -254,7 +254,11 @@ mod tests {
             assert_eq!(ComputeKind::F32.kind(device), Kind::Float);
             assert_eq!(ComputeKind::Bf16.kind(device), Kind::BFloat16);
         }
-        let cpu_auto = if native_bf16() { Kind::BFloat16 } else { Kind::Float };
+        let cpu_auto = if native_bf16() {
+            Kind::BFloat16
+        } else {
+            Kind::Float
+        };
         assert_eq!(ComputeKind::Auto.kind(Device::Cpu), cpu_auto);
         // On CUDA the GPU decides, not the CPU's flags.
         let gpu_auto = match crate::cuda::device_info(0) {

@@ -24,18 +24,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(t) = arg("--threads").and_then(|v| v.parse().ok()) {
         tch::set_num_threads(t);
     }
+    // `--device cuda` on a GPU machine (scripts/gpu-check.sh).
+    let device = match arg("--device").as_deref() {
+        Some("cuda") => Device::Cuda(0),
+        _ => Device::Cpu,
+    };
     let prior_dir = arg("--prior").map(PathBuf::from);
     let source = match &prior_dir {
         Some(p) => Source::Path(p),
         None => Source::Bundled(&vq_prior::BUNDLED),
     };
-    let mut prior = PriorCheckpoint::open(source, Device::Cpu)?;
+    let mut prior = PriorCheckpoint::open(source, device)?;
     let classes = prior.model.provenance().classes.max(1);
-    let labels = Tensor::arange(images, (Kind::Int64, Device::Cpu)).remainder(classes);
+    let labels = Tensor::arange(images, (Kind::Int64, device)).remainder(classes);
     let labels = (prior.model.provenance().classes > 0).then_some(labels);
     let options = SampleOptions::default();
     println!(
-        "prior {}, {images} images, {} threads",
+        "prior {}, {images} images, {} threads, {device:?}",
         prior.origin(),
         tch::get_num_threads()
     );
@@ -49,7 +54,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             for s in (0..images).step_by(batch as usize) {
                 let n = batch.min(images - s);
                 let l = labels.as_ref().map(|l| l.narrow(0, s, n));
-                parts.push(prior.model.sample(n, l.as_ref(), &options, Device::Cpu));
+                parts.push(prior.model.sample(n, l.as_ref(), &options, device));
+            }
+            if let Device::Cuda(i) = device {
+                tch::Cuda::synchronize(i as i64);
             }
             let seconds = start.elapsed().as_secs_f64();
             let codes = Tensor::cat(&parts, 0);

@@ -417,7 +417,8 @@ mod tests {
             tch::manual_seed(42);
             let cached = prior.sample(5, Some(&labels), &options, vq_model::test_device());
             tch::manual_seed(42);
-            let uncached = sample_uncached(&prior, 5, Some(&labels), &options, vq_model::test_device());
+            let uncached =
+                sample_uncached(&prior, 5, Some(&labels), &options, vq_model::test_device());
             assert_eq!(cached.size(), vec![5, 4, 4]);
             assert_eq!(cached, uncached, "{options:?}");
             assert!(cached.min().int64_value(&[]) >= 0 && cached.max().int64_value(&[]) < 11);
@@ -426,7 +427,13 @@ mod tests {
         tch::manual_seed(7);
         let a = prior.sample(3, None, &SampleOptions::default(), vq_model::test_device());
         tch::manual_seed(7);
-        let b = sample_uncached(&prior, 3, None, &SampleOptions::default(), vq_model::test_device());
+        let b = sample_uncached(
+            &prior,
+            3,
+            None,
+            &SampleOptions::default(),
+            vq_model::test_device(),
+        );
         assert_eq!(a, b);
     }
 

@@ -27,6 +27,9 @@ struct Args {
     /// Leave the C allocator's defaults (for measuring `retain_freed_memory`).
     #[arg(long)]
     plain_malloc: bool,
+    /// cpu or cuda [default: cuda when a GPU is usable].
+    #[arg(long, value_enum, default_value = "auto")]
+    device: vq_model::DeviceChoice,
     #[arg(long, hide = true)]
     bench: bool,
 }
@@ -39,8 +42,15 @@ fn main() -> anyhow::Result<()> {
     if let Some(t) = args.threads {
         tch::set_num_threads(t);
     }
-    let device = tch::Device::cuda_if_available();
-    let train = Cifar10::load(&args.data, Split::Train)?;
+    let device = args.device.resolve()?;
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    // Any number of records per file: the GPU bundle carries a subset.
+    let options = vq_data::LoadOptions {
+        records_per_file: None,
+    };
+    let train = Cifar10::load_with(&args.data, Split::Train, &options)?;
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
     let config = VqVaeConfig {
@@ -64,17 +74,21 @@ fn main() -> anyhow::Result<()> {
             train_step(&mut model, &mut adam, &xs, 3e-4, offset + s)
                 .ok_or_else(|| anyhow::anyhow!("loss diverged"))?;
         }
+        if let tch::Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
         Ok(start.elapsed().as_secs_f64())
     };
     run(args.warmup, 0)?;
     let seconds = run(args.steps, args.warmup)?;
     println!(
-        "{{\"peer\":\"vqvae-rs\",\"compute\":\"{:?}\",\"device\":\"{device:?}\",\"threads\":{},\"batch_size\":{},\"steps\":{},\"seconds\":{seconds:.4},\"images_per_s\":{:.1}}}",
+        "{{\"peer\":\"vqvae-rs\",\"compute\":\"{:?}\",\"device\":\"{device:?}\",\"threads\":{},\"batch_size\":{},\"steps\":{},\"seconds\":{seconds:.4},\"images_per_s\":{:.1},\"kind\":\"{:?}\"}}",
         args.compute,
         tch::get_num_threads(),
         args.batch_size,
         args.steps,
-        (args.steps * args.batch_size) as f64 / seconds
+        (args.steps * args.batch_size) as f64 / seconds,
+        args.compute.kind(device)
     );
     Ok(())
 }

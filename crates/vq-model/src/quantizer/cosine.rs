@@ -212,7 +212,8 @@ mod tests {
     fn gradients_reach_the_encoder_and_both_projections() {
         tch::manual_seed(6);
         let (vs, q) = cosine();
-        let z = Tensor::randn([2, 6, 3, 3], (Kind::Float, crate::test_device())).set_requires_grad(true);
+        let z = Tensor::randn([2, 6, 3, 3], (Kind::Float, crate::test_device()))
+            .set_requires_grad(true);
         let pass = q.forward(&z);
         (pass.quantized.square().sum(Kind::Float) + &pass.aux_loss).backward();
         assert!(z.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);

@@ -192,7 +192,8 @@ mod tests {
             // Embedded values lie on each channel's grid, in [-1, 1].
             assert!(embedded.abs().max().double_value(&[]) <= 1.0 + 1e-6);
             // The grid values index back to the same code: no two codes coincide.
-            let rounded = (&embedded * q.per_channel(|l| (l / 2) as f64, crate::test_device())).round();
+            let rounded =
+                (&embedded * q.per_channel(|l| (l / 2) as f64, crate::test_device())).round();
             assert_eq!(q.indices(&rounded), all, "{levels:?}");
         }
     }
@@ -201,8 +202,8 @@ mod tests {
     fn outputs_lie_on_the_grid_and_gradients_pass_straight_through() {
         tch::manual_seed(0);
         let q = fsq(&[8, 5, 5, 5]);
-        let z =
-            (Tensor::randn([2, 4, 3, 3], (Kind::Float, crate::test_device())) * 2.0).set_requires_grad(true);
+        let z = (Tensor::randn([2, 4, 3, 3], (Kind::Float, crate::test_device())) * 2.0)
+            .set_requires_grad(true);
         let out = q.forward(&z);
         assert_eq!(out.codes.size(), vec![2, 1, 3, 3]);
         assert!(out.codes.min().int64_value(&[]) >= 0 && out.codes.max().int64_value(&[]) < 1000);

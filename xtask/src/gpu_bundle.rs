@@ -1,0 +1,519 @@
+//! `cargo xtask gpu-bundle`: everything the GPU check (scripts/gpu-check.sh) needs, built here
+//! for a machine that has a GPU and PyTorch 2.11 but no Rust and no internet.
+//!
+//! That machine's LibTorch is the one inside its `torch==2.11.0+cu130` Python package, so the
+//! binaries are built against 2.11 with tch 0.24 (torch-sys 0.24's `TORCH_VERSION` is "2.11.0";
+//! tch 0.26, our normal build, needs 2.13). Different tch versions cannot live in one Cargo
+//! workspace, so the bundle builds a **copy** of the workspace whose manifest asks for tch
+//! 0.24, with its own target folder: the normal build, its lock file and its LibTorch are never
+//! touched. The copy is refreshed file by file (unchanged files keep their timestamps), so a
+//! second bundle only recompiles what changed.
+//!
+//! Here LibTorch 2.11 is PyPI's CUDA wheel without its NVIDIA dependency wheels (530 MB instead
+//! of several GB): `libtorch_cuda` is linked for real (`VQ_LINK_CUDA=1`: kept with
+//! `--no-as-needed`, see crates/libtorch-link.rs) while the CUDA libraries it needs are only
+//! found at run time on the GPU machine (`--allow-shlib-undefined` lets the linker leave them).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::cmd;
+
+/// What the GPU machine has; torch-sys 0.24 is built for it.
+pub const TORCH_VERSION: &str = "2.11.0";
+const TCH_VERSION: &str = "0.24.0";
+/// The `device` tool carries at most 64 MiB; leave room for the rest of the working tree.
+const MAX_BUNDLE_BYTES: u64 = 60 << 20;
+/// The test suites that take a device (`VQ_TEST_DEVICE=cuda`), and those of the commands that
+/// run the models.
+const TEST_PACKAGES: [&str; 5] = ["vq-model", "vq-prior", "vq-fid", "vq-cli", "vq-train"];
+/// The benchmark executables the check runs (package, bench target).
+const BENCHES: [(&str, &str); 3] = [
+    ("vq-train", "train_step"),
+    ("vq-prior", "sampling"),
+    ("vq-fid", "features"),
+];
+/// Tracked paths the copy of the workspace needs to build.
+const SOURCES: [&str; 6] = [
+    "Cargo.toml",
+    "Cargo.lock",
+    ".cargo",
+    "crates",
+    "models",
+    "tests",
+];
+
+#[derive(clap::Args, Clone)]
+pub struct GpuBundleArgs {
+    /// Training images carried (the first N of the CIFAR-10 training split).
+    #[arg(long, default_value_t = 10_000)]
+    pub train_images: usize,
+    /// Test images carried (the first N of the test split).
+    #[arg(long, default_value_t = 1_000)]
+    pub test_images: usize,
+    /// The dataset the subset is cut from.
+    #[arg(long, default_value = "datasets/cifar-10-batches-bin")]
+    pub data: PathBuf,
+    /// A rehearsal bundle instead (target/gpu-bundle/rehearsal.tar.xz): the same contents from
+    /// the normal CPU build, so that `GPU_CHECK_DEVICE=cpu bash scripts/gpu-check.sh
+    /// target/gpu-bundle/rehearsal.tar.xz` runs the whole check here first.
+    #[arg(long)]
+    pub rehearsal: bool,
+}
+
+struct Layout {
+    /// target/gpu-bundle
+    dir: PathBuf,
+    rehearsal: bool,
+}
+
+impl Layout {
+    fn src(&self) -> PathBuf {
+        self.dir.join("src")
+    }
+    fn target(&self) -> PathBuf {
+        self.dir.join("target")
+    }
+    fn stage(&self) -> PathBuf {
+        self.dir.join(if self.rehearsal {
+            "rehearsal-stage"
+        } else {
+            "stage"
+        })
+    }
+    /// The file the `device` tool carries.
+    fn archive(&self) -> PathBuf {
+        self.dir.join(if self.rehearsal {
+            "rehearsal.tar.xz"
+        } else {
+            "bundle.tar.xz"
+        })
+    }
+}
+
+pub fn run(root: &Path, args: &GpuBundleArgs) -> Result<()> {
+    let layout = Layout {
+        dir: root.join("target/gpu-bundle"),
+        rehearsal: args.rehearsal,
+    };
+    let torch = if args.rehearsal {
+        None
+    } else {
+        let torch = ensure_libtorch(root)?;
+        let changed = sync_sources(root, &layout.src())?;
+        tracing::info!(
+            "workspace copy at {} ({changed} files changed)",
+            layout.src().display()
+        );
+        pin_tch(&layout.src())?;
+        Some(torch)
+    };
+    let torch = torch.as_deref();
+
+    let stage = layout.stage();
+    if stage.exists() {
+        std::fs::remove_dir_all(&stage).with_context(|| format!("clearing {}", stage.display()))?;
+    }
+    for sub in ["bin", "tests", "benches", "data", "fid"] {
+        std::fs::create_dir_all(stage.join(sub))?;
+    }
+
+    let bins = build(
+        root,
+        &layout,
+        torch,
+        &["build", "--release", "-p", "vq-cli", "-p", "vq-train"],
+    )?;
+    copy_executables(&bins, &["vq-cli", "vq-train"], &stage.join("bin"))?;
+    let mut test_args = vec!["test", "--release", "--no-run", "--lib"];
+    for p in TEST_PACKAGES {
+        test_args.extend(["-p", p]);
+    }
+    let tests = build(root, &layout, torch, &test_args)?;
+    let test_names: Vec<&str> = tests.iter().map(|e| e.name.as_str()).collect();
+    copy_executables(&tests, &test_names, &stage.join("tests"))?;
+    for (package, bench) in BENCHES {
+        let built = build(
+            root,
+            &layout,
+            torch,
+            &["bench", "--no-run", "-p", package, "--bench", bench],
+        )?;
+        copy_executables(&built, &[bench], &stage.join("benches"))?;
+    }
+    if !args.rehearsal {
+        check_cuda_linked(&stage.join("bin/vq-cli"))?;
+    }
+
+    cut_cifar(&root.join(&args.data), &stage.join("data"), args)?;
+    zeroed_inception(root, &stage.join("fid/inception-zeroed.pt"))?;
+
+    let archive = layout.archive();
+    let partial = archive.with_extension("xz.partial");
+    cmd::run(
+        Command::new("tar")
+            .env("XZ_OPT", "-9 -T0")
+            .arg("-cJf")
+            .arg(&partial)
+            .arg("-C")
+            .arg(&stage)
+            .arg("."),
+    )
+    .context("packing the bundle (needs tar and xz)")?;
+    std::fs::rename(&partial, &archive)?;
+    let bytes = std::fs::metadata(&archive)?.len();
+    tracing::info!(
+        "{}: {:.1} MiB",
+        archive.display(),
+        bytes as f64 / (1 << 20) as f64
+    );
+    if bytes > MAX_BUNDLE_BYTES {
+        bail!(
+            "{} is {:.1} MiB, over the {} MiB the device tool carries with the working tree: carry fewer images (--train-images, --test-images)",
+            archive.display(),
+            bytes as f64 / (1 << 20) as f64,
+            MAX_BUNDLE_BYTES >> 20
+        );
+    }
+    println!("bundle ready: {}", archive.display());
+    if args.rehearsal {
+        println!("rehearse the check here, on the CPU:");
+        println!("  GPU_CHECK_DEVICE=cpu PYTHON=target/bench-venv/bin/python OUT=target/gpu-bundle/rehearsal-out bash scripts/gpu-check.sh target/gpu-bundle/rehearsal.tar.xz");
+        return Ok(());
+    }
+    println!("run it on the GPU machine (device tool), carrying that one file:");
+    println!("  command: bash scripts/gpu-check.sh target/gpu-bundle/bundle.tar.xz");
+    println!("  carry:   [\"target/gpu-bundle/bundle.tar.xz\"]");
+    println!("  timeout: 540 s (the script stops itself within 8 minutes)");
+    Ok(())
+}
+
+/// LibTorch 2.11 (`torch==2.11.0` from PyPI, CUDA build, no NVIDIA wheels) in
+/// `.libtorch/torch-2.11/venv`; returns its `torch` folder.
+fn ensure_libtorch(root: &Path) -> Result<PathBuf> {
+    let dir = root.join(".libtorch/torch-2.11");
+    let venv = dir.join("venv");
+    let python = venv.join("bin/python");
+    let torch_dir = |venv: &Path| -> Option<PathBuf> {
+        let lib = venv.join("lib");
+        std::fs::read_dir(&lib).ok()?.flatten().find_map(|e| {
+            let t = e.path().join("site-packages/torch");
+            t.join("lib/libtorch_cuda.so").exists().then_some(t)
+        })
+    };
+    if let Some(t) = torch_dir(&venv) {
+        let version = std::fs::read_to_string(t.join("version.py")).unwrap_or_default();
+        if version.contains(&format!("'{TORCH_VERSION}"))
+            || version.contains(&format!("\"{TORCH_VERSION}"))
+        {
+            return Ok(t);
+        }
+    }
+    std::fs::create_dir_all(&dir)?;
+    if !python.exists() {
+        cmd::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+            .context("creating the virtualenv for LibTorch 2.11")?;
+    }
+    tracing::info!("installing torch=={TORCH_VERSION} (CUDA build, without the NVIDIA wheels: about 530 MB) into {}", venv.display());
+    cmd::run(Command::new(&python).args([
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--no-deps",
+        &format!("torch=={TORCH_VERSION}"),
+    ]))
+    .context("pip could not install torch 2.11")?;
+    torch_dir(&venv).with_context(|| {
+        format!(
+            "{} holds no torch with lib/libtorch_cuda.so after the install",
+            venv.display()
+        )
+    })
+}
+
+/// Copies the tracked files under [`SOURCES`] into `dest`, writing only files whose bytes
+/// differ and deleting files no longer tracked. Returns how many files were written or removed.
+fn sync_sources(root: &Path, dest: &Path) -> Result<usize> {
+    let out = Command::new("git")
+        .current_dir(root)
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+            "--",
+        ])
+        .args(SOURCES)
+        .output()
+        .context("listing the tracked files (git ls-files)")?;
+    if !out.status.success() {
+        bail!(
+            "git ls-files failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let files: Vec<PathBuf> = out
+        .stdout
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| PathBuf::from(String::from_utf8_lossy(s).into_owned()))
+        .collect();
+    let mut changed = 0;
+    for rel in &files {
+        let (from, to) = (root.join(rel), dest.join(rel));
+        let Ok(bytes) = std::fs::read(&from) else {
+            continue; // deleted in the work tree, not yet in git
+        };
+        if std::fs::read(&to).ok().as_deref() != Some(&bytes[..]) {
+            std::fs::create_dir_all(to.parent().expect("a file has a parent"))?;
+            std::fs::write(&to, &bytes).with_context(|| format!("writing {}", to.display()))?;
+            changed += 1;
+        }
+    }
+    // Files the copy has that are no longer sources (renamed or deleted here).
+    let keep: std::collections::HashSet<PathBuf> = files.into_iter().collect();
+    for top in SOURCES {
+        let mut stack = vec![dest.join(top)];
+        while let Some(p) = stack.pop() {
+            if p.is_dir() {
+                stack.extend(std::fs::read_dir(&p)?.flatten().map(|e| e.path()));
+            } else if p.is_file() {
+                let rel = p.strip_prefix(dest).expect("under dest").to_path_buf();
+                if !keep.contains(&rel) && rel != Path::new("Cargo.lock") {
+                    std::fs::remove_file(&p)?;
+                    changed += 1;
+                }
+            }
+        }
+    }
+    Ok(changed)
+}
+
+/// Points the copy's manifest at tch 0.24 and leaves the xtask out (it builds only here).
+fn pin_tch(src: &Path) -> Result<()> {
+    let path = src.join("Cargo.toml");
+    let text = std::fs::read_to_string(&path)?;
+    let mut pinned = String::new();
+    let (mut tch, mut sys) = (false, false);
+    for line in text.lines() {
+        let out = if line.starts_with("tch = ") {
+            tch = true;
+            format!("tch = \"={TCH_VERSION}\"")
+        } else if line.starts_with("torch-sys = ") {
+            sys = true;
+            format!("torch-sys = \"={TCH_VERSION}\"")
+        } else if line.trim() == "\"xtask\"," {
+            continue;
+        } else {
+            line.to_owned()
+        };
+        pinned.push_str(&out);
+        pinned.push('\n');
+    }
+    if !(tch && sys) {
+        bail!(
+            "{}: no `tch = ` and `torch-sys = ` lines to pin to {TCH_VERSION}",
+            path.display()
+        );
+    }
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(pinned.as_str()) {
+        std::fs::write(&path, pinned)?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+struct Executable {
+    /// The target's name (a test executable: its crate's name with underscores).
+    name: String,
+    path: PathBuf,
+}
+
+#[derive(Deserialize)]
+struct Artifact {
+    reason: String,
+    #[serde(default)]
+    executable: Option<PathBuf>,
+    #[serde(default)]
+    target: Option<ArtifactTarget>,
+}
+
+#[derive(Deserialize)]
+struct ArtifactTarget {
+    name: String,
+}
+
+/// Runs cargo, in the copy against LibTorch 2.11 (`torch`), or for a rehearsal (`None`) in the
+/// checkout as usual, and returns the executables it built.
+fn build(
+    root: &Path,
+    layout: &Layout,
+    torch: Option<&Path>,
+    args: &[&str],
+) -> Result<Vec<Executable>> {
+    let mut cargo = match torch {
+        Some(torch) => {
+            let mut cargo = cmd::cargo(&layout.src());
+            cargo
+                .env("CARGO_TARGET_DIR", layout.target())
+                .env("LIBTORCH", torch)
+                .env_remove("LIBTORCH_USE_PYTORCH")
+                .env("VQ_LINK_CUDA", "1")
+                .env("RUSTFLAGS", "-C link-arg=-Wl,--allow-shlib-undefined")
+                .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+                .env("CARGO_PROFILE_RELEASE_STRIP", "symbols")
+                .env("CARGO_PROFILE_BENCH_DEBUG", "false")
+                .env("CARGO_PROFILE_BENCH_STRIP", "symbols");
+            tracing::info!(
+                "cargo {} (tch {TCH_VERSION}, LibTorch {TORCH_VERSION})",
+                args.join(" ")
+            );
+            cargo
+        }
+        None => {
+            tracing::info!("cargo {} (rehearsal: the normal build)", args.join(" "));
+            cmd::cargo(root)
+        }
+    };
+    cargo
+        .args(args)
+        .arg("--message-format=json-render-diagnostics")
+        .stdout(std::process::Stdio::piped());
+    let out = cargo
+        .output()
+        .context("could not start cargo for the GPU build")?;
+    if !out.status.success() {
+        bail!("the GPU build failed: cargo {}", args.join(" "));
+    }
+    let mut found = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(a) = serde_json::from_str::<Artifact>(line) else {
+            continue;
+        };
+        if let (true, Some(path), Some(target)) =
+            (a.reason == "compiler-artifact", a.executable, a.target)
+        {
+            found.push(Executable {
+                name: target.name,
+                path,
+            });
+        }
+    }
+    Ok(found)
+}
+
+fn copy_executables(built: &[Executable], names: &[&str], dest: &Path) -> Result<()> {
+    for name in names {
+        let exe = built
+            .iter()
+            .find(|e| e.name == *name)
+            .with_context(|| format!("the GPU build made no executable named {name}"))?;
+        std::fs::copy(&exe.path, dest.join(name))
+            .with_context(|| format!("copying {}", exe.path.display()))?;
+    }
+    Ok(())
+}
+
+/// The known failure of a CUDA build: the linker drops `libtorch_cuda` and the binary sees no
+/// GPU. Its dynamic section must name it.
+fn check_cuda_linked(exe: &Path) -> Result<()> {
+    let out = Command::new("readelf")
+        .arg("-d")
+        .arg(exe)
+        .output()
+        .context("running readelf (binutils) on the bundled binary")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !text.contains("[libtorch_cuda.so]") {
+        bail!(
+            "{} does not link libtorch_cuda.so: it would see no GPU",
+            exe.display()
+        );
+    }
+    Ok(())
+}
+
+/// The first N training and test records, as a `cifar-10-batches-bin` folder whose training
+/// files after the first are empty (training reads it with `any_record_count`).
+fn cut_cifar(from: &Path, dest: &Path, args: &GpuBundleArgs) -> Result<()> {
+    use vq_data::{RECORDS_PER_FILE, RECORD_BYTES, TEST_FILES, TRAIN_FILES};
+    if args.train_images > TRAIN_FILES.len() * RECORDS_PER_FILE
+        || args.test_images > RECORDS_PER_FILE
+        || args.train_images == 0
+        || args.test_images == 0
+    {
+        bail!("--train-images must be 1 to 50000 and --test-images 1 to 10000");
+    }
+    let out = dest.join(vq_data::DIR_NAME);
+    std::fs::create_dir_all(&out)?;
+    std::fs::copy(from.join(vq_data::META_FILE), out.join(vq_data::META_FILE)).with_context(
+        || {
+            format!(
+                "{}: no CIFAR-10 here (cargo xtask download-cifar)",
+                from.display()
+            )
+        },
+    )?;
+    let mut left = args.train_images;
+    for name in TRAIN_FILES {
+        let take = left.min(RECORDS_PER_FILE);
+        left -= take;
+        copy_records(&from.join(name), &out.join(name), take * RECORD_BYTES)?;
+    }
+    copy_records(
+        &from.join(TEST_FILES[0]),
+        &out.join(TEST_FILES[0]),
+        args.test_images * RECORD_BYTES,
+    )
+}
+
+fn copy_records(from: &Path, to: &Path, bytes: usize) -> Result<()> {
+    let mut data = Vec::new();
+    if bytes > 0 {
+        data = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
+        if data.len() < bytes {
+            bail!("{}: shorter than {bytes} bytes", from.display());
+        }
+        data.truncate(bytes);
+    }
+    std::fs::write(to, data).with_context(|| format!("writing {}", to.display()))
+}
+
+/// The FID network with every stored tensor zeroed: the same graph, shapes and number types,
+/// so the same work per image, in a few kilobytes once compressed (the real one is 87 MB, more
+/// than the bundle may carry). Good for the GPU's feature-extraction rate only; it computes no
+/// FID (its checksum differs, so `vq-cli fid` refuses it).
+fn zeroed_inception(root: &Path, dest: &Path) -> Result<()> {
+    let real = root.join(".libtorch/fid/default_1.pt");
+    let file = std::fs::File::open(&real)
+        .with_context(|| format!("{}: missing (cargo xtask setup)", real.display()))?;
+    let mut zip =
+        zip::ZipArchive::new(file).with_context(|| format!("reading {}", real.display()))?;
+    let out = std::fs::File::create(dest)?;
+    let mut writer = zip::ZipWriter::new(out);
+    for i in 0..zip.len() {
+        let mut entry = zip.by_index(i)?;
+        let name = entry.name().to_owned();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut bytes)?;
+        // TorchScript archives keep each tensor's storage as `<archive>/data/<key>`.
+        let is_storage = name
+            .rsplit_once("/data/")
+            .is_some_and(|(_, key)| !key.is_empty() && key.bytes().all(|b| b.is_ascii_digit()));
+        if is_storage {
+            bytes.iter_mut().for_each(|b| *b = 0);
+        }
+        let options = zip::write::FileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored)
+            .large_file(bytes.len() > u32::MAX as usize / 2);
+        writer.start_file(name, options)?;
+        std::io::Write::write_all(&mut writer, &bytes)?;
+    }
+    writer.finish()?;
+    Ok(())
+}
