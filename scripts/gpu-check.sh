@@ -54,7 +54,7 @@ step() {
 }
 
 W=$(mktemp -d)
-tar -xJf "$BUNDLE" -C "$W" || { log "cannot unpack $BUNDLE"; exit 1; }
+tar -xf "$BUNDLE" -C "$W" || { log "cannot unpack $BUNDLE"; exit 1; }
 PY=${PYTHON:-python3}
 TORCH_LIB=$("$PY" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))') ||
     { log "no PyTorch for $PY"; exit 1; }
