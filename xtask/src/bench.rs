@@ -69,10 +69,10 @@ pub fn torch_python(root: &Path) -> Result<PathBuf> {
 }
 
 /// Training images/s of our step and the PyTorch reference's: same model, batch, threads, for
-/// each batch size. Ours (f32) and the reference run in turn for `rounds` rounds and the ratio is
-/// the median of the rounds' ratios: the shared 2-core machines this is measured on change speed
-/// by 10-20% from one minute to the next, which one pair of short runs cannot tell from a real
-/// difference. The bf16 step runs once (it is only worth measuring where the CPU has bf16).
+/// each batch size. Ours (f32, bf16) and the reference (f32, bf16 autocast + channels-last) run
+/// in turn for `rounds` rounds and each ratio is the median of the rounds' ratios: the shared
+/// 2-core machines this is measured on change speed by 10-20% from one minute to the next, which
+/// one pair of short runs cannot tell from a real difference.
 pub fn train(
     root: &Path,
     data: &Path,
@@ -127,64 +127,80 @@ pub fn train(
     let rounds = rounds.max(1);
     let mut rows = Vec::new();
     for &batch in batch_sizes {
+        // Four peers per round, in turn: ours in f32 and in bf16, the reference in f32 and with
+        // bf16 autocast + channels-last (the fair peer of our bf16 step).
         let mut ours = Vec::new();
+        let mut ours_bf16 = Vec::new();
         let mut reference = Vec::new();
+        let mut reference_bf16 = Vec::new();
         let mut torch = Value::Null;
         for round in 1..=rounds {
             ours.push(num(&ours_step(batch, "f32")?, "images_per_s"));
             let peer = reference_step(batch, false)?;
             reference.push(num(&peer, "images_per_s"));
             torch = peer["torch"].clone();
+            ours_bf16.push(num(&ours_step(batch, "bf16")?, "images_per_s"));
+            reference_bf16.push(num(&reference_step(batch, true)?, "images_per_s"));
             eprintln!(
-                "batch {batch}, round {round}/{rounds}: ours {:.1}, reference {:.1} images/s",
+                "batch {batch}, round {round}/{rounds}: ours f32 {:.1}, reference f32 {:.1}, ours bf16 {:.1}, reference bf16+cl {:.1} images/s",
                 ours[round - 1],
-                reference[round - 1]
+                reference[round - 1],
+                ours_bf16[round - 1],
+                reference_bf16[round - 1],
             );
         }
-        let bf16 = num(&ours_step(batch, "bf16")?, "images_per_s");
-        // The fair peer of our bf16 step: autocast bf16 with channels-last tensors.
-        let reference_bf16 = num(&reference_step(batch, true)?, "images_per_s");
-        let ratios: Vec<f64> = ours.iter().zip(&reference).map(|(o, r)| o / r).collect();
-        let (ours_median, reference_median) = (median(&ours), median(&reference));
-        let ratio = median(&ratios);
+        let ratios =
+            |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x / y).collect() };
+        let f32_ratios = ratios(&ours, &reference);
+        let bf16_vs_f32 = ratios(&ours_bf16, &reference);
+        let bf16_vs_bf16 = ratios(&ours_bf16, &reference_bf16);
         println!(
-            "\nVQ-VAE training step (default model, batch {batch}, {threads} threads, {steps} timed steps, median of {rounds} alternating rounds)"
-        );
-        println!("{:<24} {:>10} {:>8}", "", "images/s", "ratio");
-        println!(
-            "{:<24} {:>10.1} {:>8.2}",
-            "vqvae-rs (f32)", ours_median, ratio
+            "\nVQ-VAE training step (default model, batch {batch}, {threads} threads, {steps} timed steps, medians of {rounds} rounds of the four in turn)"
         );
         println!(
-            "{:<24} {:>10.1} {:>8.2}",
-            "vqvae-rs (bf16, 1 run)",
-            bf16,
-            bf16 / reference_median
+            "{:<30} {:>10} {:>14} {:>14}",
+            "", "images/s", "/ ref f32", "/ ref bf16+cl"
         );
-        println!(
-            "{:<24} {:>10.1} {:>8.2}",
-            "PyTorch reference (f32)", reference_median, 1.0
+        let line = |name: &str, v: &[f64], f: f64, b: f64| {
+            println!("{name:<30} {:>10.1} {f:>14.2} {b:>14.2}", median(v));
+        };
+        line(
+            "vqvae-rs f32",
+            &ours,
+            median(&f32_ratios),
+            median(&ratios(&ours, &reference_bf16)),
         );
-        println!(
-            "{:<24} {:>10.1} {:>8.2}   (ours bf16 / this: {:.2})",
-            "reference bf16+cl, 1 run",
-            reference_bf16,
-            reference_bf16 / reference_median,
-            bf16 / reference_bf16
+        line(
+            "vqvae-rs bf16",
+            &ours_bf16,
+            median(&bf16_vs_f32),
+            median(&bf16_vs_bf16),
+        );
+        line(
+            "PyTorch reference f32",
+            &reference,
+            1.0,
+            median(&ratios(&reference, &reference_bf16)),
+        );
+        line(
+            "PyTorch reference bf16+cl",
+            &reference_bf16,
+            median(&ratios(&reference_bf16, &reference)),
+            1.0,
         );
         rows.push(json!({
             "batch_size": batch,
             "rounds": rounds,
             "ours_f32_images_per_s": ours,
+            "ours_bf16_images_per_s": ours_bf16,
             "reference_images_per_s": reference,
-            "ours_bf16_images_per_s": bf16,
-            "torch": torch,
-            "ratio_f32": ratio,
-            "ratio_f32_min": ratios.iter().copied().fold(f64::INFINITY, f64::min),
-            "ratio_f32_max": ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-            "ratio_bf16": bf16 / reference_median,
             "reference_bf16_channels_last_images_per_s": reference_bf16,
-            "ratio_bf16_vs_reference_bf16_channels_last": bf16 / reference_bf16,
+            "torch": torch,
+            "ratio_f32": median(&f32_ratios),
+            "ratio_f32_min": f32_ratios.iter().copied().fold(f64::INFINITY, f64::min),
+            "ratio_f32_max": f32_ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            "ratio_bf16_vs_reference_f32": median(&bf16_vs_f32),
+            "ratio_bf16_vs_reference_bf16_channels_last": median(&bf16_vs_bf16),
         }));
     }
     println!(

@@ -110,6 +110,10 @@ impl Checkpoint {
     }
 }
 
+/// The model for inference. `"compute": "auto"` means f32 here: bf16 is worth its rounding when
+/// training, but a checkpoint's outputs (reconstructions, `.vqz` codes, decoded images) must not
+/// depend on whether this CPU has bf16 units, or a file encoded on one machine would decode
+/// differently on another. An explicit `"bf16"` is kept.
 fn build(
     config: &VqVaeConfig,
     weights: &[u8],
@@ -117,7 +121,11 @@ fn build(
     device: Device,
 ) -> Result<(VqVae, nn::VarStore), StoreError> {
     let mut vs = nn::VarStore::new(device);
-    let model = VqVae::new(vs.root(), config);
+    let mut config = config.clone();
+    if config.compute == crate::ComputeKind::Auto {
+        config.compute = crate::ComputeKind::F32;
+    }
+    let model = VqVae::new(vs.root(), &config);
     vq_store::weights::load_bytes(&mut vs, weights, path)?;
     Ok((model, vs))
 }

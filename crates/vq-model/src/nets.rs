@@ -112,16 +112,21 @@ impl Module for Upsample {
         if self.kind == Kind::Float {
             return x.apply(&self.conv);
         }
-        let b = self.conv.bs.as_ref().map(|b| b.to_kind(self.kind));
-        x.to_kind(self.kind).conv_transpose2d(
+        // The bias is added after the product, not by it: oneDNN's bf16 transposed convolution
+        // computes the bias gradient in a slow reference loop (docs/experiments.md).
+        let y = x.to_kind(self.kind).conv_transpose2d(
             &self.conv.ws.to_kind(self.kind),
-            b.as_ref(),
+            None::<&Tensor>,
             [Self::STRIDE; 2],
             [Self::PADDING; 2],
             [0, 0],
             1,
             [1, 1],
-        )
+        );
+        match &self.conv.bs {
+            Some(b) => y + b.to_kind(self.kind).view([1, -1, 1, 1]),
+            None => y,
+        }
     }
 }
 
@@ -182,7 +187,7 @@ impl Module for ResidualStack {
     fn forward(&self, xs: &Tensor) -> Tensor {
         let mut x = xs.shallow_clone();
         for (c3, c1) in &self.blocks {
-            let inner = c3.forward(&x.relu()).relu();
+            let inner = c3.forward(&x.relu()).relu_();
             x = &x + c1.forward(&inner);
         }
         x.relu()
@@ -253,7 +258,8 @@ impl Module for Encoder {
     fn forward(&self, xs: &Tensor) -> Tensor {
         let mut x = channels_last(xs);
         for d in &self.downs {
-            x = d.forward(&x).relu();
+            // In place: a convolution's backward needs its input, not its output.
+            x = d.forward(&x).relu_();
         }
         let x = self.mid.forward(&x).apply(&self.residual);
         self.to_code.forward(&x).to_kind(Kind::Float)
@@ -317,7 +323,7 @@ impl Module for Decoder {
         for (i, u) in self.ups.iter().enumerate() {
             x = u.forward(&x);
             if i < last {
-                x = x.relu();
+                x = x.relu_();
             }
         }
         x.to_kind(Kind::Float)

@@ -27,6 +27,10 @@ struct Args {
     /// Leave the C allocator's defaults (for measuring `retain_freed_memory`).
     #[arg(long)]
     plain_malloc: bool,
+    /// Also time the parts of a step (batch, forward, backward, optimizer, quantizer update)
+    /// over the timed steps, on the CPU, and print their shares.
+    #[arg(long)]
+    phases: bool,
     /// cpu or cuda [default: cuda when a GPU is usable].
     #[arg(long, value_enum, default_value = "auto")]
     device: vq_model::DeviceChoice,
@@ -81,6 +85,47 @@ fn main() -> anyhow::Result<()> {
     };
     run(args.warmup, 0)?;
     let seconds = run(args.steps, args.warmup)?;
+    if args.phases && !device.is_cuda() {
+        // The same step as `train_step`, cut at its seams (CPU ops finish before they return).
+        let mut spent = [0f64; 5];
+        let names = [
+            "batch",
+            "forward",
+            "backward",
+            "optimizer",
+            "quantizer update",
+        ];
+        for s in 0..args.steps {
+            let mut t = Instant::now();
+            let mut lap = |i: usize, t: &mut Instant| {
+                spent[i] += t.elapsed().as_secs_f64();
+                *t = Instant::now();
+            };
+            let batch = batcher.next_batch(train.images.view(), &train.labels);
+            let xs = images_to_tensor(&batch.images, device)?;
+            lap(0, &mut t);
+            let out = model.forward_t(&xs, true);
+            let _ = out.loss.double_value(&[]);
+            lap(1, &mut t);
+            adam.zero_grad();
+            out.loss.backward();
+            lap(2, &mut t);
+            adam.step(3e-4);
+            lap(3, &mut t);
+            model
+                .quantizer
+                .after_step(&out.quantized, (args.warmup + args.steps + s) as i64 + 1);
+            lap(4, &mut t);
+        }
+        let total: f64 = spent.iter().sum();
+        for (name, v) in names.iter().zip(spent) {
+            eprintln!(
+                "{name:<18} {:>8.2} ms/step {:>6.1}%",
+                v * 1e3 / args.steps as f64,
+                100.0 * v / total
+            );
+        }
+    }
     println!(
         "{{\"peer\":\"vqvae-rs\",\"compute\":\"{:?}\",\"device\":\"{device:?}\",\"threads\":{},\"batch_size\":{},\"steps\":{},\"seconds\":{seconds:.4},\"images_per_s\":{:.1},\"kind\":\"{:?}\"}}",
         args.compute,
