@@ -358,3 +358,43 @@ fn import_train_and_sample_on_an_image_folder() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("made by model"), "{}", stderr(&out));
 }
+
+#[test]
+fn an_output_folder_mirrors_sub_folders_and_never_writes_one_output_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let root = dir.join("in");
+    for sub in ["a", "b"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+        picture(32, 32, 1)
+            .save(root.join(sub).join("x.png"))
+            .unwrap();
+    }
+    // Same name, two formats, one folder: both would be `y.recon.png`.
+    picture(32, 32, 2).save(root.join("a/y.png")).unwrap();
+    picture(32, 32, 3).save(root.join("a/y.jpg")).unwrap();
+    let out = run("vq-cli", &["--json", "reconstruct", "in", "-o", "out"], dir);
+    assert!(!out.status.success(), "the clash must fail the command");
+    let err = stderr(&out);
+    assert!(
+        err.contains("y.png") && err.contains("already the output of") && err.contains("y.jpg"),
+        "{err}"
+    );
+    assert!(err.contains("1 of 4 inputs failed"), "{err}");
+    for written in [
+        "out/a/x.recon.png",
+        "out/b/x.recon.png",
+        "out/a/y.recon.png",
+    ] {
+        assert!(dir.join(written).is_file(), "{written} missing");
+    }
+    // The clash kept the first input's output: the JPEG's (sorted first).
+    let reports: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(reports.len(), 3);
+    assert!(reports
+        .iter()
+        .any(|r| r["input"].as_str().unwrap().ends_with("a/y.jpg")));
+}

@@ -139,24 +139,48 @@ fn each_input_batched<R: report::Report>(
         ProgressBar::hidden()
     };
     let mut failed = 0;
+    // Where each output goes; a second input with the same output is refused, never allowed to
+    // overwrite the first one's (`x.png` and `x.jpg` in one folder both make `x.recon.png`).
+    let mut claimed: std::collections::HashMap<PathBuf, &Path> = Default::default();
     for chunk in files.chunks(batch.max(1)) {
-        bar.set_message(chunk[0].display().to_string());
+        bar.set_message(chunk[0].path.display().to_string());
         let mut jobs = Vec::with_capacity(chunk.len());
         let mut refused: Vec<Option<anyhow::Error>> = Vec::with_capacity(chunk.len());
-        for input in chunk {
+        for file in chunk {
+            let input = file.path.as_path();
             let dest = if single_file_output {
                 output.expect("checked above").to_path_buf()
             } else {
-                crate::output_path(input, output, suffix)
+                crate::output_path(file, output, suffix)
             };
-            if crate::same_file(input, &dest) {
-                refused.push(Some(anyhow::anyhow!(
+            let refusal = if crate::same_file(input, &dest) {
+                Some(anyhow::anyhow!(
                     "{}: the output would overwrite the input; choose another -o",
                     input.display()
-                )));
+                ))
+            } else if let Some(first) = claimed.get(&dest) {
+                Some(anyhow::anyhow!(
+                    "{}: its output {} is already the output of {}; give them separate -o folders",
+                    input.display(),
+                    dest.display(),
+                    first.display()
+                ))
+            } else if let Err(e) = dest.parent().map_or(Ok(()), std::fs::create_dir_all) {
+                Some(anyhow::anyhow!(
+                    "{}: creating the folder of {}: {e}",
+                    input.display(),
+                    dest.display()
+                ))
             } else {
-                refused.push(None);
-                jobs.push(Job { input, dest });
+                None
+            };
+            match refusal {
+                Some(e) => refused.push(Some(e)),
+                None => {
+                    claimed.insert(dest.clone(), input);
+                    refused.push(None);
+                    jobs.push(Job { input, dest });
+                }
             }
         }
         let mut results = work(&jobs).into_iter();

@@ -162,10 +162,35 @@ pub fn check_code_file(
     Ok(())
 }
 
+/// An input file, and where under the folder it was found in it lies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    pub path: PathBuf,
+    /// Its folder relative to the folder argument that it was found under (`a/b` for
+    /// `DIR/a/b/x.png` from `DIR`); empty for a file given directly. An output folder mirrors
+    /// it, so that `DIR/a/x.png` and `DIR/b/x.png` do not write the same output.
+    pub sub: PathBuf,
+}
+
 /// Collects the images to process: files as given, folders searched recursively for image
 /// extensions (skipping this tool's own `.recon.png` outputs).
-pub fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<PathBuf>, InputError> {
-    collect(paths, true)
+pub fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<Input>, InputError> {
+    let mut out = Vec::new();
+    for path in paths {
+        let found = collect(std::slice::from_ref(path), true)?;
+        for file in found {
+            let sub = if path.is_dir() {
+                file.parent()
+                    .and_then(|p| p.strip_prefix(path).ok())
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default()
+            } else {
+                PathBuf::new()
+            };
+            out.push(Input { path: file, sub });
+        }
+    }
+    Ok(out)
 }
 
 /// Every image in the folders (recursively) and the files given, sorted by path within each
@@ -216,13 +241,14 @@ fn walk(dir: &Path, skip_outputs: bool, out: &mut Vec<PathBuf>) -> Result<(), In
     Ok(())
 }
 
-/// `dir/NAME.suffix` for input `NAME.ext` (beside the input when `dir` is `None`).
-pub fn output_path(input: &Path, dir: Option<&Path>, suffix: &str) -> PathBuf {
-    let stem = input.file_stem().unwrap_or_default().to_string_lossy();
+/// `dir/SUB/NAME.suffix` for input `NAME.ext` found in sub-folder `SUB` (beside the input
+/// when `dir` is `None`).
+pub fn output_path(input: &Input, dir: Option<&Path>, suffix: &str) -> PathBuf {
+    let stem = input.path.file_stem().unwrap_or_default().to_string_lossy();
     let name = format!("{stem}.{suffix}");
     match dir {
-        Some(d) => d.join(name),
-        None => input.with_file_name(name),
+        Some(d) => d.join(&input.sub).join(name),
+        None => input.path.with_file_name(name),
     }
 }
 

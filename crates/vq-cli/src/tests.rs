@@ -279,14 +279,53 @@ fn psnr_and_ssim_of_an_image_against_itself_and_a_noisy_copy() {
 
 #[test]
 fn outputs_go_beside_inputs_or_into_a_folder() {
-    let input = Path::new("photos/cat.jpg");
+    let input = Input {
+        path: PathBuf::from("photos/cat.jpg"),
+        sub: PathBuf::new(),
+    };
     assert_eq!(
-        output_path(input, None, "recon.png"),
+        output_path(&input, None, "recon.png"),
         Path::new("photos/cat.recon.png")
     );
     assert_eq!(
-        output_path(input, Some(Path::new("out")), "vqz"),
+        output_path(&input, Some(Path::new("out")), "vqz"),
         Path::new("out/cat.vqz")
+    );
+    // Found in a sub-folder of a folder argument: the output folder mirrors it.
+    let nested = Input {
+        path: PathBuf::from("photos/2024/cat.jpg"),
+        sub: PathBuf::from("2024"),
+    };
+    assert_eq!(
+        output_path(&nested, Some(Path::new("out")), "vqz"),
+        Path::new("out/2024/cat.vqz")
+    );
+    assert_eq!(
+        output_path(&nested, None, "vqz"),
+        Path::new("photos/2024/cat.vqz")
+    );
+}
+
+#[test]
+fn inputs_remember_their_sub_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("in");
+    std::fs::create_dir_all(root.join("a/b")).unwrap();
+    for f in ["x.png", "a/x.png", "a/b/y.png", "a/notes.txt"] {
+        std::fs::write(root.join(f), b"").unwrap();
+    }
+    let single = tmp.path().join("z.png");
+    std::fs::write(&single, b"").unwrap();
+    let inputs = collect_inputs(&[root.clone(), single.clone()]).unwrap();
+    let got: Vec<(PathBuf, PathBuf)> = inputs.into_iter().map(|i| (i.path, i.sub)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (root.join("a/b/y.png"), PathBuf::from("a/b")),
+            (root.join("a/x.png"), PathBuf::from("a")),
+            (root.join("x.png"), PathBuf::new()),
+            (single, PathBuf::new()),
+        ]
     );
 }
 
