@@ -302,7 +302,7 @@ pub fn open_prior_on(
     PriorCheckpoint::open_for(
         source,
         &ckpt.origin(),
-        &vq_store::hex(&ckpt.model_id),
+        &vq_store::hex(&ckpt.codes_id()),
         device,
     )
     .context("opening the prior (train one with `vq-train prior`)")

@@ -99,7 +99,8 @@ pub fn code_file(
         return Err(CodeFileMismatch::Depth(grid.depth));
     }
     Ok(CodeFile {
-        model_id: checkpoint.model_id,
+        // A fine-tuned decoder writes the files of the model whose codes it shares.
+        model_id: checkpoint.codes_id(),
         colour,
         downsample: checkpoint.config.downsample as u8,
         width,
@@ -137,12 +138,12 @@ pub fn check_code_file(
     file: &CodeFile,
     checkpoint: &Checkpoint,
 ) -> Result<(), CodeFileMismatch> {
-    if file.model_id != checkpoint.model_id {
+    if file.model_id != checkpoint.codes_id() {
         return Err(CodeFileMismatch::OtherModel {
             file: path.to_path_buf(),
             file_model: vq_store::hex(&file.model_id),
             checkpoint: checkpoint.origin(),
-            checkpoint_model: vq_store::hex(&checkpoint.model_id),
+            checkpoint_model: vq_store::hex(&checkpoint.codes_id()),
         });
     }
     // Same weights imply the same K and downsampling. A file may hold fewer levels than the

@@ -95,6 +95,17 @@ impl Checkpoint {
         })
     }
 
+    /// The id of the model whose codes this one reads and writes: its own, or for a fine-tuned
+    /// decoder the model it was tuned from (`config.codes_of`). `.vqz` files and priors match
+    /// against this.
+    pub fn codes_id(&self) -> [u8; 16] {
+        self.config
+            .codes_of
+            .as_deref()
+            .and_then(vq_store::parse_hex_id)
+            .unwrap_or(self.model_id)
+    }
+
     /// Where it came from, for messages.
     pub fn origin(&self) -> String {
         if self.bundled {

@@ -99,6 +99,11 @@ pub struct VqVaeConfig {
     pub input_range: PixelRange,
     /// Number type of the convolutions.
     pub compute: ComputeKind,
+    /// Set on a decoder fine-tuned for another model's codes (`vq-train decoder`): that model's
+    /// id (hex). Its encoder and codebook are that model's, so its `.vqz` files and priors are
+    /// this one's too. Absent: the codes are this model's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub codes_of: Option<String>,
 }
 
 impl Default for VqVaeConfig {
@@ -112,6 +117,7 @@ impl Default for VqVaeConfig {
             reconstruction_loss: ReconstructionLoss::default(),
             input_range: PixelRange::MinusHalfToHalf,
             compute: ComputeKind::Auto,
+            codes_of: None,
         }
     }
 }
@@ -136,6 +142,13 @@ impl ConfigFile for VqVaeConfig {
 impl VqVaeConfig {
     /// Checks the settings that would otherwise fail deep inside LibTorch.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(id) = &self.codes_of {
+            if vq_store::parse_hex_id(id).is_none() {
+                return Err(format!(
+                    "codes_of must be a model id of 32 hex digits, not {id:?}"
+                ));
+            }
+        }
         if ![2, 4].contains(&self.downsample) {
             return Err(format!(
                 "downsample must be 2 or 4, not {}",
@@ -252,6 +265,7 @@ impl From<LegacyVqVaeConfig> for VqVaeConfig {
             reconstruction_loss: c.reconstruction_loss,
             input_range: c.input_range,
             compute: c.compute,
+            codes_of: None,
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::config::ComputeKind;
 /// A convolution that computes in `kind` (f32 or bf16): in bf16 the f32 weights and the input
 /// are cast for the product, and gradients flow back through the casts to the f32 weights.
 #[derive(Debug)]
-struct Conv {
+pub(crate) struct Conv {
     conv: nn::Conv2D,
     stride: i64,
     padding: i64,
@@ -20,7 +20,7 @@ struct Conv {
 
 impl Conv {
     #[allow(clippy::too_many_arguments)]
-    fn new(
+    pub(crate) fn new(
         vs: nn::Path<'_>,
         i: i64,
         o: i64,
@@ -50,7 +50,7 @@ impl Conv {
         }
     }
 
-    fn parameters(&self) -> Vec<Tensor> {
+    pub(crate) fn parameters(&self) -> Vec<Tensor> {
         let mut p = vec![self.conv.ws.shallow_clone()];
         p.extend(self.conv.bs.as_ref().map(Tensor::shallow_clone));
         p
@@ -309,6 +309,17 @@ impl Decoder {
         p.extend(self.residual.parameters());
         p.extend(self.ups.iter().flat_map(Upsample::parameters));
         p
+    }
+
+    /// The weight of the last layer (the one that makes pixels): where VQGAN's adaptive
+    /// adversarial weight compares gradient norms.
+    pub fn last_weight(&self) -> Tensor {
+        self.ups
+            .last()
+            .expect("a decoder has an upsampling layer")
+            .conv
+            .ws
+            .shallow_clone()
     }
 }
 

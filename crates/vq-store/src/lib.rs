@@ -77,7 +77,19 @@ pub fn model_id(weights_file: &[u8]) -> [u8; 16] {
     id
 }
 
-/// Lower-case hex of `bytes`.
+/// A 16-byte model id from its 32 hex digits ([`hex`]'s inverse); `None` for anything else.
+pub fn parse_hex_id(text: &str) -> Option<[u8; 16]> {
+    if text.len() != 32 || !text.is_ascii() {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    for (i, byte) in id.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(id)
+}
+
+/// Lower-case hex of `bytes` (model ids in messages and files).
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -1,10 +1,12 @@
 //! Training for vqvae-rs: one generic loop ([`runner`]) over [`Task`]s — the VQ-VAE
-//! ([`VqVaeTask`]) and the code prior ([`PriorTask`]).
+//! ([`VqVaeTask`]), the code prior ([`PriorTask`]) and a decoder tuned adversarially for the
+//! same codes ([`DecoderTask`]).
 
 mod adam;
 mod average;
 pub mod config;
 mod curves;
+pub mod decoder;
 pub mod prior;
 pub mod runner;
 pub mod task;
@@ -14,6 +16,7 @@ pub use adam::Adam;
 pub use average::WeightAverage;
 pub use config::{DataConfig, RunConfig, Runtime, Schedule, TrainConfig};
 pub use curves::plot as plot_curves;
+pub use decoder::{DecoderEvaluation, DecoderTask, DecoderTrainConfig};
 pub use prior::{PriorEvaluation, PriorTask, PriorTrainConfig};
 pub use runner::{resume, train, RunState, RunSummary};
 pub use task::Task;

@@ -4,8 +4,10 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use vq_model::DeviceChoice;
 use vq_prior::PriorArch;
+use vq_train::decoder::PixelLoss;
 use vq_train::{
-    resume, train, PriorTask, PriorTrainConfig, RunConfig, RunSummary, Task, TrainConfig, VqVaeTask,
+    resume, train, DecoderTask, DecoderTrainConfig, PriorTask, PriorTrainConfig, RunConfig,
+    RunSummary, Task, TrainConfig, VqVaeTask,
 };
 
 /// Train a VQ-VAE. With no arguments: the default recipe on datasets/cifar-10-batches-bin, into
@@ -223,6 +225,10 @@ impl RunArgs {
 enum Sub {
     /// Train a code prior over a trained VQ-VAE's codes (encodes the dataset once, cached).
     Prior(Box<PriorArgs>),
+    /// Tune a trained VQ-VAE's decoder for sharper images (reconstruction + hinge GAN loss
+    /// from a patch discriminator). The encoder and codebook stay frozen: the result decodes
+    /// the same codes, .vqz files and priors.
+    Decoder(Box<DecoderArgs>),
     /// Draw (again) the curves of a run's metrics log, e.g. of a run made by an older version.
     Curves {
         /// A `metrics.jsonl`, or a run folder holding one.
@@ -246,6 +252,32 @@ enum Arch {
 enum Kind {
     Vqvae,
     Prior,
+    Decoder,
+}
+
+#[derive(clap::Args)]
+struct DecoderArgs {
+    /// The VQ-VAE: a run folder or checkpoint folder [default: the bundled model].
+    #[arg(long, conflicts_with = "resume")]
+    vqvae: Option<PathBuf>,
+    /// Weight of the adversarial term: a factor on VQGAN's adaptive weight, or with
+    /// --fixed-weight the weight itself.
+    #[arg(long, conflicts_with = "resume")]
+    adversarial_weight: Option<f64>,
+    /// A fixed adversarial weight instead of the adaptive one.
+    #[arg(long, conflicts_with = "resume")]
+    fixed_weight: bool,
+    /// Steps of reconstruction loss alone before the discriminator starts.
+    #[arg(long, conflicts_with = "resume")]
+    disc_start: Option<usize>,
+    /// The reconstruction term.
+    #[arg(long, value_enum, conflicts_with = "resume")]
+    reconstruction: Option<PixelLoss>,
+    /// End with the FID of the reconstructions of the test split (minutes on a CPU).
+    #[arg(long, conflicts_with = "resume")]
+    fid: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(clap::Args)]
@@ -286,6 +318,7 @@ fn main() {
 fn run(args: Args) -> Result<()> {
     match args.command {
         Some(Sub::Prior(prior)) => run_prior(*prior),
+        Some(Sub::Decoder(decoder)) => run_decoder(*decoder),
         Some(Sub::Curves {
             metrics,
             kind,
@@ -300,6 +333,7 @@ fn run(args: Args) -> Result<()> {
             let panels = match kind {
                 Kind::Vqvae => <VqVaeTask as Task>::panels(),
                 Kind::Prior => <PriorTask as Task>::panels(),
+                Kind::Decoder => <DecoderTask as Task>::panels(),
             };
             vq_train::plot_curves(&metrics, &panels, &output)?;
             println!("{}", output.display());
@@ -347,6 +381,44 @@ fn run_vqvae(args: Args) -> Result<()> {
         e.codebook_size,
         summary.best_score,
         summary.best_step
+    );
+    Ok(())
+}
+
+fn run_decoder(args: DecoderArgs) -> Result<()> {
+    let summary = match &args.run.resume {
+        Some(dir) => resume::<DecoderTask>(dir)?,
+        None => {
+            let mut config: DecoderTrainConfig = args.run.config()?;
+            if let Some(v) = args.vqvae {
+                config.vqvae = Some(v);
+            }
+            if let Some(v) = args.adversarial_weight {
+                config.adversarial_weight = v;
+            }
+            if args.fixed_weight {
+                config.adaptive_weight = false;
+            }
+            if let Some(v) = args.disc_start {
+                config.disc_start = v;
+            }
+            if let Some(v) = args.reconstruction {
+                config.reconstruction = v;
+            }
+            config.fid |= args.fid;
+            train::<DecoderTask>(config, &args.run.run_dir("decoder"))?
+        }
+    };
+    let e = &summary.final_eval.eval;
+    println!(
+        "{}: {} steps in {:.0} s ({:.0} images/s); test PSNR {:.2} dB, SSIM {:.4}, MSE {:.5}",
+        summary.run_dir.display(),
+        summary.steps,
+        summary.train_seconds,
+        summary.items_per_second,
+        e.psnr,
+        e.ssim,
+        e.mse,
     );
     Ok(())
 }

@@ -196,7 +196,7 @@ fn cached_codes(
 ) -> Result<CodeSet> {
     let path = run.codes().join(format!("{split}.safetensors"));
     let id_path = path.with_extension("model-id");
-    let id = vq_store::hex(&vqvae.model_id);
+    let id = vq_store::hex(&vqvae.codes_id());
     if path.is_file() && std::fs::read_to_string(&id_path).ok().as_deref() == Some(id.as_str()) {
         let tensors = vq_store::weights::load_tensors(&path)?;
         let get = |name: &str| {
@@ -324,7 +324,7 @@ impl Task for PriorTask {
         let prior_config = PriorConfig {
             arch: config.prior.clone(),
             provenance: Provenance {
-                vqvae_model_id: vq_store::hex(&vqvae.model_id),
+                vqvae_model_id: vq_store::hex(&vqvae.codes_id()),
                 codes: modelled_codes(&vqvae),
                 grid_side: vqvae.config.grid_side(data.side as i64),
                 image_side: data.side as i64,

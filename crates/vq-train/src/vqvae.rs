@@ -328,7 +328,12 @@ pub fn train_step(
 
 /// The first 32 test images, in rows of 8, each row followed by its reconstructions, enlarged
 /// to be seen.
-fn save_reconstructions(model: &VqVae, test: &Cifar10, device: Device, path: &Path) -> Result<()> {
+pub(crate) fn save_reconstructions(
+    model: &VqVae,
+    test: &Cifar10,
+    device: Device,
+    path: &Path,
+) -> Result<()> {
     let _guard = tch::no_grad_guard();
     let n = 32.min(test.len());
     let range = model.config.input_range;

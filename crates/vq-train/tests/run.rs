@@ -36,6 +36,7 @@ fn config(dir: &Path, data: &Path, steps: usize) -> PathBuf {
 enum Kind {
     VqVae,
     Prior,
+    Decoder,
 }
 
 /// A run of `kind` to start: its config file (schedule fields patched by the tests) and, for a
@@ -85,6 +86,37 @@ impl Setup {
                     vqvae: Some(vq),
                 }
             }
+            Kind::Decoder => {
+                let vq = dir.join("vq");
+                let short = config(dir, &data, 2);
+                succeed(&[
+                    "--config",
+                    short.to_str().unwrap(),
+                    "--run-dir",
+                    vq.to_str().unwrap(),
+                ]);
+                let config = dir.join(format!("decoder-{steps}.json"));
+                std::fs::write(
+                    &config,
+                    serde_json::json!({
+                        "format": 2,
+                        "vqvae": vq,
+                        "discriminator": {"channels": 4, "compute": "f32"},
+                        "data": {"path": data, "any_record_count": true},
+                        "schedule": {"steps": steps, "batch_size": 16, "lr": 1e-3,
+                                     "log_every": 2, "eval_every": 20, "checkpoint_every": 2},
+                        "runtime": {"threads": 1, "device": "cpu"},
+                        "disc_start": 3, "eval_images": 20
+                    })
+                    .to_string(),
+                )
+                .unwrap();
+                Setup {
+                    kind,
+                    config,
+                    vqvae: None,
+                }
+            }
         }
     }
 
@@ -93,6 +125,9 @@ impl Setup {
         let mut args: Vec<String> = Vec::new();
         if let Some(vq) = &self.vqvae {
             args.extend(["prior".into(), "--vqvae".into(), vq.display().to_string()]);
+        }
+        if self.kind == Kind::Decoder {
+            args.push("decoder".into());
         }
         args.extend([
             "--config".into(),
@@ -106,8 +141,10 @@ impl Setup {
     /// The arguments that resume the run in `run`.
     fn resume(&self, run: &Path) -> Vec<String> {
         let mut args: Vec<String> = Vec::new();
-        if self.kind == Kind::Prior {
-            args.push("prior".into());
+        match self.kind {
+            Kind::Prior => args.push("prior".into()),
+            Kind::Decoder => args.push("decoder".into()),
+            Kind::VqVae => {}
         }
         args.extend(["--resume".into(), run.display().to_string()]);
         args
@@ -154,11 +191,13 @@ fn succeed(args: &[&str]) {
 }
 
 /// The last checkpoint's weights: a VQ-VAE run's average (the model) followed by its trained
-/// weights, or a prior's weights.
+/// weights, a prior's weights, or a tuned decoder's model followed by its discriminator.
 fn final_weights(run: &Path) -> Vec<u8> {
     let mut bytes = std::fs::read(run.join("checkpoints/last/model.safetensors")).unwrap();
-    if let Ok(trained) = std::fs::read(run.join("checkpoints/last/training.safetensors")) {
-        bytes.extend(trained);
+    for beside in ["training.safetensors", "discriminator.safetensors"] {
+        if let Ok(more) = std::fs::read(run.join("checkpoints/last").join(beside)) {
+            bytes.extend(more);
+        }
     }
     bytes
 }
@@ -283,6 +322,11 @@ fn prior_sigkill_at_random_points_then_resume_gives_the_uninterrupted_weights() 
     sigkill_then_resume(Kind::Prior, 400);
 }
 
+#[test]
+fn decoder_sigkill_at_random_points_then_resume_gives_the_uninterrupted_weights() {
+    sigkill_then_resume(Kind::Decoder, 60);
+}
+
 fn sigkill_then_resume(kind: Kind, steps: usize) {
     use rand::{Rng, SeedableRng};
     let tmp = tempfile::tempdir().unwrap();
@@ -393,6 +437,11 @@ fn a_full_disk_stops_the_run_and_keeps_the_last_good_checkpoint() {
 #[test]
 fn a_full_disk_stops_a_prior_run_and_keeps_the_last_good_checkpoint() {
     full_disk(Kind::Prior);
+}
+
+#[test]
+fn a_full_disk_stops_a_decoder_run_and_keeps_the_last_good_checkpoint() {
+    full_disk(Kind::Decoder);
 }
 
 /// A script that starts the run of `setup` in the folder given as its `$1`.
@@ -574,4 +623,25 @@ fn missing_data_and_bad_config_are_clear_errors() {
     ]));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-run"));
+}
+
+/// A decoder run whose losses blow up stops with the step and the last good checkpoint named.
+#[test]
+fn a_nan_in_a_decoder_run_stops_it_naming_the_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let setup = Setup::new(Kind::Decoder, tmp.path(), 200);
+    setup.schedule("lr", serde_json::json!(1e30));
+    setup.schedule("warmup_steps", serde_json::json!(0));
+    setup.schedule("checkpoint_every", serde_json::json!(1));
+    let run = tmp.path().join("run");
+    let out = output(&mut vq_train(&strs(&setup.start(&run))));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the loss became NaN or infinite"), "{err}");
+    assert!(
+        err.contains("last good checkpoint: ") && err.contains("checkpoints/step-"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert_checkpoints_whole(&run, false);
 }

@@ -1,0 +1,179 @@
+//! A patch discriminator for adversarial decoder training (VQGAN's, Esser et al. 2021, after
+//! pix2pix's PatchGAN): strided 4×4 convolutions with leaky ReLUs, ending in one logit per patch.
+//! On a 32 × 32 image the default gives 6 × 6 overlapping patches of about 22 pixels.
+//!
+//! No normalisation layer, unlike taming-transformers' BatchNorm: batch statistics would mix
+//! the real and the generated halves of a step and behave differently in evaluation, and
+//! spectral normalisation would need a power iteration and its vectors in every checkpoint. The
+//! hinge loss bounds what the discriminator gains from growing its logits, which is what keeps
+//! it in check here (measured stable in docs/experiments.md).
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module};
+use tch::Tensor;
+
+use crate::config::ComputeKind;
+use crate::nets::Conv;
+
+/// The discriminator's shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscriminatorConfig {
+    pub in_channels: i64,
+    /// Channels of the first convolution, doubled by each stride-2 one after it.
+    pub channels: i64,
+    /// Stride-2 convolutions after the first (each halves the size).
+    pub layers: usize,
+    pub compute: ComputeKind,
+}
+
+impl Default for DiscriminatorConfig {
+    fn default() -> Self {
+        DiscriminatorConfig {
+            in_channels: 3,
+            channels: 64,
+            layers: 1,
+            compute: ComputeKind::Auto,
+        }
+    }
+}
+
+impl DiscriminatorConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.channels < 1 || self.layers > 4 || self.in_channels < 1 {
+            return Err(format!(
+                "discriminator: channels must be at least 1 and layers at most 4, not {} and {}",
+                self.channels, self.layers
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+pub struct PatchDiscriminator {
+    convs: Vec<Conv>,
+    to_logit: Conv,
+}
+
+/// max(x, 0.2 x): leaky ReLU with pix2pix's slope.
+fn leaky(x: Tensor) -> Tensor {
+    let scaled = &x * 0.2;
+    x.maximum(&scaled)
+}
+
+impl PatchDiscriminator {
+    pub fn new(vs: nn::Path<'_>, cfg: &DiscriminatorConfig) -> Self {
+        let kind = cfg.compute.kind(vs.device());
+        let mut convs = Vec::new();
+        let mut c = cfg.channels;
+        convs.push(Conv::new(
+            &vs / "conv0",
+            cfg.in_channels,
+            c,
+            4,
+            2,
+            1,
+            true,
+            kind,
+        ));
+        for i in 0..cfg.layers {
+            convs.push(Conv::new(
+                &vs / format!("conv{}", i + 1),
+                c,
+                c * 2,
+                4,
+                2,
+                1,
+                true,
+                kind,
+            ));
+            c *= 2;
+        }
+        // Then one stride-1 layer and the logits, as in PatchGAN.
+        let last = cfg.layers + 1;
+        convs.push(Conv::new(
+            &vs / format!("conv{last}"),
+            c,
+            c * 2,
+            4,
+            1,
+            1,
+            true,
+            kind,
+        ));
+        let to_logit = Conv::new(&vs / "to_logit", c * 2, 1, 4, 1, 1, true, kind);
+        PatchDiscriminator { convs, to_logit }
+    }
+
+    pub fn parameters(&self) -> Vec<Tensor> {
+        let mut p: Vec<Tensor> = self.convs.iter().flat_map(Conv::parameters).collect();
+        p.extend(self.to_logit.parameters());
+        p
+    }
+}
+
+impl Module for PatchDiscriminator {
+    /// `(B, C, H, W)` images in the model's input range → `(B, 1, h, w)` f32 logits, one per
+    /// patch (positive: real).
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let mut x = crate::nets::channels_last(xs);
+        for conv in &self.convs {
+            x = leaky(conv.forward(&x));
+        }
+        self.to_logit.forward(&x).to_kind(tch::Kind::Float)
+    }
+}
+
+/// The hinge loss of the discriminator: `mean(relu(1 − D(real))) + mean(relu(1 + D(fake)))`,
+/// halved as in taming-transformers.
+pub fn hinge_discriminator_loss(real_logits: &Tensor, fake_logits: &Tensor) -> Tensor {
+    let real = (real_logits.neg() + 1.0).relu().mean(tch::Kind::Float);
+    let fake = (fake_logits + 1.0).relu().mean(tch::Kind::Float);
+    (real + fake) * 0.5
+}
+
+/// The generator's side of the hinge GAN: `−mean(D(fake))`.
+pub fn generator_loss(fake_logits: &Tensor) -> Tensor {
+    -fake_logits.mean(tch::Kind::Float)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn patches_of_a_cifar_image_and_gradients_to_every_weight() {
+        let vs = nn::VarStore::new(crate::test_device());
+        let d = PatchDiscriminator::new(
+            vs.root(),
+            &DiscriminatorConfig {
+                channels: 8,
+                compute: ComputeKind::F32,
+                ..Default::default()
+            },
+        );
+        let x = Tensor::rand([2, 3, 32, 32], (Kind::Float, vs.device())) - 0.5;
+        let logits = d.forward(&x);
+        // 32 → 16 → 8 (stride 2), → 7 → 6 (stride 1, 4×4, padding 1).
+        assert_eq!(logits.size(), vec![2, 1, 6, 6]);
+        generator_loss(&logits).backward();
+        for p in d.parameters() {
+            let g = p.grad();
+            assert!(g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        }
+    }
+
+    #[test]
+    fn hinge_losses_are_zero_only_past_the_margins() {
+        let t = |v: &[f32]| Tensor::from_slice(v).to_device(Device::Cpu);
+        // Confident and right on both sides: nothing to learn.
+        let l = hinge_discriminator_loss(&t(&[1.5, 2.0]), &t(&[-1.0, -3.0]));
+        assert_eq!(l.double_value(&[]), 0.0);
+        // Inside the margins: (0.5 + 0) / 2 for the real half, (1.5 + 1) / 2 for the fake.
+        let l = hinge_discriminator_loss(&t(&[0.5, 1.0]), &t(&[0.5, 0.0]));
+        assert!((l.double_value(&[]) - 0.5 * (0.25 + 1.25)).abs() < 1e-6);
+        assert!((generator_loss(&t(&[1.0, 3.0])).double_value(&[]) + 2.0).abs() < 1e-6);
+    }
+}

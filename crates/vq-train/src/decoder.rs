@@ -1,0 +1,463 @@
+//! A sharper decoder for the same codes (`vq-train decoder`): the encoder and the codebook of a
+//! trained VQ-VAE stay frozen, so every code grid, `.vqz` file and prior of it stays valid, and
+//! only the decoder trains, on a reconstruction loss plus a hinge GAN loss from a patch
+//! discriminator (VQGAN's recipe without its perceptual loss, whose network cannot be installed
+//! here). The result is an ordinary VQ-VAE checkpoint whose config names the model whose codes it
+//! decodes (`"codes_of"`).
+//!
+//! Two optimizers: the decoder's (the run's `optimizer.safetensors`) and the discriminator's
+//! (`discriminator-optimizer.safetensors`), beside `discriminator.safetensors`. The
+//! discriminator trains on every step from `disc_start` on, so its step count follows from the
+//! decoder's and exact resume needs nothing more.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Reduction, Tensor};
+use vq_data::{gather, BatchIndices, Cifar10, Split};
+use vq_model::discriminator::{generator_loss, hinge_discriminator_loss};
+use vq_model::{
+    evaluate, images_to_tensor, Checkpoint, DiscriminatorConfig, Evaluation, PatchDiscriminator,
+    VqVae, VqVaeConfig,
+};
+use vq_store::names::{CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE};
+use vq_store::{ConfigFile, RunDir};
+
+use crate::adam::Adam;
+use crate::config::{run_config, DataConfig, Runtime, Schedule};
+use crate::runner::RunState;
+use crate::task::{Curve, Metric, Panel, StepReport, Task};
+use crate::vqvae::{load_split, save_reconstructions};
+
+pub const DISCRIMINATOR_FILE: &str = "discriminator.safetensors";
+pub const DISCRIMINATOR_OPTIMIZER_FILE: &str = "discriminator-optimizer.safetensors";
+
+/// What the reconstruction term measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+#[value(rename_all = "lowercase")]
+pub enum PixelLoss {
+    /// Mean squared error, what the VQ-VAE was trained on.
+    #[default]
+    Mse,
+    /// Mean absolute error, VQGAN's.
+    L1,
+}
+
+/// A decoder fine-tuning run's `config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DecoderTrainConfig {
+    /// The VQ-VAE whose decoder is tuned: a run or checkpoint folder (`None`: the bundled one).
+    pub vqvae: Option<PathBuf>,
+    pub data: DataConfig,
+    pub schedule: Schedule,
+    pub runtime: Runtime,
+    pub discriminator: DiscriminatorConfig,
+    pub reconstruction: PixelLoss,
+    /// Weight of the adversarial term: the whole weight (`adaptive_weight` false), or a factor
+    /// on VQGAN's adaptive weight, ‖∇ reconstruction‖ / ‖∇ adversarial‖ at the decoder's last
+    /// layer (taming-transformers uses 0.8).
+    pub adversarial_weight: f64,
+    pub adaptive_weight: bool,
+    /// Steps of reconstruction loss alone before the discriminator and the adversarial term
+    /// start.
+    pub disc_start: usize,
+    /// The discriminator's learning rate as a multiple of the decoder's.
+    pub disc_lr_factor: f64,
+    pub hflip: bool,
+    /// Test images of each evaluation but the last (which uses the whole test split).
+    pub eval_images: usize,
+    /// At the end, the FID of `fid_images` reconstructions of the test split against it.
+    pub fid: bool,
+    pub fid_images: usize,
+}
+
+impl Default for DecoderTrainConfig {
+    fn default() -> Self {
+        DecoderTrainConfig {
+            vqvae: None,
+            data: DataConfig::default(),
+            schedule: Schedule {
+                steps: 6000,
+                batch_size: 32,
+                lr: 1e-4,
+                warmup_steps: 100,
+                final_lr_fraction: 1.0,
+                seed: 0,
+                log_every: 50,
+                eval_every: 1000,
+                checkpoint_every: 500,
+            },
+            runtime: Runtime::default(),
+            discriminator: DiscriminatorConfig::default(),
+            reconstruction: PixelLoss::Mse,
+            adversarial_weight: 0.8,
+            adaptive_weight: true,
+            disc_start: 0,
+            disc_lr_factor: 1.0,
+            hflip: true,
+            eval_images: 2000,
+            fid: false,
+            fid_images: 5000,
+        }
+    }
+}
+
+run_config!(DecoderTrainConfig);
+
+impl ConfigFile for DecoderTrainConfig {
+    const WHAT: &'static str = "a decoder fine-tuning config";
+    const FORMAT: u64 = 2;
+
+    fn validate(&self) -> Result<(), String> {
+        self.discriminator.validate()?;
+        if !(self.adversarial_weight >= 0.0 && self.adversarial_weight.is_finite()) {
+            return Err(format!(
+                "adversarial_weight must be 0 or more, not {}",
+                self.adversarial_weight
+            ));
+        }
+        if !(self.disc_lr_factor > 0.0 && self.disc_lr_factor.is_finite()) {
+            return Err(format!(
+                "disc_lr_factor must be above 0, not {}",
+                self.disc_lr_factor
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An evaluation of a tuned decoder. Its `score` is the step: a sharp decoder is judged by its
+/// FID at the end, not by PSNR (which the adversarial term lowers on purpose), so `best` is the
+/// latest evaluation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DecoderEvaluation {
+    #[serde(flatten)]
+    pub eval: Evaluation,
+}
+
+impl crate::task::Evaluation for DecoderEvaluation {
+    fn score(&self) -> f64 {
+        self.eval.step as f64
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "test PSNR {:.2} dB, SSIM {:.4} ({} images)",
+            self.eval.psnr, self.eval.ssim, self.eval.images
+        )
+    }
+}
+
+/// A decoder being tuned.
+#[derive(Debug)]
+pub struct DecoderTask {
+    config: DecoderTrainConfig,
+    device: Device,
+    train: Cifar10,
+    test: Cifar10,
+    /// The VQ-VAE as opened for inference (f32): it makes the codes, and after
+    /// [`DecoderTask::sync`] it holds the tuned decoder for evaluations and checkpoints.
+    served: Checkpoint,
+    /// The config of the checkpoints this run writes: the source's, with `codes_of` set.
+    out_config: VqVaeConfig,
+    /// The whole model in the training number type; only `decoder.*` requires gradients.
+    vs: nn::VarStore,
+    model: VqVae,
+    adam: Adam,
+    disc_vs: nn::VarStore,
+    disc: PatchDiscriminator,
+    disc_adam: Adam,
+}
+
+impl DecoderTask {
+    /// Copies the trained decoder into the served model.
+    fn sync(&mut self) {
+        let _guard = tch::no_grad_guard();
+        let mut served = self.served.vs.variables();
+        for (name, t) in self.vs.variables() {
+            if name.starts_with("decoder.") {
+                if let Some(dst) = served.get_mut(&name) {
+                    dst.copy_(&t);
+                }
+            }
+        }
+    }
+
+    /// Discriminator updates applied after `steps` decoder updates.
+    fn disc_steps(&self, steps: i64) -> i64 {
+        (steps - self.config.disc_start as i64).max(0)
+    }
+
+    /// VQGAN's adaptive weight: ‖∇_W rec‖ / ‖∇_W adv‖ at the decoder's last weight W, clamped,
+    /// times `adversarial_weight`; a number, not part of the graph.
+    fn adaptive_weight(&self, rec: &Tensor, adv: &Tensor) -> f64 {
+        let last = self.model.decoder.last_weight();
+        let grad = |loss: &Tensor| {
+            Tensor::run_backward(&[loss], &[&last], true, false)
+                .pop()
+                .expect("one input, one gradient")
+                .norm()
+                .double_value(&[])
+        };
+        let (g_rec, g_adv) = (grad(rec), grad(adv));
+        (g_rec / (g_adv + 1e-4)).clamp(0.0, 1e4) * self.config.adversarial_weight
+    }
+}
+
+impl Task for DecoderTask {
+    type Config = DecoderTrainConfig;
+    type Eval = DecoderEvaluation;
+    const ITEMS: &'static str = "images";
+
+    fn build(
+        config: &DecoderTrainConfig,
+        _run: &RunDir,
+        device: Device,
+        _fresh: bool,
+    ) -> Result<Self> {
+        let served = match &config.vqvae {
+            Some(path) => Checkpoint::open(path, device)
+                .with_context(|| format!("opening the VQ-VAE {}", path.display()))?,
+            None => Checkpoint::bundled(device).context("opening the bundled VQ-VAE")?,
+        };
+        let train = load_split(&config.data, Split::Train)?;
+        let test = load_split(&config.data, Split::Test)?;
+        let mut out_config = served.config.clone();
+        out_config.codes_of = Some(vq_store::hex(&served.codes_id()));
+        let mut vs = nn::VarStore::new(device);
+        let model = VqVae::new(vs.root(), &served.config);
+        vs.copy(&served.vs)
+            .context("copying the VQ-VAE's weights into the model being tuned")?;
+        // Frozen: the encoder and the quantizer (the codes must not change).
+        for (name, t) in vs.variables() {
+            if !name.starts_with("decoder.") {
+                let _ = t.set_requires_grad(false);
+            }
+        }
+        let adam = Adam::new(&vs);
+        let disc_vs = nn::VarStore::new(device);
+        let disc = PatchDiscriminator::new(disc_vs.root(), &config.discriminator);
+        let disc_adam = Adam::new(&disc_vs);
+        tracing::info!(
+            "tuning the decoder of {} ({} train, {} test images); codes of model {}",
+            served.origin(),
+            train.len(),
+            test.len(),
+            out_config.codes_of.as_deref().unwrap_or("?")
+        );
+        Ok(DecoderTask {
+            config: config.clone(),
+            device,
+            train,
+            test,
+            served,
+            out_config,
+            vs,
+            model,
+            adam,
+            disc_vs,
+            disc,
+            disc_adam,
+        })
+    }
+
+    fn train_len(&self) -> usize {
+        self.train.len()
+    }
+
+    fn flips(&self) -> bool {
+        self.config.hflip
+    }
+
+    fn step(&mut self, step: usize, lr: f64, batch: &BatchIndices) -> Result<Option<StepReport>> {
+        let range = self.served.config.input_range;
+        let xs = images_to_tensor(&gather(self.train.images.view(), batch, range), self.device)?;
+        let quantized = {
+            let _guard = tch::no_grad_guard();
+            let codes = self.served.model.encode(&xs);
+            self.served.model.quantizer.embed(&codes)
+        };
+        let recon = self.model.decoder.forward(&quantized);
+        let rec = match self.config.reconstruction {
+            PixelLoss::Mse => recon.mse_loss(&xs, Reduction::Mean),
+            PixelLoss::L1 => (&recon - &xs).abs().mean(Kind::Float),
+        };
+        let adversarial = step >= self.config.disc_start && self.config.adversarial_weight > 0.0;
+        let mut metrics = Vec::new();
+        let (scale, _) = range.scale_offset();
+        let unit_mse = {
+            let _guard = tch::no_grad_guard();
+            (&recon - &xs).square().mean(Kind::Float).double_value(&[])
+                / (scale as f64 * 255.0).powi(2)
+        };
+        metrics.push(Metric::mean("mse", unit_mse));
+        let (loss, disc_loss) = if adversarial {
+            let fake_logits = self.disc.forward(&recon);
+            let adv = generator_loss(&fake_logits);
+            let weight = if self.config.adaptive_weight {
+                self.adaptive_weight(&rec, &adv)
+            } else {
+                self.config.adversarial_weight
+            };
+            let disc_loss = hinge_discriminator_loss(
+                &self.disc.forward(&xs),
+                &self.disc.forward(&recon.detach()),
+            );
+            metrics.push(Metric::mean("adversarial", adv.double_value(&[])));
+            metrics.push(Metric::mean("adversarial_weight", weight));
+            (&rec + adv * weight, Some(disc_loss))
+        } else {
+            (rec.shallow_clone(), None)
+        };
+        let loss_value = loss.double_value(&[]);
+        let disc_value = disc_loss.as_ref().map(|l| l.double_value(&[]));
+        // Nothing is updated unless both losses are finite.
+        if !loss_value.is_finite() || disc_value.is_some_and(|v| !v.is_finite()) {
+            return Ok(None);
+        }
+        self.adam.zero_grad();
+        loss.backward();
+        self.adam.step(lr);
+        if let (Some(disc_loss), Some(value)) = (disc_loss, disc_value) {
+            // Clears what the decoder's backward pass left in the discriminator's gradients.
+            self.disc_adam.zero_grad();
+            disc_loss.backward();
+            self.disc_adam.step(lr * self.config.disc_lr_factor);
+            metrics.push(Metric::mean("disc_loss", value));
+        }
+        Ok(Some(StepReport {
+            loss: loss_value,
+            metrics,
+        }))
+    }
+
+    fn finish_log_line(&self, line: &mut serde_json::Map<String, serde_json::Value>) {
+        let mse = line["mse"].as_f64().unwrap_or(f64::NAN);
+        line.insert("psnr".into(), (-10.0 * mse.max(1e-10).log10()).into());
+    }
+
+    fn progress_message(&self, line: &serde_json::Map<String, serde_json::Value>) -> String {
+        let get = |k: &str| line.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+        format!(
+            "loss {:.4} psnr {:.2} dB D {:.3} adv {:.3}",
+            get("loss"),
+            get("psnr"),
+            get("disc_loss"),
+            get("adversarial")
+        )
+    }
+
+    fn evaluate(
+        &mut self,
+        run: &RunDir,
+        step: usize,
+        last: bool,
+        elapsed_s: f64,
+    ) -> Result<DecoderEvaluation> {
+        self.sync();
+        let count = if last {
+            self.test.len()
+        } else {
+            self.config.eval_images.min(self.test.len())
+        };
+        let eval = evaluate(
+            &self.served.model,
+            &self.test,
+            count,
+            self.device,
+            step,
+            elapsed_s,
+        )?;
+        save_reconstructions(
+            &self.served.model,
+            &self.test,
+            self.device,
+            &run.picture(crate::vqvae::PICTURE, step),
+        )?;
+        Ok(DecoderEvaluation { eval })
+    }
+
+    fn save(&mut self, dir: &Path) -> Result<()> {
+        self.sync();
+        vq_store::weights::save(&self.served.vs, &dir.join(MODEL_FILE))?;
+        self.adam.save(&dir.join(OPTIMIZER_FILE))?;
+        vq_store::weights::save(&self.disc_vs, &dir.join(DISCRIMINATOR_FILE))?;
+        self.disc_adam
+            .save(&dir.join(DISCRIMINATOR_OPTIMIZER_FILE))?;
+        vq_store::write_config(&dir.join(CONFIG_FILE), &self.out_config)?;
+        Ok(())
+    }
+
+    fn optimizer_steps(&self) -> i64 {
+        self.adam.steps
+    }
+
+    fn load(&mut self, dir: &Path, state: &RunState) -> Result<()> {
+        vq_store::weights::load(&mut self.vs, &dir.join(MODEL_FILE))?;
+        vq_store::weights::load(&mut self.served.vs, &dir.join(MODEL_FILE))?;
+        vq_store::weights::load(&mut self.disc_vs, &dir.join(DISCRIMINATOR_FILE))?;
+        self.adam
+            .load(&dir.join(OPTIMIZER_FILE), state.adam_steps)?;
+        let disc_steps = self.disc_steps(state.adam_steps);
+        self.disc_adam
+            .load(&dir.join(DISCRIMINATOR_OPTIMIZER_FILE), disc_steps)?;
+        Ok(())
+    }
+
+    fn generation_figures(&mut self, _run: &RunDir) -> Result<Option<serde_json::Value>> {
+        if !self.config.fid {
+            return Ok(None);
+        }
+        self.sync();
+        let net = vq_fid::InceptionV3::load(&vq_fid::default_weights(), self.device)?;
+        let count = self.config.fid_images.min(self.test.len());
+        tracing::info!("FID of {count} reconstructions of the test split (minutes on a CPU)");
+        let reference =
+            vq_fid::split_stats(&net, &self.config.data.path, Split::Test, &mut |_, _| {})?;
+        let features = vq_fid::models::reconstruction_features(
+            &net,
+            &self.served.model,
+            &self.test,
+            vq_model::EvalScope {
+                count,
+                levels: None,
+            },
+            self.device,
+            &mut |_| {},
+        )?;
+        let ours = vq_fid::FeatureStats::from_features(&features)?;
+        let fid = vq_fid::frechet_distance(&ours, &reference)?;
+        let kid = vq_fid::kernel_inception_distance(&ours.sample, &reference.sample, 100, 1000, 0)?;
+        Ok(Some(serde_json::json!({
+            "rfid": fid, "rkid": kid, "images": ours.count,
+            "against": "the test split",
+        })))
+    }
+
+    fn panels() -> Vec<Panel> {
+        vec![
+            Panel {
+                title: "decoder loss",
+                log_y: true,
+                curves: vec![Curve::train("loss", "loss")],
+            },
+            Panel {
+                title: "PSNR (dB)",
+                log_y: false,
+                curves: vec![Curve::train("train", "psnr"), Curve::eval("test", "psnr")],
+            },
+            Panel {
+                title: "adversarial",
+                log_y: false,
+                curves: vec![
+                    Curve::train("discriminator hinge", "disc_loss"),
+                    Curve::train("decoder −D(fake)", "adversarial"),
+                ],
+            },
+        ]
+    }
+}
