@@ -514,7 +514,7 @@ fn fid_python(root: &Path) -> Result<PathBuf> {
 
 /// The first `images` test images of the dataset as PNG files `NNNNN.png` in `dir`; returns how
 /// many there were.
-fn export_test_images(data: &Path, images: usize, dir: &Path) -> Result<usize> {
+pub fn export_test_images(data: &Path, images: usize, dir: &Path) -> Result<usize> {
     let test = vq_data::load_split(data, vq_data::Split::Test, &Default::default())?;
     let images = images.min(test.len());
     for i in 0..images {

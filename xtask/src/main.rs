@@ -9,6 +9,7 @@ mod fuzz;
 mod gpu_bundle;
 mod import;
 mod libtorch;
+mod pictures;
 
 use std::path::PathBuf;
 
@@ -105,6 +106,19 @@ enum Command {
         seconds: u64,
         /// Targets to run [default: all of cifar_records, archive, vqz].
         targets: Vec<String>,
+    },
+    /// The first test images as the original, the PSNR-trained decoder's and a tuned decoder's
+    /// reconstructions (`vq-train decoder`), side by side and enlarged.
+    CompareDecoders {
+        /// The tuned decoder: a run or checkpoint folder.
+        sharp: PathBuf,
+        #[command(flatten)]
+        data: DownloadArgs,
+        #[arg(long, default_value_t = 16)]
+        images: usize,
+        /// The picture [default: SHARP/compare.png].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
     },
     /// Build the GPU check's bundle (target/gpu-bundle/bundle.tar.xz): vq-cli, vq-train, the
     /// device-taking test suites and the benchmarks, built against LibTorch 2.11 with CUDA, plus
@@ -386,6 +400,18 @@ fn real_main() -> Result<()> {
         } => {
             bundle::run(&root, &run_dir, true)?;
             bundle::set_sampling(&root, guidance, temperature)?;
+        }
+        Command::CompareDecoders {
+            sharp,
+            data,
+            images,
+            output,
+        } => {
+            libtorch::ensure(&root, libtorch::CudaChoice::Auto)?;
+            let dir = download(&root, &data)?;
+            let sharp = std::path::absolute(sharp)?;
+            let output = output.unwrap_or_else(|| sharp.join("compare.png"));
+            pictures::compare_decoders(&root, &dir, &sharp, images, &output)?;
         }
         Command::GpuBundle(args) => gpu_bundle::run(&root, &args)?,
         Command::Bench { which } => match which {
