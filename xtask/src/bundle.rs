@@ -1,8 +1,9 @@
-//! `cargo xtask bundle-model RUN_DIR` / `bundle-prior RUN_DIR`: copies a finished run's final
-//! checkpoint (weights, config, state), its full-test-split figures and its pictures into
-//! models/cifar10-default/ (the VQ-VAE `vq-cli` uses when no --checkpoint is given) or
-//! models/cifar10-prior/ (the prior `vq-cli sample` uses). The optimizer state stays behind.
-//! The binaries build these folders in, so rebuild them after bundling.
+//! `cargo xtask bundle-model RUN_DIR` / `bundle-prior RUN_DIR` / `bundle-sharp RUN_DIR`: copies a
+//! finished run's final checkpoint (weights, config, state), its full-test-split figures and its
+//! pictures into models/cifar10-default/ (the VQ-VAE `vq-cli` uses when no --checkpoint is
+//! given), models/cifar10-prior/ (the prior `vq-cli sample` uses) or models/cifar10-sharp/ (the
+//! bundled model with its decoder tuned by `vq-train decoder`). The optimizer state stays
+//! behind. The binaries build these folders in, so rebuild them after bundling.
 
 use std::path::Path;
 
@@ -15,10 +16,25 @@ use vq_store::RunDir;
 
 pub const MODEL_DIR: &str = "models/cifar10-default";
 pub const PRIOR_DIR: &str = "models/cifar10-prior";
+pub const SHARP_DIR: &str = "models/cifar10-sharp";
 
-/// Bundles the VQ-VAE run `run_dir` (or, with `prior`, the prior run) into the models folder.
-pub fn run(root: &Path, run_dir: &Path, prior: bool) -> Result<()> {
-    let bundle_dir = if prior { PRIOR_DIR } else { MODEL_DIR };
+/// What a run is bundled as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bundle {
+    Model,
+    Prior,
+    /// A `vq-train decoder` run for the bundled model's codes.
+    Sharp,
+}
+
+/// Bundles the run `run_dir` into its models folder.
+pub fn run(root: &Path, run_dir: &Path, kind: Bundle) -> Result<()> {
+    let prior = kind == Bundle::Prior;
+    let bundle_dir = match kind {
+        Bundle::Model => MODEL_DIR,
+        Bundle::Prior => PRIOR_DIR,
+        Bundle::Sharp => SHARP_DIR,
+    };
     let run = RunDir::new(run_dir);
     let summary: serde_json::Value =
         vq_store::read_json(&run.summary(), "a run summary").context("is the run finished?")?;
@@ -46,6 +62,24 @@ pub fn run(root: &Path, run_dir: &Path, prior: bool) -> Result<()> {
     };
     for name in [MODEL_FILE, CONFIG_FILE, STATE_FILE] {
         copy(&checkpoint.join(name), name)?;
+    }
+    if kind == Bundle::Sharp {
+        // It must decode the bundled model's codes, or it is not the bundled model's sharp twin.
+        let config: serde_json::Value =
+            vq_store::read_json(&checkpoint.join(CONFIG_FILE), "a VQ-VAE config")?;
+        let bundled = vq_store::model_id(&std::fs::read(root.join(MODEL_DIR).join(MODEL_FILE))?);
+        if config["codes_of"].as_str() != Some(vq_store::hex(&bundled).as_str()) {
+            bail!(
+                "{}: decodes the codes of {}, not of the bundled model {}",
+                checkpoint.display(),
+                config["codes_of"],
+                vq_store::hex(&bundled)
+            );
+        }
+        let compare = run_dir.join("compare.png");
+        if compare.is_file() {
+            copy(&compare, "compare.png")?;
+        }
     }
     vq_store::write_json(&staging.join(EVAL_FILE), eval)?;
     copy(&run.config(), "train-config.json")?;

@@ -68,6 +68,9 @@ enum Command {
     /// Copy a finished run's last checkpoint, figures and pictures into models/cifar10-default/,
     /// the model vq-cli uses by default.
     BundleModel { run_dir: PathBuf },
+    /// Copy a finished `vq-train decoder` run for the bundled model's codes into
+    /// models/cifar10-sharp/ (with `compare.png` from `cargo xtask compare-decoders`).
+    BundleSharp { run_dir: PathBuf },
     /// Copy a finished prior run (`vq-train prior`) into models/cifar10-prior/, the prior
     /// `vq-cli sample` uses by default.
     BundlePrior {
@@ -376,7 +379,8 @@ fn real_main() -> Result<()> {
             let dir = download(&root, &args.data)?;
             eval_gen(&root, &dir, &args)?;
         }
-        Command::BundleModel { run_dir } => bundle::run(&root, &run_dir, false)?,
+        Command::BundleModel { run_dir } => bundle::run(&root, &run_dir, bundle::Bundle::Model)?,
+        Command::BundleSharp { run_dir } => bundle::run(&root, &run_dir, bundle::Bundle::Sharp)?,
         Command::ImportImages {
             root: images,
             size,
@@ -398,7 +402,7 @@ fn real_main() -> Result<()> {
             guidance,
             temperature,
         } => {
-            bundle::run(&root, &run_dir, true)?;
+            bundle::run(&root, &run_dir, bundle::Bundle::Prior)?;
             bundle::set_sampling(&root, guidance, temperature)?;
         }
         Command::CompareDecoders {
