@@ -7,8 +7,8 @@
 //!
 //! Two optimizers: the decoder's (the run's `optimizer.safetensors`) and the discriminator's
 //! (`discriminator-optimizer.safetensors`), beside `discriminator.safetensors`. The
-//! discriminator trains on every step from `disc_start` on, so its step count follows from the
-//! decoder's and exact resume needs nothing more.
+//! discriminator trains on every step (while the adversarial weight is above 0), so its step
+//! count is the decoder's and exact resume needs nothing more.
 
 use std::path::{Path, PathBuf};
 
@@ -62,8 +62,9 @@ pub struct DecoderTrainConfig {
     /// layer (taming-transformers uses 0.8).
     pub adversarial_weight: f64,
     pub adaptive_weight: bool,
-    /// Steps of reconstruction loss alone before the discriminator and the adversarial term
-    /// start.
+    /// Steps in which the discriminator learns against the decoder as it is (which trains on
+    /// the reconstruction loss alone) before its verdict reaches the decoder: an untrained
+    /// discriminator's gradient is noise, and noise is what the decoder then learns to draw.
     pub disc_start: usize,
     /// The discriminator's learning rate as a multiple of the decoder's.
     pub disc_lr_factor: f64,
@@ -189,7 +190,11 @@ impl DecoderTask {
 
     /// Discriminator updates applied after `steps` decoder updates.
     fn disc_steps(&self, steps: i64) -> i64 {
-        (steps - self.config.disc_start as i64).max(0)
+        if self.config.adversarial_weight > 0.0 {
+            steps
+        } else {
+            0
+        }
     }
 
     /// VQGAN's adaptive weight: ‖∇_W rec‖ / ‖∇_W adv‖ at the decoder's last weight W, clamped,
@@ -286,7 +291,8 @@ impl Task for DecoderTask {
             PixelLoss::Mse => recon.mse_loss(&xs, Reduction::Mean),
             PixelLoss::L1 => (&recon - &xs).abs().mean(Kind::Float),
         };
-        let adversarial = step >= self.config.disc_start && self.config.adversarial_weight > 0.0;
+        let train_disc = self.config.adversarial_weight > 0.0;
+        let adversarial = train_disc && step >= self.config.disc_start;
         let mut metrics = Vec::new();
         let (scale, _) = range.scale_offset();
         let unit_mse = {
@@ -295,7 +301,13 @@ impl Task for DecoderTask {
                 / (scale as f64 * 255.0).powi(2)
         };
         metrics.push(Metric::mean("mse", unit_mse));
-        let (loss, disc_loss) = if adversarial {
+        let disc_loss = train_disc.then(|| {
+            hinge_discriminator_loss(
+                &self.disc.forward(&xs),
+                &self.disc.forward(&recon.detach()),
+            )
+        });
+        let loss = if adversarial {
             let fake_logits = self.disc.forward(&recon);
             let adv = generator_loss(&fake_logits);
             let weight = if self.config.adaptive_weight {
@@ -303,15 +315,11 @@ impl Task for DecoderTask {
             } else {
                 self.config.adversarial_weight
             };
-            let disc_loss = hinge_discriminator_loss(
-                &self.disc.forward(&xs),
-                &self.disc.forward(&recon.detach()),
-            );
             metrics.push(Metric::mean("adversarial", adv.double_value(&[])));
             metrics.push(Metric::mean("adversarial_weight", weight));
-            (&rec + adv * weight, Some(disc_loss))
+            &rec + adv * weight
         } else {
-            (rec.shallow_clone(), None)
+            rec.shallow_clone()
         };
         let loss_value = loss.double_value(&[]);
         let disc_value = disc_loss.as_ref().map(|l| l.double_value(&[]));
