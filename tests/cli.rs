@@ -211,7 +211,8 @@ fn folders_of_images_and_info() {
     let out = cli(&["-q", "reconstruct", "in", "-o", "out"], dir);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(dir.join("out/a.recon.png").is_file());
-    assert!(dir.join("out/b.recon.png").is_file());
+    // The output folder mirrors the sub-folder the input was found in.
+    assert!(dir.join("out/sub/b.recon.png").is_file());
 
     let out = cli(&["info", "--json"], dir);
     assert!(out.status.success(), "{}", stderr(&out));
