@@ -29,7 +29,7 @@ use crate::adam::Adam;
 use crate::config::{run_config, DataConfig, Runtime, Schedule};
 use crate::runner::RunState;
 use crate::task::{Curve, Metric, Panel, StepReport, Task};
-use crate::vqvae::{load_split, save_reconstructions};
+use crate::vqvae::{load_split, reconstruction_fid, save_reconstructions};
 
 pub const DISCRIMINATOR_FILE: &str = "discriminator.safetensors";
 pub const DISCRIMINATOR_OPTIMIZER_FILE: &str = "discriminator-optimizer.safetensors";
@@ -421,29 +421,15 @@ impl Task for DecoderTask {
             return Ok(None);
         }
         self.sync();
-        let net = vq_fid::InceptionV3::load(&vq_fid::default_weights(), self.device)?;
         let count = self.config.fid_images.min(self.test.len());
-        tracing::info!("FID of {count} reconstructions of the test split (minutes on a CPU)");
-        let reference =
-            vq_fid::split_stats(&net, &self.config.data.path, Split::Test, &mut |_, _| {})?;
-        let features = vq_fid::models::reconstruction_features(
-            &net,
+        reconstruction_fid(
             &self.served.model,
+            &self.config.data,
             &self.test,
-            vq_model::EvalScope {
-                count,
-                levels: None,
-            },
+            count,
             self.device,
-            &mut |_| {},
-        )?;
-        let ours = vq_fid::FeatureStats::from_features(&features)?;
-        let fid = vq_fid::frechet_distance(&ours, &reference)?;
-        let kid = vq_fid::kernel_inception_distance(&ours.sample, &reference.sample, 100, 1000, 0)?;
-        Ok(Some(serde_json::json!({
-            "rfid": fid, "rkid": kid, "images": ours.count,
-            "against": "the test split",
-        })))
+        )
+        .map(Some)
     }
 
     fn panels() -> Vec<Panel> {

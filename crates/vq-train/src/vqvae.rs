@@ -250,10 +250,6 @@ impl Task for VqVaeTask {
         if !self.config.fid {
             return Ok(None);
         }
-        let net = vq_fid::InceptionV3::load(&vq_fid::default_weights(), self.device)?;
-        tracing::info!("FID of the reconstructions of the test split (minutes on a CPU)");
-        let reference =
-            vq_fid::split_stats(&net, &self.config.data.path, Split::Test, &mut |_, _| {})?;
         let served = match &mut self.average {
             Some(avg) => {
                 avg.sync();
@@ -261,24 +257,8 @@ impl Task for VqVaeTask {
             }
             None => &self.model,
         };
-        let features = vq_fid::models::reconstruction_features(
-            &net,
-            served,
-            &self.test,
-            vq_model::EvalScope {
-                count: self.test.len(),
-                levels: None,
-            },
-            self.device,
-            &mut |_| {},
-        )?;
-        let ours = vq_fid::FeatureStats::from_features(&features)?;
-        let fid = vq_fid::frechet_distance(&ours, &reference)?;
-        let kid = vq_fid::kernel_inception_distance(&ours.sample, &reference.sample, 100, 1000, 0)?;
-        Ok(Some(serde_json::json!({
-            "rfid": fid, "rkid": kid, "images": ours.count,
-            "against": "the test split",
-        })))
+        let count = self.test.len();
+        reconstruction_fid(served, &self.config.data, &self.test, count, self.device).map(Some)
     }
 
     fn panels() -> Vec<Panel> {
@@ -324,6 +304,38 @@ pub fn train_step(
     adam.step(lr);
     let restarted = model.quantizer.after_step(&out.quantized, step as i64 + 1);
     Some((out, restarted))
+}
+
+/// The FID and KID of `model`'s reconstructions of the first `count` test images against the
+/// whole test split (its statistics cached beside the dataset), as `summary.json` records them.
+pub(crate) fn reconstruction_fid(
+    model: &VqVae,
+    data: &DataConfig,
+    test: &Cifar10,
+    count: usize,
+    device: Device,
+) -> Result<serde_json::Value> {
+    let net = vq_fid::InceptionV3::load(&vq_fid::default_weights(), device)?;
+    tracing::info!("FID of {count} reconstructions of the test split (minutes on a CPU)");
+    let reference = vq_fid::split_stats(&net, &data.path, Split::Test, &mut |_, _| {})?;
+    let features = vq_fid::models::reconstruction_features(
+        &net,
+        model,
+        test,
+        vq_model::EvalScope {
+            count,
+            levels: None,
+        },
+        device,
+        &mut |_| {},
+    )?;
+    let ours = vq_fid::FeatureStats::from_features(&features)?;
+    let fid = vq_fid::frechet_distance(&ours, &reference)?;
+    let kid = vq_fid::kernel_inception_distance(&ours.sample, &reference.sample, 100, 1000, 0)?;
+    Ok(serde_json::json!({
+        "rfid": fid, "rkid": kid, "images": ours.count,
+        "against": "the test split",
+    }))
 }
 
 /// The first 32 test images, in rows of 8, each row followed by its reconstructions, enlarged

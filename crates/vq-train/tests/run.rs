@@ -39,6 +39,19 @@ enum Kind {
     Decoder,
 }
 
+/// A two-step VQ-VAE run in `dir/vq`, for the runs that need one.
+fn tiny_vqvae(dir: &Path, data: &Path) -> PathBuf {
+    let vq = dir.join("vq");
+    let short = config(dir, data, 2);
+    succeed(&[
+        "--config",
+        short.to_str().unwrap(),
+        "--run-dir",
+        vq.to_str().unwrap(),
+    ]);
+    vq
+}
+
 /// A run of `kind` to start: its config file (schedule fields patched by the tests) and, for a
 /// prior, the tiny VQ-VAE run it models.
 struct Setup {
@@ -58,14 +71,7 @@ impl Setup {
                 vqvae: None,
             },
             Kind::Prior => {
-                let vq = dir.join("vq");
-                let short = config(dir, &data, 2);
-                succeed(&[
-                    "--config",
-                    short.to_str().unwrap(),
-                    "--run-dir",
-                    vq.to_str().unwrap(),
-                ]);
+                let vq = tiny_vqvae(dir, &data);
                 let config = dir.join(format!("prior-{steps}.json"));
                 std::fs::write(
                     &config,
@@ -87,14 +93,7 @@ impl Setup {
                 }
             }
             Kind::Decoder => {
-                let vq = dir.join("vq");
-                let short = config(dir, &data, 2);
-                succeed(&[
-                    "--config",
-                    short.to_str().unwrap(),
-                    "--run-dir",
-                    vq.to_str().unwrap(),
-                ]);
+                let vq = tiny_vqvae(dir, &data);
                 let config = dir.join(format!("decoder-{steps}.json"));
                 std::fs::write(
                     &config,
