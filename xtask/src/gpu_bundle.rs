@@ -198,18 +198,16 @@ fn ensure_libtorch(root: &Path) -> Result<PathBuf> {
     let dir = root.join(".libtorch/torch-2.11");
     let venv = dir.join("venv");
     let python = venv.join("bin/python");
+    // The same reading of a torch install as `cargo xtask setup`'s (libtorch.rs).
     let torch_dir = |venv: &Path| -> Option<PathBuf> {
-        let lib = venv.join("lib");
-        std::fs::read_dir(&lib).ok()?.flatten().find_map(|e| {
-            let t = e.path().join("site-packages/torch");
-            t.join("lib/libtorch_cuda.so").exists().then_some(t)
-        })
+        let t = crate::libtorch::find_site_packages(venv)
+            .ok()?
+            .join("torch");
+        t.join("lib/libtorch_cuda.so").exists().then_some(t)
     };
     if let Some(t) = torch_dir(&venv) {
-        let version = std::fs::read_to_string(t.join("version.py")).unwrap_or_default();
-        if version.contains(&format!("'{TORCH_VERSION}"))
-            || version.contains(&format!("\"{TORCH_VERSION}"))
-        {
+        let version = crate::libtorch::wheel_version(&t).unwrap_or_default();
+        if version.split('+').next() == Some(TORCH_VERSION) {
             return Ok(t);
         }
     }

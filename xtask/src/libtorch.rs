@@ -71,7 +71,7 @@ fn gpu_present() -> bool {
 
 /// Reads `torch/version.py` (importing torch would need the Python dependencies the lean
 /// install leaves out).
-fn wheel_version(torch_dir: &Path) -> Result<String> {
+pub(crate) fn wheel_version(torch_dir: &Path) -> Result<String> {
     let path = torch_dir.join("version.py");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -200,7 +200,7 @@ fn install(layout: &Layout, variant: Variant) -> Result<()> {
     Ok(())
 }
 
-fn find_site_packages(venv: &Path) -> Result<PathBuf> {
+pub(crate) fn find_site_packages(venv: &Path) -> Result<PathBuf> {
     let lib = venv.join("lib");
     for entry in std::fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))? {
         let candidate = entry?.path().join("site-packages");

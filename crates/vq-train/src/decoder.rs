@@ -298,11 +298,15 @@ impl Task for DecoderTask {
         let adversarial = train_disc && step >= self.config.disc_start;
         let mut metrics = Vec::new();
         let (scale, _) = range.scale_offset();
-        let unit_mse = {
-            let _guard = tch::no_grad_guard();
-            (&recon - &xs).square().mean(Kind::Float).double_value(&[])
-                / (scale as f64 * 255.0).powi(2)
+        let mse = match self.config.reconstruction {
+            // Already computed: the reconstruction term itself.
+            PixelLoss::Mse => rec.double_value(&[]),
+            PixelLoss::L1 => {
+                let _guard = tch::no_grad_guard();
+                (&recon - &xs).square().mean(Kind::Float).double_value(&[])
+            }
         };
+        let unit_mse = mse / (scale as f64 * 255.0).powi(2);
         metrics.push(Metric::mean("mse", unit_mse));
         let disc_loss = train_disc.then(|| {
             hinge_discriminator_loss(&self.disc.forward(&xs), &self.disc.forward(&recon.detach()))
