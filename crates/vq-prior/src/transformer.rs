@@ -293,7 +293,8 @@ impl CodePrior for TransformerPrior {
             .map(|_| {
                 let zeros = || {
                     // The weights' number type: f32, or bf16 where a caller converted them.
-                    Tensor::zeros(
+                    // Never read beyond the positions written so far: no need to clear it.
+                    Tensor::empty(
                         [rows, self.config.heads, length, head_dim],
                         (self.positions.kind(), device),
                     )
