@@ -113,16 +113,45 @@ impl PatchDiscriminator {
     }
 }
 
+impl PatchDiscriminator {
+    /// The logits and the activations of every hidden layer (after its leaky ReLU), for a
+    /// feature-matching loss.
+    pub fn forward_features(&self, xs: &Tensor) -> (Tensor, Vec<Tensor>) {
+        let mut x = crate::nets::channels_last(xs);
+        let mut features = Vec::with_capacity(self.convs.len());
+        for conv in &self.convs {
+            x = leaky(conv.forward(&x));
+            features.push(x.shallow_clone());
+        }
+        (
+            self.to_logit.forward(&x).to_kind(tch::Kind::Float),
+            features,
+        )
+    }
+}
+
 impl Module for PatchDiscriminator {
     /// `(B, C, H, W)` images in the model's input range → `(B, 1, h, w)` f32 logits, one per
     /// patch (positive: real).
     fn forward(&self, xs: &Tensor) -> Tensor {
-        let mut x = crate::nets::channels_last(xs);
-        for conv in &self.convs {
-            x = leaky(conv.forward(&x));
-        }
-        self.to_logit.forward(&x).to_kind(tch::Kind::Float)
+        self.forward_features(xs).0
     }
+}
+
+/// pix2pixHD's feature-matching loss: the mean absolute difference between the
+/// discriminator's activations on real images and on reconstructions of the same images, layer
+/// by layer, averaged over the layers. The real side is a fixed target (no gradient).
+pub fn feature_matching_loss(real: &[Tensor], fake: &[Tensor]) -> Tensor {
+    let losses: Vec<Tensor> = real
+        .iter()
+        .zip(fake)
+        .map(|(r, f)| {
+            (f.to_kind(tch::Kind::Float) - r.detach().to_kind(tch::Kind::Float))
+                .abs()
+                .mean(tch::Kind::Float)
+        })
+        .collect();
+    Tensor::stack(&losses, 0).mean(tch::Kind::Float)
 }
 
 /// The hinge loss of the discriminator: `mean(relu(1 − D(real))) + mean(relu(1 + D(fake)))`,
@@ -163,6 +192,31 @@ mod tests {
             let g = p.grad();
             assert!(g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0);
         }
+    }
+
+    #[test]
+    fn feature_matching_is_zero_on_the_same_images_and_reaches_only_the_fake_side() {
+        let vs = nn::VarStore::new(crate::test_device());
+        let d = PatchDiscriminator::new(
+            vs.root(),
+            &DiscriminatorConfig {
+                channels: 4,
+                compute: ComputeKind::F32,
+                ..Default::default()
+            },
+        );
+        let real = Tensor::rand([2, 3, 32, 32], (Kind::Float, vs.device())) - 0.5;
+        let (_, fr) = d.forward_features(&real);
+        assert_eq!(fr.len(), 3);
+        let (_, same) = d.forward_features(&real);
+        assert_eq!(feature_matching_loss(&fr, &same).double_value(&[]), 0.0);
+        let fake = (Tensor::rand([2, 3, 32, 32], (Kind::Float, vs.device())) - 0.5)
+            .set_requires_grad(true);
+        let (_, ff) = d.forward_features(&fake);
+        let loss = feature_matching_loss(&fr, &ff);
+        assert!(loss.double_value(&[]) > 0.0);
+        loss.backward();
+        assert!(fake.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
     }
 
     #[test]

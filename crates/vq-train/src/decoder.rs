@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Reduction, Tensor};
 use vq_data::{gather, BatchIndices, Cifar10, Split};
-use vq_model::discriminator::{generator_loss, hinge_discriminator_loss};
+use vq_model::discriminator::{feature_matching_loss, generator_loss, hinge_discriminator_loss};
 use vq_model::{
     evaluate, images_to_tensor, Checkpoint, DiscriminatorConfig, Evaluation, PatchDiscriminator,
     VqVae, VqVaeConfig,
@@ -68,6 +68,13 @@ pub struct DecoderTrainConfig {
     pub disc_start: usize,
     /// The discriminator's learning rate as a multiple of the decoder's.
     pub disc_lr_factor: f64,
+    /// Weight of pix2pixHD's feature-matching term (the mean absolute difference between the
+    /// discriminator's hidden activations on the real images and on their reconstructions),
+    /// from `disc_start` on: a perceptual-like loss learned on the data, which the missing
+    /// LPIPS network would otherwise give. 0: none.
+    pub feature_matching: f64,
+    /// Adam's (β1, β2) of both optimizers (VQGAN uses (0.5, 0.9)).
+    pub betas: [f64; 2],
     pub hflip: bool,
     /// Test images of each evaluation but the last (which uses the whole test split).
     pub eval_images: usize,
@@ -102,6 +109,8 @@ impl Default for DecoderTrainConfig {
             adaptive_weight: true,
             disc_start: 1000,
             disc_lr_factor: 1.0,
+            feature_matching: 0.0,
+            betas: [0.9, 0.999],
             hflip: true,
             eval_images: 2000,
             fid: false,
@@ -123,6 +132,15 @@ impl ConfigFile for DecoderTrainConfig {
                 "adversarial_weight must be 0 or more, not {}",
                 self.adversarial_weight
             ));
+        }
+        if !(self.feature_matching >= 0.0 && self.feature_matching.is_finite()) {
+            return Err(format!(
+                "feature_matching must be 0 or more, not {}",
+                self.feature_matching
+            ));
+        }
+        if !self.betas.iter().all(|b| (0.0..1.0).contains(b)) {
+            return Err(format!("betas must be in [0, 1), not {:?}", self.betas));
         }
         if !(self.disc_lr_factor > 0.0 && self.disc_lr_factor.is_finite()) {
             return Err(format!(
@@ -246,10 +264,13 @@ impl Task for DecoderTask {
                 let _ = t.set_requires_grad(false);
             }
         }
-        let adam = Adam::new(&vs);
+        let mut adam = Adam::new(&vs);
         let disc_vs = nn::VarStore::new(device);
         let disc = PatchDiscriminator::new(disc_vs.root(), &config.discriminator);
-        let disc_adam = Adam::new(&disc_vs);
+        let mut disc_adam = Adam::new(&disc_vs);
+        for a in [&mut adam, &mut disc_adam] {
+            (a.beta1, a.beta2) = (config.betas[0], config.betas[1]);
+        }
         tracing::info!(
             "tuning the decoder of {} ({} train, {} test images); codes of model {}",
             served.origin(),
@@ -308,11 +329,17 @@ impl Task for DecoderTask {
         };
         let unit_mse = mse / (scale as f64 * 255.0).powi(2);
         metrics.push(Metric::mean("mse", unit_mse));
-        let disc_loss = train_disc.then(|| {
-            hinge_discriminator_loss(&self.disc.forward(&xs), &self.disc.forward(&recon.detach()))
-        });
+        let (real_logits, real_features) = if train_disc {
+            let (logits, features) = self.disc.forward_features(&xs);
+            (Some(logits), features)
+        } else {
+            (None, Vec::new())
+        };
+        let disc_loss = real_logits
+            .as_ref()
+            .map(|real| hinge_discriminator_loss(real, &self.disc.forward(&recon.detach())));
         let loss = if adversarial {
-            let fake_logits = self.disc.forward(&recon);
+            let (fake_logits, fake_features) = self.disc.forward_features(&recon);
             let adv = generator_loss(&fake_logits);
             let weight = if self.config.adaptive_weight {
                 self.adaptive_weight(&rec, &adv)
@@ -321,7 +348,13 @@ impl Task for DecoderTask {
             };
             metrics.push(Metric::mean("adversarial", adv.double_value(&[])));
             metrics.push(Metric::mean("adversarial_weight", weight));
-            &rec + adv * weight
+            let mut loss = &rec + adv * weight;
+            if self.config.feature_matching > 0.0 {
+                let fm = feature_matching_loss(&real_features, &fake_features);
+                metrics.push(Metric::mean("feature_matching", fm.double_value(&[])));
+                loss += fm * self.config.feature_matching;
+            }
+            loss
         } else {
             rec.shallow_clone()
         };

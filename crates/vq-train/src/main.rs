@@ -270,6 +270,10 @@ struct DecoderArgs {
     /// Steps of reconstruction loss alone before the discriminator starts.
     #[arg(long, conflicts_with = "resume")]
     disc_start: Option<usize>,
+    /// Weight of the feature-matching term (the discriminator's hidden activations on real
+    /// images against those on their reconstructions).
+    #[arg(long, conflicts_with = "resume")]
+    feature_matching: Option<f64>,
     /// The reconstruction term.
     #[arg(long, value_enum, conflicts_with = "resume")]
     reconstruction: Option<PixelLoss>,
@@ -401,6 +405,9 @@ fn run_decoder(args: DecoderArgs) -> Result<()> {
             }
             if let Some(v) = args.disc_start {
                 config.disc_start = v;
+            }
+            if let Some(v) = args.feature_matching {
+                config.feature_matching = v;
             }
             if let Some(v) = args.reconstruction {
                 config.reconstruction = v;
