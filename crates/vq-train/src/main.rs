@@ -295,6 +295,9 @@ struct PriorArgs {
     /// Decoupled weight decay (AdamW) of the matrices and embeddings.
     #[arg(long, conflicts_with = "resume")]
     weight_decay: Option<f64>,
+    /// Also train on the codes of the mirrored training images (half the grids mirrored).
+    #[arg(long, conflicts_with = "resume")]
+    hflip: bool,
     /// End with the FID of N class-balanced samples against the training split (minutes on a
     /// CPU).
     #[arg(long, value_name = "N", conflicts_with = "resume")]
@@ -437,6 +440,9 @@ fn run_prior(args: PriorArgs) -> Result<()> {
             let mut config: PriorTrainConfig = args.run.config()?;
             if let Some(v) = args.vqvae {
                 config.vqvae = Some(v);
+            }
+            if args.hflip {
+                config.hflip = true;
             }
             if let Some(v) = args.weight_decay {
                 config.weight_decay = v;

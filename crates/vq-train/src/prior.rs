@@ -31,6 +31,9 @@ pub struct PriorTrainConfig {
     pub prior: PriorArch,
     /// Conditioned on the dataset's classes.
     pub conditional: bool,
+    /// Trains on the codes of the training images and of their mirror images (each grid is
+    /// taken mirrored with probability 1/2), which doubles the grids it sees.
+    pub hflip: bool,
     /// Decoupled weight decay of the matrices and embeddings (AdamW); 0: plain Adam.
     pub weight_decay: f64,
     /// At the end, the FID (and KID) of this many class-balanced samples against the training
@@ -49,6 +52,7 @@ impl Default for PriorTrainConfig {
         PriorTrainConfig {
             prior: PriorArch::default(),
             conditional: true,
+            hflip: false,
             weight_decay: 0.0,
             fid_samples: 0,
             vqvae: None,
@@ -153,9 +157,14 @@ impl CodeSet {
     }
 }
 
-/// Encodes `images` with the VQ-VAE in chunks (no flips); the codes of its first level (its
-/// only level, but for a residual quantizer: see [`modelled_codes`]).
-pub fn encode_split(vqvae: &Checkpoint, images: &Cifar10, device: Device) -> Result<CodeSet> {
+/// Encodes `images` (mirrored left-right when `mirrored`) with the VQ-VAE in chunks; the codes
+/// of its first level (its only level, but for a residual quantizer: see [`modelled_codes`]).
+pub fn encode_split(
+    vqvae: &Checkpoint,
+    images: &Cifar10,
+    mirrored: bool,
+    device: Device,
+) -> Result<CodeSet> {
     let _guard = tch::no_grad_guard();
     let range = vqvae.config.input_range;
     let mut parts = Vec::new();
@@ -163,7 +172,7 @@ pub fn encode_split(vqvae: &Checkpoint, images: &Cifar10, device: Device) -> Res
         let end = (start + 500).min(images.len());
         let batch = BatchIndices {
             indices: (start..end).collect(),
-            flips: vec![false; end - start],
+            flips: vec![mirrored; end - start],
         };
         let xs = images_to_tensor(&gather(images.images.view(), &batch, range), device)?;
         parts.push(vqvae.model.encode(&xs).select(1, 0).to_device(Device::Cpu));
@@ -186,15 +195,22 @@ pub fn modelled_codes(vqvae: &Checkpoint) -> vq_model::CodeSpace {
     }
 }
 
-/// The split's codes from the run's cache, or encoded now and cached (written atomically).
+/// The split's codes (of its mirrored images when `mirrored`) from the run's cache, or encoded
+/// now and cached (written atomically).
 fn cached_codes(
     run: &RunDir,
     split: Split,
+    mirrored: bool,
     vqvae: &Checkpoint,
     data: &DataConfig,
     device: Device,
 ) -> Result<CodeSet> {
-    let path = run.codes().join(format!("{split}.safetensors"));
+    let name = if mirrored {
+        format!("{split}-mirrored")
+    } else {
+        split.to_string()
+    };
+    let path = run.codes().join(format!("{name}.safetensors"));
     let id_path = path.with_extension("model-id");
     let id = vq_store::hex(&vqvae.codes_id());
     if path.is_file() && std::fs::read_to_string(&id_path).ok().as_deref() == Some(id.as_str()) {
@@ -205,7 +221,7 @@ fn cached_codes(
                 .map(|t| t.to_kind(Kind::Int64))
                 .with_context(|| format!("{}: no {name} tensor", path.display()))
         };
-        tracing::info!("{split} codes from the cache {}", path.display());
+        tracing::info!("{name} codes from the cache {}", path.display());
         return Ok(CodeSet {
             codes: get("codes")?,
             labels: get("labels")?,
@@ -213,9 +229,9 @@ fn cached_codes(
     }
     let images = crate::vqvae::load_split(data, split)?;
     let started = Instant::now();
-    let set = encode_split(vqvae, &images, device)?;
+    let set = encode_split(vqvae, &images, mirrored, device)?;
     tracing::info!(
-        "encoded {} {split} images in {:.1} s",
+        "encoded {} {name} images in {:.1} s",
         set.len(),
         started.elapsed().as_secs_f64()
     );
@@ -291,6 +307,8 @@ pub struct PriorTask {
     unigram: f64,
     device: Device,
     train: CodeSet,
+    /// The codes of the mirrored training images, when the run flips.
+    train_mirrored: Option<CodeSet>,
     test: CodeSet,
     config: PriorConfig,
     vs: nn::VarStore,
@@ -335,8 +353,12 @@ impl Task for PriorTask {
         };
         ConfigFile::validate(&prior_config)
             .map_err(|e| anyhow::anyhow!("the prior for {}: {e}", vqvae.origin()))?;
-        let train = cached_codes(run, Split::Train, &vqvae, &config.data, device)?;
-        let test = cached_codes(run, Split::Test, &vqvae, &config.data, device)?;
+        let train = cached_codes(run, Split::Train, false, &vqvae, &config.data, device)?;
+        let train_mirrored = config
+            .hflip
+            .then(|| cached_codes(run, Split::Train, true, &vqvae, &config.data, device))
+            .transpose()?;
+        let test = cached_codes(run, Split::Test, false, &vqvae, &config.data, device)?;
         let vqvae = (config.fid_samples > 0).then_some(vqvae);
         let unigram =
             unigram_bits_per_code(&train, &test, prior_config.provenance.codes.vocabulary);
@@ -351,6 +373,7 @@ impl Task for PriorTask {
             unigram,
             device,
             train,
+            train_mirrored,
             test,
             config: prior_config,
             vs,
@@ -363,14 +386,23 @@ impl Task for PriorTask {
         self.train.len()
     }
 
+    fn flips(&self) -> bool {
+        self.train_mirrored.is_some()
+    }
+
     fn step(&mut self, _step: usize, lr: f64, batch: &BatchIndices) -> Result<Option<StepReport>> {
         let indices: Vec<i64> = batch.indices.iter().map(|&i| i as i64).collect();
         let idx = Tensor::from_slice(&indices);
-        let codes = self
-            .train
-            .codes
-            .index_select(0, &idx)
-            .to_device(self.device);
+        let mut codes = self.train.codes.index_select(0, &idx);
+        if let Some(mirrored) = &self.train_mirrored {
+            let flips: Vec<bool> = batch.flips.clone();
+            let flipped = Tensor::from_slice(&flips).view([-1, 1, 1]);
+            codes = mirrored
+                .codes
+                .index_select(0, &idx)
+                .where_self(&flipped, &codes);
+        }
+        let codes = codes.to_device(self.device);
         let labels = self
             .train
             .labels
@@ -511,6 +543,26 @@ mod tests {
         assert!((bits - 1.5).abs() < 1e-12, "{bits}");
         // A code never seen in training costs 3 bits, not infinity.
         assert!((unigram_bits_per_code(&train, &set(&[3]), 4) - 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn mirrored_codes_are_the_codes_of_the_mirror_images() {
+        let vqvae = Checkpoint::bundled(Device::Cpu).unwrap();
+        let images = ndarray::Array4::from_shape_fn((3, 3, 32, 32), |(n, c, y, x)| {
+            ((n * 37 + c * 91 + y * 7 + x * x * 3) % 251) as u8
+        });
+        let mirror = images.slice(ndarray::s![.., .., .., ..;-1]).to_owned();
+        let set = |images| Cifar10 {
+            images,
+            labels: ndarray::Array1::from(vec![0u8, 1, 2]),
+            class_names: Vec::new(),
+        };
+        let flipped = encode_split(&vqvae, &set(images.clone()), true, Device::Cpu).unwrap();
+        let of_mirror = encode_split(&vqvae, &set(mirror), false, Device::Cpu).unwrap();
+        let plain = encode_split(&vqvae, &set(images), false, Device::Cpu).unwrap();
+        assert_eq!(flipped.codes, of_mirror.codes);
+        assert_ne!(flipped.codes, plain.codes);
+        assert_eq!(flipped.codes.size(), vec![3, 8, 8]);
     }
 
     #[test]

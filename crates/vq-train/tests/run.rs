@@ -78,6 +78,8 @@ impl Setup {
                     serde_json::json!({
                         "format": 2,
                         "prior": {"kind": "pixelcnn", "channels": 8, "layers": 2},
+                        // Mirrored grids too, so that exact resume covers their draws.
+                        "hflip": true,
                         "data": {"path": data, "any_record_count": true},
                         "schedule": {"steps": steps, "batch_size": 16, "log_every": 2,
                                      "eval_every": 20, "checkpoint_every": 2},
