@@ -7,6 +7,7 @@ mod config;
 pub mod cuda;
 pub mod discriminator;
 mod eval;
+pub mod frequency;
 mod metrics;
 mod model;
 mod nets;
@@ -18,6 +19,7 @@ pub use checkpoint::Checkpoint;
 pub use config::{native_bf16, ComputeKind, ReconstructionLoss, VqVaeConfig};
 pub use discriminator::{DiscriminatorConfig, PatchDiscriminator};
 pub use eval::{evaluate, evaluate_with_progress, to_bytes, to_unit, EvalScope, Evaluation};
+pub use frequency::focal_frequency_loss;
 pub use metrics::{quality, ssim_per_image, QualitySums};
 pub use model::{reconstruction_objective, VqVae, VqVaeOutput};
 pub use nets::{

@@ -19,8 +19,8 @@ use tch::{Device, Kind, Reduction, Tensor};
 use vq_data::{gather, BatchIndices, Cifar10, Split};
 use vq_model::discriminator::{feature_matching_loss, generator_loss, hinge_discriminator_loss};
 use vq_model::{
-    evaluate, images_to_tensor, Checkpoint, DiscriminatorConfig, Evaluation, PatchDiscriminator,
-    VqVae, VqVaeConfig,
+    evaluate, focal_frequency_loss, images_to_tensor, Checkpoint, DiscriminatorConfig, Evaluation,
+    PatchDiscriminator, VqVae, VqVaeConfig,
 };
 use vq_store::names::{CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE};
 use vq_store::{ConfigFile, RunDir};
@@ -73,6 +73,11 @@ pub struct DecoderTrainConfig {
     /// from `disc_start` on: a perceptual-like loss learned on the data, which the missing
     /// LPIPS network would otherwise give. 0: none.
     pub feature_matching: f64,
+    /// Weight of the focal frequency loss ([`vq_model::focal_frequency_loss`]) added to the
+    /// reconstruction term, from step 0. 0: none.
+    pub frequency_weight: f64,
+    /// Its focusing exponent (the paper's 1).
+    pub frequency_alpha: f64,
     /// Adam's (β1, β2) of both optimizers (VQGAN uses (0.5, 0.9)).
     pub betas: [f64; 2],
     pub hflip: bool,
@@ -110,6 +115,8 @@ impl Default for DecoderTrainConfig {
             disc_start: 1000,
             disc_lr_factor: 1.0,
             feature_matching: 0.0,
+            frequency_weight: 0.0,
+            frequency_alpha: 1.0,
             betas: [0.9, 0.999],
             hflip: true,
             eval_images: 2000,
@@ -138,6 +145,14 @@ impl ConfigFile for DecoderTrainConfig {
                 "feature_matching must be 0 or more, not {}",
                 self.feature_matching
             ));
+        }
+        for (name, v) in [
+            ("frequency_weight", self.frequency_weight),
+            ("frequency_alpha", self.frequency_alpha),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(format!("{name} must be 0 or more, not {v}"));
+            }
         }
         if !self.betas.iter().all(|b| (0.0..1.0).contains(b)) {
             return Err(format!("betas must be in [0, 1), not {:?}", self.betas));
@@ -311,7 +326,7 @@ impl Task for DecoderTask {
             self.served.model.quantizer.embed(&codes)
         };
         let recon = self.model.decoder.forward(&quantized);
-        let rec = match self.config.reconstruction {
+        let pixel = match self.config.reconstruction {
             PixelLoss::Mse => recon.mse_loss(&xs, Reduction::Mean),
             PixelLoss::L1 => (&recon - &xs).abs().mean(Kind::Float),
         };
@@ -320,12 +335,19 @@ impl Task for DecoderTask {
         let mut metrics = Vec::new();
         let (scale, _) = range.scale_offset();
         let mse = match self.config.reconstruction {
-            // Already computed: the reconstruction term itself.
-            PixelLoss::Mse => rec.double_value(&[]),
+            // Already computed: the pixel term itself.
+            PixelLoss::Mse => pixel.double_value(&[]),
             PixelLoss::L1 => {
                 let _guard = tch::no_grad_guard();
                 (&recon - &xs).square().mean(Kind::Float).double_value(&[])
             }
+        };
+        let rec = if self.config.frequency_weight > 0.0 {
+            let focal = focal_frequency_loss(&recon, &xs, self.config.frequency_alpha);
+            metrics.push(Metric::mean("frequency", focal.double_value(&[])));
+            pixel + focal * self.config.frequency_weight
+        } else {
+            pixel
         };
         let unit_mse = mse / (scale as f64 * 255.0).powi(2);
         metrics.push(Metric::mean("mse", unit_mse));

@@ -274,6 +274,10 @@ struct DecoderArgs {
     /// images against those on their reconstructions).
     #[arg(long, conflicts_with = "resume")]
     feature_matching: Option<f64>,
+    /// Weight of the focal frequency loss added to the reconstruction term (the spectra's
+    /// squared error, each frequency weighted by how wrong it is).
+    #[arg(long, conflicts_with = "resume")]
+    frequency_weight: Option<f64>,
     /// The reconstruction term.
     #[arg(long, value_enum, conflicts_with = "resume")]
     reconstruction: Option<PixelLoss>,
@@ -411,6 +415,9 @@ fn run_decoder(args: DecoderArgs) -> Result<()> {
             }
             if let Some(v) = args.feature_matching {
                 config.feature_matching = v;
+            }
+            if let Some(v) = args.frequency_weight {
+                config.frequency_weight = v;
             }
             if let Some(v) = args.reconstruction {
                 config.reconstruction = v;
