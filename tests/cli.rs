@@ -288,6 +288,66 @@ fn sample_with_the_bundled_prior_is_reproducible_and_checks_its_arguments() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(image::open(dir.join("c.png")).unwrap().to_rgb8() != a);
 
+    // The tuned decoder draws the samples by default; --decoder plain gives the same codes to
+    // the bundled model's own decoder: other pixels, the same picture in outline.
+    let out = cli(
+        &["--json", "sample", "-n", "10", "--seed", "5", "-o", "t.png"],
+        dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert!(
+        report["decoder"]
+            .as_str()
+            .unwrap()
+            .contains("cifar10-sharp"),
+        "{report}"
+    );
+    let plain_args = [
+        "--json",
+        "sample",
+        "-n",
+        "10",
+        "--seed",
+        "5",
+        "--decoder",
+        "plain",
+        "-o",
+        "p.png",
+    ];
+    let out = cli(&plain_args, dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert!(
+        report["decoder"]
+            .as_str()
+            .unwrap()
+            .contains("cifar10-default"),
+        "{report}"
+    );
+    let plain = image::open(dir.join("p.png")).unwrap().to_rgb8();
+    assert!(
+        plain != a,
+        "the plain decoder drew the tuned decoder's pixels"
+    );
+    let mean_abs = plain
+        .as_raw()
+        .iter()
+        .zip(a.as_raw())
+        .map(|(&p, &t)| (p as f64 - t as f64).abs())
+        .sum::<f64>()
+        / plain.as_raw().len() as f64;
+    assert!(mean_abs < 8.0, "other codes? mean difference {mean_abs}");
+    let bundled = bundled();
+    let with_checkpoint = [
+        "--checkpoint",
+        bundled.to_str().unwrap(),
+        "sample",
+        "--decoder",
+        "tuned",
+    ];
+    assert_clean_failure(&cli(&with_checkpoint, dir), "--decoder");
+
     assert_clean_failure(&cli(&["sample", "--class", "unicorn"], dir), "unicorn");
     assert_clean_failure(&cli(&["sample", "--temperature", "0"], dir), "temperature");
     assert_clean_failure(&cli(&["sample", "--prior", "nowhere"], dir), "nowhere");

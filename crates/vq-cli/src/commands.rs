@@ -940,13 +940,15 @@ pub struct SampleReport {
     pub temperature: f64,
     pub guidance: f64,
     pub seed: u64,
+    /// The VQ-VAE whose decoder drew the pixels.
+    pub decoder: String,
 }
 
 impl fmt::Display for SampleReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}: {} samples in {:.2} s ({:.1} images/s; codes {:.2} s, decoding {:.2} s), temperature {}, guidance {}, seed {}",
+            "{}: {} samples in {:.2} s ({:.1} images/s; codes {:.2} s, decoding {:.2} s), temperature {}, guidance {}, seed {}, decoded by {}",
             self.output.display(),
             self.samples,
             self.seconds,
@@ -955,7 +957,8 @@ impl fmt::Display for SampleReport {
             self.decoding_seconds,
             self.temperature,
             self.guidance,
-            self.seed
+            self.seed,
+            self.decoder
         )
     }
 }
@@ -967,7 +970,7 @@ pub fn sample(session: &Session, args: &SampleArgs) -> Result<SampleReport> {
     if !(1..=4096).contains(&n) {
         bail!("-n must be 1 to 4096, not {n}");
     }
-    let ckpt = session.open()?;
+    let ckpt = args.sampling.open_decoder(session)?;
     let prior = crate::fid::open_prior(session, args.prior.as_deref(), &ckpt)?;
     let options = args.sampling.options(&prior)?;
     let provenance = prior.model.provenance();
@@ -1024,5 +1027,6 @@ pub fn sample(session: &Session, args: &SampleArgs) -> Result<SampleReport> {
         temperature: options.temperature,
         guidance: options.guidance,
         seed: args.seed,
+        decoder: ckpt.origin(),
     })
 }

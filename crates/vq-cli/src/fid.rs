@@ -197,14 +197,16 @@ pub fn bar(session: &Session, total: u64, what: &str) -> ProgressBar {
     )
 }
 
-/// The statistics of one side; `through` counts the images put through the network.
+/// The statistics of one side and what it was; `through` counts the images put through the
+/// network.
 fn side_stats(
     session: &Session,
     args: &FidArgs,
     net: &InceptionV3,
     source: &FidSource,
     through: &mut i64,
-) -> Result<FeatureStats> {
+) -> Result<(FeatureStats, String)> {
+    let mut description = source.describe();
     let stats = match source {
         FidSource::Stats(path) => FeatureStats::load(path)?,
         FidSource::Split { dir, split } => {
@@ -257,7 +259,8 @@ fn side_stats(
             FeatureStats::from_features(&features)?
         }
         FidSource::Samples(n) => {
-            let ckpt = session.open()?;
+            let ckpt = args.sampling.open_decoder(session)?;
+            description = format!("{description}, decoded by {}", ckpt.origin());
             let prior = open_prior(session, args.prior.as_deref(), &ckpt)?;
             let options = args.sampling.options(&prior)?;
             let bar = bar(session, *n as u64, "samples");
@@ -277,7 +280,7 @@ fn side_stats(
             FeatureStats::from_features(&features)?
         }
     };
-    Ok(stats)
+    Ok((stats, description))
 }
 
 /// The prior for `--samples`: the one given, or the bundled one, checked against the VQ-VAE.
@@ -338,11 +341,11 @@ pub fn compare(session: &Session, args: &FidArgs) -> Result<FidReport> {
     let net = args.options.network(session.device)?;
     let mut through = 0;
     let extraction = Instant::now();
-    let sa = side_stats(session, args, &net, &a, &mut through)?;
+    let (sa, a_description) = side_stats(session, args, &net, &a, &mut through)?;
     if let Some(path) = &args.save_stats {
         sa.save(path)?;
     }
-    let sb = side_stats(session, args, &net, &b, &mut through)?;
+    let (sb, b_description) = side_stats(session, args, &net, &b, &mut through)?;
     let extraction = extraction.elapsed().as_secs_f64();
     let fid = vq_fid::frechet_distance(&sa, &sb)?;
     let kid = vq_fid::kernel_inception_distance(
@@ -356,11 +359,11 @@ pub fn compare(session: &Session, args: &FidArgs) -> Result<FidReport> {
         fid,
         kid,
         a: FidSide {
-            source: a.describe(),
+            source: a_description,
             images: sa.count,
         },
         b: FidSide {
-            source: b.describe(),
+            source: b_description,
             images: sb.count,
         },
         seconds: start.elapsed().as_secs_f64(),

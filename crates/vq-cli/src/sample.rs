@@ -1,8 +1,11 @@
 //! New images from a code prior: sample code grids, decode them with the prior's VQ-VAE.
 
+use anyhow::Context;
 use tch::{Device, Tensor};
 use vq_model::checkpoint::Checkpoint;
 use vq_prior::{PriorCheckpoint, SampleOptions};
+
+use crate::commands::Session;
 
 /// How samples are drawn: the flags of `vq-cli sample` and `vq-cli fid --samples`. A flag not
 /// given takes the prior's own setting (its config's `"sampling"`, the settings measured best
@@ -25,9 +28,40 @@ pub struct SamplingArgs {
     /// else 1]
     #[arg(long)]
     pub guidance: Option<f64>,
+    /// Which bundled decoder turns the codes into pixels: `tuned` (models/cifar10-sharp, the
+    /// bundled model's decoder fine-tuned for the same codes) or `plain` (the bundled model's
+    /// own). Not with --checkpoint, whose decoder is used [default: tuned]
+    #[arg(long, value_enum)]
+    pub decoder: Option<DecoderChoice>,
+}
+
+/// The bundled decoders the prior's codes can be decoded with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DecoderChoice {
+    /// The bundled model's decoder fine-tuned for its codes (models/cifar10-sharp).
+    Tuned,
+    /// The bundled model's own decoder (models/cifar10-default).
+    Plain,
 }
 
 impl SamplingArgs {
+    /// The VQ-VAE whose decoder renders the samples: `--checkpoint`'s, else the bundled model
+    /// with the decoder `--decoder` picks (the tuned one by default).
+    pub fn open_decoder(&self, session: &Session) -> anyhow::Result<Checkpoint> {
+        match (&session.checkpoint, self.decoder) {
+            (Some(path), Some(_)) => anyhow::bail!(
+                "--decoder picks one of the bundled decoders; with --checkpoint {} its own decoder is used, so drop --decoder",
+                path.display()
+            ),
+            (Some(_), None) | (None, Some(DecoderChoice::Plain)) => session.open(),
+            (None, None | Some(DecoderChoice::Tuned)) => {
+                Checkpoint::bundled_tuned_decoder(session.device).context(
+                    "opening the bundled tuned decoder (--decoder plain uses the bundled model's own)",
+                )
+            }
+        }
+    }
+
     /// The options, checked (guidance only where the prior has an unconditional model).
     pub fn options(&self, prior: &PriorCheckpoint) -> anyhow::Result<SampleOptions> {
         let base = prior.config.sampling.unwrap_or_default();

@@ -11,3 +11,14 @@ pub static BUNDLED: Bundled = Bundled {
     state: Some(include_str!("../../../models/cifar10-default/state.json")),
     eval: Some(include_str!("../../../models/cifar10-default/eval.json")),
 };
+
+/// `models/cifar10-sharp`: the bundled model with its decoder fine-tuned by `vq-train decoder`
+/// (encoder and codebook frozen, so it reads and writes the same codes). `vq-cli sample` decodes
+/// with it by default, since its samples measured the lower FID (docs/experiments.md).
+pub static BUNDLED_TUNED_DECODER: Bundled = Bundled {
+    name: "models/cifar10-sharp",
+    config: include_str!("../../../models/cifar10-sharp/config.json"),
+    weights: include_bytes!("../../../models/cifar10-sharp/model.safetensors"),
+    state: Some(include_str!("../../../models/cifar10-sharp/state.json")),
+    eval: Some(include_str!("../../../models/cifar10-sharp/eval.json")),
+};

@@ -54,6 +54,12 @@ impl Checkpoint {
         Self::open_source(Source::Bundled(&crate::BUNDLED), device)
     }
 
+    /// The bundled model with its tuned decoder (`models/cifar10-sharp`): the same codes as
+    /// [`Checkpoint::bundled`], decoded by the fine-tuned decoder.
+    pub fn bundled_tuned_decoder(device: Device) -> Result<Self, StoreError> {
+        Self::open_source(Source::Bundled(&crate::BUNDLED_TUNED_DECODER), device)
+    }
+
     pub fn open_source(source: Source<'_>, device: Device) -> Result<Self, StoreError> {
         match source {
             Source::Path(path) => {
@@ -139,4 +145,38 @@ fn build(
     let model = VqVae::new(vs.root(), &config);
     vq_store::weights::load_bytes(&mut vs, weights, path)?;
     Ok((model, vs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bundled tuned decoder is the bundled model's twin: it declares the bundled model's
+    /// codes, and its encoder and codebook are the bundled model's, bit for bit, so it reads and
+    /// writes the same codes; only the decoder differs.
+    #[test]
+    fn the_bundled_tuned_decoder_keeps_the_bundled_codes() {
+        let plain = Checkpoint::bundled(Device::Cpu).unwrap();
+        let tuned = Checkpoint::bundled_tuned_decoder(Device::Cpu).unwrap();
+        assert_eq!(tuned.codes_id(), plain.model_id);
+        assert_ne!(tuned.model_id, plain.model_id);
+        let (plain_vars, tuned_vars) = (plain.vs.variables(), tuned.vs.variables());
+        assert_eq!(
+            plain_vars.keys().collect::<std::collections::BTreeSet<_>>(),
+            tuned_vars.keys().collect()
+        );
+        let mut decoder_changed = false;
+        for (name, value) in &plain_vars {
+            let same = value.equal(&tuned_vars[name]);
+            if name.starts_with("decoder.") {
+                decoder_changed |= !same;
+            } else {
+                assert!(
+                    same,
+                    "{name} differs between the bundled model and its tuned twin"
+                );
+            }
+        }
+        assert!(decoder_changed, "the tuned decoder equals the plain one");
+    }
 }

@@ -14,7 +14,7 @@ mod nets;
 mod picture;
 pub mod quantizer;
 
-pub use bundled::BUNDLED;
+pub use bundled::{BUNDLED, BUNDLED_TUNED_DECODER};
 pub use checkpoint::Checkpoint;
 pub use config::{native_bf16, ComputeKind, ReconstructionLoss, VqVaeConfig};
 pub use discriminator::{DiscriminatorConfig, PatchDiscriminator};
