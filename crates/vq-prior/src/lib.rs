@@ -387,6 +387,14 @@ pub trait CodePrior: std::fmt::Debug {
         false
     }
 
+    /// Computes the products of training passes (`train: true`) in `kind` (bf16 where the
+    /// hardware runs it natively); evaluation, sampling and entropy coding stay f32, so a
+    /// checkpoint's probabilities do not depend on how it was trained or on this CPU. Returns
+    /// whether the model supports it (the transformer does; the PixelCNN stays f32).
+    fn set_training_kind(&mut self, _kind: Kind) -> bool {
+        false
+    }
+
     /// Runs the model over `n` grids in raster order, one code at a time: `choose` gets each
     /// position's `(n, V)` conditional logits (and, when `guided`, the unconditional ones) and
     /// returns the `(n,)` codes placed there, which the next positions then read. Sampling

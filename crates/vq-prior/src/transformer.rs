@@ -79,6 +79,20 @@ impl Module for Linear {
     }
 }
 
+impl Linear {
+    /// The product in `kind` (f32, or bf16 in training where the CPU or GPU runs it natively),
+    /// the result in f32. The weights stay f32: the optimizer updates them, and a checkpoint
+    /// holds them; only the product's inputs are rounded.
+    fn forward_as(&self, xs: &Tensor, kind: Kind) -> Tensor {
+        if kind == Kind::Float {
+            return self.forward(xs);
+        }
+        xs.to_kind(kind)
+            .linear(&self.ws.to_kind(kind), Some(&self.bs.to_kind(kind)))
+            .to_kind(Kind::Float)
+    }
+}
+
 /// The keys and values of one layer for the positions seen so far: `(B, heads, T, head_dim)`
 /// each, filled up to `len`.
 #[derive(Debug)]
@@ -97,6 +111,9 @@ struct Block {
     fc2: Linear,
     heads: i64,
     dropout: f64,
+    /// The number type of the linear layers' products in training (f32 unless the trainer
+    /// asks for bf16); evaluation and sampling always use f32.
+    train_kind: Kind,
 }
 
 impl Block {
@@ -111,47 +128,54 @@ impl Block {
             fc2: Linear::new(&vs / "fc2", 4 * d, d),
             heads: cfg.heads,
             dropout: cfg.dropout,
+            train_kind: Kind::Float,
         }
     }
 
     /// `(B, T, D)` → queries, keys and values as `(B, heads, T, D / heads)`.
-    fn qkv(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
+    fn qkv(&self, x: &Tensor, kind: Kind) -> (Tensor, Tensor, Tensor) {
         let (b, t, d) = x.size3().expect("(B, T, D) activations");
-        let parts = x
-            .apply(&self.ln1)
-            .apply(&self.qkv)
+        let parts = self
+            .qkv
+            .forward_as(&x.apply(&self.ln1), kind)
             .view([b, t, 3, self.heads, d / self.heads])
             .permute([2, 0, 3, 1, 4]);
         (parts.get(0), parts.get(1), parts.get(2))
     }
 
     /// The rest of the block after attention: projection, residual, MLP.
-    fn finish(&self, x: &Tensor, attended: &Tensor, train: bool) -> Tensor {
+    fn finish(&self, x: &Tensor, attended: &Tensor, train: bool, kind: Kind) -> Tensor {
         let (b, t, d) = x.size3().expect("(B, T, D) activations");
         let y = attended.transpose(1, 2).contiguous().view([b, t, d]);
-        let x = x + y.apply(&self.proj).dropout(self.dropout, train);
-        let h = x
-            .apply(&self.ln2)
-            .apply(&self.fc1)
-            .gelu("none")
-            .apply(&self.fc2)
-            .dropout(self.dropout, train);
+        let x = x + self.proj.forward_as(&y, kind).dropout(self.dropout, train);
+        let h = self.fc1.forward_as(&x.apply(&self.ln2), kind).gelu("none");
+        let h = self.fc2.forward_as(&h, kind).dropout(self.dropout, train);
         x + h
+    }
+
+    /// The linear layers' number type: `train_kind` in training, f32 otherwise.
+    fn kind(&self, train: bool) -> Kind {
+        if train {
+            self.train_kind
+        } else {
+            Kind::Float
+        }
     }
 
     /// All positions at once, each attending to itself and those before it.
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        let (q, k, v) = self.qkv(x);
+        let kind = self.kind(train);
+        let (q, k, v) = self.qkv(x, kind);
         let p = if train { self.dropout } else { 0.0 };
         let attended =
             Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, p, true, None, false);
-        self.finish(x, &attended, train)
+        self.finish(x, &attended, train, kind)
     }
 
     /// One new position `t` (`x`: `(B, 1, D)`), attending to the cached positions and itself;
     /// its key and value join the cache.
     fn step(&self, x: &Tensor, t: i64, cache: &mut LayerCache) -> Tensor {
-        let (q, k, v) = self.qkv(x);
+        let (q, k, v) = self.qkv(x, Kind::Float);
         cache.keys.narrow(2, t, 1).copy_(&k);
         cache.values.narrow(2, t, 1).copy_(&v);
         let (keys, values) = (
@@ -161,7 +185,7 @@ impl Block {
         let attended = Tensor::scaled_dot_product_attention::<Tensor>(
             &q, &keys, &values, None, 0.0, false, None, false,
         );
-        self.finish(x, &attended, false)
+        self.finish(x, &attended, false, Kind::Float)
     }
 }
 
@@ -242,6 +266,13 @@ impl CodePrior for TransformerPrior {
 
     fn supports_guidance(&self) -> bool {
         self.provenance.classes > 0
+    }
+
+    fn set_training_kind(&mut self, kind: Kind) -> bool {
+        for block in &mut self.blocks {
+            block.train_kind = kind;
+        }
+        true
     }
 
     fn logits(&self, codes: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor {
@@ -354,6 +385,41 @@ mod tests {
             ..Provenance::default()
         };
         TransformerPrior::new(vs.root(), &cfg, &provenance)
+    }
+
+    /// bf16 training passes: evaluation stays f32 bit for bit (a checkpoint's probabilities
+    /// must not depend on how it trains), training logits move by bf16's rounding only, and
+    /// the f32 weights get finite gradients.
+    #[test]
+    fn bf16_training_passes_leave_evaluation_in_f32() {
+        let _rng = crate::seeded(0);
+        let vs = nn::VarStore::new(vq_model::test_device());
+        let mut prior = tiny(&vs, 3);
+        prior.config.dropout = 0.0;
+        for block in &mut prior.blocks {
+            block.dropout = 0.0;
+        }
+        prior.config.class_dropout = 0.0;
+        let codes = Tensor::randint(11, [2, 4, 4], (Kind::Int64, vq_model::test_device()));
+        let labels = Tensor::from_slice(&[1i64, 2]);
+        let eval_f32 = prior.logits(&codes, Some(&labels), false);
+        let train_f32 = prior.logits(&codes, Some(&labels), true);
+        assert!(
+            train_f32.equal(&eval_f32),
+            "without dropout, training is the same pass"
+        );
+        assert!(prior.set_training_kind(Kind::BFloat16));
+        assert!(prior.logits(&codes, Some(&labels), false).equal(&eval_f32));
+        let train_bf16 = prior.logits(&codes, Some(&labels), true);
+        assert_eq!(train_bf16.kind(), Kind::Float);
+        let diff = (&train_bf16 - &train_f32).abs().max().double_value(&[]);
+        assert!(diff > 0.0 && diff < 0.05, "bf16 moved the logits by {diff}");
+        prior.nll(&codes, Some(&labels), true).backward();
+        for (name, var) in vs.variables() {
+            let grad = var.grad();
+            assert_eq!(grad.kind(), Kind::Float, "{name}");
+            assert!(grad.isfinite().all().int64_value(&[]) == 1, "{name}");
+        }
     }
 
     #[test]

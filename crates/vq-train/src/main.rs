@@ -302,6 +302,10 @@ struct PriorArgs {
     /// Also train on the codes of the mirrored training images (half the grids mirrored).
     #[arg(long, conflicts_with = "resume")]
     hflip: bool,
+    /// Number type of the transformer's linear layers in training (auto: bf16 where the
+    /// hardware runs it natively); evaluation and sampling stay f32.
+    #[arg(long, value_enum, conflicts_with = "resume")]
+    compute: Option<vq_model::ComputeKind>,
     /// End with the FID of N class-balanced samples against the training split (minutes on a
     /// CPU).
     #[arg(long, value_name = "N", conflicts_with = "resume")]
@@ -453,6 +457,9 @@ fn run_prior(args: PriorArgs) -> Result<()> {
             }
             if let Some(v) = args.weight_decay {
                 config.weight_decay = v;
+            }
+            if let Some(v) = args.compute {
+                config.compute = v;
             }
             if let Some(v) = args.fid_samples {
                 config.fid_samples = v;

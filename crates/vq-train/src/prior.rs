@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 use vq_data::{gather, BatchIndices, Cifar10, Split};
 use vq_model::checkpoint::Checkpoint;
-use vq_model::images_to_tensor;
+use vq_model::{images_to_tensor, ComputeKind};
 use vq_prior::{CodePrior, PriorArch, PriorConfig, Provenance};
 use vq_store::names::{CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE};
 use vq_store::{ConfigFile, RunDir};
@@ -36,6 +36,10 @@ pub struct PriorTrainConfig {
     pub hflip: bool,
     /// Decoupled weight decay of the matrices and embeddings (AdamW); 0: plain Adam.
     pub weight_decay: f64,
+    /// The number type of the transformer's linear layers in training passes (`auto`: bf16
+    /// where the hardware runs it natively). Evaluation, sampling and entropy coding are f32
+    /// whatever this says; the PixelCNN trains in f32.
+    pub compute: ComputeKind,
     /// At the end, the FID (and KID) of this many class-balanced samples against the training
     /// split (0: none; minutes on a CPU), into `summary.json`.
     pub fid_samples: i64,
@@ -54,6 +58,7 @@ impl Default for PriorTrainConfig {
             conditional: true,
             hflip: false,
             weight_decay: 0.0,
+            compute: ComputeKind::F32,
             fid_samples: 0,
             vqvae: None,
             data: DataConfig::default(),
@@ -363,7 +368,11 @@ impl Task for PriorTask {
         let unigram =
             unigram_bits_per_code(&train, &test, prior_config.provenance.codes.vocabulary);
         let vs = nn::VarStore::new(device);
-        let model = vq_prior::build(vs.root(), &prior_config);
+        let mut model = vq_prior::build(vs.root(), &prior_config);
+        let kind = config.compute.kind(device);
+        if kind != Kind::Float && !model.set_training_kind(kind) {
+            tracing::warn!("this prior trains in f32 only; \"compute\" is ignored");
+        }
         let mut adam = Adam::new(&vs);
         adam.weight_decay = config.weight_decay;
         Ok(PriorTask {
