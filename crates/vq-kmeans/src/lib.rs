@@ -211,8 +211,15 @@ impl KMeans {
             let previous = centroids.clone();
             centroids = update_centroids(fit_points, &bounds, centroids.view(), config.k);
             if config.spherical {
-                // The mean direction of each cluster; the bounds account for the move.
+                // The mean direction of each cluster; the bounds account for the move. A cluster
+                // whose directions cancel (a zero mean) has no mean direction: it keeps its
+                // previous unit centroid rather than becoming the zero vector.
                 unit_rows(&mut centroids);
+                for (mut row, old) in centroids.outer_iter_mut().zip(previous.outer_iter()) {
+                    if row.iter().all(|&v| v == 0.0) {
+                        row.assign(&old);
+                    }
+                }
             }
             let fraction = hamerly_assignment(
                 fit_points,
