@@ -89,7 +89,14 @@ pub fn split_stats(
             set.images.dim().3 as i64,
         ])
         .to_kind(Kind::Uint8);
-    let features = features_of(net, &images, &mut |done| progress(done, n))?;
+    let parts = parts_dir(&path);
+    let features = resumable_features(&parts, n, PART, progress, &mut |start, len| {
+        features_of(
+            net,
+            &images.narrow(0, start as i64, len as i64),
+            &mut |_| {},
+        )
+    })?;
     let stats = FeatureStats::from_features(&features)?;
     let saved = path
         .parent()
@@ -97,10 +104,109 @@ pub fn split_stats(
         .transpose()
         .map_err(|e| e.to_string())
         .and_then(|_| stats.save(&path).map_err(|e| e.to_string()));
-    if let Err(e) = saved {
-        tracing::warn!("could not cache the statistics in {}: {e}", path.display());
+    match saved {
+        Ok(()) => {
+            let _ = std::fs::remove_dir_all(&parts);
+        }
+        Err(e) => tracing::warn!("could not cache the statistics in {}: {e}", path.display()),
     }
     Ok(stats)
+}
+
+/// Images in each saved part of a split's features while its statistics are computed: the
+/// 50,000 training images take hours on a 2-core CPU, and a computation that is stopped resumes
+/// from its last finished part (a multiple of [`BATCH`], so the network sees the same batches).
+pub const PART: usize = 1000;
+
+/// Where the finished parts of the statistics cached at `cache` wait until the statistics are
+/// written (named after the same identity, so parts of other files are never mixed in).
+pub fn parts_dir(cache: &Path) -> PathBuf {
+    cache.with_extension("parts")
+}
+
+/// Features of `n` items, `part` at a time: `compute(start, len)` gives the `(len, FEATURES)`
+/// features of items `start..start + len`; each part is saved in `dir` as it is finished
+/// (atomically) and read back instead of computed when it is there, so an interrupted run loses
+/// at most one part. A part file that cannot be read, or holds the wrong shape or non-finite
+/// values, is computed again. A `dir` that cannot be written to only loses the resumption.
+pub fn resumable_features(
+    dir: &Path,
+    n: usize,
+    part: usize,
+    progress: &mut dyn FnMut(usize, usize),
+    compute: &mut dyn FnMut(usize, usize) -> Result<Tensor, FidError>,
+) -> Result<Tensor, FidError> {
+    if n == 0 || part == 0 {
+        return Err(FidError::Invalid("no images".into()));
+    }
+    let mut writable = std::fs::create_dir_all(dir)
+        .map_err(|e| tracing::warn!("{}: cannot keep finished parts: {e}", dir.display()))
+        .is_ok();
+    let mut parts = Vec::new();
+    let mut resumed = 0;
+    for start in (0..n).step_by(part) {
+        let len = part.min(n - start);
+        let file = dir.join(format!("part-{start:07}-{len}.safetensors"));
+        let kept = if file.is_file() {
+            match read_part(&file, len) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::warn!("computing a part again: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let features = match kept {
+            Some(t) => {
+                resumed += len;
+                t
+            }
+            None => {
+                let t = compute(start, len)?.to_kind(Kind::Float).contiguous();
+                if writable {
+                    if let Err(e) = vq_store::weights::save_tensors(&[("features", &t)], &file) {
+                        tracing::warn!("cannot keep finished parts: {e}");
+                        writable = false;
+                    }
+                }
+                t
+            }
+        };
+        parts.push(features);
+        progress(start + len, n);
+    }
+    if resumed > 0 {
+        tracing::info!(
+            "resumed {resumed} of {n} images' features from {}",
+            dir.display()
+        );
+    }
+    Ok(Tensor::cat(&parts, 0))
+}
+
+/// A part written by [`resumable_features`]: `(len, FEATURES)` finite f32 features.
+fn read_part(file: &Path, len: usize) -> Result<Tensor, FidError> {
+    let bad = |reason: String| FidError::Unreadable {
+        path: file.to_path_buf(),
+        reason,
+    };
+    let t = vq_store::weights::load_tensors(file)?
+        .remove("features")
+        .ok_or_else(|| bad("no features tensor".into()))?;
+    if t.size() != [len as i64, crate::FEATURES] || t.kind() != Kind::Float {
+        return Err(bad(format!(
+            "features of shape {:?} ({:?}), expected [{len}, {}] f32",
+            t.size(),
+            t.kind(),
+            crate::FEATURES
+        )));
+    }
+    if t.isfinite().all().int64_value(&[]) != 1 {
+        return Err(bad("features hold NaN or infinite values".into()));
+    }
+    Ok(t)
 }
 
 /// Features of image files (any size, any format `vq-data` reads): consecutive images of one
@@ -139,4 +245,85 @@ pub fn files_features(
         return Err(FidError::Invalid("no images".into()));
     }
     Ok(Tensor::cat(&parts, 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::FEATURES;
+    use tch::Device;
+
+    /// Deterministic stand-in features: item `i`'s vector is `i + j / FEATURES`.
+    fn fake(start: usize, len: usize) -> Tensor {
+        let items = Tensor::arange_start(
+            start as i64,
+            (start + len) as i64,
+            (Kind::Float, Device::Cpu),
+        );
+        let cols = Tensor::arange(FEATURES, (Kind::Float, Device::Cpu)) / FEATURES as f64;
+        items.unsqueeze(1) + cols.unsqueeze(0)
+    }
+
+    #[test]
+    fn an_interrupted_computation_resumes_from_its_finished_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let parts = dir.path().join("s.parts");
+        let whole = fake(0, 11);
+
+        // Stopped while computing the third part (items 6..9): two parts stay on disk.
+        let mut calls = Vec::new();
+        let err = resumable_features(&parts, 11, 3, &mut |_, _| {}, &mut |start, len| {
+            calls.push(start);
+            if start == 6 {
+                return Err(FidError::Invalid("stopped".into()));
+            }
+            Ok(fake(start, len))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("stopped"));
+        assert_eq!(calls, [0, 3, 6]);
+        assert_eq!(std::fs::read_dir(&parts).unwrap().count(), 2);
+
+        // The second run computes only the parts that are missing, and reports the whole count.
+        let mut calls = Vec::new();
+        let mut seen = Vec::new();
+        let got = resumable_features(
+            &parts,
+            11,
+            3,
+            &mut |done, total| seen.push((done, total)),
+            &mut |start, len| {
+                calls.push((start, len));
+                Ok(fake(start, len))
+            },
+        )
+        .unwrap();
+        assert_eq!(calls, [(6, 3), (9, 2)]);
+        assert_eq!(seen, [(3, 11), (6, 11), (9, 11), (11, 11)]);
+        assert_eq!(got, whole);
+
+        // A damaged part is computed again rather than trusted.
+        std::fs::write(parts.join("part-0000003-3.safetensors"), b"junk").unwrap();
+        let mut calls = Vec::new();
+        let got = resumable_features(&parts, 11, 3, &mut |_, _| {}, &mut |start, len| {
+            calls.push(start);
+            Ok(fake(start, len))
+        })
+        .unwrap();
+        assert_eq!(calls, [3]);
+        assert_eq!(got, whole);
+
+        // A part of the wrong shape (another part size) is not mixed in either.
+        let t = fake(0, 2);
+        vq_store::weights::save_tensors(
+            &[("features", &t)],
+            &parts.join("part-0000000-3.safetensors"),
+        )
+        .unwrap();
+        let err = read_part(&parts.join("part-0000000-3.safetensors"), 3).unwrap_err();
+        assert!(err.to_string().contains("part-0000000-3"), "{err}");
+        assert!(
+            resumable_features(&parts, 0, 3, &mut |_, _| {}, &mut |s, l| Ok(fake(s, l))).is_err()
+        );
+    }
 }

@@ -18,7 +18,10 @@ pub mod models;
 mod stats;
 
 pub use distance::{frechet_distance, kernel_inception_distance, Kid};
-pub use extract::{cache_path, features_of, files_features, split_identity, split_stats, BATCH};
+pub use extract::{
+    cache_path, features_of, files_features, parts_dir, resumable_features, split_identity,
+    split_stats, BATCH, PART,
+};
 pub use inception::{default_weights, resize_bilinear, InceptionV3, FEATURES, INPUT_SIDE};
 pub use stats::FeatureStats;
 
