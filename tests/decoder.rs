@@ -60,27 +60,7 @@ fn cli(args: &[&str], cwd: &Path) -> std::process::Output {
 fn a_tuned_decoder_keeps_the_codes_and_reads_the_same_files_and_prior() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let data = dataset(dir);
-    std::fs::write(
-        dir.join("decoder.json"),
-        serde_json::json!({
-            "format": 2,
-            "data": {"path": data, "any_record_count": true},
-            "discriminator": {"channels": 4, "compute": "f32"},
-            "schedule": {"steps": 6, "batch_size": 8, "lr": 1e-3, "warmup_steps": 1,
-                         "log_every": 2, "eval_every": 6, "checkpoint_every": 6},
-            "runtime": {"threads": 1, "device": "cpu"},
-            "eval_images": 8, "disc_start": 2
-        })
-        .to_string(),
-    )
-    .unwrap();
-    let out = run(
-        "vq-train",
-        &["decoder", "--config", "decoder.json", "--run-dir", "sharp"],
-        dir,
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    train_decoder(dir, &[]);
 
     // Encoder and codebook bit for bit; the decoder trained.
     let before = tensors(&root().join("models/cifar10-default/model.safetensors"));
@@ -98,6 +78,85 @@ fn a_tuned_decoder_keeps_the_codes_and_reads_the_same_files_and_prior() {
         }
     }
     assert!(decoder_changed > 0, "the decoder did not train");
+    same_codes_other_pixels(dir);
+}
+
+/// A new decoder of its own shape (`--decoder-stages`) for the bundled model's frozen codes:
+/// the encoder and codebook are the bundled model's bit for bit, the decoder's variables are
+/// the new shape's, and it reads and writes the same files and prior.
+#[test]
+fn a_new_decoder_of_its_own_shape_keeps_the_codes_and_reads_the_same_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    train_decoder(dir, &["--decoder-stages", "16x1,8x1,8x1"]);
+    let before = tensors(&root().join("models/cifar10-default/model.safetensors"));
+    let after = tensors(&dir.join("sharp/checkpoints/last/model.safetensors"));
+    let outside = |t: &BTreeMap<String, Vec<u8>>| {
+        t.iter()
+            .filter(|(name, _)| !name.starts_with("decoder."))
+            .map(|(n, b)| (n.clone(), b.clone()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    assert_eq!(
+        outside(&before),
+        outside(&after),
+        "the encoder or codebook changed"
+    );
+    assert!(after.contains_key("decoder.to_pixels.weight"));
+    assert!(after.contains_key("decoder.stage2.0.conv3.weight"));
+    assert!(!after.contains_key("decoder.res.0.conv3.weight"));
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("sharp/checkpoints/last/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["decoder"]["stages"][0]["channels"], 16);
+    same_codes_other_pixels(dir);
+    // A shape that does not fit the model's downsampling is refused before training.
+    let out = run(
+        "vq-train",
+        &[
+            "decoder",
+            "--config",
+            "decoder.json",
+            "--decoder-stages",
+            "16x1,8x1",
+            "--run-dir",
+            "bad",
+        ],
+        dir,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("3 stages"), "{}", stderr(&out));
+}
+
+/// `vq-train decoder` for a few steps from the bundled model on a small dataset, into
+/// `DIR/sharp`, with `flags` added.
+fn train_decoder(dir: &Path, flags: &[&str]) {
+    let data = dataset(dir);
+    std::fs::write(
+        dir.join("decoder.json"),
+        serde_json::json!({
+            "format": 2,
+            "data": {"path": data, "any_record_count": true},
+            "discriminator": {"channels": 4, "compute": "f32"},
+            "schedule": {"steps": 6, "batch_size": 8, "lr": 1e-3, "warmup_steps": 1,
+                         "log_every": 2, "eval_every": 6, "checkpoint_every": 6},
+            "runtime": {"threads": 1, "device": "cpu"},
+            "eval_images": 8, "disc_start": 2
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut args = vec!["decoder", "--config", "decoder.json", "--run-dir", "sharp"];
+    args.extend_from_slice(flags);
+    let out = run("vq-train", &args, dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// The checkpoint in `DIR/sharp` declares the bundled model's codes, writes the same `.vqz`
+/// bytes, decodes the bundled model's files to other pixels, samples the bundled prior, and
+/// refuses a file of an unrelated model.
+fn same_codes_other_pixels(dir: &Path) {
     let config: serde_json::Value = serde_json::from_slice(
         &std::fs::read(dir.join("sharp/checkpoints/last/config.json")).unwrap(),
     )

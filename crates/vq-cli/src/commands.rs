@@ -847,6 +847,20 @@ impl fmt::Display for InfoReport {
                 if q.dropout { ", trained with quantizer dropout" } else { "" }
             ),
         };
+        let mut decoder = match &c.decoder {
+            None => "the encoder's mirror".to_string(),
+            Some(d) => format!(
+                "its own shape: {} (channels x residual blocks, from the code grid up)",
+                d.stages
+                    .iter()
+                    .map(|s| format!("{}x{}", s.channels, s.blocks))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        if let Some(id) = &c.codes_of {
+            decoder.push_str(&format!("; trained for the codes of model {id}"));
+        }
         table(
             f,
             &[
@@ -864,6 +878,7 @@ impl fmt::Display for InfoReport {
                     ),
                 ),
                 ("quantizer", quantizer),
+                ("decoder", decoder),
                 (
                     "trained",
                     match self.training.step {

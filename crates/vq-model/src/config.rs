@@ -2,7 +2,7 @@ use serde::{Deserialize, Serialize};
 use vq_data::PixelRange;
 use vq_store::ConfigFile;
 
-use crate::nets::{DecoderConfig, EncoderConfig, ResidualStackConfig};
+use crate::nets::{DecoderConfig, EncoderConfig, ResidualStackConfig, StagedDecoderConfig};
 use crate::quantizer::{CodeSpace, CodebookUpdate, GradientEstimator, QuantizerConfig, VqConfig};
 
 /// What the reconstruction term of the loss measures.
@@ -104,6 +104,10 @@ pub struct VqVaeConfig {
     /// this one's too. Absent: the codes are this model's own.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub codes_of: Option<String>,
+    /// The decoder's own shape (a decoder trained for a frozen model's codes, `vq-train
+    /// decoder --decoder-stages`). Absent: the encoder's mirror.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decoder: Option<StagedDecoderConfig>,
 }
 
 impl Default for VqVaeConfig {
@@ -118,6 +122,7 @@ impl Default for VqVaeConfig {
             input_range: PixelRange::MinusHalfToHalf,
             compute: ComputeKind::Auto,
             codes_of: None,
+            decoder: None,
         }
     }
 }
@@ -158,6 +163,9 @@ impl VqVaeConfig {
         if self.hidden_channels < 2 || self.residual.hidden_channels < 1 || self.in_channels < 1 {
             return Err("channel counts must be positive (hidden_channels at least 2)".into());
         }
+        if let Some(decoder) = &self.decoder {
+            decoder.validate(self.downsample)?;
+        }
         self.quantizer.validate()
     }
 
@@ -189,6 +197,7 @@ impl VqVaeConfig {
             upsample: self.downsample,
             out_channels: self.in_channels,
             compute: self.compute,
+            staged: self.decoder.clone(),
         }
     }
 
@@ -266,6 +275,7 @@ impl From<LegacyVqVaeConfig> for VqVaeConfig {
             input_range: c.input_range,
             compute: c.compute,
             codes_of: None,
+            decoder: None,
         }
     }
 }

@@ -23,8 +23,8 @@ pub use frequency::focal_frequency_loss;
 pub use metrics::{quality, ssim_per_image, QualitySums};
 pub use model::{reconstruction_objective, VqVae, VqVaeOutput};
 pub use nets::{
-    channels_last, Decoder, DecoderConfig, Encoder, EncoderConfig, ResidualStack,
-    ResidualStackConfig,
+    channels_last, Decoder, DecoderConfig, DecoderStage, Encoder, EncoderConfig, ResidualStack,
+    ResidualStackConfig, StagedDecoderConfig,
 };
 pub use picture::{save_grid, save_png, upscale, VIEW_SCALE};
 pub use quantizer::{

@@ -259,6 +259,70 @@ mod tests {
         }
     }
 
+    /// A decoder of its own shape: stages at every resolution, the pixels made by `to_pixels`
+    /// (the adaptive weight's last layer); its shape is checked against the downsampling; the
+    /// encoder's variables are the mirror model's, so a frozen model's weights load into it.
+    #[test]
+    fn a_staged_decoder_has_a_stage_per_resolution_and_keeps_the_encoder() {
+        tch::manual_seed(12);
+        let stages = |text: &str| crate::StagedDecoderConfig {
+            stages: crate::StagedDecoderConfig::parse_stages(text).unwrap(),
+            residual_fraction: 0.5,
+        };
+        for (f, text) in [(4, "16x2,8x1,4x1"), (2, "12x1,6x0")] {
+            let mirror = tiny(CodebookUpdate::default(), f);
+            let config = VqVaeConfig {
+                decoder: Some(stages(text)),
+                ..mirror.clone()
+            };
+            assert!(config.validate().is_ok());
+            let vs = nn::VarStore::new(crate::test_device());
+            let model = VqVae::new(vs.root(), &config);
+            let x = images(2);
+            let out = model.forward(&x);
+            assert_eq!(out.reconstruction.size(), vec![2, 3, 32, 32]);
+            let last_channels = stages(text).stages.last().unwrap().channels;
+            assert_eq!(
+                model.decoder.last_weight().size(),
+                vec![3, last_channels, 3, 3]
+            );
+            let names = vs.variables();
+            assert!(names.contains_key("decoder.to_pixels.weight"));
+            assert!(names.contains_key("decoder.stage0.0.conv3.weight"));
+            assert!(!names.contains_key("decoder.res.0.conv3.weight"));
+            // Every encoder and quantizer variable of the mirror model, same shapes.
+            let plain = nn::VarStore::new(crate::test_device());
+            let _ = VqVae::new(plain.root(), &mirror);
+            for (name, t) in plain.variables() {
+                if !name.starts_with("decoder.") {
+                    assert_eq!(names[&name].size(), t.size(), "{name}");
+                }
+            }
+            // Gradients reach every decoder parameter.
+            out.reconstruction_loss.backward();
+            for p in model.decoder.parameters() {
+                assert!(
+                    p.grad().defined() && p.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0
+                );
+            }
+        }
+        let wrong = VqVaeConfig {
+            decoder: Some(stages("16x2,8x1")),
+            ..tiny(CodebookUpdate::default(), 4)
+        };
+        let err = wrong.validate().unwrap_err();
+        assert!(err.contains("3 stages"), "{err}");
+        for bad in ["16", "16x", "ax2", "16x2,,8x1"] {
+            assert!(
+                crate::StagedDecoderConfig::parse_stages(bad).is_err(),
+                "{bad}"
+            );
+        }
+        // Absent from a mirror model's config file, so old files read and write as before.
+        let json = serde_json::to_string(&tiny(CodebookUpdate::default(), 4)).unwrap();
+        assert!(!json.contains("\"decoder\""));
+    }
+
     #[test]
     fn bf16_compute_keeps_f32_weights_outputs_and_gradients() {
         tch::manual_seed(8);

@@ -266,6 +266,91 @@ impl Module for Encoder {
     }
 }
 
+/// One resolution of a [`StagedDecoderConfig`]: its channels and its residual blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecoderStage {
+    pub channels: i64,
+    pub blocks: usize,
+}
+
+/// A decoder of its own shape instead of the encoder's mirror (`"decoder"` in a model's
+/// config): residual blocks at every resolution from the code grid up to the image, a 4×4
+/// transposed convolution doubling the size between stages, and a 3×3 convolution making the
+/// pixels. The mirror decoder of the VQ-VAE paper draws the last doubling straight into pixels,
+/// with no layer at the image's resolution, and its few channels saturate: it is what limits a
+/// frozen encoder's codes (docs/experiments.md). Trained by `vq-train decoder --decoder-stages`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StagedDecoderConfig {
+    /// From the code grid's resolution up: one stage, then one per doubling (3 stages for 4×
+    /// downsampling).
+    pub stages: Vec<DecoderStage>,
+    /// Channels inside each residual block (between its 3×3 and 1×1 convolutions), as a
+    /// fraction of its stage's channels.
+    pub residual_fraction: f64,
+}
+
+impl Default for StagedDecoderConfig {
+    fn default() -> Self {
+        StagedDecoderConfig {
+            stages: [(256, 4), (128, 2), (64, 2)]
+                .into_iter()
+                .map(|(channels, blocks)| DecoderStage { channels, blocks })
+                .collect(),
+            residual_fraction: 0.5,
+        }
+    }
+}
+
+impl StagedDecoderConfig {
+    /// Parses `256x4,128x2,64x2` (channels × residual blocks of each stage).
+    pub fn parse_stages(text: &str) -> Result<Vec<DecoderStage>, String> {
+        text.split(',')
+            .map(|stage| {
+                let (c, b) = stage.trim().split_once('x').ok_or_else(|| {
+                    format!("a decoder stage is CHANNELSxBLOCKS (e.g. 128x2), not {stage:?}")
+                })?;
+                let channels = c.parse().map_err(|_| format!("bad channel count {c:?}"))?;
+                let blocks = b.parse().map_err(|_| format!("bad block count {b:?}"))?;
+                Ok(DecoderStage { channels, blocks })
+            })
+            .collect()
+    }
+
+    /// Checks it against the model's downsampling factor.
+    pub fn validate(&self, upsample: i64) -> Result<(), String> {
+        let wanted = if upsample == 4 { 3 } else { 2 };
+        if self.stages.len() != wanted {
+            return Err(format!(
+                "a decoder for {upsample}× downsampling has {wanted} stages (the code grid's resolution and one per doubling), not {}",
+                self.stages.len()
+            ));
+        }
+        if let Some(s) = self.stages.iter().find(|s| s.channels < 1 || s.blocks > 64) {
+            return Err(format!(
+                "a decoder stage needs at least 1 channel and at most 64 blocks, not {}x{}",
+                s.channels, s.blocks
+            ));
+        }
+        if !(self.residual_fraction > 0.0 && self.residual_fraction <= 4.0) {
+            return Err(format!(
+                "residual_fraction must be in (0, 4], not {}",
+                self.residual_fraction
+            ));
+        }
+        Ok(())
+    }
+
+    fn residual(&self, stage: &DecoderStage) -> ResidualStackConfig {
+        ResidualStackConfig {
+            hidden_channels: ((stage.channels as f64 * self.residual_fraction).round() as i64)
+                .max(1),
+            layers: stage.blocks,
+        }
+    }
+}
+
 /// Latent vectors back to images.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecoderConfig {
@@ -277,66 +362,165 @@ pub struct DecoderConfig {
     pub upsample: i64,
     pub out_channels: i64,
     pub compute: ComputeKind,
+    /// A shape of its own; `None`: the mirror of the encoder (`hidden_channels`, `residual`).
+    pub staged: Option<StagedDecoderConfig>,
 }
 
 #[derive(Debug)]
 pub struct Decoder {
     from_code: Conv,
-    residual: ResidualStack,
-    ups: Vec<Upsample>,
+    body: DecoderBody,
+}
+
+#[derive(Debug)]
+enum DecoderBody {
+    /// The encoder's mirror: residual blocks at the grid's resolution, then transposed
+    /// convolutions, the last of which makes the pixels.
+    Mirror {
+        residual: ResidualStack,
+        ups: Vec<Upsample>,
+    },
+    /// [`StagedDecoderConfig`].
+    Staged {
+        stages: Vec<ResidualStack>,
+        ups: Vec<Upsample>,
+        to_pixels: Conv,
+    },
 }
 
 impl Decoder {
     pub fn new(vs: nn::Path<'_>, cfg: &DecoderConfig) -> Self {
-        let (h, kind) = (cfg.hidden_channels, cfg.compute.kind(vs.device()));
-        let ups = if cfg.upsample == 4 {
-            vec![
-                Upsample::new(&vs / "up0", h, h / 2, kind),
-                Upsample::new(&vs / "up1", h / 2, cfg.out_channels, kind),
-            ]
-        } else {
-            vec![Upsample::new(&vs / "up0", h, cfg.out_channels, kind)]
+        let kind = cfg.compute.kind(vs.device());
+        let Some(staged) = &cfg.staged else {
+            let h = cfg.hidden_channels;
+            let ups = if cfg.upsample == 4 {
+                vec![
+                    Upsample::new(&vs / "up0", h, h / 2, kind),
+                    Upsample::new(&vs / "up1", h / 2, cfg.out_channels, kind),
+                ]
+            } else {
+                vec![Upsample::new(&vs / "up0", h, cfg.out_channels, kind)]
+            };
+            return Decoder {
+                from_code: Conv::new(&vs / "from_code", cfg.in_channels, h, 3, 1, 1, true, kind),
+                body: DecoderBody::Mirror {
+                    residual: ResidualStack::new(&vs / "res", h, &cfg.residual, kind),
+                    ups,
+                },
+            };
         };
+        let stages = &staged.stages;
+        let first = stages[0].channels;
+        let last = stages[stages.len() - 1].channels;
         Decoder {
-            from_code: Conv::new(&vs / "from_code", cfg.in_channels, h, 3, 1, 1, true, kind),
-            residual: ResidualStack::new(&vs / "res", h, &cfg.residual, kind),
-            ups,
+            from_code: Conv::new(
+                &vs / "from_code",
+                cfg.in_channels,
+                first,
+                3,
+                1,
+                1,
+                true,
+                kind,
+            ),
+            body: DecoderBody::Staged {
+                stages: stages
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| {
+                        let residual = staged.residual(s);
+                        ResidualStack::new(&vs / format!("stage{i}"), s.channels, &residual, kind)
+                    })
+                    .collect(),
+                ups: stages
+                    .windows(2)
+                    .enumerate()
+                    .map(|(i, w)| {
+                        Upsample::new(&vs / format!("up{i}"), w[0].channels, w[1].channels, kind)
+                    })
+                    .collect(),
+                to_pixels: Conv::new(
+                    &vs / "to_pixels",
+                    last,
+                    cfg.out_channels,
+                    3,
+                    1,
+                    1,
+                    true,
+                    kind,
+                ),
+            },
         }
     }
 
     pub fn parameters(&self) -> Vec<Tensor> {
         let mut p = self.from_code.parameters();
-        p.extend(self.residual.parameters());
-        p.extend(self.ups.iter().flat_map(Upsample::parameters));
+        match &self.body {
+            DecoderBody::Mirror { residual, ups } => {
+                p.extend(residual.parameters());
+                p.extend(ups.iter().flat_map(Upsample::parameters));
+            }
+            DecoderBody::Staged {
+                stages,
+                ups,
+                to_pixels,
+            } => {
+                p.extend(stages.iter().flat_map(ResidualStack::parameters));
+                p.extend(ups.iter().flat_map(Upsample::parameters));
+                p.extend(to_pixels.parameters());
+            }
+        }
         p
     }
 
     /// The weight of the last layer (the one that makes pixels): where VQGAN's adaptive
     /// adversarial weight compares gradient norms.
     pub fn last_weight(&self) -> Tensor {
-        self.ups
-            .last()
-            .expect("a decoder has an upsampling layer")
-            .conv
-            .ws
-            .shallow_clone()
+        match &self.body {
+            DecoderBody::Mirror { ups, .. } => ups
+                .last()
+                .expect("a decoder has an upsampling layer")
+                .conv
+                .ws
+                .shallow_clone(),
+            DecoderBody::Staged { to_pixels, .. } => to_pixels.conv.ws.shallow_clone(),
+        }
     }
 }
 
 impl Module for Decoder {
     /// `(B, D, h, w)` quantized codes → `(B, C, h·f, w·f)` images in the input range.
     fn forward(&self, zs: &Tensor) -> Tensor {
-        let mut x = self
-            .from_code
-            .forward(&channels_last(zs))
-            .apply(&self.residual);
-        let last = self.ups.len() - 1;
-        for (i, u) in self.ups.iter().enumerate() {
-            x = u.forward(&x);
-            if i < last {
-                x = x.relu_();
+        let x = self.from_code.forward(&channels_last(zs));
+        let pixels = match &self.body {
+            DecoderBody::Mirror { residual, ups } => {
+                let mut x = x.apply(residual);
+                let last = ups.len() - 1;
+                for (i, u) in ups.iter().enumerate() {
+                    x = u.forward(&x);
+                    if i < last {
+                        x = x.relu_();
+                    }
+                }
+                x
             }
-        }
-        x.to_kind(Kind::Float)
+            DecoderBody::Staged {
+                stages,
+                ups,
+                to_pixels,
+            } => {
+                // Each stack ends in a ReLU; the next stack's blocks read the upsampled
+                // features before theirs, as the mirror's read `from_code`'s.
+                let mut x = x;
+                for (i, stage) in stages.iter().enumerate() {
+                    x = x.apply(stage);
+                    if let Some(up) = ups.get(i) {
+                        x = up.forward(&x);
+                    }
+                }
+                to_pixels.forward(&x)
+            }
+        };
+        pixels.to_kind(Kind::Float)
     }
 }

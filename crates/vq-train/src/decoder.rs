@@ -19,8 +19,8 @@ use tch::{Device, Kind, Reduction, Tensor};
 use vq_data::{gather, BatchIndices, Cifar10, Split};
 use vq_model::discriminator::{feature_matching_loss, generator_loss, hinge_discriminator_loss};
 use vq_model::{
-    evaluate, focal_frequency_loss, images_to_tensor, Checkpoint, DiscriminatorConfig, Evaluation,
-    PatchDiscriminator, VqVae, VqVaeConfig,
+    evaluate, focal_frequency_loss, images_to_tensor, Checkpoint, ComputeKind, DiscriminatorConfig,
+    Evaluation, PatchDiscriminator, StagedDecoderConfig, VqVae, VqVaeConfig,
 };
 use vq_store::names::{CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE};
 use vq_store::{ConfigFile, RunDir};
@@ -52,6 +52,9 @@ pub enum PixelLoss {
 pub struct DecoderTrainConfig {
     /// The VQ-VAE whose decoder is tuned: a run or checkpoint folder (`None`: the bundled one).
     pub vqvae: Option<PathBuf>,
+    /// A decoder of this shape trained from scratch on the VQ-VAE's frozen codes, instead of
+    /// tuning the VQ-VAE's own decoder (`None`).
+    pub decoder: Option<StagedDecoderConfig>,
     pub data: DataConfig,
     pub schedule: Schedule,
     pub runtime: Runtime,
@@ -92,6 +95,7 @@ impl Default for DecoderTrainConfig {
     fn default() -> Self {
         DecoderTrainConfig {
             vqvae: None,
+            decoder: None,
             data: DataConfig::default(),
             schedule: Schedule {
                 steps: 6000,
@@ -134,6 +138,10 @@ impl ConfigFile for DecoderTrainConfig {
 
     fn validate(&self) -> Result<(), String> {
         self.discriminator.validate()?;
+        if let Some(decoder) = &self.decoder {
+            // The stage count depends on the VQ-VAE's downsampling, checked when it is opened.
+            decoder.validate(if decoder.stages.len() == 2 { 2 } else { 4 })?;
+        }
         if !(self.adversarial_weight >= 0.0 && self.adversarial_weight.is_finite()) {
             return Err(format!(
                 "adversarial_weight must be 0 or more, not {}",
@@ -249,6 +257,28 @@ impl DecoderTask {
     }
 }
 
+/// Copies into `dst` the values of its variables that `wanted` names, from the same names in
+/// `src`.
+fn copy_variables(
+    dst: &nn::VarStore,
+    src: &nn::VarStore,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<()> {
+    let _guard = tch::no_grad_guard();
+    let from = src.variables();
+    for (name, mut t) in dst.variables() {
+        if !wanted(&name) {
+            continue;
+        }
+        let value = from
+            .get(&name)
+            .with_context(|| format!("the VQ-VAE has no variable {name}"))?;
+        t.f_copy_(value)
+            .with_context(|| format!("copying the VQ-VAE's {name}"))?;
+    }
+    Ok(())
+}
+
 impl Task for DecoderTask {
     type Config = DecoderTrainConfig;
     type Eval = DecoderEvaluation;
@@ -260,19 +290,49 @@ impl Task for DecoderTask {
         device: Device,
         _fresh: bool,
     ) -> Result<Self> {
-        let served = match &config.vqvae {
+        let source = match &config.vqvae {
             Some(path) => Checkpoint::open(path, device)
                 .with_context(|| format!("opening the VQ-VAE {}", path.display()))?,
             None => Checkpoint::bundled(device).context("opening the bundled VQ-VAE")?,
         };
         let train = load_split(&config.data, Split::Train)?;
         let test = load_split(&config.data, Split::Test)?;
-        let mut out_config = served.config.clone();
-        out_config.codes_of = Some(vq_store::hex(&served.codes_id()));
+        let mut out_config = source.config.clone();
+        out_config.codes_of = Some(vq_store::hex(&source.codes_id()));
+        if let Some(shape) = &config.decoder {
+            out_config.decoder = Some(shape.clone());
+            out_config.validate().map_err(|e| {
+                anyhow::anyhow!("the decoder shape does not fit {}: {e}", source.origin())
+            })?;
+        }
         let mut vs = nn::VarStore::new(device);
-        let model = VqVae::new(vs.root(), &served.config);
-        vs.copy(&served.vs)
-            .context("copying the VQ-VAE's weights into the model being tuned")?;
+        let model = VqVae::new(vs.root(), &out_config);
+        let served = match &config.decoder {
+            None => {
+                vs.copy(&source.vs)
+                    .context("copying the VQ-VAE's weights into the model being tuned")?;
+                source
+            }
+            // A new decoder: the source's encoder and quantizer, the new decoder's initial
+            // weights, in a model of the new shape for inference (f32, as opened checkpoints).
+            Some(_) => {
+                copy_variables(&vs, &source.vs, |name| !name.starts_with("decoder."))?;
+                let mut served_config = out_config.clone();
+                if served_config.compute == ComputeKind::Auto {
+                    served_config.compute = ComputeKind::F32;
+                }
+                let served_vs = nn::VarStore::new(device);
+                let served_model = VqVae::new(served_vs.root(), &served_config);
+                copy_variables(&served_vs, &vs, |_| true)?;
+                Checkpoint {
+                    config: served_config,
+                    model: served_model,
+                    vs: served_vs,
+                    info: Default::default(),
+                    ..source
+                }
+            }
+        };
         // Frozen: the encoder and the quantizer (the codes must not change).
         for (name, t) in vs.variables() {
             if !name.starts_with("decoder.") {
@@ -287,7 +347,12 @@ impl Task for DecoderTask {
             (a.beta1, a.beta2) = (config.betas[0], config.betas[1]);
         }
         tracing::info!(
-            "tuning the decoder of {} ({} train, {} test images); codes of model {}",
+            "{} {} ({} train, {} test images); codes of model {}",
+            if config.decoder.is_some() {
+                "training a new decoder for the codes of"
+            } else {
+                "tuning the decoder of"
+            },
             served.origin(),
             train.len(),
             test.len(),

@@ -281,6 +281,11 @@ struct DecoderArgs {
     /// The reconstruction term.
     #[arg(long, value_enum, conflicts_with = "resume")]
     reconstruction: Option<PixelLoss>,
+    /// Train a new decoder of this shape on the frozen codes instead of tuning the model's own:
+    /// CHANNELSxBLOCKS of each stage from the code grid up, e.g. 256x4,128x2,64x2 (a config
+    /// file's "decoder" sets the rest).
+    #[arg(long, value_name = "STAGES", conflicts_with = "resume")]
+    decoder_stages: Option<String>,
     /// End with the FID of the reconstructions of the test split (minutes on a CPU).
     #[arg(long, conflicts_with = "resume")]
     fid: bool,
@@ -425,6 +430,11 @@ fn run_decoder(args: DecoderArgs) -> Result<()> {
             }
             if let Some(v) = args.reconstruction {
                 config.reconstruction = v;
+            }
+            if let Some(text) = args.decoder_stages {
+                let stages = vq_model::StagedDecoderConfig::parse_stages(&text)
+                    .map_err(|e| anyhow::anyhow!("--decoder-stages: {e}"))?;
+                config.decoder.get_or_insert_with(Default::default).stages = stages;
             }
             config.fid |= args.fid;
             train::<DecoderTask>(config, &args.run.run_dir("decoder"))?
