@@ -29,6 +29,18 @@ impl Default for Tiling {
     }
 }
 
+impl Tiling {
+    /// The default tiling with a halo wide enough for `model`'s decoder too (a decoder of its
+    /// own shape can reach further than the default halo).
+    pub fn for_model(model: &VqVae) -> Self {
+        let default = Tiling::default();
+        Tiling {
+            halo: default.halo.max(model.decoder.reach_in_codes()),
+            ..default
+        }
+    }
+}
+
 /// Pixels per network pass. Windows of one size always go through the network in passes of the
 /// same number of windows (`PASS_PIXELS / window pixels`, at least one), the last pass padded
 /// with copies: LibTorch's convolutions pick their algorithm by batch size, and its rounding

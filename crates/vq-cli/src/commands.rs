@@ -262,7 +262,7 @@ fn codec(ckpt: &Checkpoint, device: Device) -> Codec<'_> {
     Codec {
         model: &ckpt.model,
         device,
-        tiling: Tiling::default(),
+        tiling: Tiling::for_model(&ckpt.model),
     }
 }
 

@@ -23,6 +23,48 @@ fn picture(width: u32, height: u32) -> RgbImage {
     })
 }
 
+/// A decoder of its own shape reaches further than the default halo; `Tiling::for_model`
+/// widens the halo so that tiled decoding still equals one pass.
+#[test]
+fn a_deeper_decoder_gets_a_wider_halo_and_tiles_equal_one_pass() {
+    tch::manual_seed(4);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg: VqVaeConfig = vq_store::parse_config(
+        r#"{"hidden_channels": 8, "residual": {"hidden_channels": 4, "layers": 1},
+            "quantizer": {"kind": "vq", "codebook_size": 16, "code_dim": 4}, "compute": "f32",
+            "decoder": {"stages": [{"channels": 8, "blocks": 4}, {"channels": 4, "blocks": 1},
+                                   {"channels": 4, "blocks": 1}]}}"#,
+    )
+    .unwrap();
+    let model = VqVae::new(vs.root(), &cfg);
+    assert_eq!(Tiling::for_model(&tiny_model(&vs)), Tiling::default());
+    let tiling = Tiling::for_model(&model);
+    assert!(tiling.halo > Tiling::default().halo, "{tiling:?}");
+    let whole = Codec {
+        model: &model,
+        device: Device::Cpu,
+        tiling: Tiling {
+            tile: 1000,
+            halo: 0,
+        },
+    };
+    let tiled = Codec {
+        tiling: Tiling { tile: 4, ..tiling },
+        ..whole
+    };
+    let img = picture(75, 53);
+    let grid = whole.encode(&img);
+    let (d1, d2) = (whole.decode(&grid, 75, 53), tiled.decode(&grid, 75, 53));
+    let worst = d1
+        .as_raw()
+        .iter()
+        .zip(d2.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(worst <= 1, "tiled decoding differs by {worst}");
+}
+
 #[test]
 fn tiles_with_a_wide_halo_equal_one_pass() {
     tch::manual_seed(0);

@@ -473,6 +473,38 @@ impl Decoder {
         p
     }
 
+    /// How far, in codes, an output pixel's value reaches back into the code grid (a bound):
+    /// tiled decoding needs a halo at least this wide to equal one pass over the whole grid.
+    /// Each 3×3 convolution reaches one position at its resolution, a 4×4 transposed
+    /// convolution of stride 2 one position of its input.
+    pub fn reach_in_codes(&self) -> u32 {
+        // From the pixels back to the grid: positions at the current resolution.
+        let mut reach = 0u32;
+        let back_through_upsampling = |r: u32| r.div_ceil(2) + 1;
+        match &self.body {
+            DecoderBody::Mirror { residual, ups } => {
+                for _ in ups {
+                    reach = back_through_upsampling(reach);
+                }
+                reach += residual.blocks.len() as u32;
+            }
+            DecoderBody::Staged {
+                stages,
+                ups,
+                to_pixels: _,
+            } => {
+                reach += 1;
+                for (i, stage) in stages.iter().enumerate().rev() {
+                    reach += stage.blocks.len() as u32;
+                    if i > 0 && ups.get(i - 1).is_some() {
+                        reach = back_through_upsampling(reach);
+                    }
+                }
+            }
+        }
+        reach + 1 // from_code
+    }
+
     /// The weight of the last layer (the one that makes pixels): where VQGAN's adaptive
     /// adversarial weight compares gradient norms.
     pub fn last_weight(&self) -> Tensor {
