@@ -306,6 +306,32 @@ mod tests {
                 );
             }
         }
+        // Initialised as PyTorch initialises: every weight and bias inside ±1/√fan_in (tch's
+        // own default reaches √6 times further), and biases not zero.
+        let vs = nn::VarStore::new(crate::test_device());
+        let wide = VqVaeConfig {
+            decoder: Some(stages("64x2,32x1,16x1")),
+            ..tiny(CodebookUpdate::default(), 4)
+        };
+        let _ = VqVae::new(vs.root(), &wide);
+        let variables = vs.variables();
+        let mut checked = 0;
+        for (name, t) in &variables {
+            let Some(layer) = name.strip_prefix("decoder.") else {
+                continue;
+            };
+            let weight = match layer.strip_suffix(".bias") {
+                Some(stem) => &variables[&format!("decoder.{stem}.weight")],
+                None => t,
+            };
+            let fan_in: i64 = weight.size()[1..].iter().product();
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            let largest = t.abs().max().double_value(&[]);
+            assert!(largest <= bound, "{name}: {largest} > {bound}");
+            assert!(largest > 0.5 * bound, "{name}: {largest} of {bound}");
+            checked += 1;
+        }
+        assert!(checked > 10, "{checked}");
         let wrong = VqVaeConfig {
             decoder: Some(stages("16x2,8x1")),
             ..tiny(CodebookUpdate::default(), 4)
