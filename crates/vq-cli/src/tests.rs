@@ -23,6 +23,28 @@ fn picture(width: u32, height: u32) -> RgbImage {
     })
 }
 
+/// A codec that runs the whole picture in one pass (no tiles).
+fn one_pass(model: &VqVae) -> Codec<'_> {
+    Codec {
+        model,
+        device: Device::Cpu,
+        tiling: Tiling {
+            tile: 1000,
+            halo: 0,
+        },
+    }
+}
+
+/// The largest difference of any channel of any pixel.
+fn worst_difference(a: &RgbImage, b: &RgbImage) -> u8 {
+    a.as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap()
+}
+
 /// A decoder of its own shape reaches further than the default halo; `Tiling::for_model`
 /// widens the halo so that tiled decoding still equals one pass.
 #[test]
@@ -40,14 +62,7 @@ fn a_deeper_decoder_gets_a_wider_halo_and_tiles_equal_one_pass() {
     assert_eq!(Tiling::for_model(&tiny_model(&vs)), Tiling::default());
     let tiling = Tiling::for_model(&model);
     assert!(tiling.halo > Tiling::default().halo, "{tiling:?}");
-    let whole = Codec {
-        model: &model,
-        device: Device::Cpu,
-        tiling: Tiling {
-            tile: 1000,
-            halo: 0,
-        },
-    };
+    let whole = one_pass(&model);
     let tiled = Codec {
         tiling: Tiling { tile: 4, ..tiling },
         ..whole
@@ -55,13 +70,7 @@ fn a_deeper_decoder_gets_a_wider_halo_and_tiles_equal_one_pass() {
     let img = picture(75, 53);
     let grid = whole.encode(&img);
     let (d1, d2) = (whole.decode(&grid, 75, 53), tiled.decode(&grid, 75, 53));
-    let worst = d1
-        .as_raw()
-        .iter()
-        .zip(d2.as_raw())
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap();
+    let worst = worst_difference(&d1, &d2);
     assert!(worst <= 1, "tiled decoding differs by {worst}");
 }
 
@@ -71,14 +80,7 @@ fn tiles_with_a_wide_halo_equal_one_pass() {
     let vs = nn::VarStore::new(Device::Cpu);
     let model = tiny_model(&vs);
     let img = picture(75, 53); // 19 × 14 codes, neither a multiple of 4 pixels
-    let whole = Codec {
-        model: &model,
-        device: Device::Cpu,
-        tiling: Tiling {
-            tile: 1000,
-            halo: 0,
-        },
-    };
+    let whole = one_pass(&model);
     let tiled = Codec {
         tiling: Tiling { tile: 4, halo: 6 },
         ..whole
@@ -99,13 +101,7 @@ fn tiles_with_a_wide_halo_equal_one_pass() {
     );
     let (d1, d2) = (whole.decode(&g1, 75, 53), tiled.decode(&g1, 75, 53));
     assert_eq!(d1.dimensions(), (75, 53));
-    let worst = d1
-        .as_raw()
-        .iter()
-        .zip(d2.as_raw())
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap();
+    let worst = worst_difference(&d1, &d2);
     assert!(worst <= 1, "tiled decoding differs by {worst}");
     // Without a halo the tile borders show.
     let no_halo = Codec {

@@ -312,6 +312,27 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_recipes_are_valid_configs() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/recipes");
+        let mut read = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            if let Some(kind) = name.strip_suffix(".json") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let checked = if kind.starts_with("sharp-decoder") {
+                    parse_config::<crate::DecoderTrainConfig>(&text).and_then(|c| c.check())
+                } else {
+                    parse_config::<TrainConfig>(&text).and_then(|c| c.check())
+                };
+                assert!(checked.is_ok(), "{name}: {checked:?}");
+                read += 1;
+            }
+        }
+        assert!(read >= 2, "{read} recipes in {}", dir.display());
+    }
+
+    #[test]
     fn partial_json_takes_this_runs_defaults() {
         let cfg: TrainConfig = parse_config(
             r#"{"format": 2, "schedule": {"steps": 5}, "model": {"quantizer": {"codebook_size": 64}}}"#,
