@@ -28,9 +28,10 @@ pub struct SamplingArgs {
     /// else 1]
     #[arg(long)]
     pub guidance: Option<f64>,
-    /// Which bundled decoder turns the codes into pixels: `tuned` (models/cifar10-sharp, the
-    /// bundled model's decoder fine-tuned for the same codes) or `plain` (the bundled model's
-    /// own). Not with --checkpoint, whose decoder is used [default: tuned]
+    /// Which bundled decoder turns the codes into pixels: `sharp` (models/cifar10-sharp, a
+    /// decoder trained adversarially for the bundled model's codes; `tuned` is another name for
+    /// it) or `plain` (the bundled model's own). Not with --checkpoint, whose decoder is used
+    /// [default: sharp]
     #[arg(long, value_enum)]
     pub decoder: Option<DecoderChoice>,
 }
@@ -38,15 +39,16 @@ pub struct SamplingArgs {
 /// The bundled decoders the prior's codes can be decoded with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DecoderChoice {
-    /// The bundled model's decoder fine-tuned for its codes (models/cifar10-sharp).
-    Tuned,
+    /// The sharp decoder trained for the bundled model's codes (models/cifar10-sharp).
+    #[value(alias = "tuned")]
+    Sharp,
     /// The bundled model's own decoder (models/cifar10-default).
     Plain,
 }
 
 impl SamplingArgs {
     /// The VQ-VAE whose decoder renders the samples: `--checkpoint`'s, else the bundled model
-    /// with the decoder `--decoder` picks (the tuned one by default).
+    /// with the decoder `--decoder` picks (the sharp one by default).
     pub fn open_decoder(&self, session: &Session) -> anyhow::Result<Checkpoint> {
         match (&session.checkpoint, self.decoder) {
             (Some(path), Some(_)) => anyhow::bail!(
@@ -54,7 +56,7 @@ impl SamplingArgs {
                 path.display()
             ),
             (Some(_), None) | (None, Some(DecoderChoice::Plain)) => session.open(),
-            (None, None | Some(DecoderChoice::Tuned)) => {
+            (None, None | Some(DecoderChoice::Sharp)) => {
                 Checkpoint::bundled_tuned_decoder(session.device).context(
                     "opening the bundled tuned decoder (--decoder plain uses the bundled model's own)",
                 )
