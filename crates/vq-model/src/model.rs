@@ -328,7 +328,15 @@ mod tests {
             let bound = 1.0 / (fan_in as f64).sqrt();
             let largest = t.abs().max().double_value(&[]);
             assert!(largest <= bound, "{name}: {largest} > {bound}");
-            assert!(largest > 0.5 * bound, "{name}: {largest} of {bound}");
+            // Draws spread across the range. tch's generator is shared by tests running in
+            // parallel, so the seed does not fix these draws: the spread is asserted only where
+            // missing it by chance is below 2^-64 (64 or more values); smaller tensors (the
+            // 3 output biases) must only be non-zero.
+            if t.numel() >= 64 {
+                assert!(largest > 0.5 * bound, "{name}: {largest} of {bound}");
+            } else {
+                assert!(largest > 0.0, "{name} is zero");
+            }
             checked += 1;
         }
         assert!(checked > 10, "{checked}");
