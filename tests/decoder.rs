@@ -129,6 +129,57 @@ fn a_new_decoder_of_its_own_shape_keeps_the_codes_and_reads_the_same_files() {
     assert!(stderr(&out).contains("3 stages"), "{}", stderr(&out));
 }
 
+/// A run that continues an adversarial one (`--vqvae RUN --discriminator-from RUN`) starts from
+/// its discriminator: at a learning rate too small to move a weight, the new run's
+/// discriminator is the old one's bit for bit, and without the flag it is a fresh one; a
+/// folder without a discriminator is refused, naming it.
+#[test]
+fn a_continued_adversarial_run_starts_from_the_earlier_discriminator() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    train_decoder(dir, &[]);
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("decoder.json")).unwrap()).unwrap();
+    config["schedule"]["lr"] = serde_json::json!(1e-30);
+    config["schedule"]["steps"] = serde_json::json!(2);
+    config["disc_start"] = serde_json::json!(0);
+    std::fs::write(dir.join("still.json"), config.to_string()).unwrap();
+    let continued = |run_dir: &str, flags: &[&str]| {
+        let mut args = vec![
+            "decoder",
+            "--config",
+            "still.json",
+            "--vqvae",
+            "sharp",
+            "--run-dir",
+            run_dir,
+        ];
+        args.extend_from_slice(flags);
+        run("vq-train", &args, dir)
+    };
+    let disc = |run_dir: &str| {
+        tensors(
+            &dir.join(run_dir)
+                .join("checkpoints/last/discriminator.safetensors"),
+        )
+    };
+    let out = continued("more", &["--discriminator-from", "sharp"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(disc("more"), disc("sharp"));
+    let out = continued("fresh", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_ne!(disc("fresh"), disc("sharp"));
+
+    let bundled = root().join("models/cifar10-default");
+    let out = continued("bad", &["--discriminator-from", bundled.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("cifar10-default") && err.contains("has no discriminator.safetensors"),
+        "{err}"
+    );
+}
+
 /// `vq-train decoder` for a few steps from the bundled model on a small dataset, into
 /// `DIR/sharp`, with `flags` added.
 fn train_decoder(dir: &Path, flags: &[&str]) {

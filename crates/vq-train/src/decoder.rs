@@ -55,6 +55,11 @@ pub struct DecoderTrainConfig {
     /// A decoder of this shape trained from scratch on the VQ-VAE's frozen codes, instead of
     /// tuning the VQ-VAE's own decoder (`None`).
     pub decoder: Option<StagedDecoderConfig>,
+    /// A decoder run or checkpoint folder whose discriminator's weights start this run's (its
+    /// optimizer starts afresh): a run that continues an adversarial one (`vqvae` pointing at
+    /// it) then faces a discriminator that already knows the decoder's artefacts, instead of a
+    /// blind one whose first verdicts are noise. Read only when the run starts, not on resume.
+    pub discriminator_from: Option<PathBuf>,
     pub data: DataConfig,
     pub schedule: Schedule,
     pub runtime: Runtime,
@@ -96,6 +101,7 @@ impl Default for DecoderTrainConfig {
         DecoderTrainConfig {
             vqvae: None,
             decoder: None,
+            discriminator_from: None,
             data: DataConfig::default(),
             schedule: Schedule {
                 steps: 6000,
@@ -257,6 +263,24 @@ impl DecoderTask {
     }
 }
 
+/// Loads the discriminator of the decoder run or checkpoint folder `from` into `disc_vs`; a
+/// folder without one, or one of another shape, is an error naming it.
+fn load_discriminator(disc_vs: &mut nn::VarStore, from: &Path) -> Result<()> {
+    let dir = vq_store::resolve(from)
+        .with_context(|| format!("discriminator_from: {}", from.display()))?;
+    let file = dir.join(DISCRIMINATOR_FILE);
+    if !file.is_file() {
+        anyhow::bail!(
+            "discriminator_from: {} has no {DISCRIMINATOR_FILE} (not a decoder run's checkpoint)",
+            dir.display()
+        );
+    }
+    vq_store::weights::load(disc_vs, &file)
+        .with_context(|| format!("discriminator_from: loading {}", file.display()))?;
+    tracing::info!("discriminator from {}", file.display());
+    Ok(())
+}
+
 /// Copies into `dst` the values of its variables that `wanted` names, from the same names in
 /// `src`.
 fn copy_variables(
@@ -288,7 +312,7 @@ impl Task for DecoderTask {
         config: &DecoderTrainConfig,
         _run: &RunDir,
         device: Device,
-        _fresh: bool,
+        fresh: bool,
     ) -> Result<Self> {
         let source = match &config.vqvae {
             Some(path) => Checkpoint::open(path, device)
@@ -340,8 +364,11 @@ impl Task for DecoderTask {
             }
         }
         let mut adam = Adam::new(&vs);
-        let disc_vs = nn::VarStore::new(device);
+        let mut disc_vs = nn::VarStore::new(device);
         let disc = PatchDiscriminator::new(disc_vs.root(), &config.discriminator);
+        if let (true, Some(from)) = (fresh, &config.discriminator_from) {
+            load_discriminator(&mut disc_vs, from)?;
+        }
         let mut disc_adam = Adam::new(&disc_vs);
         for a in [&mut adam, &mut disc_adam] {
             (a.beta1, a.beta2) = (config.betas[0], config.betas[1]);

@@ -286,6 +286,10 @@ struct DecoderArgs {
     /// file's "decoder" sets the rest).
     #[arg(long, value_name = "STAGES", conflicts_with = "resume")]
     decoder_stages: Option<String>,
+    /// Start the discriminator from this decoder run's (or checkpoint's): with --vqvae naming
+    /// the same run, a longer adversarial run continues where it ended.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "resume")]
+    discriminator_from: Option<PathBuf>,
     /// End with the FID of the reconstructions of the test split (minutes on a CPU).
     #[arg(long, conflicts_with = "resume")]
     fid: bool,
@@ -435,6 +439,9 @@ fn run_decoder(args: DecoderArgs) -> Result<()> {
                 let stages = vq_model::StagedDecoderConfig::parse_stages(&text)
                     .map_err(|e| anyhow::anyhow!("--decoder-stages: {e}"))?;
                 config.decoder.get_or_insert_with(Default::default).stages = stages;
+            }
+            if let Some(v) = args.discriminator_from {
+                config.discriminator_from = Some(v);
             }
             config.fid |= args.fid;
             train::<DecoderTask>(config, &args.run.run_dir("decoder"))?
