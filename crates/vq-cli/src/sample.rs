@@ -58,7 +58,7 @@ impl SamplingArgs {
             (Some(_), None) | (None, Some(DecoderChoice::Plain)) => session.open(),
             (None, None | Some(DecoderChoice::Sharp)) => {
                 Checkpoint::bundled_tuned_decoder(session.device).context(
-                    "opening the bundled tuned decoder (--decoder plain uses the bundled model's own)",
+                    "opening the bundled sharp decoder, models/cifar10-sharp (--decoder plain uses the bundled model's own)",
                 )
             }
         }
