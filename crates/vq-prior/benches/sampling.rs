@@ -1,5 +1,6 @@
 //! Sampling rate of a prior (codes only, no decoding): `cargo bench -p vq-prior --bench
-//! sampling -- [--prior DIR] [--images N] [--threads T]`, for a few batch sizes, with the
+//! sampling -- [--prior DIR] [--images N] [--threads T] [--guidance G] [--batches 250,500,1000]`
+//! (guidance: the prior's own sampling default unless given), for a few batch sizes, with the
 //! weights in f32 and in bf16 (where the CPU has bf16 arithmetic, LibTorch's matrix products
 //! use it). Prints images/s of each and, for bf16, how many codes equal the f32 draws of the
 //! same seed (the draws follow the probabilities, which bf16 rounds).
@@ -8,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
-use vq_prior::{PriorCheckpoint, SampleOptions};
+use vq_prior::PriorCheckpoint;
 use vq_store::Source;
 
 fn arg(name: &str) -> Option<String> {
@@ -38,16 +39,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let classes = prior.model.provenance().classes.max(1);
     let labels = Tensor::arange(images, (Kind::Int64, device)).remainder(classes);
     let labels = (prior.model.provenance().classes > 0).then_some(labels);
-    let options = SampleOptions::default();
+    let mut options = prior.config.sampling.unwrap_or_default();
+    if let Some(g) = arg("--guidance").and_then(|v| v.parse().ok()) {
+        options.guidance = g;
+    }
+    let batches: Vec<i64> = arg("--batches")
+        .map(|v| v.split(',').filter_map(|b| b.parse().ok()).collect())
+        .unwrap_or_else(|| vec![250, 500, 1000]);
+    let widest = *batches.iter().max().unwrap_or(&1000);
     println!(
-        "prior {}, {images} images, {} threads, {device:?}",
+        "prior {}, {images} images, {} threads, {device:?}, guidance {}",
         prior.origin(),
-        tch::get_num_threads()
+        tch::get_num_threads(),
+        options.guidance
     );
     let mut reference: Option<Tensor> = None;
     for (kind, name) in [(Kind::Float, "f32"), (Kind::BFloat16, "bf16")] {
         prior.vs.set_kind(kind);
-        for batch in [250, 500, 1000] {
+        for &batch in &batches {
             tch::manual_seed(0);
             let start = Instant::now();
             let mut parts = Vec::new();
@@ -62,7 +71,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let seconds = start.elapsed().as_secs_f64();
             let codes = Tensor::cat(&parts, 0);
             let same = match &reference {
-                Some(r) if batch == 1000 => {
+                Some(r) if batch == widest => {
                     let eq = codes.eq_tensor(r).to_kind(Kind::Float).mean(Kind::Float);
                     format!(
                         ", {:.1}% of codes equal to f32's",
@@ -71,7 +80,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 _ => String::new(),
             };
-            if kind == Kind::Float && batch == 1000 {
+            if kind == Kind::Float && batch == widest {
                 reference = Some(codes.shallow_clone());
             }
             println!(
