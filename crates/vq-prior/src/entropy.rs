@@ -214,6 +214,7 @@ mod tests {
             width: 16,
             layers: 2,
             heads: 2,
+            kv_heads: None,
             dropout: 0.0,
             class_dropout: 0.1,
         };

@@ -18,6 +18,12 @@ pub struct TransformerConfig {
     pub width: i64,
     pub layers: usize,
     pub heads: i64,
+    /// Key/value heads (grouped-query attention; Ainslie et al. 2023): each serves
+    /// `heads / kv_heads` query heads, so sampling's key/value cache, which every new code
+    /// reads in full, is that many times smaller. Absent: one per query head (classic
+    /// multi-head attention, the shape of every prior trained before it existed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_heads: Option<i64>,
     /// Dropout of the embeddings, the attention weights and each block's outputs (training).
     pub dropout: f64,
     /// Probability that a training grid's class is replaced by the null class.
@@ -30,6 +36,7 @@ impl Default for TransformerConfig {
             width: 256,
             layers: 6,
             heads: 8,
+            kv_heads: None,
             dropout: 0.1,
             class_dropout: 0.1,
         }
@@ -37,12 +44,25 @@ impl Default for TransformerConfig {
 }
 
 impl TransformerConfig {
+    /// Key/value heads: `kv_heads`, or one per query head.
+    pub fn key_value_heads(&self) -> i64 {
+        self.kv_heads.unwrap_or(self.heads)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.width < 1 || self.heads < 1 || self.layers < 1 || self.width % self.heads != 0 {
             return Err(format!(
                 "width ({}) must be a positive multiple of heads ({}), with at least one layer",
                 self.width, self.heads
             ));
+        }
+        if let Some(kv) = self.kv_heads {
+            if kv < 1 || self.heads % kv != 0 {
+                return Err(format!(
+                    "kv_heads ({kv}) must be a positive divisor of heads ({})",
+                    self.heads
+                ));
+            }
         }
         for (name, p) in [
             ("dropout", self.dropout),
@@ -110,6 +130,7 @@ struct Block {
     fc1: Linear,
     fc2: Linear,
     heads: i64,
+    kv_heads: i64,
     dropout: f64,
     /// The number type of the linear layers' products in training (f32 unless the trainer
     /// asks for bf16); evaluation and sampling always use f32.
@@ -119,28 +140,45 @@ struct Block {
 impl Block {
     fn new(vs: nn::Path<'_>, cfg: &TransformerConfig) -> Self {
         let d = cfg.width;
+        let kv_width = cfg.key_value_heads() * (d / cfg.heads);
         Block {
             ln1: nn::layer_norm(&vs / "ln1", vec![d], Default::default()),
-            qkv: Linear::new(&vs / "qkv", d, 3 * d),
+            // Queries, then keys, then values: `3 d` outputs with a key/value head per query head.
+            qkv: Linear::new(&vs / "qkv", d, d + 2 * kv_width),
             proj: Linear::new(&vs / "proj", d, d),
             ln2: nn::layer_norm(&vs / "ln2", vec![d], Default::default()),
             fc1: Linear::new(&vs / "fc1", d, 4 * d),
             fc2: Linear::new(&vs / "fc2", 4 * d, d),
             heads: cfg.heads,
+            kv_heads: cfg.key_value_heads(),
             dropout: cfg.dropout,
             train_kind: Kind::Float,
         }
     }
 
-    /// `(B, T, D)` → queries, keys and values as `(B, heads, T, D / heads)`.
+    /// `(B, T, D)` → queries `(B, heads, T, D / heads)`, keys and values `(B, kv_heads, T,
+    /// D / heads)`.
     fn qkv(&self, x: &Tensor, kind: Kind) -> (Tensor, Tensor, Tensor) {
         let (b, t, d) = x.size3().expect("(B, T, D) activations");
-        let parts = self
-            .qkv
-            .forward_as(&x.apply(&self.ln1), kind)
-            .view([b, t, 3, self.heads, d / self.heads])
-            .permute([2, 0, 3, 1, 4]);
-        (parts.get(0), parts.get(1), parts.get(2))
+        let head_dim = d / self.heads;
+        let parts = self.qkv.forward_as(&x.apply(&self.ln1), kind);
+        let split = |start: i64, heads: i64| {
+            parts
+                .narrow(2, start, heads * head_dim)
+                .view([b, t, heads, head_dim])
+                .transpose(1, 2)
+        };
+        let kv_width = self.kv_heads * head_dim;
+        (
+            split(0, self.heads),
+            split(d, self.kv_heads),
+            split(d + kv_width, self.kv_heads),
+        )
+    }
+
+    /// Query heads per key/value head.
+    fn group(&self) -> i64 {
+        self.heads / self.kv_heads
     }
 
     /// The rest of the block after attention: projection, residual, MLP.
@@ -166,6 +204,14 @@ impl Block {
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let kind = self.kind(train);
         let (q, k, v) = self.qkv(x, kind);
+        // Query head `h` reads key/value head `h / group`.
+        let (k, v) = match self.group() {
+            1 => (k, v),
+            g => (
+                k.repeat_interleave_self_int(g, Some(1), None::<i64>),
+                v.repeat_interleave_self_int(g, Some(1), None::<i64>),
+            ),
+        };
         let p = if train { self.dropout } else { 0.0 };
         let attended =
             Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, p, true, None, false);
@@ -173,7 +219,9 @@ impl Block {
     }
 
     /// One new position `t` (`x`: `(B, 1, D)`), attending to the cached positions and itself;
-    /// its key and value join the cache.
+    /// its key and value join the cache. The query heads that share a key/value head are laid
+    /// out as that head's queries (`(B, kv_heads, group, D / heads)`), so the cache is read once
+    /// per key/value head, not once per query head.
     fn step(&self, x: &Tensor, t: i64, cache: &mut LayerCache) -> Tensor {
         let (q, k, v) = self.qkv(x, Kind::Float);
         cache.keys.narrow(2, t, 1).copy_(&k);
@@ -182,9 +230,12 @@ impl Block {
             cache.keys.narrow(2, 0, t + 1),
             cache.values.narrow(2, 0, t + 1),
         );
+        let (b, heads, _, head_dim) = q.size4().expect("(B, heads, 1, head_dim) queries");
+        let grouped = q.reshape([b, self.kv_heads, self.group(), head_dim]);
         let attended = Tensor::scaled_dot_product_attention::<Tensor>(
-            &q, &keys, &values, None, 0.0, false, None, false,
-        );
+            &grouped, &keys, &values, None, 0.0, false, None, false,
+        )
+        .reshape([b, heads, 1, head_dim]);
         self.finish(x, &attended, false, Kind::Float)
     }
 }
@@ -326,7 +377,7 @@ impl CodePrior for TransformerPrior {
                     // The weights' number type: f32, or bf16 where a caller converted them.
                     // Never read beyond the positions written so far: no need to clear it.
                     Tensor::empty(
-                        [rows, self.config.heads, length, head_dim],
+                        [rows, self.config.key_value_heads(), length, head_dim],
                         (self.positions.kind(), device),
                     )
                 };
@@ -368,10 +419,20 @@ mod tests {
     use vq_model::CodeSpace;
 
     fn tiny(vs: &nn::VarStore, classes: i64) -> TransformerPrior {
+        tiny_with(vs, classes, None)
+    }
+
+    /// 4 query heads; `kv_heads` of 1 or 2 makes it grouped-query.
+    fn tiny_grouped(vs: &nn::VarStore, classes: i64, kv_heads: i64) -> TransformerPrior {
+        tiny_with(vs, classes, Some(kv_heads))
+    }
+
+    fn tiny_with(vs: &nn::VarStore, classes: i64, kv_heads: Option<i64>) -> TransformerPrior {
         let cfg = TransformerConfig {
             width: 16,
             layers: 2,
-            heads: 2,
+            heads: if kv_heads.is_some() { 4 } else { 2 },
+            kv_heads,
             dropout: 0.1,
             class_dropout: 0.1,
         };
@@ -425,8 +486,13 @@ mod tests {
     #[test]
     fn a_later_code_changes_no_earlier_logit() {
         let _rng = crate::seeded(0);
-        let vs = nn::VarStore::new(vq_model::test_device());
-        let prior = tiny(&vs, 3);
+        for kv_heads in [None, Some(1), Some(2)] {
+            let vs = nn::VarStore::new(vq_model::test_device());
+            later_codes_change_no_earlier_logit(&tiny_with(&vs, 3, kv_heads));
+        }
+    }
+
+    fn later_codes_change_no_earlier_logit(prior: &TransformerPrior) {
         let codes = Tensor::randint(11, [2, 4, 4], (Kind::Int64, vq_model::test_device()));
         let labels = Tensor::from_slice(&[1i64, 2]);
         let base = prior.logits(&codes, Some(&labels), false).view([2, 11, 16]);
@@ -465,8 +531,13 @@ mod tests {
     #[test]
     fn cached_sampling_draws_exactly_what_uncached_sampling_draws() {
         let _rng = crate::seeded(1);
-        let vs = nn::VarStore::new(vq_model::test_device());
-        let prior = tiny(&vs, 3);
+        for kv_heads in [None, Some(1), Some(2)] {
+            let vs = nn::VarStore::new(vq_model::test_device());
+            cached_equals_uncached(&tiny_with(&vs, 3, kv_heads));
+        }
+    }
+
+    fn cached_equals_uncached(prior: &TransformerPrior) {
         let labels = Tensor::from_slice(&[0i64, 1, 2, 2, 1]);
         for options in [
             SampleOptions::default(),
@@ -485,7 +556,7 @@ mod tests {
             let cached = prior.sample(5, Some(&labels), &options, vq_model::test_device());
             tch::manual_seed(42);
             let uncached =
-                sample_uncached(&prior, 5, Some(&labels), &options, vq_model::test_device());
+                sample_uncached(prior, 5, Some(&labels), &options, vq_model::test_device());
             assert_eq!(cached.size(), vec![5, 4, 4]);
             assert_eq!(cached, uncached, "{options:?}");
             assert!(cached.min().int64_value(&[]) >= 0 && cached.max().int64_value(&[]) < 11);
@@ -495,7 +566,7 @@ mod tests {
         let a = prior.sample(3, None, &SampleOptions::default(), vq_model::test_device());
         tch::manual_seed(7);
         let b = sample_uncached(
-            &prior,
+            prior,
             3,
             None,
             &SampleOptions::default(),
@@ -555,5 +626,39 @@ mod tests {
         assert!((train - eval_a).abs().max().double_value(&[]) > 0.0);
         let nll = prior.nll(&codes, Some(&labels), true).double_value(&[]);
         assert!(nll.is_finite() && nll > 0.0);
+    }
+
+    /// Grouped-query attention: the query heads of a group read one key/value head, so the
+    /// block's projection is narrower, a group of one is the classic shape with the same
+    /// variables (old checkpoints), and a configuration's JSON without `kv_heads` is unchanged.
+    #[test]
+    fn grouped_query_heads_share_keys_and_values() {
+        let _rng = crate::seeded(3);
+        let vs = nn::VarStore::new(vq_model::test_device());
+        let _prior = tiny_grouped(&vs, 3, 1);
+        let qkv = vs.variables()["block0.qkv.weight"].size();
+        // 16 query dimensions, then one key and one value head of 16 / 4 each.
+        assert_eq!(qkv, vec![16 + 2 * 4, 16]);
+
+        let classic = TransformerConfig::default();
+        let json = serde_json::to_string(&classic).unwrap();
+        assert!(!json.contains("kv_heads"), "{json}");
+        let same_shape = TransformerConfig {
+            kv_heads: Some(classic.heads),
+            ..classic.clone()
+        };
+        assert_eq!(same_shape.key_value_heads(), classic.key_value_heads());
+        for (kv_heads, ok) in [
+            (Some(0), false),
+            (Some(3), false),
+            (Some(4), true),
+            (Some(8), true),
+        ] {
+            let cfg = TransformerConfig {
+                kv_heads,
+                ..classic.clone()
+            };
+            assert_eq!(cfg.validate().is_ok(), ok, "{kv_heads:?}");
+        }
     }
 }
