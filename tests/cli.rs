@@ -325,6 +325,33 @@ fn sample_with_the_bundled_prior_is_reproducible_and_checks_its_arguments() {
             .contains("cifar10-default"),
         "{report}"
     );
+    assert_eq!(report["compute"], "f32", "{report}");
+
+    // bf16 sampling: reproducible with its seed, reported, and other draws than f32's.
+    let bf16_args = |out: &'static str| {
+        [
+            "--json",
+            "sample",
+            "-n",
+            "10",
+            "--seed",
+            "5",
+            "--compute",
+            "bf16",
+            "-o",
+            out,
+        ]
+    };
+    for name in ["h1.png", "h2.png"] {
+        let out = cli(&bf16_args(name), dir);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+        assert_eq!(report["compute"], "bf16", "{report}");
+    }
+    let h1 = image::open(dir.join("h1.png")).unwrap().to_rgb8();
+    assert!(h1 == image::open(dir.join("h2.png")).unwrap().to_rgb8());
+    assert!(h1 != a, "bf16 drew exactly the f32 samples");
+
     let plain = image::open(dir.join("p.png")).unwrap().to_rgb8();
     assert!(
         plain != a,
@@ -488,6 +515,29 @@ fn format_1_checkpoints_and_an_old_vqz_still_work() {
         dir,
     );
     assert!(out.status.success(), "{}", stderr(&out));
+    // It samples in f32 only: bf16 is refused naming it, auto stays f32.
+    let with_compute = |compute: &'static str| {
+        cli(
+            &[
+                "--checkpoint",
+                bundled().to_str().unwrap(),
+                "sample",
+                "-n",
+                "2",
+                "--prior",
+                prior.to_str().unwrap(),
+                "--compute",
+                compute,
+                "-o",
+                "s.png",
+            ],
+            dir,
+        )
+    };
+    let out = with_compute("bf16");
+    assert_clean_failure(&out, "pixelcnn-format1");
+    assert!(stderr(&out).contains("transformer"), "{}", stderr(&out));
+    assert!(with_compute("auto").status.success());
 
     // Made with the build before format 2 (`vq-cli encode picture.png`, then `decode`).
     let out = cli(

@@ -957,13 +957,15 @@ pub struct SampleReport {
     pub seed: u64,
     /// The VQ-VAE whose decoder drew the pixels.
     pub decoder: String,
+    /// The prior's number type while sampling (`f32` or `bf16`).
+    pub compute: String,
 }
 
 impl fmt::Display for SampleReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}: {} samples in {:.2} s ({:.1} images/s; codes {:.2} s, decoding {:.2} s), temperature {}, guidance {}, seed {}, decoded by {}",
+            "{}: {} samples in {:.2} s ({:.1} images/s; codes {:.2} s, decoding {:.2} s), temperature {}, guidance {}, seed {}, prior in {}, decoded by {}",
             self.output.display(),
             self.samples,
             self.seconds,
@@ -973,6 +975,7 @@ impl fmt::Display for SampleReport {
             self.temperature,
             self.guidance,
             self.seed,
+            self.compute,
             self.decoder
         )
     }
@@ -986,7 +989,8 @@ pub fn sample(session: &Session, args: &SampleArgs) -> Result<SampleReport> {
         bail!("-n must be 1 to 4096, not {n}");
     }
     let ckpt = args.sampling.open_decoder(session)?;
-    let prior = crate::fid::open_prior(session, args.prior.as_deref(), &ckpt)?;
+    let mut prior = crate::fid::open_prior(session, args.prior.as_deref(), &ckpt)?;
+    let compute = args.sampling.set_compute(&mut prior, session.device)?;
     let options = args.sampling.options(&prior)?;
     let provenance = prior.model.provenance();
     let classes = provenance.classes;
@@ -1043,5 +1047,6 @@ pub fn sample(session: &Session, args: &SampleArgs) -> Result<SampleReport> {
         guidance: options.guidance,
         seed: args.seed,
         decoder: ckpt.origin(),
+        compute: compute.to_string(),
     })
 }

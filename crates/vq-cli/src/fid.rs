@@ -261,7 +261,11 @@ fn side_stats(
         FidSource::Samples(n) => {
             let ckpt = args.sampling.open_decoder(session)?;
             description = format!("{description}, decoded by {}", ckpt.origin());
-            let prior = open_prior(session, args.prior.as_deref(), &ckpt)?;
+            let mut prior = open_prior(session, args.prior.as_deref(), &ckpt)?;
+            let compute = args.sampling.set_compute(&mut prior, session.device)?;
+            if compute != "f32" {
+                description = format!("{description}, sampled in {compute}");
+            }
             let options = args.sampling.options(&prior)?;
             let bar = bar(session, *n as u64, "samples");
             let features = vq_fid::models::sample_features(

@@ -466,6 +466,21 @@ pub struct PriorCheckpoint {
 }
 
 impl PriorCheckpoint {
+    /// Draw samples with the weights in `kind`: f32, or bf16 for the transformer prior (its
+    /// matrix products and its key/value cache then run in bf16: faster where the CPU or GPU
+    /// has bf16 arithmetic, and its draws differ from f32's, since a rounded probability moves a
+    /// draw and the rest of the grid follows). Returns false, changing nothing, for the
+    /// PixelCNN, which samples in f32 only. For sampling only: entropy coding and evaluation
+    /// need f32, the probabilities of a `.vqz` file being part of its format.
+    pub fn set_sampling_kind(&mut self, kind: Kind) -> bool {
+        let transformer = matches!(self.config.arch, PriorArch::Transformer(_));
+        if kind != Kind::Float && !transformer {
+            return false;
+        }
+        self.vs.set_kind(kind);
+        true
+    }
+
     /// Opens a prior (checkpoint folder, run folder or the bundled one).
     pub fn open(source: Source<'_>, device: Device) -> Result<Self, StoreError> {
         let (dir, bundled, config, weights, weights_path) = match source {
