@@ -703,3 +703,54 @@ fn entropy_coded_files_decode_to_the_same_image_and_name_their_prior() {
     assert_clean_failure(&cli(&["decode", "damaged.vqz"], dir), "damaged.vqz");
     assert!(!dir.join("damaged.decoded.png").exists());
 }
+
+/// A file arithmetic-coded with the prior bundled before the current one (made by that build:
+/// `vq-cli encode --entropy tests/fixtures/picture.png`) still decodes without `--prior`, to the
+/// image of the same codes packed; naming the current prior instead is refused.
+#[test]
+fn files_coded_with_a_retired_bundled_prior_still_decode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let fixtures = root().join("tests/fixtures");
+    std::fs::copy(
+        fixtures.join("coded-with-retired-prior.vqz"),
+        dir.join("old.vqz"),
+    )
+    .unwrap();
+    std::fs::copy(fixtures.join("picture.png"), dir.join("picture.png")).unwrap();
+    let out = cli(&["encode", "picture.png", "-o", "packed.vqz"], dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for name in ["old", "packed"] {
+        let out = cli(
+            &[
+                "decode",
+                &format!("{name}.vqz"),
+                "-o",
+                &format!("{name}.png"),
+            ],
+            dir,
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    assert_eq!(read("old.png"), read("packed.png"));
+
+    let current = root().join("models/cifar10-prior");
+    let out = cli(
+        &[
+            "decode",
+            "old.vqz",
+            "-o",
+            "x.png",
+            "--prior",
+            current.to_str().unwrap(),
+        ],
+        dir,
+    );
+    assert_clean_failure(&out, "old.vqz");
+    assert!(
+        stderr(&out).contains("coded with prior"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -559,8 +559,11 @@ pub fn decode(session: &Session, args: &DecodeArgs) -> Result<()> {
             .with_context(|| format!("{}: not a valid .vqz code file", input.display()))?;
         crate::check_code_file(input, &file, &ckpt)?;
         if let Some(coding) = &file.entropy {
-            let prior = crate::fid::open_prior_on(args.prior.as_deref(), &ckpt, Device::Cpu)
-                .with_context(|| format!("{}: arithmetic-coded with a prior", input.display()))?;
+            let prior = match args.prior.as_deref() {
+                Some(path) => crate::fid::open_prior_on(Some(path), &ckpt, Device::Cpu),
+                None => crate::fid::open_bundled_prior_coded_as(&ckpt, &coding.prior_id),
+            }
+            .with_context(|| format!("{}: arithmetic-coded with a prior", input.display()))?;
             if prior.model_id[..8] != coding.prior_id {
                 bail!(
                     "{}: coded with prior {}, but {} is prior {}; decode it with the prior that encoded it (--prior)",

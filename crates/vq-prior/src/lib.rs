@@ -31,6 +31,18 @@ pub static BUNDLED: Bundled = Bundled {
     eval: Some(include_str!("../../../models/cifar10-prior/eval.json")),
 };
 
+/// Priors bundled before the current one, for the same VQ-VAE, newest first. A file
+/// arithmetic-coded with the prior names it by id, and its codes can only be read back with
+/// that prior's exact probabilities: these keep such files decodable after the bundled prior
+/// changes (`vq-cli decode` picks the one a file names).
+pub static RETIRED: &[Bundled] = &[Bundled {
+    name: "models/retired/cifar10-prior-2026-12-04",
+    config: include_str!("../../../models/retired/cifar10-prior-2026-12-04/config.json"),
+    weights: include_bytes!("../../../models/retired/cifar10-prior-2026-12-04/model.safetensors"),
+    state: None,
+    eval: None,
+}];
+
 /// A prior's architecture.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
