@@ -33,6 +33,49 @@ fn assert_clean_failure(out: &std::process::Output, names: &str) {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// Decoding the arithmetic-coded `file` with `prior`, not the one that coded it, fails
+/// cleanly, naming the file and the prior it was coded with.
+fn assert_refused_with_prior(dir: &Path, file: &str, prior: &Path) {
+    let out = cli(
+        &[
+            "decode",
+            file,
+            "-o",
+            "x.png",
+            "--prior",
+            prior.to_str().unwrap(),
+        ],
+        dir,
+    );
+    assert_clean_failure(&out, file);
+    assert!(
+        stderr(&out).contains("coded with prior"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// `vq-cli decode` turns `A.vqz` and `B.vqz` in `dir` into byte-identical `A.png` and `B.png`.
+fn assert_decode_to_the_same_image(dir: &Path, a: &str, b: &str) {
+    for name in [a, b] {
+        let out = cli(
+            &[
+                "decode",
+                &format!("{name}.vqz"),
+                "-o",
+                &format!("{name}.png"),
+            ],
+            dir,
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let read = |name: &str| std::fs::read(dir.join(format!("{name}.png"))).unwrap();
+    assert!(
+        read(a) == read(b),
+        "{a}.vqz and {b}.vqz decode to other images"
+    );
+}
+
 #[test]
 fn reconstruct_odd_sizes_grayscale_and_transparency() {
     let tmp = tempfile::tempdir().unwrap();
@@ -290,12 +333,16 @@ fn sample_with_the_bundled_prior_is_reproducible_and_checks_its_arguments() {
 
     // The tuned decoder draws the samples by default; --decoder plain gives the same codes to
     // the bundled model's own decoder: other pixels, the same picture in outline.
-    let out = cli(
-        &["--json", "sample", "-n", "10", "--seed", "5", "-o", "t.png"],
-        dir,
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    // 10 samples of seed 5 with `extra` flags, written to `out`: the JSON report.
+    let sample = |extra: &[&str], out: &str| -> serde_json::Value {
+        let mut args = vec!["--json", "sample", "-n", "10", "--seed", "5"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["-o", out]);
+        let out = cli(&args, dir);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str(stdout(&out).trim()).unwrap()
+    };
+    let report = sample(&[], "t.png");
     assert!(
         report["decoder"]
             .as_str()
@@ -303,21 +350,7 @@ fn sample_with_the_bundled_prior_is_reproducible_and_checks_its_arguments() {
             .contains("cifar10-sharp"),
         "{report}"
     );
-    let plain_args = [
-        "--json",
-        "sample",
-        "-n",
-        "10",
-        "--seed",
-        "5",
-        "--decoder",
-        "plain",
-        "-o",
-        "p.png",
-    ];
-    let out = cli(&plain_args, dir);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let report = sample(&["--decoder", "plain"], "p.png");
     assert!(
         report["decoder"]
             .as_str()
@@ -328,24 +361,8 @@ fn sample_with_the_bundled_prior_is_reproducible_and_checks_its_arguments() {
     assert_eq!(report["compute"], "f32", "{report}");
 
     // bf16 sampling: reproducible with its seed, reported, and other draws than f32's.
-    let bf16_args = |out: &'static str| {
-        [
-            "--json",
-            "sample",
-            "-n",
-            "10",
-            "--seed",
-            "5",
-            "--compute",
-            "bf16",
-            "-o",
-            out,
-        ]
-    };
     for name in ["h1.png", "h2.png"] {
-        let out = cli(&bf16_args(name), dir);
-        assert!(out.status.success(), "{}", stderr(&out));
-        let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+        let report = sample(&["--compute", "bf16"], name);
         assert_eq!(report["compute"], "bf16", "{report}");
     }
     let h1 = image::open(dir.join("h1.png")).unwrap().to_rgb8();
@@ -498,24 +515,9 @@ fn format_1_checkpoints_and_an_old_vqz_still_work() {
     let info: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(info["model_id"], "44edb453f42c4f592c84cbfa10c71318");
     assert_eq!(info["training"]["step"], 35000);
-    // The PixelCNN bundled before format 2, with its format-1 config.
+    // The PixelCNN bundled before format 2, with its format-1 config. It samples in f32 only:
+    // bf16 is refused naming it, auto stays f32.
     let prior = fixtures.join("pixelcnn-format1");
-    let out = cli(
-        &[
-            "--checkpoint",
-            bundled().to_str().unwrap(),
-            "sample",
-            "-n",
-            "2",
-            "--prior",
-            prior.to_str().unwrap(),
-            "-o",
-            "s.png",
-        ],
-        dir,
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    // It samples in f32 only: bf16 is refused naming it, auto stays f32.
     let with_compute = |compute: &'static str| {
         cli(
             &[
@@ -534,6 +536,8 @@ fn format_1_checkpoints_and_an_old_vqz_still_work() {
             dir,
         )
     };
+    let out = with_compute("f32");
+    assert!(out.status.success(), "{}", stderr(&out));
     let out = with_compute("bf16");
     assert_clean_failure(&out, "pixelcnn-format1");
     assert!(stderr(&out).contains("transformer"), "{}", stderr(&out));
@@ -650,20 +654,7 @@ fn entropy_coded_files_decode_to_the_same_image_and_name_their_prior() {
     assert!(out.status.success(), "{}", stderr(&out));
     let coded = std::fs::read(dir.join("coded.vqz")).unwrap();
     assert_eq!((coded[4], coded[46]), (2, 1), "version 2, arithmetic-coded");
-    for name in ["plain", "coded"] {
-        let out = cli(
-            &[
-                "decode",
-                &format!("{name}.vqz"),
-                "-o",
-                &format!("{name}.png"),
-            ],
-            dir,
-        );
-        assert!(out.status.success(), "{}", stderr(&out));
-    }
-    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
-    assert_eq!(read("coded.png"), read("plain.png"));
+    assert_decode_to_the_same_image(dir, "plain", "coded");
 
     // Another prior: refused by name before any decoding.
     let prior = root().join("models/cifar10-prior");
@@ -677,23 +668,7 @@ fn entropy_coded_files_decode_to_the_same_image_and_name_their_prior() {
     let n = bytes.len();
     bytes[n - 3] ^= 0x01;
     std::fs::write(&path, bytes).unwrap();
-    let out = cli(
-        &[
-            "decode",
-            "coded.vqz",
-            "-o",
-            "x.png",
-            "--prior",
-            other.to_str().unwrap(),
-        ],
-        dir,
-    );
-    assert_clean_failure(&out, "coded.vqz");
-    assert!(
-        stderr(&out).contains("coded with prior"),
-        "{}",
-        stderr(&out)
-    );
+    assert_refused_with_prior(dir, "coded.vqz", &other);
 
     // A damaged payload fails the file's checksum.
     let mut damaged = coded.clone();
@@ -720,37 +695,7 @@ fn files_coded_with_a_retired_bundled_prior_still_decode() {
     std::fs::copy(fixtures.join("picture.png"), dir.join("picture.png")).unwrap();
     let out = cli(&["encode", "picture.png", "-o", "packed.vqz"], dir);
     assert!(out.status.success(), "{}", stderr(&out));
-    for name in ["old", "packed"] {
-        let out = cli(
-            &[
-                "decode",
-                &format!("{name}.vqz"),
-                "-o",
-                &format!("{name}.png"),
-            ],
-            dir,
-        );
-        assert!(out.status.success(), "{}", stderr(&out));
-    }
-    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
-    assert_eq!(read("old.png"), read("packed.png"));
+    assert_decode_to_the_same_image(dir, "old", "packed");
 
-    let current = root().join("models/cifar10-prior");
-    let out = cli(
-        &[
-            "decode",
-            "old.vqz",
-            "-o",
-            "x.png",
-            "--prior",
-            current.to_str().unwrap(),
-        ],
-        dir,
-    );
-    assert_clean_failure(&out, "old.vqz");
-    assert!(
-        stderr(&out).contains("coded with prior"),
-        "{}",
-        stderr(&out)
-    );
+    assert_refused_with_prior(dir, "old.vqz", &root().join("models/cifar10-prior"));
 }
