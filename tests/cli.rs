@@ -343,11 +343,8 @@ fn sample_with_the_bundled_prior_is_reproducible_and_checks_its_arguments() {
         serde_json::from_str(stdout(&out).trim()).unwrap()
     };
     let report = sample(&[], "t.png");
-    assert!(
-        report["decoder"]
-            .as_str()
-            .unwrap()
-            .contains("cifar10-sharp"),
+    assert_eq!(
+        report["decoder"], "the bundled sharp decoder (models/cifar10-sharp)",
         "{report}"
     );
     let report = sample(&["--decoder", "plain"], "p.png");

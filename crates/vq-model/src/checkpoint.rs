@@ -114,7 +114,10 @@ impl Checkpoint {
 
     /// Where it came from, for messages.
     pub fn origin(&self) -> String {
-        if self.bundled {
+        if self.bundled && self.config.codes_of.is_some() {
+            // A decoder for another model's codes (models/cifar10-sharp), not a model of its own.
+            format!("the bundled sharp decoder ({})", self.dir.display())
+        } else if self.bundled {
             format!("the bundled model ({})", self.dir.display())
         } else {
             self.dir.display().to_string()
