@@ -80,12 +80,11 @@ impl SamplingArgs {
     ) -> anyhow::Result<&'static str> {
         let asked = self.compute.unwrap_or(ComputeKind::F32);
         let kind = asked.kind(device);
-        if kind == tch::Kind::Float || prior.set_sampling_kind(kind) {
-            return Ok(if kind == tch::Kind::Float {
-                "f32"
-            } else {
-                "bf16"
-            });
+        if kind == tch::Kind::Float {
+            return Ok("f32");
+        }
+        if prior.set_sampling_kind(kind) {
+            return Ok("bf16");
         }
         if asked == ComputeKind::Auto {
             return Ok("f32");

@@ -422,11 +422,7 @@ mod tests {
         tiny_with(vs, classes, None)
     }
 
-    /// 4 query heads; `kv_heads` of 1 or 2 makes it grouped-query.
-    fn tiny_grouped(vs: &nn::VarStore, classes: i64, kv_heads: i64) -> TransformerPrior {
-        tiny_with(vs, classes, Some(kv_heads))
-    }
-
+    /// With `kv_heads`, 4 query heads sharing that many key/value heads; without, 2 heads.
     fn tiny_with(vs: &nn::VarStore, classes: i64, kv_heads: Option<i64>) -> TransformerPrior {
         let cfg = TransformerConfig {
             width: 16,
@@ -635,7 +631,7 @@ mod tests {
     fn grouped_query_heads_share_keys_and_values() {
         let _rng = crate::seeded(3);
         let vs = nn::VarStore::new(vq_model::test_device());
-        let _prior = tiny_grouped(&vs, 3, 1);
+        let _prior = tiny_with(&vs, 3, Some(1));
         let qkv = vs.variables()["block0.qkv.weight"].size();
         // 16 query dimensions, then one key and one value head of 16 / 4 each.
         assert_eq!(qkv, vec![16 + 2 * 4, 16]);
