@@ -366,6 +366,17 @@ fn sample_with_the_bundled_prior_is_reproducible_and_checks_its_arguments() {
     assert!(h1 == image::open(dir.join("h2.png")).unwrap().to_rgb8());
     assert!(h1 != a, "bf16 drew exactly the f32 samples");
 
+    // Guidance on the first codes only: reported, and unguided later codes draw other samples.
+    let all = sample(&["--guided-codes", "64"], "g64.png");
+    assert_eq!(all["guided_codes"], 64, "{all}");
+    assert_eq!(
+        sample(&["--guided-codes", "8"], "g8.png")["guided_codes"],
+        8
+    );
+    let g64 = image::open(dir.join("g64.png")).unwrap().to_rgb8();
+    assert!(g64 != image::open(dir.join("g8.png")).unwrap().to_rgb8());
+    assert_clean_failure(&cli(&["sample", "--guided-codes=-1"], dir), "guided-codes");
+
     let plain = image::open(dir.join("p.png")).unwrap().to_rgb8();
     assert!(
         plain != a,

@@ -123,26 +123,62 @@ pub fn run(root: &Path, run_dir: &Path, kind: Bundle) -> Result<()> {
     Ok(())
 }
 
+/// The bundled prior's default sampling settings (measure them first with `vq-cli fid
+/// --samples`); each one given replaces the recorded one, the others stay.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SamplingDefaults {
+    /// The classifier-free guidance its samples are drawn with by default.
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// Guide only the first N codes of a grid (the others drawn unguided, faster).
+    #[arg(long, value_name = "N")]
+    pub guided_codes: Option<i64>,
+    /// The default sampling temperature.
+    #[arg(long)]
+    pub temperature: Option<f64>,
+}
+
 /// Records the bundled prior's default sampling settings in its `config.json` (`"sampling"`),
 /// which `vq-cli sample` and `vq-cli fid --samples` use when no flag is given. The weights, and
 /// so the prior's id, are untouched.
-pub fn set_sampling(root: &Path, guidance: Option<f64>, temperature: Option<f64>) -> Result<()> {
-    if guidance.is_none() && temperature.is_none() {
+pub fn set_sampling(root: &Path, defaults: &SamplingDefaults) -> Result<()> {
+    let given: Vec<(&str, serde_json::Value)> = [
+        ("guidance", defaults.guidance.map(Into::into)),
+        ("guided_codes", defaults.guided_codes.map(Into::into)),
+        ("temperature", defaults.temperature.map(Into::into)),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| Some((name, value?)))
+    .collect();
+    if given.is_empty() {
         return Ok(());
+    }
+    // The checks of vq-prior's `SampleOptions::validate` (xtask builds before LibTorch exists,
+    // so it cannot link vq-prior); `vq-cli` checks them again when it reads them.
+    if defaults
+        .guidance
+        .is_some_and(|g| !(g.is_finite() && g >= 0.0))
+        || defaults.guided_codes.is_some_and(|n| n < 0)
+        || defaults
+            .temperature
+            .is_some_and(|t| !(t.is_finite() && t > 0.0))
+    {
+        anyhow::bail!("guidance must be 0 or more, guided codes 0 or more, temperature positive");
     }
     let path = root.join(PRIOR_DIR).join(CONFIG_FILE);
     let mut config: serde_json::Value = vq_store::read_json(&path, "a prior config")?;
-    let mut sampling = serde_json::Map::new();
-    if let Some(g) = guidance {
-        sampling.insert("guidance".into(), g.into());
-    }
-    if let Some(t) = temperature {
-        sampling.insert("temperature".into(), t.into());
-    }
-    config
+    let object = config
         .as_object_mut()
-        .with_context(|| format!("{}: not a JSON object", path.display()))?
-        .insert("sampling".into(), sampling.into());
+        .with_context(|| format!("{}: not a JSON object", path.display()))?;
+    let sampling = object
+        .entry("sampling")
+        .or_insert_with(|| serde_json::Map::new().into());
+    let sampling = sampling
+        .as_object_mut()
+        .with_context(|| format!("{}: \"sampling\" is not a JSON object", path.display()))?;
+    for (name, value) in given {
+        sampling.insert(name.into(), value);
+    }
     vq_store::write_json(&path, &config)?;
     tracing::info!("{}: sampling {}", path.display(), config["sampling"]);
     Ok(())

@@ -75,14 +75,13 @@ enum Command {
     /// `vq-cli sample` uses by default.
     BundlePrior {
         run_dir: PathBuf,
-        /// The classifier-free guidance its samples are drawn with by default (recorded as
-        /// the config's `"sampling"`; measure it first with `vq-cli fid --samples`).
-        #[arg(long)]
-        guidance: Option<f64>,
-        /// The default sampling temperature, likewise.
-        #[arg(long)]
-        temperature: Option<f64>,
+        #[command(flatten)]
+        sampling: bundle::SamplingDefaults,
     },
+    /// Record the bundled prior's default sampling settings in models/cifar10-prior/config.json
+    /// (`"sampling"`: what `vq-cli sample` and `vq-cli fid --samples` use without flags); its
+    /// weights, and so its id, are untouched.
+    PriorSampling(bundle::SamplingDefaults),
     /// Import an image folder (ROOT/<split>/<class>/*.png, ROOT/<class>/*, or a flat folder)
     /// into a dataset `vq-train --data OUT` trains on: decoded in parallel, resized and
     /// centre-cropped to SIZE × SIZE.
@@ -397,14 +396,11 @@ fn real_main() -> Result<()> {
             },
         )?,
         Command::Fuzz { seconds, targets } => fuzz::run(&root, &targets, seconds)?,
-        Command::BundlePrior {
-            run_dir,
-            guidance,
-            temperature,
-        } => {
+        Command::BundlePrior { run_dir, sampling } => {
             bundle::run(&root, &run_dir, bundle::Bundle::Prior)?;
-            bundle::set_sampling(&root, guidance, temperature)?;
+            bundle::set_sampling(&root, &sampling)?;
         }
+        Command::PriorSampling(sampling) => bundle::set_sampling(&root, &sampling)?,
         Command::CompareDecoders {
             sharp,
             data,

@@ -957,6 +957,9 @@ pub struct SampleReport {
     pub decoding_seconds: f64,
     pub temperature: f64,
     pub guidance: f64,
+    /// Guidance on the first this many codes only (absent: all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guided_codes: Option<i64>,
     pub seed: u64,
     /// The VQ-VAE whose decoder drew the pixels.
     pub decoder: String,
@@ -968,7 +971,7 @@ impl fmt::Display for SampleReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}: {} samples in {:.2} s ({:.1} images/s; codes {:.2} s, decoding {:.2} s), temperature {}, guidance {}, seed {}, prior in {}, decoded by {}",
+            "{}: {} samples in {:.2} s ({:.1} images/s; codes {:.2} s, decoding {:.2} s), temperature {}, guidance {}{}, seed {}, prior in {}, decoded by {}",
             self.output.display(),
             self.samples,
             self.seconds,
@@ -977,6 +980,10 @@ impl fmt::Display for SampleReport {
             self.decoding_seconds,
             self.temperature,
             self.guidance,
+            match self.guided_codes {
+                Some(n) => format!(" on the first {n} codes"),
+                None => String::new(),
+            },
             self.seed,
             self.compute,
             self.decoder
@@ -1048,6 +1055,7 @@ pub fn sample(session: &Session, args: &SampleArgs) -> Result<SampleReport> {
         decoding_seconds: samples.decoding_seconds,
         temperature: options.temperature,
         guidance: options.guidance,
+        guided_codes: options.guided_codes,
         seed: args.seed,
         decoder: ckpt.origin(),
         compute: compute.to_string(),

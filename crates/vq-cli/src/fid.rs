@@ -267,6 +267,7 @@ fn side_stats(
                 description = format!("{description}, sampled in {compute}");
             }
             let options = args.sampling.options(&prior)?;
+            description = format!("{description}, {}", crate::sample::describe(&options));
             let bar = bar(session, *n as u64, "samples");
             let features = vq_fid::models::sample_features(
                 net,

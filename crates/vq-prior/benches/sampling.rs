@@ -1,7 +1,7 @@
 //! Sampling rate of a prior (codes only, no decoding): `cargo bench -p vq-prior --bench
-//! sampling -- [--prior DIR] [--images N] [--threads T] [--guidance G] [--batches 250,500,1000]`
-//! (guidance: the prior's own sampling default unless given), for a few batch sizes, with the
-//! weights in f32 and in bf16 (where the CPU has bf16 arithmetic, LibTorch's matrix products
+//! sampling -- [--prior DIR] [--images N] [--threads T] [--guidance G] [--guided-codes N]
+//! [--batches 250,500,1000]` (guidance and guided codes: the prior's own sampling defaults
+//! unless given), for a few batch sizes, with the weights in f32 and in bf16 (where the CPU has bf16 arithmetic, LibTorch's matrix products
 //! use it). Prints images/s of each and, for bf16, how many codes equal the f32 draws of the
 //! same seed (the draws follow the probabilities, which bf16 rounds).
 
@@ -43,15 +43,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(g) = arg("--guidance").and_then(|v| v.parse().ok()) {
         options.guidance = g;
     }
+    if let Some(n) = arg("--guided-codes").and_then(|v| v.parse().ok()) {
+        options.guided_codes = Some(n);
+    }
     let batches: Vec<i64> = arg("--batches")
         .map(|v| v.split(',').filter_map(|b| b.parse().ok()).collect())
         .unwrap_or_else(|| vec![250, 500, 1000]);
     let widest = *batches.iter().max().unwrap_or(&1000);
     println!(
-        "prior {}, {images} images, {} threads, {device:?}, guidance {}",
+        "prior {}, {images} images, {} threads, {device:?}, guidance {} on {}",
         prior.origin(),
         tch::get_num_threads(),
-        options.guidance
+        options.guidance,
+        options.guided_codes.map_or_else(
+            || "all codes".to_string(),
+            |n| format!("the first {n} codes")
+        )
     );
     let mut reference: Option<Tensor> = None;
     for (kind, name) in [(Kind::Float, "f32"), (Kind::BFloat16, "bf16")] {

@@ -114,7 +114,7 @@ fn step_blocks(
     let _ = prior.step(
         n as i64,
         labels.as_ref(),
-        false,
+        0,
         Device::Cpu,
         &mut |logits, _| {
             let (i, j) = (t / side, t % side);

@@ -247,6 +247,11 @@ pub struct SampleOptions {
     /// Classifier-free guidance: logits `u + g·(c − u)` from the conditional (`c`) and the
     /// unconditional (`u`) model; 1 is the conditional model itself.
     pub guidance: f64,
+    /// Guide only the first codes of a grid in raster order (those that lay out the picture);
+    /// the rest are drawn from the conditional model alone, so the unconditional passes stop
+    /// there and sampling costs less. Absent: every code is guided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guided_codes: Option<i64>,
 }
 
 impl Default for SampleOptions {
@@ -256,6 +261,7 @@ impl Default for SampleOptions {
             top_k: 0,
             top_p: 1.0,
             guidance: 1.0,
+            guided_codes: None,
         }
     }
 }
@@ -277,7 +283,20 @@ impl SampleOptions {
         if !(self.guidance.is_finite() && self.guidance >= 0.0) {
             return Err(format!("guidance must be 0 or more, not {}", self.guidance));
         }
+        if let Some(n) = self.guided_codes.filter(|&n| n < 0) {
+            return Err(format!("guided-codes must not be negative, not {n}"));
+        }
         Ok(())
+    }
+
+    /// How many leading codes of a grid of `length` get the unconditional logits too: all of
+    /// them when guided (or the first `guided_codes`), none otherwise.
+    pub fn guided_positions(&self, guided: bool, length: i64) -> i64 {
+        match (guided && self.guidance != 1.0, self.guided_codes) {
+            (false, _) => 0,
+            (true, Some(n)) => n.min(length),
+            (true, None) => length,
+        }
     }
 }
 
@@ -336,12 +355,12 @@ fn draw_from(probs: &Tensor) -> Tensor {
 
 /// Raster-order stepping without a cache: the whole model runs on the rows filled so far for
 /// every code. `choose` gets each position's `(n, V)` conditional logits (and the unconditional
-/// ones when `guided`) and returns the `(n,)` codes to place there.
+/// ones for the first `guided` positions) and returns the `(n,)` codes to place there.
 pub fn step_uncached(
     prior: &(impl CodePrior + ?Sized),
     n: i64,
     labels: Option<&Tensor>,
-    guided: bool,
+    guided: i64,
     device: Device,
     choose: &mut dyn FnMut(&Tensor, Option<&Tensor>) -> Tensor,
 ) -> Tensor {
@@ -357,7 +376,7 @@ pub fn step_uncached(
                     .select(2, i)
                     .select(2, j)
             };
-            let unconditional = guided.then(|| at(None));
+            let unconditional = (i * side + j < guided).then(|| at(None));
             let next = choose(&at(labels), unconditional.as_ref());
             codes.select(1, i).select(1, j).copy_(&next);
         }
@@ -373,7 +392,10 @@ pub fn sample_uncached(
     options: &SampleOptions,
     device: Device,
 ) -> Tensor {
-    let guided = options.guidance != 1.0 && labels.is_some() && prior.supports_guidance();
+    let guided = options.guided_positions(
+        labels.is_some() && prior.supports_guidance(),
+        prior.provenance().grid_side.pow(2),
+    );
     step_uncached(prior, n, labels, guided, device, &mut |c, u| {
         draw(c, u, options)
     })
@@ -408,7 +430,8 @@ pub trait CodePrior: std::fmt::Debug {
     }
 
     /// Runs the model over `n` grids in raster order, one code at a time: `choose` gets each
-    /// position's `(n, V)` conditional logits (and, when `guided`, the unconditional ones) and
+    /// position's `(n, V)` conditional logits (and, for the first `guided` positions in raster
+    /// order, the unconditional ones) and
     /// returns the `(n,)` codes placed there, which the next positions then read. Sampling
     /// draws them; entropy coding reads them from a file. The default runs the whole model for
     /// every code ([`step_uncached`]); a model with a cache overrides it. The same calls give
@@ -418,7 +441,7 @@ pub trait CodePrior: std::fmt::Debug {
         &self,
         n: i64,
         labels: Option<&Tensor>,
-        guided: bool,
+        guided: i64,
         device: Device,
         choose: &mut dyn FnMut(&Tensor, Option<&Tensor>) -> Tensor,
     ) -> Tensor {
@@ -435,7 +458,10 @@ pub trait CodePrior: std::fmt::Debug {
         options: &SampleOptions,
         device: Device,
     ) -> Tensor {
-        let guided = options.guidance != 1.0 && labels.is_some() && self.supports_guidance();
+        let guided = options.guided_positions(
+            labels.is_some() && self.supports_guidance(),
+            self.provenance().grid_side.pow(2),
+        );
         self.step(n, labels, guided, device, &mut |c, u| draw(c, u, options))
     }
 }

@@ -349,19 +349,25 @@ impl CodePrior for TransformerPrior {
     }
 
     /// Raster-order stepping with a key/value cache; with guidance, the conditional and the
-    /// unconditional halves of one doubled batch advance together.
+    /// unconditional halves of one doubled batch advance together for the first `guided`
+    /// positions, after which the unconditional half (its rows of the cache too) is dropped.
     fn step(
         &self,
         n: i64,
         labels: Option<&Tensor>,
-        guided: bool,
+        guided: i64,
         device: Device,
         choose: &mut dyn FnMut(&Tensor, Option<&Tensor>) -> Tensor,
     ) -> Tensor {
         let _guard = tch::no_grad_guard();
         let side = self.provenance.grid_side;
         let length = side * side;
-        let guided = guided && labels.is_some() && self.supports_guidance();
+        let guided_until = if labels.is_some() && self.supports_guidance() {
+            guided.clamp(0, length)
+        } else {
+            0
+        };
+        let mut guided = guided_until > 0;
         let rows = if guided { 2 * n } else { n };
         let mut classes = self.class_rows(labels, n, device, false);
         if guided {
@@ -390,6 +396,16 @@ impl CodePrior for TransformerPrior {
         let codes = Tensor::zeros([n, length], (Kind::Int64, device));
         let mut x = self.classes.forward(&classes).unsqueeze(1);
         for t in 0..length {
+            if guided && t == guided_until {
+                // Rows n.. are the unconditional half: the first n rows of a contiguous tensor
+                // are a contiguous view, so the cache keeps being written in place.
+                guided = false;
+                x = x.narrow(0, 0, n);
+                for cache in &mut caches {
+                    cache.keys = cache.keys.narrow(0, 0, n);
+                    cache.values = cache.values.narrow(0, 0, n);
+                }
+            }
             x += self.positions.narrow(0, t, 1);
             for (block, cache) in self.blocks.iter().zip(caches.iter_mut()) {
                 x = block.step(&x, t, cache);
@@ -569,6 +585,60 @@ mod tests {
             vq_model::test_device(),
         );
         assert_eq!(a, b);
+    }
+
+    /// Guidance on the first codes only: the cached sampler (which drops the unconditional half
+    /// of its batch there) still draws what the uncached one draws; those first codes are the
+    /// fully guided draws and the later ones are not; none guided is the conditional model, and
+    /// a count of the whole grid or more is full guidance.
+    #[test]
+    fn guiding_only_the_first_codes() {
+        let _rng = crate::seeded(4);
+        let device = vq_model::test_device();
+        let labels = Tensor::from_slice(&[0i64, 1, 2, 2, 1]);
+        for kv_heads in [None, Some(1)] {
+            let vs = nn::VarStore::new(device);
+            let prior = tiny_with(&vs, 3, kv_heads);
+            let draw_with = |options: SampleOptions, cached: bool| {
+                tch::manual_seed(9);
+                let codes = if cached {
+                    prior.sample(5, Some(&labels), &options, device)
+                } else {
+                    sample_uncached(&prior, 5, Some(&labels), &options, device)
+                };
+                codes.view([5, 16])
+            };
+            // A random tiny model's classes barely move its logits; strong guidance shows it.
+            let full = SampleOptions {
+                guidance: 30.0,
+                ..SampleOptions::default()
+            };
+            let first = |n| SampleOptions {
+                guided_codes: Some(n),
+                ..full
+            };
+            let all = draw_with(full, true);
+            let six = draw_with(first(6), true);
+            assert_eq!(six, draw_with(first(6), false), "{kv_heads:?}");
+            assert_eq!(six.narrow(1, 0, 6), all.narrow(1, 0, 6));
+            assert_ne!(six, all, "the codes after the sixth are drawn unguided");
+            let conditional = draw_with(SampleOptions::default(), true);
+            assert_eq!(draw_with(first(0), true), conditional);
+            assert_eq!(draw_with(first(0), false), conditional);
+            assert_eq!(draw_with(first(16), true), all);
+            assert_eq!(draw_with(first(100), true), all);
+        }
+        assert!(first_negative_is_refused());
+    }
+
+    fn first_negative_is_refused() -> bool {
+        let options = SampleOptions {
+            guided_codes: Some(-1),
+            ..SampleOptions::default()
+        };
+        options
+            .validate()
+            .is_err_and(|e| e.contains("guided-codes"))
     }
 
     #[test]
