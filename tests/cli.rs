@@ -705,5 +705,32 @@ fn files_coded_with_a_retired_bundled_prior_still_decode() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_decode_to_the_same_image(dir, "old", "packed");
 
+    // One call over files coded with either prior (each opened once) decodes each of them as a
+    // call of its own does.
+    for name in ["new", "new2"] {
+        let out = cli(
+            &[
+                "encode",
+                "--entropy",
+                "picture.png",
+                "-o",
+                &format!("{name}.vqz"),
+            ],
+            dir,
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let out = cli(&["decode", "new.vqz", "-o", "new.png"], dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cli(
+        &["decode", "old.vqz", "new.vqz", "new2.vqz", "-o", "all"],
+        dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let read = |path: &str| std::fs::read(dir.join(path)).unwrap();
+    assert!(read("all/old.decoded.png") == read("old.png"));
+    assert!(read("all/new.decoded.png") == read("new.png"));
+    assert!(read("all/new2.decoded.png") == read("new.png"));
+
     assert_refused_with_prior(dir, "old.vqz", &root().join("models/cifar10-prior"));
 }

@@ -550,6 +550,10 @@ pub fn decode(session: &Session, args: &DecodeArgs) -> Result<()> {
     if args.levels == Some(0) {
         bail!("--levels must be at least 1");
     }
+    // The priors opened so far, by the id the files name: many files coded with one prior
+    // open it once.
+    let mut priors: std::collections::HashMap<[u8; 8], vq_prior::PriorCheckpoint> =
+        Default::default();
     each_input(session, &args.files, "decoded.png", |input, dest| {
         if !input.is_file() {
             bail!("{}: no such file", input.display());
@@ -559,20 +563,24 @@ pub fn decode(session: &Session, args: &DecodeArgs) -> Result<()> {
             .with_context(|| format!("{}: not a valid .vqz code file", input.display()))?;
         crate::check_code_file(input, &file, &ckpt)?;
         if let Some(coding) = &file.entropy {
-            let prior = match args.prior.as_deref() {
-                Some(path) => crate::fid::open_prior_on(Some(path), &ckpt, Device::Cpu),
-                None => crate::fid::open_bundled_prior_coded_as(&ckpt, &coding.prior_id),
+            if !priors.contains_key(&coding.prior_id) {
+                let prior = match args.prior.as_deref() {
+                    Some(path) => crate::fid::open_prior_on(Some(path), &ckpt, Device::Cpu),
+                    None => crate::fid::open_bundled_prior_coded_as(&ckpt, &coding.prior_id),
+                }
+                .with_context(|| format!("{}: arithmetic-coded with a prior", input.display()))?;
+                if prior.model_id[..8] != coding.prior_id {
+                    bail!(
+                        "{}: coded with prior {}, but {} is prior {}; decode it with the prior that encoded it (--prior)",
+                        input.display(),
+                        vq_store::hex(&coding.prior_id),
+                        prior.origin(),
+                        vq_store::hex(&prior.model_id[..8])
+                    );
+                }
+                priors.insert(coding.prior_id, prior);
             }
-            .with_context(|| format!("{}: arithmetic-coded with a prior", input.display()))?;
-            if prior.model_id[..8] != coding.prior_id {
-                bail!(
-                    "{}: coded with prior {}, but {} is prior {}; decode it with the prior that encoded it (--prior)",
-                    input.display(),
-                    vq_store::hex(&coding.prior_id),
-                    prior.origin(),
-                    vq_store::hex(&prior.model_id[..8])
-                );
-            }
+            let prior = &priors[&coding.prior_id];
             let grid = vq_prior::entropy::decode(
                 prior.model.as_ref(),
                 &coding.payload,
