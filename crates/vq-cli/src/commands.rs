@@ -552,8 +552,8 @@ pub fn decode(session: &Session, args: &DecodeArgs) -> Result<()> {
     }
     // The priors opened so far, by the id the files name: many files coded with one prior
     // open it once.
-    let mut priors: std::collections::HashMap<[u8; 8], vq_prior::PriorCheckpoint> =
-        Default::default();
+    use std::collections::hash_map::{Entry, HashMap};
+    let mut priors: HashMap<[u8; 8], vq_prior::PriorCheckpoint> = HashMap::new();
     each_input(session, &args.files, "decoded.png", |input, dest| {
         if !input.is_file() {
             bail!("{}: no such file", input.display());
@@ -563,7 +563,7 @@ pub fn decode(session: &Session, args: &DecodeArgs) -> Result<()> {
             .with_context(|| format!("{}: not a valid .vqz code file", input.display()))?;
         crate::check_code_file(input, &file, &ckpt)?;
         if let Some(coding) = &file.entropy {
-            if !priors.contains_key(&coding.prior_id) {
+            if let Entry::Vacant(vacant) = priors.entry(coding.prior_id) {
                 let prior = match args.prior.as_deref() {
                     Some(path) => crate::fid::open_prior_on(Some(path), &ckpt, Device::Cpu),
                     None => crate::fid::open_bundled_prior_coded_as(&ckpt, &coding.prior_id),
@@ -578,7 +578,7 @@ pub fn decode(session: &Session, args: &DecodeArgs) -> Result<()> {
                         vq_store::hex(&prior.model_id[..8])
                     );
                 }
-                priors.insert(coding.prior_id, prior);
+                vacant.insert(prior);
             }
             let prior = &priors[&coding.prior_id];
             let grid = vq_prior::entropy::decode(
