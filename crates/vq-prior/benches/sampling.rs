@@ -1,9 +1,10 @@
 //! Sampling rate of a prior (codes only, no decoding): `cargo bench -p vq-prior --bench
 //! sampling -- [--prior DIR] [--images N] [--threads T] [--guidance G] [--guided-codes N]
 //! [--batches 250,500,1000]` (guidance and guided codes: the prior's own sampling defaults
-//! unless given), for a few batch sizes, with the weights in f32 and in bf16 (where the CPU has bf16 arithmetic, LibTorch's matrix products
-//! use it). Prints images/s of each and, for bf16, how many codes equal the f32 draws of the
-//! same seed (the draws follow the probabilities, which bf16 rounds).
+//! unless given), for a few batch sizes, with the weights in f32 and in bf16 (where the CPU
+//! has bf16 arithmetic, LibTorch's matrix products use it). Prints images/s of each and, for
+//! bf16, how many codes equal the f32 draws of the same seed (the draws follow the
+//! probabilities, which bf16 rounds).
 
 use std::path::PathBuf;
 use std::time::Instant;
