@@ -432,11 +432,11 @@ pub trait CodePrior: std::fmt::Debug {
     /// Runs the model over `n` grids in raster order, one code at a time: `choose` gets each
     /// position's `(n, V)` conditional logits (and, for the first `guided` positions in raster
     /// order, the unconditional ones) and returns the `(n,)` codes placed there, which the
-    /// next positions then read. Sampling
-    /// draws them; entropy coding reads them from a file. The default runs the whole model for
-    /// every code ([`step_uncached`]); a model with a cache overrides it. The same calls give
-    /// the same logits bit for bit on the same build, device and thread count, which is what
-    /// lets an entropy decoder see the encoder's probabilities.
+    /// next positions then read. Sampling draws them; entropy coding reads them from a file.
+    /// The default runs the whole model for every code ([`step_uncached`]); a model with a
+    /// cache overrides it. The same calls give the same logits bit for bit on the same build,
+    /// device and thread count, which is what lets an entropy decoder see the encoder's
+    /// probabilities.
     fn step(
         &self,
         n: i64,
