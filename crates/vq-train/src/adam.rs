@@ -52,22 +52,39 @@ impl Adam {
         }
     }
 
+    /// The variables it updates, in its update order: the inputs for `Tensor::run_backward`
+    /// whose gradients [`Adam::step_with`] takes.
+    pub fn parameters(&self) -> Vec<&Tensor> {
+        self.params.values().collect()
+    }
+
     /// One update with learning rate `lr` from the gradients already computed.
     pub fn step(&mut self, lr: f64) {
+        let grads: Vec<Tensor> = self.params.values().map(Tensor::grad).collect();
+        self.step_with(lr, &grads);
+    }
+
+    /// One update with learning rate `lr` from `grads`, one for each of
+    /// [`Adam::parameters`] in that order (an undefined one leaves its variable alone).
+    pub fn step_with(&mut self, lr: f64, grads: &[Tensor]) {
+        assert_eq!(
+            grads.len(),
+            self.params.len(),
+            "a gradient for every parameter"
+        );
         let _guard = tch::no_grad_guard();
         self.steps += 1;
         let t = self.steps as i32;
         let bias1 = 1.0 - self.beta1.powi(t);
         let bias2 = 1.0 - self.beta2.powi(t);
-        for (name, p) in self.params.iter_mut() {
-            let g = p.grad();
+        for ((name, p), g) in self.params.iter_mut().zip(grads) {
             if !g.defined() {
                 continue;
             }
             // In place wherever possible, as PyTorch's own single-tensor Adam: three temporaries
             // per parameter instead of eight (the optimizer was 5% of a CPU step).
             let m = self.m.get_mut(name).expect("moment for every parameter");
-            let _ = m.lerp_(&g, 1.0 - self.beta1);
+            let _ = m.lerp_(g, 1.0 - self.beta1);
             let v = self.v.get_mut(name).expect("moment for every parameter");
             let _ = v.lerp_(&g.square(), 1.0 - self.beta2);
             let mut denom = v.sqrt();

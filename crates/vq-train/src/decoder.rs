@@ -26,6 +26,7 @@ use vq_store::names::{CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE};
 use vq_store::{ConfigFile, RunDir};
 
 use crate::adam::Adam;
+use crate::codes::{train_codes, TrainCodes};
 use crate::config::{run_config, DataConfig, Runtime, Schedule};
 use crate::runner::RunState;
 use crate::task::{Curve, Metric, Panel, StepReport, Task};
@@ -209,8 +210,10 @@ pub struct DecoderTask {
     config: DecoderTrainConfig,
     device: Device,
     train: Cifar10,
+    /// The training images' codes (and their mirror images'), encoded once.
+    train_codes: TrainCodes,
     test: Cifar10,
-    /// The VQ-VAE as opened for inference (f32): it makes the codes, and after
+    /// The VQ-VAE as opened for inference (f32): it made the codes, and after
     /// [`DecoderTask::sync`] it holds the tuned decoder for evaluations and checkpoints.
     served: Checkpoint,
     /// The config of the checkpoints this run writes: the source's, with `codes_of` set.
@@ -310,7 +313,7 @@ impl Task for DecoderTask {
 
     fn build(
         config: &DecoderTrainConfig,
-        _run: &RunDir,
+        run: &RunDir,
         device: Device,
         fresh: bool,
     ) -> Result<Self> {
@@ -321,6 +324,20 @@ impl Task for DecoderTask {
         };
         let train = load_split(&config.data, Split::Train)?;
         let test = load_split(&config.data, Split::Test)?;
+        // A run that tunes another decoder run's result reads the codes that run cached.
+        let source_codes: Vec<PathBuf> = config
+            .vqvae
+            .iter()
+            .map(|p| RunDir::new(p).codes())
+            .collect();
+        let train_codes = train_codes(
+            &run.codes(),
+            &source_codes,
+            &train,
+            config.hflip,
+            &source,
+            device,
+        )?;
         let mut out_config = source.config.clone();
         out_config.codes_of = Some(vq_store::hex(&source.codes_id()));
         if let Some(shape) = &config.decoder {
@@ -389,6 +406,7 @@ impl Task for DecoderTask {
             config: config.clone(),
             device,
             train,
+            train_codes,
             test,
             served,
             out_config,
@@ -414,7 +432,7 @@ impl Task for DecoderTask {
         let xs = images_to_tensor(&gather(self.train.images.view(), batch, range), self.device)?;
         let quantized = {
             let _guard = tch::no_grad_guard();
-            let codes = self.served.model.encode(&xs);
+            let codes = self.train_codes.of_batch(batch).to_device(self.device);
             self.served.model.quantizer.embed(&codes)
         };
         let recon = self.model.decoder.forward(&quantized);
@@ -449,28 +467,36 @@ impl Task for DecoderTask {
         } else {
             (None, Vec::new())
         };
+        // One pass through the discriminator on the reconstructions serves both players.
+        let (fake_logits, fake_features) = if train_disc {
+            let (logits, features) = self.disc.forward_features(&recon);
+            (Some(logits), features)
+        } else {
+            (None, Vec::new())
+        };
         let disc_loss = real_logits
             .as_ref()
-            .map(|real| hinge_discriminator_loss(real, &self.disc.forward(&recon.detach())));
-        let loss = if adversarial {
-            let (fake_logits, fake_features) = self.disc.forward_features(&recon);
-            let adv = generator_loss(&fake_logits);
-            let weight = if self.config.adaptive_weight {
-                self.adaptive_weight(&rec, &adv)
-            } else {
-                self.config.adversarial_weight
-            };
-            metrics.push(Metric::mean("adversarial", adv.double_value(&[])));
-            metrics.push(Metric::mean("adversarial_weight", weight));
-            let mut loss = &rec + adv * weight;
-            if self.config.feature_matching > 0.0 {
-                let fm = feature_matching_loss(&real_features, &fake_features);
-                metrics.push(Metric::mean("feature_matching", fm.double_value(&[])));
-                loss += fm * self.config.feature_matching;
+            .zip(fake_logits.as_ref())
+            .map(|(real, fake)| hinge_discriminator_loss(real, fake));
+        let loss = match fake_logits.as_ref().filter(|_| adversarial) {
+            Some(fake_logits) => {
+                let adv = generator_loss(fake_logits);
+                let weight = if self.config.adaptive_weight {
+                    self.adaptive_weight(&rec, &adv)
+                } else {
+                    self.config.adversarial_weight
+                };
+                metrics.push(Metric::mean("adversarial", adv.double_value(&[])));
+                metrics.push(Metric::mean("adversarial_weight", weight));
+                let mut loss = &rec + adv * weight;
+                if self.config.feature_matching > 0.0 {
+                    let fm = feature_matching_loss(&real_features, &fake_features);
+                    metrics.push(Metric::mean("feature_matching", fm.double_value(&[])));
+                    loss += fm * self.config.feature_matching;
+                }
+                loss
             }
-            loss
-        } else {
-            rec.shallow_clone()
+            None => rec.shallow_clone(),
         };
         let loss_value = loss.double_value(&[]);
         let disc_value = disc_loss.as_ref().map(|l| l.double_value(&[]));
@@ -478,14 +504,23 @@ impl Task for DecoderTask {
         if !loss_value.is_finite() || disc_value.is_some_and(|v| !v.is_finite()) {
             return Ok(None);
         }
-        self.adam.zero_grad();
-        loss.backward();
-        self.adam.step(lr);
-        if let (Some(disc_loss), Some(value)) = (disc_loss, disc_value) {
-            // Clears what the decoder's backward pass left in the discriminator's gradients.
-            self.disc_adam.zero_grad();
-            disc_loss.backward();
-            self.disc_adam.step(lr * self.config.disc_lr_factor);
+        // Each player's gradients come from its own loss alone, as autograd's inputs: the
+        // decoder's from `loss` (through the discriminator, whose weights' gradients are not
+        // computed), the discriminator's from `disc_loss` (not reaching the decoder). Both are
+        // taken before either player moves, from the graph of the shared pass.
+        let grads = Tensor::run_backward(
+            &[&loss],
+            &self.adam.parameters(),
+            disc_loss.is_some(),
+            false,
+        );
+        let disc_grads = disc_loss.as_ref().map(|disc_loss| {
+            Tensor::run_backward(&[disc_loss], &self.disc_adam.parameters(), false, false)
+        });
+        self.adam.step_with(lr, &grads);
+        if let (Some(disc_grads), Some(value)) = (disc_grads, disc_value) {
+            self.disc_adam
+                .step_with(lr * self.config.disc_lr_factor, &disc_grads);
             metrics.push(Metric::mean("disc_loss", value));
         }
         Ok(Some(StepReport {

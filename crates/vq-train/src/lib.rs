@@ -4,6 +4,7 @@
 
 mod adam;
 mod average;
+pub mod codes;
 pub mod config;
 mod curves;
 pub mod decoder;

@@ -1,26 +1,26 @@
 //! `vq-train prior`: a code prior over a trained VQ-VAE's codes, as a training task.
 //!
-//! The dataset's splits are encoded once with the VQ-VAE and cached in the run folder
-//! (`codes/{train,test}.safetensors`, with the VQ-VAE's model id beside them); training then
-//! reads only codes.
+//! The dataset's splits are encoded once with the VQ-VAE and cached in the run folder (see
+//! [`crate::codes`]); training then reads only codes.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
-use vq_data::{gather, BatchIndices, Cifar10, Split};
+use vq_data::{BatchIndices, Split};
 use vq_model::checkpoint::Checkpoint;
-use vq_model::{images_to_tensor, ComputeKind};
+use vq_model::ComputeKind;
 use vq_prior::{CodePrior, PriorArch, PriorConfig, Provenance};
 use vq_store::names::{CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE};
 use vq_store::{ConfigFile, RunDir};
 
 use crate::adam::Adam;
+use crate::codes::{cached_codes, train_codes, CodeSet, TrainCodes};
 use crate::config::{from_legacy_run, run_config, DataConfig, Runtime, Schedule};
 use crate::runner::RunState;
 use crate::task::{Curve, Metric, Panel, StepReport, Task};
+use crate::vqvae::load_split;
 
 /// Everything a prior run depends on; saved as `config.json` in its run folder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,52 +143,6 @@ impl crate::task::Evaluation for PriorEvaluation {
     }
 }
 
-/// The code grids and labels of one split.
-#[derive(Debug)]
-pub struct CodeSet {
-    /// `(N, h, w)` i64.
-    pub codes: Tensor,
-    /// `(N,)` i64.
-    pub labels: Tensor,
-}
-
-impl CodeSet {
-    pub fn len(&self) -> usize {
-        self.codes.size()[0] as usize
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// Encodes `images` (mirrored left-right when `mirrored`) with the VQ-VAE in chunks; the codes
-/// of its first level (its only level, but for a residual quantizer: see [`modelled_codes`]).
-pub fn encode_split(
-    vqvae: &Checkpoint,
-    images: &Cifar10,
-    mirrored: bool,
-    device: Device,
-) -> Result<CodeSet> {
-    let _guard = tch::no_grad_guard();
-    let range = vqvae.config.input_range;
-    let mut parts = Vec::new();
-    for start in (0..images.len()).step_by(500) {
-        let end = (start + 500).min(images.len());
-        let batch = BatchIndices {
-            indices: (start..end).collect(),
-            flips: vec![mirrored; end - start],
-        };
-        let xs = images_to_tensor(&gather(images.images.view(), &batch, range), device)?;
-        parts.push(vqvae.model.encode(&xs).select(1, 0).to_device(Device::Cpu));
-    }
-    let labels: Vec<i64> = images.labels.iter().map(|&l| l as i64).collect();
-    Ok(CodeSet {
-        codes: Tensor::cat(&parts, 0),
-        labels: Tensor::from_slice(&labels),
-    })
-}
-
 /// The codes a prior models: one per position. For a residual quantizer that is the first
 /// level only, a coarse image that its samples decode to: one code per position is what the
 /// priors' grids hold, and modelling the whole stack in sequence would make the transformer's
@@ -202,57 +156,6 @@ pub fn modelled_codes(vqvae: &Checkpoint) -> vq_model::CodeSpace {
 
 /// The split's codes (of its mirrored images when `mirrored`) from the run's cache, or encoded
 /// now and cached (written atomically).
-fn cached_codes(
-    run: &RunDir,
-    split: Split,
-    mirrored: bool,
-    vqvae: &Checkpoint,
-    data: &DataConfig,
-    device: Device,
-) -> Result<CodeSet> {
-    let name = if mirrored {
-        format!("{split}-mirrored")
-    } else {
-        split.to_string()
-    };
-    let path = run.codes().join(format!("{name}.safetensors"));
-    let id_path = path.with_extension("model-id");
-    let id = vq_store::hex(&vqvae.codes_id());
-    if path.is_file() && std::fs::read_to_string(&id_path).ok().as_deref() == Some(id.as_str()) {
-        let tensors = vq_store::weights::load_tensors(&path)?;
-        let get = |name: &str| {
-            tensors
-                .get(name)
-                .map(|t| t.to_kind(Kind::Int64))
-                .with_context(|| format!("{}: no {name} tensor", path.display()))
-        };
-        tracing::info!("{name} codes from the cache {}", path.display());
-        return Ok(CodeSet {
-            codes: get("codes")?,
-            labels: get("labels")?,
-        });
-    }
-    let images = crate::vqvae::load_split(data, split)?;
-    let started = Instant::now();
-    let set = encode_split(vqvae, &images, mirrored, device)?;
-    tracing::info!(
-        "encoded {} {name} images in {:.1} s",
-        set.len(),
-        started.elapsed().as_secs_f64()
-    );
-    std::fs::create_dir_all(run.codes())
-        .with_context(|| format!("creating {}", run.codes().display()))?;
-    vq_store::weights::save_tensors(
-        &[
-            ("codes", &set.codes.to_kind(Kind::Int16)),
-            ("labels", &set.labels),
-        ],
-        &path,
-    )?;
-    vq_data::write_atomic(&id_path, |w| w.write_all(id.as_bytes()))?;
-    Ok(set)
-}
-
 /// Bits per code of `test` under the code frequencies of `train` (add-one smoothed, so that a
 /// code unseen in training costs finite bits).
 pub fn unigram_bits_per_code(train: &CodeSet, test: &CodeSet, vocabulary: i64) -> f64 {
@@ -311,9 +214,8 @@ pub struct PriorTask {
     /// Test bits per code under the training codes' frequencies.
     unigram: f64,
     device: Device,
-    train: CodeSet,
-    /// The codes of the mirrored training images, when the run flips.
-    train_mirrored: Option<CodeSet>,
+    /// The first level of the training codes (and of their mirror images' when the run flips).
+    train: TrainCodes,
     test: CodeSet,
     config: PriorConfig,
     vs: nn::VarStore,
@@ -358,15 +260,37 @@ impl Task for PriorTask {
         };
         ConfigFile::validate(&prior_config)
             .map_err(|e| anyhow::anyhow!("the prior for {}: {e}", vqvae.origin()))?;
-        let train = cached_codes(run, Split::Train, false, &vqvae, &config.data, device)?;
-        let train_mirrored = config
-            .hflip
-            .then(|| cached_codes(run, Split::Train, true, &vqvae, &config.data, device))
-            .transpose()?;
-        let test = cached_codes(run, Split::Test, false, &vqvae, &config.data, device)?;
+        let train_images = load_split(&config.data, Split::Train)?;
+        let train = train_codes(
+            &run.codes(),
+            &[],
+            &train_images,
+            config.hflip,
+            &vqvae,
+            device,
+        )?;
+        drop(train_images);
+        let train = TrainCodes {
+            plain: train.plain.first_level(),
+            mirrored: train.mirrored.map(CodeSet::first_level),
+        };
+        let test_images = load_split(&config.data, Split::Test)?;
+        let test = cached_codes(
+            &run.codes(),
+            &[],
+            "test",
+            &test_images,
+            false,
+            &vqvae,
+            device,
+        )?
+        .first_level();
         let vqvae = (config.fid_samples > 0).then_some(vqvae);
-        let unigram =
-            unigram_bits_per_code(&train, &test, prior_config.provenance.codes.vocabulary);
+        let unigram = unigram_bits_per_code(
+            &train.plain,
+            &test,
+            prior_config.provenance.codes.vocabulary,
+        );
         let vs = nn::VarStore::new(device);
         let mut model = vq_prior::build(vs.root(), &prior_config);
         let kind = config.compute.kind(device);
@@ -382,7 +306,6 @@ impl Task for PriorTask {
             unigram,
             device,
             train,
-            train_mirrored,
             test,
             config: prior_config,
             vs,
@@ -392,31 +315,16 @@ impl Task for PriorTask {
     }
 
     fn train_len(&self) -> usize {
-        self.train.len()
+        self.train.plain.len()
     }
 
     fn flips(&self) -> bool {
-        self.train_mirrored.is_some()
+        self.train.mirrored.is_some()
     }
 
     fn step(&mut self, _step: usize, lr: f64, batch: &BatchIndices) -> Result<Option<StepReport>> {
-        let indices: Vec<i64> = batch.indices.iter().map(|&i| i as i64).collect();
-        let idx = Tensor::from_slice(&indices);
-        let mut codes = self.train.codes.index_select(0, &idx);
-        if let Some(mirrored) = &self.train_mirrored {
-            let flips: Vec<bool> = batch.flips.clone();
-            let flipped = Tensor::from_slice(&flips).view([-1, 1, 1]);
-            codes = mirrored
-                .codes
-                .index_select(0, &idx)
-                .where_self(&flipped, &codes);
-        }
-        let codes = codes.to_device(self.device);
-        let labels = self
-            .train
-            .labels
-            .index_select(0, &idx)
-            .to_device(self.device);
+        let codes = self.train.of_batch(batch).to_device(self.device);
+        let labels = self.train.labels_of(batch).to_device(self.device);
         let loss = self.model.nll(&codes, Some(&labels), true);
         let value = loss.double_value(&[]);
         if !value.is_finite() {
@@ -552,26 +460,6 @@ mod tests {
         assert!((bits - 1.5).abs() < 1e-12, "{bits}");
         // A code never seen in training costs 3 bits, not infinity.
         assert!((unigram_bits_per_code(&train, &set(&[3]), 4) - 3.0).abs() < 1e-12);
-    }
-
-    #[test]
-    fn mirrored_codes_are_the_codes_of_the_mirror_images() {
-        let vqvae = Checkpoint::bundled(Device::Cpu).unwrap();
-        let images = ndarray::Array4::from_shape_fn((3, 3, 32, 32), |(n, c, y, x)| {
-            ((n * 37 + c * 91 + y * 7 + x * x * 3) % 251) as u8
-        });
-        let mirror = images.slice(ndarray::s![.., .., .., ..;-1]).to_owned();
-        let set = |images| Cifar10 {
-            images,
-            labels: ndarray::Array1::from(vec![0u8, 1, 2]),
-            class_names: Vec::new(),
-        };
-        let flipped = encode_split(&vqvae, &set(images.clone()), true, Device::Cpu).unwrap();
-        let of_mirror = encode_split(&vqvae, &set(mirror), false, Device::Cpu).unwrap();
-        let plain = encode_split(&vqvae, &set(images), false, Device::Cpu).unwrap();
-        assert_eq!(flipped.codes, of_mirror.codes);
-        assert_ne!(flipped.codes, plain.codes);
-        assert_eq!(flipped.codes.size(), vec![3, 8, 8]);
     }
 
     #[test]
