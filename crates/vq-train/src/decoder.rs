@@ -322,6 +322,9 @@ impl Task for DecoderTask {
                 .with_context(|| format!("opening the VQ-VAE {}", path.display()))?,
             None => Checkpoint::bundled(device).context("opening the bundled VQ-VAE")?,
         };
+        // Named before `served` takes its place: a served model with a new decoder declares
+        // the codes of another model, which would name it a sharp decoder.
+        let source_origin = source.origin();
         let train = load_split(&config.data, Split::Train)?;
         let test = load_split(&config.data, Split::Test)?;
         // A run that tunes another decoder run's result reads the codes that run cached.
@@ -343,7 +346,7 @@ impl Task for DecoderTask {
         if let Some(shape) = &config.decoder {
             out_config.decoder = Some(shape.clone());
             out_config.validate().map_err(|e| {
-                anyhow::anyhow!("the decoder shape does not fit {}: {e}", source.origin())
+                anyhow::anyhow!("the decoder shape does not fit {source_origin}: {e}")
             })?;
         }
         let mut vs = nn::VarStore::new(device);
@@ -397,7 +400,7 @@ impl Task for DecoderTask {
             } else {
                 "tuning the decoder of"
             },
-            served.origin(),
+            source_origin,
             train.len(),
             test.len(),
             out_config.codes_of.as_deref().unwrap_or("?")
