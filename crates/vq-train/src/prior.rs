@@ -154,8 +154,6 @@ pub fn modelled_codes(vqvae: &Checkpoint) -> vq_model::CodeSpace {
     }
 }
 
-/// The split's codes (of its mirrored images when `mirrored`) from the run's cache, or encoded
-/// now and cached (written atomically).
 /// Bits per code of `test` under the code frequencies of `train` (add-one smoothed, so that a
 /// code unseen in training costs finite bits).
 pub fn unigram_bits_per_code(train: &CodeSet, test: &CodeSet, vocabulary: i64) -> f64 {
