@@ -109,12 +109,7 @@ fn cache_key(vqvae: &Checkpoint, images: &Cifar10) -> String {
     let mut hasher = Sha256::new();
     hasher.update(images.images.as_standard_layout().as_slice().unwrap_or(&[]));
     hasher.update(images.labels.as_standard_layout().as_slice().unwrap_or(&[]));
-    let data: String = hasher
-        .finalize()
-        .iter()
-        .take(12)
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let data = vq_store::hex(&hasher.finalize()[..12]);
     format!(
         "model {} images {data} ({})",
         vq_store::hex(&vqvae.codes_id()),
@@ -134,61 +129,88 @@ pub fn cached_codes(
     vqvae: &Checkpoint,
     device: Device,
 ) -> Result<CodeSet> {
-    let name = if mirrored {
-        format!("{name}-mirrored")
-    } else {
-        name.to_string()
-    };
-    let file = format!("{name}.safetensors");
     let key = cache_key(vqvae, images);
-    let depth = vqvae.config.code_space().depth;
-    for dir in std::iter::once(write_to).chain(read_from.iter().map(PathBuf::as_path)) {
-        let path = dir.join(&file);
-        let key_path = path.with_extension("key");
-        if !path.is_file() || std::fs::read_to_string(&key_path).ok().as_deref() != Some(&key) {
-            continue;
-        }
-        let tensors = vq_store::weights::load_tensors(&path)?;
-        let get = |name: &str| {
-            tensors
-                .get(name)
-                .map(|t| t.to_kind(Kind::Int64))
-                .with_context(|| format!("{}: no {name} tensor", path.display()))
+    let cache = Cache {
+        write_to,
+        read_from,
+        key: &key,
+    };
+    cache.codes(name, images, mirrored, vqvae, device)
+}
+
+/// Where codes are cached and the key they must carry (hashed once for a split and its mirror
+/// images).
+struct Cache<'a> {
+    write_to: &'a Path,
+    read_from: &'a [PathBuf],
+    key: &'a str,
+}
+
+impl Cache<'_> {
+    fn codes(
+        &self,
+        name: &str,
+        images: &Cifar10,
+        mirrored: bool,
+        vqvae: &Checkpoint,
+        device: Device,
+    ) -> Result<CodeSet> {
+        let (write_to, key) = (self.write_to, self.key);
+        let name = if mirrored {
+            format!("{name}-mirrored")
+        } else {
+            name.to_string()
         };
-        let set = CodeSet {
-            codes: get("codes")?,
-            labels: get("labels")?,
-        };
-        let size = set.codes.size();
-        if size.len() != 4 || size[0] != images.len() as i64 || size[1] != depth {
-            anyhow::bail!(
-                "{}: codes of shape {size:?} for {} images of a depth-{depth} model",
-                path.display(),
-                images.len()
-            );
+        let file = format!("{name}.safetensors");
+        let depth = vqvae.config.code_space().depth;
+        for dir in std::iter::once(write_to).chain(self.read_from.iter().map(PathBuf::as_path)) {
+            let path = dir.join(&file);
+            let key_path = path.with_extension("key");
+            if !path.is_file() || std::fs::read_to_string(&key_path).ok().as_deref() != Some(key) {
+                continue;
+            }
+            let tensors = vq_store::weights::load_tensors(&path)?;
+            let get = |name: &str| {
+                tensors
+                    .get(name)
+                    .map(|t| t.to_kind(Kind::Int64))
+                    .with_context(|| format!("{}: no {name} tensor", path.display()))
+            };
+            let set = CodeSet {
+                codes: get("codes")?,
+                labels: get("labels")?,
+            };
+            let size = set.codes.size();
+            if size.len() != 4 || size[0] != images.len() as i64 || size[1] != depth {
+                anyhow::bail!(
+                    "{}: codes of shape {size:?} for {} images of a depth-{depth} model",
+                    path.display(),
+                    images.len()
+                );
+            }
+            tracing::info!("{name} codes from the cache {}", path.display());
+            return Ok(set);
         }
-        tracing::info!("{name} codes from the cache {}", path.display());
-        return Ok(set);
+        let started = Instant::now();
+        let set = encode_split(vqvae, images, mirrored, device)?;
+        tracing::info!(
+            "encoded {} {name} images in {:.1} s",
+            set.len(),
+            started.elapsed().as_secs_f64()
+        );
+        std::fs::create_dir_all(write_to)
+            .with_context(|| format!("creating {}", write_to.display()))?;
+        let path = write_to.join(&file);
+        vq_store::weights::save_tensors(
+            &[
+                ("codes", &set.codes.to_kind(Kind::Int)),
+                ("labels", &set.labels),
+            ],
+            &path,
+        )?;
+        vq_data::write_atomic(&path.with_extension("key"), |w| w.write_all(key.as_bytes()))?;
+        Ok(set)
     }
-    let started = Instant::now();
-    let set = encode_split(vqvae, images, mirrored, device)?;
-    tracing::info!(
-        "encoded {} {name} images in {:.1} s",
-        set.len(),
-        started.elapsed().as_secs_f64()
-    );
-    std::fs::create_dir_all(write_to)
-        .with_context(|| format!("creating {}", write_to.display()))?;
-    let path = write_to.join(&file);
-    vq_store::weights::save_tensors(
-        &[
-            ("codes", &set.codes.to_kind(Kind::Int)),
-            ("labels", &set.labels),
-        ],
-        &path,
-    )?;
-    vq_data::write_atomic(&path.with_extension("key"), |w| w.write_all(key.as_bytes()))?;
-    Ok(set)
 }
 
 /// The training split's codes, and those of its mirror images when `flips`: see
@@ -202,7 +224,13 @@ pub fn train_codes(
     device: Device,
 ) -> Result<TrainCodes> {
     let split = vq_data::Split::Train.to_string();
-    let of = |mirrored| cached_codes(write_to, read_from, &split, images, mirrored, vqvae, device);
+    let key = cache_key(vqvae, images);
+    let cache = Cache {
+        write_to,
+        read_from,
+        key: &key,
+    };
+    let of = |mirrored| cache.codes(&split, images, mirrored, vqvae, device);
     Ok(TrainCodes {
         plain: of(false)?,
         mirrored: flips.then(|| of(true)).transpose()?,
