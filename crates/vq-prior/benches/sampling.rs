@@ -1,8 +1,8 @@
 //! Sampling rate of a prior (codes only, no decoding): `cargo bench -p vq-prior --bench
 //! sampling -- [--prior DIR] [--images N] [--threads T] [--guidance G] [--guided-codes N]
 //! [--batches 250,500,1000]` (guidance and guided codes: the prior's own sampling defaults
-//! unless given), for a few batch sizes, with the weights in f32 and in bf16 (where the CPU
-//! has bf16 arithmetic, LibTorch's matrix products use it). Prints images/s of each and, for
+//! unless given), for a few batch sizes, with the matrix products in f32 and in bf16 (where the
+//! CPU has bf16 arithmetic, LibTorch uses it). Prints images/s of each and, for
 //! bf16, how many codes equal the f32 draws of the same seed (the draws follow the
 //! probabilities, which bf16 rounds).
 
@@ -63,7 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let mut reference: Option<Tensor> = None;
     for (kind, name) in [(Kind::Float, "f32"), (Kind::BFloat16, "bf16")] {
-        prior.vs.set_kind(kind);
+        prior.set_sampling_kind(kind);
         for &batch in &batches {
             tch::manual_seed(0);
             let start = Instant::now();

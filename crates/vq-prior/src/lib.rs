@@ -429,6 +429,14 @@ pub trait CodePrior: std::fmt::Debug {
         false
     }
 
+    /// Computes the matrix products of [`CodePrior::step`] (sampling) in `kind`: bf16 where the
+    /// hardware runs it natively, the layer norms, the residual stream and the logits staying
+    /// f32. Returns whether the model supports it (the transformer does; the PixelCNN stays
+    /// f32). Entropy coding keeps f32: a `.vqz` file's probabilities are part of its format.
+    fn set_sampling_kind(&mut self, _kind: Kind) -> bool {
+        false
+    }
+
     /// Runs the model over `n` grids in raster order, one code at a time: `choose` gets each
     /// position's `(n, V)` conditional logits (and, for the first `guided` positions in raster
     /// order, the unconditional ones) and returns the `(n,)` codes placed there, which the
@@ -504,19 +512,16 @@ pub struct PriorCheckpoint {
 }
 
 impl PriorCheckpoint {
-    /// Draw samples with the weights in `kind`: f32, or bf16 for the transformer prior (its
-    /// matrix products and its key/value cache then run in bf16: faster where the CPU or GPU
-    /// has bf16 arithmetic, and its draws differ from f32's, since a rounded probability moves a
-    /// draw and the rest of the grid follows). Returns false, changing nothing, for the
-    /// PixelCNN, which samples in f32 only. For sampling only: entropy coding and evaluation
-    /// need f32, the probabilities of a `.vqz` file being part of its format.
+    /// Draw samples with the matrix products in `kind`: f32, or bf16 for the transformer prior
+    /// (its linear layers and its key/value cache then run in bf16, while the weights, layer
+    /// norms, residual stream and logits stay f32: faster where the CPU or GPU has bf16
+    /// arithmetic, and its draws differ from f32's, since a rounded probability moves a draw
+    /// and the rest of the grid follows). Returns false, changing nothing, for the PixelCNN,
+    /// which samples in f32 only. For sampling only: entropy coding and evaluation need f32,
+    /// the probabilities of a `.vqz` file being part of its format.
     pub fn set_sampling_kind(&mut self, kind: Kind) -> bool {
-        let transformer = matches!(self.config.arch, PriorArch::Transformer(_));
-        if kind != Kind::Float && !transformer {
-            return false;
-        }
-        self.vs.set_kind(kind);
-        true
+        let supported = self.model.set_sampling_kind(kind);
+        supported || kind == Kind::Float
     }
 
     /// Opens a prior (checkpoint folder, run folder or the bundled one).

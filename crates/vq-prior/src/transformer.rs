@@ -100,16 +100,14 @@ impl Module for Linear {
 }
 
 impl Linear {
-    /// The product in `kind` (f32, or bf16 in training where the CPU or GPU runs it natively),
-    /// the result in f32. The weights stay f32: the optimizer updates them, and a checkpoint
-    /// holds them; only the product's inputs are rounded.
-    fn forward_as(&self, xs: &Tensor, kind: Kind) -> Tensor {
-        if kind == Kind::Float {
-            return self.forward(xs);
+    /// The weights in `kind` (the same tensors when they already are), converted once for a
+    /// whole pass or sampling call instead of at every product. The weights themselves stay
+    /// f32: the optimizer updates them, and a checkpoint holds them.
+    fn cast(&self, kind: Kind) -> Linear {
+        Linear {
+            ws: self.ws.to_kind(kind),
+            bs: self.bs.to_kind(kind),
         }
-        xs.to_kind(kind)
-            .linear(&self.ws.to_kind(kind), Some(&self.bs.to_kind(kind)))
-            .to_kind(Kind::Float)
     }
 }
 
@@ -119,6 +117,36 @@ impl Linear {
 struct LayerCache {
     keys: Tensor,
     values: Tensor,
+}
+
+/// A block's linear layers as one pass computes them: cast to `kind`, the number type of
+/// their products (f32, or bf16 where the CPU or GPU runs it natively). The layer norms, the
+/// residual stream and the logits stay f32.
+struct Products {
+    qkv: Linear,
+    proj: Linear,
+    fc1: Linear,
+    fc2: Linear,
+    kind: Kind,
+    /// Whether a product's result stays in `kind` (sampling: the key/value cache, attention and
+    /// GELU then run in bf16 too, and the residual additions widen it) or is widened to f32 at
+    /// once (training, whose bf16 passes keep the rest in f32).
+    low_results: bool,
+}
+
+impl Products {
+    /// `x · Wᵀ + b` with `linear` (one of this struct's) in `kind`.
+    fn apply(&self, linear: &Linear, xs: &Tensor) -> Tensor {
+        if self.kind == Kind::Float {
+            return linear.forward(xs);
+        }
+        let product = xs.to_kind(self.kind).apply(linear);
+        if self.low_results {
+            product
+        } else {
+            product.to_kind(Kind::Float)
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -133,7 +161,7 @@ struct Block {
     kv_heads: i64,
     dropout: f64,
     /// The number type of the linear layers' products in training (f32 unless the trainer
-    /// asks for bf16); evaluation and sampling always use f32.
+    /// asks for bf16); evaluation always uses f32, sampling the prior's `sample_kind`.
     train_kind: Kind,
 }
 
@@ -156,12 +184,24 @@ impl Block {
         }
     }
 
+    /// The linear layers cast for products in `kind`.
+    fn products(&self, kind: Kind, low_results: bool) -> Products {
+        Products {
+            qkv: self.qkv.cast(kind),
+            proj: self.proj.cast(kind),
+            fc1: self.fc1.cast(kind),
+            fc2: self.fc2.cast(kind),
+            kind,
+            low_results,
+        }
+    }
+
     /// `(B, T, D)` → queries `(B, heads, T, D / heads)`, keys and values `(B, kv_heads, T,
     /// D / heads)`.
-    fn qkv(&self, x: &Tensor, kind: Kind) -> (Tensor, Tensor, Tensor) {
+    fn qkv(&self, x: &Tensor, p: &Products) -> (Tensor, Tensor, Tensor) {
         let (b, t, d) = x.size3().expect("(B, T, D) activations");
         let head_dim = d / self.heads;
-        let parts = self.qkv.forward_as(&x.apply(&self.ln1), kind);
+        let parts = p.apply(&p.qkv, &x.apply(&self.ln1));
         let split = |start: i64, heads: i64| {
             parts
                 .narrow(2, start, heads * head_dim)
@@ -182,12 +222,12 @@ impl Block {
     }
 
     /// The rest of the block after attention: projection, residual, MLP.
-    fn finish(&self, x: &Tensor, attended: &Tensor, train: bool, kind: Kind) -> Tensor {
+    fn finish(&self, x: &Tensor, attended: &Tensor, train: bool, p: &Products) -> Tensor {
         let (b, t, d) = x.size3().expect("(B, T, D) activations");
         let y = attended.transpose(1, 2).contiguous().view([b, t, d]);
-        let x = x + self.proj.forward_as(&y, kind).dropout(self.dropout, train);
-        let h = self.fc1.forward_as(&x.apply(&self.ln2), kind).gelu("none");
-        let h = self.fc2.forward_as(&h, kind).dropout(self.dropout, train);
+        let x = x + p.apply(&p.proj, &y).dropout(self.dropout, train);
+        let h = p.apply(&p.fc1, &x.apply(&self.ln2)).gelu("none");
+        let h = p.apply(&p.fc2, &h).dropout(self.dropout, train);
         x + h
     }
 
@@ -202,8 +242,8 @@ impl Block {
 
     /// All positions at once, each attending to itself and those before it.
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        let kind = self.kind(train);
-        let (q, k, v) = self.qkv(x, kind);
+        let products = self.products(self.kind(train), false);
+        let (q, k, v) = self.qkv(x, &products);
         // Query head `h` reads key/value head `h / group`.
         let (k, v) = match self.group() {
             1 => (k, v),
@@ -215,15 +255,17 @@ impl Block {
         let p = if train { self.dropout } else { 0.0 };
         let attended =
             Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, p, true, None, false);
-        self.finish(x, &attended, train, kind)
+        self.finish(x, &attended, train, &products)
     }
 
     /// One new position `t` (`x`: `(B, 1, D)`), attending to the cached positions and itself;
     /// its key and value join the cache. The query heads that share a key/value head are laid
     /// out as that head's queries (`(B, kv_heads, group, D / heads)`), so the cache is read once
     /// per key/value head, not once per query head.
-    fn step(&self, x: &Tensor, t: i64, cache: &mut LayerCache) -> Tensor {
-        let (q, k, v) = self.qkv(x, Kind::Float);
+    /// With bf16 products the cache holds bf16 keys and values (half the bytes that attention
+    /// streams) and attention runs in bf16.
+    fn step(&self, x: &Tensor, t: i64, cache: &mut LayerCache, p: &Products) -> Tensor {
+        let (q, k, v) = self.qkv(x, p);
         cache.keys.narrow(2, t, 1).copy_(&k);
         cache.values.narrow(2, t, 1).copy_(&v);
         let (keys, values) = (
@@ -231,12 +273,14 @@ impl Block {
             cache.values.narrow(2, 0, t + 1),
         );
         let (b, heads, _, head_dim) = q.size4().expect("(B, heads, 1, head_dim) queries");
-        let grouped = q.reshape([b, self.kv_heads, self.group(), head_dim]);
+        let grouped = q
+            .reshape([b, self.kv_heads, self.group(), head_dim])
+            .to_kind(keys.kind());
         let attended = Tensor::scaled_dot_product_attention::<Tensor>(
             &grouped, &keys, &values, None, 0.0, false, None, false,
         )
         .reshape([b, heads, 1, head_dim]);
-        self.finish(x, &attended, false, Kind::Float)
+        self.finish(x, &attended, false, p)
     }
 }
 
@@ -254,6 +298,9 @@ pub struct TransformerPrior {
     blocks: Vec<Block>,
     ln_f: nn::LayerNorm,
     head: Linear,
+    /// The number type of the blocks' products while stepping (sampling): f32 unless a caller
+    /// asks for bf16.
+    sample_kind: Kind,
 }
 
 impl TransformerPrior {
@@ -278,6 +325,7 @@ impl TransformerPrior {
                 .collect(),
             ln_f: nn::layer_norm(&vs / "ln_f", vec![d], Default::default()),
             head: Linear::new(&vs / "head", d, provenance.codes.vocabulary),
+            sample_kind: Kind::Float,
         }
     }
 
@@ -323,6 +371,11 @@ impl CodePrior for TransformerPrior {
         for block in &mut self.blocks {
             block.train_kind = kind;
         }
+        true
+    }
+
+    fn set_sampling_kind(&mut self, kind: Kind) -> bool {
+        self.sample_kind = kind;
         true
     }
 
@@ -375,16 +428,21 @@ impl CodePrior for TransformerPrior {
             classes = Tensor::cat(&[classes, null], 0);
         }
         let head_dim = self.config.width / self.config.heads;
+        let products: Vec<Products> = self
+            .blocks
+            .iter()
+            .map(|block| block.products(self.sample_kind, true))
+            .collect();
         let mut caches: Vec<LayerCache> = self
             .blocks
             .iter()
             .map(|_| {
                 let zeros = || {
-                    // The weights' number type: f32, or bf16 where a caller converted them.
-                    // Never read beyond the positions written so far: no need to clear it.
+                    // The products' number type. Never read beyond the positions written so
+                    // far: no need to clear it.
                     Tensor::empty(
                         [rows, self.config.key_value_heads(), length, head_dim],
-                        (self.positions.kind(), device),
+                        (self.sample_kind, device),
                     )
                 };
                 LayerCache {
@@ -407,8 +465,8 @@ impl CodePrior for TransformerPrior {
                 }
             }
             x += self.positions.narrow(0, t, 1);
-            for (block, cache) in self.blocks.iter().zip(caches.iter_mut()) {
-                x = block.step(&x, t, cache);
+            for ((block, cache), p) in self.blocks.iter().zip(caches.iter_mut()).zip(&products) {
+                x = block.step(&x, t, cache, p);
             }
             let logits = self.logits_of(&x).squeeze_dim(1);
             let next = if guided {
@@ -538,6 +596,41 @@ mod tests {
                 .double_value(&[])
                 > 0.0
         );
+    }
+
+    /// bf16 sampling products: the logits sampling sees stay f32 and move by bf16's rounding
+    /// only, the weights stay f32, and f32 sampling afterwards is bit for bit what it was.
+    #[test]
+    fn bf16_sampling_products_keep_the_weights_and_logits_f32() {
+        let _rng = crate::seeded(6);
+        let device = vq_model::test_device();
+        let vs = nn::VarStore::new(device);
+        let mut prior = tiny_with(&vs, 3, Some(1));
+        let labels = Tensor::from_slice(&[0i64, 2]);
+        // Teacher-forced codes, so that both number types see the same grids.
+        let forced = Tensor::randint(11, [2, 16], (Kind::Int64, device));
+        let logits_seen = |prior: &TransformerPrior| {
+            let mut seen = Vec::new();
+            let codes = prior.step(2, Some(&labels), 16, device, &mut |c, u| {
+                let u = u.expect("guided positions get unconditional logits");
+                seen.push(Tensor::cat(&[c, u], 0));
+                forced.select(1, seen.len() as i64 - 1)
+            });
+            assert_eq!(codes.view([2, 16]), forced);
+            Tensor::stack(&seen, 0)
+        };
+        let f32_logits = logits_seen(&prior);
+        assert!(prior.set_sampling_kind(Kind::BFloat16));
+        let bf16_logits = logits_seen(&prior);
+        assert_eq!(bf16_logits.kind(), Kind::Float);
+        assert_eq!(bf16_logits.size(), vec![16, 4, 11]);
+        let diff = (&bf16_logits - &f32_logits).abs().max().double_value(&[]);
+        assert!(diff > 0.0 && diff < 0.05, "bf16 moved the logits by {diff}");
+        for (name, var) in vs.variables() {
+            assert_eq!(var.kind(), Kind::Float, "{name}");
+        }
+        assert!(prior.set_sampling_kind(Kind::Float));
+        assert_eq!(logits_seen(&prior), f32_logits);
     }
 
     #[test]
