@@ -147,6 +147,7 @@ mod tests {
 
     #[test]
     fn resizing_keeps_constants_and_matches_half_pixel_bilinear() {
+        let _rng = vq_model::seeded(0);
         let x = Tensor::full([1, 3, 8, 8], 77.0, (Kind::Float, vq_model::test_device()));
         let y = resize_bilinear(&x, 20);
         assert_eq!(y.size(), vec![1, 3, 20, 20]);
@@ -198,6 +199,7 @@ mod network_tests {
     /// The real network on a handful of images (`cargo xtask setup` installs it).
     #[test]
     fn the_network_gives_2048_features_per_image_of_any_size() {
+        let _rng = vq_model::seeded(0);
         let net = InceptionV3::load(&default_weights(), vq_model::test_device()).unwrap();
         tch::manual_seed(0);
         let small =

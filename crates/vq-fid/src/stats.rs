@@ -118,7 +118,7 @@ mod tests {
 
     #[test]
     fn mean_covariance_and_a_file_round_trip() {
-        tch::manual_seed(0);
+        let _rng = vq_model::seeded(0);
         let x = Tensor::randn([50, FEATURES], (Kind::Float, Device::Cpu));
         let s = FeatureStats::from_features(&x).unwrap();
         assert_eq!(s.count, 50);

@@ -176,6 +176,7 @@ mod tests {
 
     #[test]
     fn patches_of_a_cifar_image_and_gradients_to_every_weight() {
+        let _rng = crate::seeded(0);
         let vs = nn::VarStore::new(crate::test_device());
         let d = PatchDiscriminator::new(
             vs.root(),
@@ -198,6 +199,7 @@ mod tests {
 
     #[test]
     fn feature_matching_is_zero_on_the_same_images_and_reaches_only_the_fake_side() {
+        let _rng = crate::seeded(0);
         let vs = nn::VarStore::new(crate::test_device());
         let d = PatchDiscriminator::new(
             vs.root(),

@@ -90,6 +90,18 @@ pub fn test_device() -> Device {
     }
 }
 
+/// For tests: seeds LibTorch's generator and holds it until the guard drops. The generator is
+/// global, so a test that draws from it (building a model draws its initial weights) takes
+/// this first, and the tests of one binary that draw run one at a time; otherwise another
+/// test's draws would change theirs.
+#[doc(hidden)]
+pub fn seeded(seed: i64) -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(seed);
+    guard
+}
+
 /// Makes the C allocator keep freed memory for reuse rather than hand it back to the kernel.
 ///
 /// Why: every training step allocates and frees the same few-megabyte activation buffers. With

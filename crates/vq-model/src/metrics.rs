@@ -94,6 +94,7 @@ mod tests {
 
     #[test]
     fn identical_images_score_perfectly() {
+        let _rng = crate::seeded(0);
         let x = Tensor::rand([3, 3, 32, 32], (Kind::Float, Device::Cpu));
         let q = quality(&x, &x);
         assert_eq!(q.images, 3);
@@ -119,7 +120,7 @@ mod tests {
 
     #[test]
     fn noise_lowers_ssim() {
-        tch::manual_seed(0);
+        let _rng = crate::seeded(0);
         let x = Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu));
         let noisy =
             (&x + Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu)) * 0.2).clamp(0.0, 1.0);

@@ -190,7 +190,7 @@ mod tests {
 
     #[test]
     fn per_image_log_loss_is_the_gradient_of_mean_log_mse() {
-        tch::manual_seed(0);
+        let _rng = crate::seeded(0);
         let target = images(4);
         // Very different errors per image, so that the weighting matters.
         let noise = Tensor::randn([4, 3, 32, 32], (Kind::Float, crate::test_device()))
@@ -234,7 +234,7 @@ mod tests {
 
     #[test]
     fn shapes_for_both_downsampling_factors() {
-        tch::manual_seed(0);
+        let _rng = crate::seeded(0);
         for (f, side) in [(4, 8), (2, 16)] {
             let vs = nn::VarStore::new(crate::test_device());
             let model = VqVae::new(vs.root(), &tiny(CodebookUpdate::default(), f));
@@ -264,7 +264,7 @@ mod tests {
     /// encoder's variables are the mirror model's, so a frozen model's weights load into it.
     #[test]
     fn a_staged_decoder_has_a_stage_per_resolution_and_keeps_the_encoder() {
-        tch::manual_seed(12);
+        let _rng = crate::seeded(12);
         let stages = |text: &str| crate::StagedDecoderConfig {
             stages: crate::StagedDecoderConfig::parse_stages(text).unwrap(),
             residual_fraction: 0.5,
@@ -359,7 +359,7 @@ mod tests {
 
     #[test]
     fn bf16_compute_keeps_f32_weights_outputs_and_gradients() {
-        tch::manual_seed(8);
+        let _rng = crate::seeded(8);
         let vs = nn::VarStore::new(crate::test_device());
         let cfg = VqVaeConfig {
             compute: crate::config::ComputeKind::Bf16,
@@ -391,7 +391,7 @@ mod tests {
 
     #[test]
     fn gradients_pass_straight_through_and_ema_codebook_has_none() {
-        tch::manual_seed(2);
+        let _rng = crate::seeded(2);
         let vs = nn::VarStore::new(crate::test_device());
         let model = VqVae::new(vs.root(), &tiny(CodebookUpdate::default(), 4));
         model.forward(&images(2)).loss.backward();
@@ -411,7 +411,7 @@ mod tests {
 
     #[test]
     fn an_fsq_model_trains_and_decodes_its_own_codes() {
-        tch::manual_seed(10);
+        let _rng = crate::seeded(10);
         let vs = nn::VarStore::new(crate::test_device());
         let cfg = VqVaeConfig {
             quantizer: QuantizerConfig::Fsq(crate::quantizer::FsqConfig {
@@ -440,7 +440,7 @@ mod tests {
 
     #[test]
     fn a_trained_residual_model_decodes_better_with_every_level() {
-        tch::manual_seed(11);
+        let _rng = crate::seeded(11);
         let vs = nn::VarStore::new(crate::test_device());
         let cfg = VqVaeConfig {
             quantizer: QuantizerConfig::Residual(crate::quantizer::ResidualConfig {
@@ -498,7 +498,7 @@ mod tests {
 
     #[test]
     fn kmeans_initialisation_loads_the_centroids() {
-        tch::manual_seed(5);
+        let _rng = crate::seeded(5);
         let vs = nn::VarStore::new(crate::test_device());
         let mut model = VqVae::new(vs.root(), &tiny(CodebookUpdate::default(), 4));
         let x = images(8);
@@ -525,7 +525,7 @@ mod tests {
 
     #[test]
     fn weights_round_trip_and_bad_files_are_errors() {
-        tch::manual_seed(6);
+        let _rng = crate::seeded(6);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("model.safetensors");
         let cfg = tiny(CodebookUpdate::default(), 4);
@@ -573,6 +573,7 @@ mod tests {
 
     #[test]
     fn weights_of_another_shape_are_a_mismatch_not_a_partial_load() {
+        let _rng = crate::seeded(0);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("model.safetensors");
         let cfg = tiny(CodebookUpdate::default(), 4);

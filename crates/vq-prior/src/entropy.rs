@@ -232,7 +232,7 @@ mod tests {
 
     #[test]
     fn grids_of_any_size_decode_to_exactly_the_codes_and_cost_about_the_nll() {
-        let _rng = crate::seeded(3);
+        let _rng = vq_model::seeded(3);
         let vs = nn::VarStore::new(vq_model::test_device());
         let prior = prior(&vs);
         // Codes the prior finds likely: its own samples, 3 × 2 blocks of 4 × 4 cut to 10 × 7.

@@ -594,16 +594,6 @@ impl PriorCheckpoint {
     }
 }
 
-/// LibTorch's generator is global: the tests of this crate that seed it and draw from it run one
-/// at a time, or another test's draws would change theirs.
-#[cfg(test)]
-pub(crate) fn seeded(seed: i64) -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    tch::manual_seed(seed);
-    guard
-}
-
 /// The config file of a prior checkpoint folder (for tools that only need its provenance).
 pub fn read_config(dir: &Path) -> Result<PriorConfig, StoreError> {
     vq_store::read_config(&dir.join(CONFIG_FILE))
@@ -648,7 +638,7 @@ mod tests {
 
     #[test]
     fn draws_follow_the_probabilities_and_never_pick_an_impossible_code() {
-        let _rng = seeded(11);
+        let _rng = vq_model::seeded(11);
         let probs = Tensor::from_slice(&[0.0f32, 0.5, 0.0, 0.25, 0.25, 0.0])
             .view([1, 6])
             .repeat([20_000, 1]);

@@ -220,7 +220,7 @@ mod tests {
 
     #[test]
     fn a_code_never_sees_itself_or_later_codes_and_sees_all_earlier_ones() {
-        let _rng = crate::seeded(0);
+        let _rng = vq_model::seeded(0);
         let vs = nn::VarStore::new(vq_model::test_device());
         let prior = tiny(&vs, 0, 6);
         let (h, w) = (6, 6);
@@ -260,7 +260,7 @@ mod tests {
 
     #[test]
     fn class_conditioning_changes_the_logits_and_sampling_is_reproducible() {
-        let _rng = crate::seeded(1);
+        let _rng = vq_model::seeded(1);
         let vs = nn::VarStore::new(vq_model::test_device());
         let prior = tiny(&vs, 3, 4);
         let codes = Tensor::randint(7, [2, 4, 4], (Kind::Int64, vq_model::test_device()));

@@ -523,7 +523,7 @@ mod tests {
     /// the f32 weights get finite gradients.
     #[test]
     fn bf16_training_passes_leave_evaluation_in_f32() {
-        let _rng = crate::seeded(0);
+        let _rng = vq_model::seeded(0);
         let vs = nn::VarStore::new(vq_model::test_device());
         let mut prior = tiny(&vs, 3);
         prior.config.dropout = 0.0;
@@ -555,7 +555,7 @@ mod tests {
 
     #[test]
     fn a_later_code_changes_no_earlier_logit() {
-        let _rng = crate::seeded(0);
+        let _rng = vq_model::seeded(0);
         for kv_heads in [None, Some(1), Some(2)] {
             let vs = nn::VarStore::new(vq_model::test_device());
             later_codes_change_no_earlier_logit(&tiny_with(&vs, 3, kv_heads));
@@ -602,7 +602,7 @@ mod tests {
     /// only, the weights stay f32, and f32 sampling afterwards is bit for bit what it was.
     #[test]
     fn bf16_sampling_products_keep_the_weights_and_logits_f32() {
-        let _rng = crate::seeded(6);
+        let _rng = vq_model::seeded(6);
         let device = vq_model::test_device();
         let vs = nn::VarStore::new(device);
         let mut prior = tiny_with(&vs, 3, Some(1));
@@ -635,7 +635,7 @@ mod tests {
 
     #[test]
     fn cached_sampling_draws_exactly_what_uncached_sampling_draws() {
-        let _rng = crate::seeded(1);
+        let _rng = vq_model::seeded(1);
         for kv_heads in [None, Some(1), Some(2)] {
             let vs = nn::VarStore::new(vq_model::test_device());
             cached_equals_uncached(&tiny_with(&vs, 3, kv_heads));
@@ -686,7 +686,7 @@ mod tests {
     /// a count of the whole grid or more is full guidance.
     #[test]
     fn guiding_only_the_first_codes() {
-        let _rng = crate::seeded(4);
+        let _rng = vq_model::seeded(4);
         let device = vq_model::test_device();
         let labels = Tensor::from_slice(&[0i64, 1, 2, 2, 1]);
         for kv_heads in [None, Some(1)] {
@@ -736,7 +736,7 @@ mod tests {
 
     #[test]
     fn guidance_one_is_the_conditional_model_and_more_moves_the_draws() {
-        let _rng = crate::seeded(2);
+        let _rng = vq_model::seeded(2);
         let conditional = Tensor::randn([400, 11], (Kind::Float, vq_model::test_device()));
         let unconditional = Tensor::randn([400, 11], (Kind::Float, vq_model::test_device()));
         let draw_with = |g: f64, u: Option<&Tensor>| {
@@ -767,7 +767,7 @@ mod tests {
 
     #[test]
     fn training_mode_drops_classes_and_dropout_changes_the_logits() {
-        let _rng = crate::seeded(3);
+        let _rng = vq_model::seeded(3);
         let vs = nn::VarStore::new(vq_model::test_device());
         let prior = tiny(&vs, 3);
         let codes = Tensor::randint(11, [64, 4, 4], (Kind::Int64, vq_model::test_device()));
@@ -792,7 +792,7 @@ mod tests {
     /// variables (old checkpoints), and a configuration's JSON without `kv_heads` is unchanged.
     #[test]
     fn grouped_query_heads_share_keys_and_values() {
-        let _rng = crate::seeded(3);
+        let _rng = vq_model::seeded(3);
         let vs = nn::VarStore::new(vq_model::test_device());
         let _prior = tiny_with(&vs, 3, Some(1));
         let qkv = vs.variables()["block0.qkv.weight"].size();

@@ -145,6 +145,7 @@ mod tests {
 
     #[test]
     fn minimises_a_quadratic_and_round_trips_its_state() {
+        let _rng = vq_model::seeded(0);
         let vs = nn::VarStore::new(Device::Cpu);
         let x = vs.root().var("x", &[3], nn::Init::Const(5.0));
         let mut adam = Adam::new(&vs);

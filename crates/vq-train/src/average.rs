@@ -108,7 +108,7 @@ mod tests {
 
     #[test]
     fn averages_trained_weights_and_the_codebook() {
-        tch::manual_seed(0);
+        let _rng = vq_model::seeded(0);
         let live = nn::VarStore::new(Device::Cpu);
         let model = VqVae::new(live.root(), &tiny());
         let mut avg = WeightAverage::new(&live, &model, &tiny(), 0.9).unwrap();

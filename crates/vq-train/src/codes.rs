@@ -253,6 +253,7 @@ mod tests {
 
     #[test]
     fn a_batchs_codes_are_the_encoders_codes_of_its_images() {
+        let _rng = vq_model::seeded(0);
         let vqvae = Checkpoint::bundled(Device::Cpu).unwrap();
         let set = images(6, 0);
         let dir = tempfile::tempdir().unwrap();
@@ -285,6 +286,7 @@ mod tests {
 
     #[test]
     fn the_cache_serves_only_the_same_model_and_images() {
+        let _rng = vq_model::seeded(0);
         let vqvae = Checkpoint::bundled(Device::Cpu).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let (own, source) = (dir.path().join("own"), dir.path().join("source"));

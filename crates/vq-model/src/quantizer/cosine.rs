@@ -181,7 +181,7 @@ mod tests {
 
     #[test]
     fn codes_and_inputs_are_unit_and_the_lookup_is_the_argmax_of_the_cosine() {
-        tch::manual_seed(5);
+        let _rng = crate::seeded(5);
         let (_vs, mut q) = cosine();
         let z = Tensor::randn([3, 6, 4, 4], (Kind::Float, crate::test_device()));
         assert!(unit_norm_error(q.codes(), 1) < 1e-5);
@@ -210,7 +210,7 @@ mod tests {
 
     #[test]
     fn gradients_reach_the_encoder_and_both_projections() {
-        tch::manual_seed(6);
+        let _rng = crate::seeded(6);
         let (vs, q) = cosine();
         let z = Tensor::randn([2, 6, 3, 3], (Kind::Float, crate::test_device()))
             .set_requires_grad(true);

@@ -200,7 +200,7 @@ mod tests {
 
     #[test]
     fn outputs_lie_on_the_grid_and_gradients_pass_straight_through() {
-        tch::manual_seed(0);
+        let _rng = crate::seeded(0);
         let q = fsq(&[8, 5, 5, 5]);
         let z = (Tensor::randn([2, 4, 3, 3], (Kind::Float, crate::test_device())) * 2.0)
             .set_requires_grad(true);

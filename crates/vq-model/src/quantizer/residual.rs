@@ -249,7 +249,7 @@ mod tests {
 
     #[test]
     fn with_later_codebooks_zero_the_output_is_the_first_level_alone() {
-        tch::manual_seed(7);
+        let _rng = crate::seeded(7);
         let (_vs, mut q) = residual(3, false);
         for level in &mut q.levels[1..] {
             let zeros = Tensor::zeros([16, 4], (Kind::Float, crate::test_device()));
@@ -266,7 +266,7 @@ mod tests {
 
     #[test]
     fn each_level_lowers_the_error_after_kmeans_and_dropout_decodes_at_every_depth() {
-        tch::manual_seed(8);
+        let _rng = crate::seeded(8);
         let (_vs, mut q) = residual(4, true);
         let vectors = Tensor::randn([400, 4], (Kind::Float, crate::test_device()));
         q.init_from_data(&vectors, &KMeansConfig::new(16).seed(3))

@@ -428,7 +428,7 @@ mod tests {
 
     #[test]
     fn nearest_is_the_exact_argmin() {
-        tch::manual_seed(1);
+        let _rng = crate::seeded(1);
         let vs = nn::VarStore::new(crate::test_device());
         let q = VectorQuantizer::new(vs.root(), &vq(CodebookUpdate::default()));
         let z = Tensor::randn([200, 4], (Kind::Float, crate::test_device())) * 0.1;
@@ -441,7 +441,7 @@ mod tests {
 
     #[test]
     fn rotation_trick_gives_the_code_forward_and_a_rotated_gradient_back() {
-        tch::manual_seed(9);
+        let _rng = crate::seeded(9);
         for gradient in [
             GradientEstimator::StraightThrough,
             GradientEstimator::Rotation,
@@ -478,7 +478,7 @@ mod tests {
 
     #[test]
     fn ema_with_no_memory_moves_codes_to_their_means() {
-        tch::manual_seed(3);
+        let _rng = crate::seeded(3);
         let vs = nn::VarStore::new(crate::test_device());
         let mut q = VectorQuantizer::new(
             vs.root(),
@@ -512,7 +512,7 @@ mod tests {
 
     #[test]
     fn dead_codes_restart_from_encoder_outputs() {
-        tch::manual_seed(4);
+        let _rng = crate::seeded(4);
         let vs = nn::VarStore::new(crate::test_device());
         let cfg = VqConfig {
             dead_code_steps: 3,
