@@ -513,8 +513,8 @@ pub struct PriorCheckpoint {
 
 impl PriorCheckpoint {
     /// Draw samples with the matrix products in `kind`: f32, or bf16 for the transformer prior
-    /// (its linear layers and its key/value cache then run in bf16, while the weights, layer
-    /// norms, residual stream and logits stay f32: faster where the CPU or GPU has bf16
+    /// (its linear layers then run in bf16, while the weights, layer norms, residual stream,
+    /// key/value cache and logits stay f32: faster where the CPU or GPU has bf16
     /// arithmetic, and its draws differ from f32's, since a rounded probability moves a draw
     /// and the rest of the grid follows). Returns false, changing nothing, for the PixelCNN,
     /// which samples in f32 only. For sampling only: entropy coding and evaluation need f32,

@@ -128,9 +128,9 @@ struct Products {
     fc1: Linear,
     fc2: Linear,
     kind: Kind,
-    /// Whether a product's result stays in `kind` (sampling: the key/value cache, attention and
-    /// GELU then run in bf16 too, and the residual additions widen it) or is widened to f32 at
-    /// once (training, whose bf16 passes keep the rest in f32).
+    /// Whether a product's result stays in `kind` (sampling: GELU then runs in bf16 too, and
+    /// the residual additions and the key/value cache widen it) or is widened to f32 at once
+    /// (training, whose bf16 passes keep the rest in f32).
     low_results: bool,
 }
 
@@ -262,8 +262,8 @@ impl Block {
     /// its key and value join the cache. The query heads that share a key/value head are laid
     /// out as that head's queries (`(B, kv_heads, group, D / heads)`), so the cache is read once
     /// per key/value head, not once per query head.
-    /// With bf16 products the cache holds bf16 keys and values (half the bytes that attention
-    /// streams) and attention runs in bf16.
+    /// The cache and attention stay f32 with bf16 products too: LibTorch's CPU attention
+    /// kernel ran slower on a bf16 cache than on an f32 one (docs/experiments.md).
     fn step(&self, x: &Tensor, t: i64, cache: &mut LayerCache, p: &Products) -> Tensor {
         let (q, k, v) = self.qkv(x, p);
         cache.keys.narrow(2, t, 1).copy_(&k);
@@ -438,11 +438,10 @@ impl CodePrior for TransformerPrior {
             .iter()
             .map(|_| {
                 let zeros = || {
-                    // The products' number type. Never read beyond the positions written so
-                    // far: no need to clear it.
+                    // Never read beyond the positions written so far: no need to clear it.
                     Tensor::empty(
                         [rows, self.config.key_value_heads(), length, head_dim],
-                        (self.sample_kind, device),
+                        (Kind::Float, device),
                     )
                 };
                 LayerCache {
