@@ -355,16 +355,30 @@ fn sample_with_the_bundled_prior_is_reproducible_and_checks_its_arguments() {
             .contains("cifar10-default"),
         "{report}"
     );
-    assert_eq!(report["compute"], "f32", "{report}");
+    // The default is `--compute auto`: bf16 where this CPU runs it natively, else f32.
+    let default_kind = report["compute"].as_str().unwrap().to_string();
+    assert!(["f32", "bf16"].contains(&default_kind.as_str()), "{report}");
+    assert_eq!(
+        sample(&["--compute", "auto"], "auto.png")["compute"],
+        *default_kind
+    );
+    assert!(image::open(dir.join("auto.png")).unwrap().to_rgb8() == a);
 
     // bf16 sampling: reproducible with its seed, reported, and other draws than f32's.
     for name in ["h1.png", "h2.png"] {
         let report = sample(&["--compute", "bf16"], name);
         assert_eq!(report["compute"], "bf16", "{report}");
     }
+    assert_eq!(sample(&["--compute", "f32"], "f.png")["compute"], "f32");
     let h1 = image::open(dir.join("h1.png")).unwrap().to_rgb8();
+    let f = image::open(dir.join("f.png")).unwrap().to_rgb8();
     assert!(h1 == image::open(dir.join("h2.png")).unwrap().to_rgb8());
-    assert!(h1 != a, "bf16 drew exactly the f32 samples");
+    assert!(h1 != f, "bf16 drew exactly the f32 samples");
+    assert!(if default_kind == "f32" {
+        f == a
+    } else {
+        h1 == a
+    });
 
     // Guidance on the first codes only: reported, and unguided later codes draw other samples.
     let all = sample(&["--guided-codes", "64"], "g64.png");

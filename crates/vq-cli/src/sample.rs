@@ -41,10 +41,10 @@ pub struct SamplingArgs {
     /// [default: sharp]
     #[arg(long, value_enum)]
     pub decoder: Option<DecoderChoice>,
-    /// Number type of the transformer prior while it samples: `f32`, `bf16` (faster on CPUs
-    /// with AMX or AVX-512 BF16 and on recent GPUs; its draws differ from f32's, as a rounded
-    /// probability moves a draw) or `auto` (bf16 where the hardware runs it natively)
-    /// [default: f32]
+    /// Number type of the transformer prior's matrix products while it samples: `auto` (bf16
+    /// where the hardware runs it natively, else f32), `f32`, or `bf16` (faster on CPUs with
+    /// AMX or AVX-512 BF16 and on recent GPUs; its draws differ from f32's, as a rounded
+    /// probability moves a draw) [default: auto]
     #[arg(long, value_enum)]
     pub compute: Option<ComputeKind>,
 }
@@ -84,7 +84,7 @@ impl SamplingArgs {
         prior: &mut PriorCheckpoint,
         device: Device,
     ) -> anyhow::Result<&'static str> {
-        let asked = self.compute.unwrap_or(ComputeKind::F32);
+        let asked = self.compute.unwrap_or(ComputeKind::Auto);
         let kind = asked.kind(device);
         if kind == tch::Kind::Float {
             return Ok("f32");
