@@ -61,6 +61,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             |n| format!("the first {n} codes")
         )
     );
+    // What `vq-cli sample --compute auto`, its default, picks on this device.
+    let auto = vq_model::ComputeKind::Auto.kind(device);
+    println!(
+        "the default (--compute auto) samples in {} here",
+        if auto == Kind::Float { "f32" } else { "bf16" }
+    );
     let mut reference: Option<Tensor> = None;
     for (kind, name) in [(Kind::Float, "f32"), (Kind::BFloat16, "bf16")] {
         prior.set_sampling_kind(kind);
