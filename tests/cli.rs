@@ -155,6 +155,49 @@ fn encode_then_decode_equals_reconstruct() {
     assert!(!dir.join("cut.decoded.png").exists());
 }
 
+#[test]
+fn searched_codes_cost_the_same_bits_and_reconstruct_better() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    picture(40, 36).save(dir.join("p.png")).unwrap();
+    for (name, extra) in [("plain", &[][..]), ("searched", &["--search", "3"][..])] {
+        let mut args = vec!["encode", "p.png", "-o"];
+        let file = format!("{name}.vqz");
+        args.push(&file);
+        args.extend_from_slice(extra);
+        let out = cli(&args, dir);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    assert_eq!(read("plain.vqz").len(), read("searched.vqz").len());
+    assert_ne!(
+        read("plain.vqz"),
+        read("searched.vqz"),
+        "the search changed no code"
+    );
+    // reconstruct --search writes what decoding the searched file gives, at a higher PSNR.
+    let psnr_of = |extra: &[&str], output: &str| -> f64 {
+        let mut args = vec!["reconstruct", "p.png", "-o", output, "--json"];
+        args.extend_from_slice(extra);
+        let out = cli(&args, dir);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+        report["psnr"].as_f64().unwrap()
+    };
+    let plain = psnr_of(&[], "plain.recon.png");
+    let searched = psnr_of(&["--search", "3"], "searched.recon.png");
+    assert!(searched > plain, "{searched} <= {plain}");
+    let out = cli(
+        &["decode", "searched.vqz", "-o", "searched.decoded.png"],
+        dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(read("searched.decoded.png"), read("searched.recon.png"));
+    // A candidate count out of range is a usage error.
+    let out = cli(&["encode", "p.png", "--search", "0"], dir);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
 /// A copy of the bundled checkpoint with one weight changed: loads fine, is another model.
 fn other_model(dir: &Path) -> PathBuf {
     let other = dir.join("other-model");
@@ -302,6 +345,26 @@ fn eval_reports_json_figures_on_a_split() {
     assert!(e["psnr"].as_f64().unwrap() > 14.0, "{e}");
     assert!(e["ssim"].as_f64().unwrap() > 0.3, "{e}");
     assert!(e["codes_used"].as_i64().unwrap() >= 1);
+    assert!(e.get("search").is_none(), "{e}");
+
+    // Searched codes on the same images: a higher PSNR, and the report says how they were
+    // chosen.
+    let eval_of_first_20 = |extra: &[&str]| {
+        let mut args = vec!["eval", "--data", data.to_str().unwrap(), "--limit", "20"];
+        args.extend_from_slice(extra);
+        args.push("--json");
+        let out = cli(&args, tmp.path());
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str::<serde_json::Value>(stdout(&out).trim()).unwrap()
+    };
+    let plain = eval_of_first_20(&[]);
+    let searched = eval_of_first_20(&["--search", "3", "--search-sweeps", "1"]);
+    assert_eq!(searched["search"]["candidates"], 3, "{searched}");
+    assert_eq!(searched["search"]["sweeps"], 1, "{searched}");
+    assert!(
+        searched["psnr"].as_f64().unwrap() > plain["psnr"].as_f64().unwrap() + 0.05,
+        "{plain} {searched}"
+    );
 
     let out = cli(&["eval", "--data", "nowhere"], tmp.path());
     assert_clean_failure(&out, "download-cifar");

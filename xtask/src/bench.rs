@@ -655,14 +655,26 @@ struct CodecRow {
     psnr: f64,
 }
 
+/// What `cargo xtask bench codec` compares.
+pub struct CodecOptions {
+    /// Checkpoint or run folders (none: the bundled model).
+    pub models: Vec<PathBuf>,
+    /// Also each model's codes searched among this many candidates.
+    pub search: Option<usize>,
+    /// CIFAR-10 test images for the entropy-coding figure.
+    pub images: usize,
+    pub threads: usize,
+}
+
 /// `cargo xtask bench codec`.
-pub fn codec(
-    root: &Path,
-    data: &Path,
-    models: &[PathBuf],
-    images: usize,
-    threads: usize,
-) -> Result<()> {
+pub fn codec(root: &Path, data: &Path, options: &CodecOptions) -> Result<()> {
+    let CodecOptions {
+        models,
+        search,
+        images,
+        threads,
+    } = options;
+    let (images, threads) = (*images, *threads);
     let python = codec_python(root)?;
     let dir = root.join("target").join("bench").join("codec");
     if dir.exists() {
@@ -743,15 +755,35 @@ pub fn codec(
                     psnr: psnr(&png, &decoded)?,
                 });
             }
+            // The bundled model also entropy-coded; with --search, every model's codes searched
+            // (and the bundled model's searched codes entropy-coded).
+            let mut variants: Vec<(Vec<String>, String)> = Vec::new();
             if model == &bundled {
-                let coded = dir.join(format!("{name}-{m}-entropy.vqz"));
+                variants.push((
+                    vec!["--entropy".into()],
+                    format!("{label} + prior (entropy-coded)"),
+                ));
+            }
+            if let Some(n) = search {
+                let searched = vec!["--search".to_string(), n.to_string()];
+                variants.push((searched.clone(), format!("{label}, searched ({n})")));
+                if model == &bundled {
+                    let mut both = searched;
+                    both.push("--entropy".into());
+                    variants.push((both, format!("{label}, searched ({n}) + prior")));
+                }
+            }
+            for (v, (flags, variant)) in variants.into_iter().enumerate() {
+                let coded = dir.join(format!("{name}-{m}-v{v}.vqz"));
+                let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
                 cmd::run(
-                    vq_cli(&["--checkpoint", ckpt, "encode", "--entropy"])
+                    vq_cli(&["--checkpoint", ckpt, "encode"])
+                        .args(&flags)
                         .arg(&png)
                         .arg("-o")
                         .arg(&coded),
                 )?;
-                let decoded = dir.join(format!("{name}-{m}-entropy.png"));
+                let decoded = dir.join(format!("{name}-{m}-v{v}.png"));
                 cmd::run(
                     vq_cli(&["--checkpoint", ckpt, "decode"])
                         .arg(&coded)
@@ -760,7 +792,7 @@ pub fn codec(
                 )?;
                 rows.push(CodecRow {
                     photo: name.clone(),
-                    model: format!("{label} + prior (entropy-coded)"),
+                    model: variant,
                     bytes: std::fs::metadata(&coded)?.len() as usize,
                     psnr: psnr(&png, &decoded)?,
                 });

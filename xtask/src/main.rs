@@ -243,6 +243,10 @@ enum Bench {
         /// Checkpoint or run folders [default: the bundled model]
         #[arg(long, value_delimiter = ',')]
         models: Vec<PathBuf>,
+        /// Also each model's codes searched among N candidates (`vq-cli encode --search N`;
+        /// minutes a photo)
+        #[arg(long, value_name = "N")]
+        search: Option<usize>,
         /// CIFAR-10 test images for the entropy-coding figure.
         #[arg(long, default_value_t = 500)]
         images: usize,
@@ -454,12 +458,19 @@ fn real_main() -> Result<()> {
             Bench::Codec {
                 data,
                 models,
+                search,
                 images,
                 threads,
             } => {
                 libtorch::ensure(&root, libtorch::CudaChoice::Auto)?;
                 let dir = download(&root, &data)?;
-                bench::codec(&root, &dir, &models, images, all_cores(threads))?;
+                let options = bench::CodecOptions {
+                    models,
+                    search,
+                    images,
+                    threads: all_cores(threads),
+                };
+                bench::codec(&root, &dir, &options)?;
             }
             Bench::Data { data } => {
                 let dir = download(&root, &data)?;

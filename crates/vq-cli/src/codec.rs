@@ -56,15 +56,29 @@ pub(crate) fn in_fixed_passes(
     per_pass: usize,
     f: impl Fn(&Tensor) -> Tensor,
 ) -> Tensor {
+    match try_in_fixed_passes(inputs, per_pass, |xs| {
+        Ok::<_, std::convert::Infallible>(f(xs))
+    }) {
+        Ok(t) => t,
+        Err(never) => match never {},
+    }
+}
+
+/// [`in_fixed_passes`] with a pass that may fail.
+pub(crate) fn try_in_fixed_passes<E>(
+    inputs: &[Tensor],
+    per_pass: usize,
+    f: impl Fn(&Tensor) -> Result<Tensor, E>,
+) -> Result<Tensor, E> {
     let per_pass = per_pass.max(1);
     let mut outs = Vec::with_capacity(inputs.len().div_ceil(per_pass));
     for chunk in inputs.chunks(per_pass) {
         let mut rows: Vec<&Tensor> = chunk.iter().collect();
         let last = *rows.last().expect("chunks are not empty");
         rows.resize(per_pass, last);
-        outs.push(f(&Tensor::cat(&rows, 0)).narrow(0, 0, chunk.len() as i64));
+        outs.push(f(&Tensor::cat(&rows, 0))?.narrow(0, 0, chunk.len() as i64));
     }
-    Tensor::cat(&outs, 0)
+    Ok(Tensor::cat(&outs, 0))
 }
 
 /// Windows per pass for windows of `pixels` pixels.
@@ -160,8 +174,36 @@ impl Codec<'_> {
     /// # Panics
     /// If the images are not all of one size (callers group them by size).
     pub fn encode_batch(&self, imgs: &[&RgbImage]) -> Vec<CodeGrid> {
+        let plain = |xs: &Tensor| Ok::<_, std::convert::Infallible>(self.model.encode(xs));
+        match self.encode_batch_by(imgs, per_pass, plain) {
+            Ok(grids) => grids,
+            Err(never) => match never {},
+        }
+    }
+
+    /// [`Codec::encode_batch`] with codes chosen by `search` (each tile window searched for
+    /// its own decoded error; see [`vq_model::search`]); errors if the quantizer cannot be
+    /// searched. Each window is searched alone: the search decodes hundreds of times, so the
+    /// copies that pad a fixed-size pass would multiply its cost, and alone its codes do not
+    /// depend on the other images either.
+    pub fn encode_batch_searched(
+        &self,
+        imgs: &[&RgbImage],
+        search: &vq_model::CodeSearch,
+    ) -> Result<Vec<CodeGrid>, vq_model::ModelError> {
+        self.encode_batch_by(imgs, |_| 1, |xs| self.model.encode_searched(xs, search))
+    }
+
+    /// [`Codec::encode_batch`] with `encode` turning each pass of windows into codes, in passes
+    /// of `pass_size(window pixels)` windows.
+    fn encode_batch_by<E>(
+        &self,
+        imgs: &[&RgbImage],
+        pass_size: impl Fn(u64) -> usize,
+        encode: impl Fn(&Tensor) -> Result<Tensor, E>,
+    ) -> Result<Vec<CodeGrid>, E> {
         let Some(first) = imgs.first() else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         let (width, height) = first.dimensions();
         assert!(
@@ -182,9 +224,8 @@ impl Codec<'_> {
                     .collect();
                 // (B, L, h, w) codes of the windows; their cores, image by image, level by level.
                 let pixels = ((wx1 - wx0) * f) as u64 * ((wy1 - wy0) * f) as u64;
-                let window =
-                    in_fixed_passes(&windows, per_pass(pixels), |xs| self.model.encode(xs))
-                        .to_device(Device::Cpu);
+                let window = try_in_fixed_passes(&windows, pass_size(pixels), &encode)?
+                    .to_device(Device::Cpu);
                 let window = window
                     .narrow(2, (cy0 - wy0) as i64, (cy1 - cy0) as i64)
                     .narrow(3, (cx0 - wx0) as i64, (cx1 - cx0) as i64)
@@ -205,7 +246,7 @@ impl Codec<'_> {
                 }
             }
         }
-        grids
+        Ok(grids
             .into_iter()
             .map(|codes| CodeGrid {
                 width: gw,
@@ -213,7 +254,7 @@ impl Codec<'_> {
                 depth,
                 codes,
             })
-            .collect()
+            .collect())
     }
 
     /// The `width` × `height` images that grids of one shape stand for, decoded together (see

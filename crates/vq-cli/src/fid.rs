@@ -231,10 +231,7 @@ fn side_stats(
                 net,
                 &ckpt.model,
                 &set,
-                vq_model::EvalScope {
-                    count: set.len(),
-                    levels: None,
-                },
+                vq_model::EvalScope::first(set.len()),
                 session.device,
                 &mut |done| bar.set_position(done as u64),
             )?;

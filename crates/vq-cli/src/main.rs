@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
-use vq_cli::commands::{self, DecodeArgs, EncodeArgs, EvalArgs, FilesArgs, SampleArgs, Session};
+use vq_cli::commands::{self, DecodeArgs, EncodeArgs, EvalArgs, SampleArgs, Session};
 use vq_cli::report;
 use vq_model::DeviceChoice;
 
@@ -36,7 +36,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Encode and decode images; writes NAME.recon.png and prints PSNR, SSIM and bits per pixel.
-    Reconstruct(FilesArgs),
+    Reconstruct(commands::ReconstructArgs),
     /// Encode images to .vqz code files (--entropy: arithmetic-coded with the prior).
     Encode(EncodeArgs),
     /// Decode .vqz code files to PNG images.

@@ -33,11 +33,10 @@ pub fn reconstruction_features(
             .map_err(|e| FidError::Invalid(e.to_string()))?;
         let recon = {
             let _guard = tch::no_grad_guard();
-            let codes = vqvae.encode(&xs);
-            match scope.levels {
-                Some(levels) => vqvae.decode(&codes.narrow(1, 0, levels)),
-                None => vqvae.decode(&codes),
-            }
+            let codes = scope
+                .codes(vqvae, &xs)
+                .map_err(|e| FidError::Invalid(e.to_string()))?;
+            scope.decode(vqvae, &codes)
         };
         parts.push(net.features(&to_bytes(&recon, range))?);
         progress(end);

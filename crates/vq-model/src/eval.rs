@@ -49,6 +49,43 @@ pub struct EvalScope {
     /// Decode with only the first `levels` levels of the codes (a residual quantizer's lower
     /// rate); `None`: all of them.
     pub levels: Option<i64>,
+    /// Choose the codes by [`crate::CodeSearch`] instead of the quantizer's nearest code.
+    pub search: Option<crate::CodeSearch>,
+}
+
+impl EvalScope {
+    /// The first `count` images, all levels, the quantizer's own codes.
+    pub fn first(count: usize) -> Self {
+        EvalScope {
+            count,
+            levels: None,
+            search: None,
+        }
+    }
+
+    /// The `(B, L, h, w)` codes this scope evaluates `xs` at: searched or not, all levels.
+    pub fn codes(&self, model: &VqVae, xs: &Tensor) -> Result<Tensor, ModelError> {
+        match &self.search {
+            Some(search) => model.encode_searched(xs, search),
+            None => Ok(model.encode(xs)),
+        }
+    }
+
+    /// The images `codes` decode to at this scope's depth.
+    pub fn decode(&self, model: &VqVae, codes: &Tensor) -> Tensor {
+        match self.levels {
+            Some(levels) => model.decode(&codes.narrow(1, 0, levels)),
+            None => model.decode(codes),
+        }
+    }
+}
+
+/// `(L, k)` counts of each level's codes in `(B, L, h, w)` codes.
+fn code_counts(codes: &Tensor, k: i64) -> Tensor {
+    let depth = codes.size()[1];
+    let per_level = codes.transpose(0, 1).reshape([depth, -1]);
+    let ones = Tensor::ones(per_level.size(), (Kind::Float, codes.device()));
+    Tensor::zeros([depth, k], (Kind::Float, codes.device())).scatter_add(1, &per_level, &ones)
 }
 
 /// MSE, PSNR, SSIM (on `[0, 1]` pixels), perplexity and code usage over the first `count`
@@ -61,11 +98,15 @@ pub fn evaluate(
     step: usize,
     elapsed_s: f64,
 ) -> Result<Evaluation, ModelError> {
-    let scope = EvalScope {
-        count,
-        levels: None,
-    };
-    evaluate_with_progress(model, test, scope, device, step, elapsed_s, |_| {})
+    evaluate_with_progress(
+        model,
+        test,
+        EvalScope::first(count),
+        device,
+        step,
+        elapsed_s,
+        |_| {},
+    )
 }
 
 /// [`evaluate`], calling `progress` with the number of images done after each chunk.
@@ -93,16 +134,22 @@ pub fn evaluate_with_progress(
             flips: vec![false; end - start],
         };
         let xs = images_to_tensor(&gather(test.images.view(), &batch, range), device)?;
-        let out = model.forward(&xs);
-        let reconstruction = match scope.levels {
-            Some(levels) => model.decode(&out.codes().narrow(1, 0, levels)),
-            None => out.reconstruction.shallow_clone(),
+        let (reconstruction, batch_counts) = if scope.search.is_some() {
+            let codes = scope.codes(model, &xs)?;
+            (scope.decode(model, &codes), code_counts(&codes, k))
+        } else {
+            let out = model.forward(&xs);
+            let reconstruction = match scope.levels {
+                Some(levels) => model.decode(&out.codes().narrow(1, 0, levels)),
+                None => out.reconstruction.shallow_clone(),
+            };
+            (reconstruction, out.quantized.counts)
         };
         sums.add(&quality(
             &to_unit(&reconstruction, range),
             &to_unit(&xs, range),
         ));
-        counts += &out.quantized.counts;
+        counts += batch_counts;
         progress(end);
     }
     let levels = crate::quantizer::level_usage(&counts);

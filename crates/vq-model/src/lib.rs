@@ -13,6 +13,7 @@ mod model;
 mod nets;
 mod picture;
 pub mod quantizer;
+pub mod search;
 
 pub use bundled::{BUNDLED, BUNDLED_TUNED_DECODER};
 pub use checkpoint::Checkpoint;
@@ -31,6 +32,7 @@ pub use quantizer::{
     CodeSpace, CodebookUpdate, CosineConfig, FsqConfig, GradientEstimator, LevelUsage, Quantized,
     Quantizer, QuantizerConfig, ResidualConfig, VectorQuantizer, VqConfig,
 };
+pub use search::CodeSearch;
 pub use vq_store::StoreError;
 
 use std::path::PathBuf;
@@ -64,6 +66,8 @@ pub enum ModelError {
     Store(#[from] vq_store::StoreError),
     #[error("shape: {0}")]
     Shape(String),
+    #[error("{0}")]
+    Unsupported(String),
     #[error("k-means codebook initialisation: {0}")]
     KMeans(#[from] vq_kmeans::KMeansError),
 }

@@ -322,10 +322,7 @@ pub(crate) fn reconstruction_fid(
         &net,
         model,
         test,
-        vq_model::EvalScope {
-            count,
-            levels: None,
-        },
+        vq_model::EvalScope::first(count),
         device,
         &mut |_| {},
     )?;

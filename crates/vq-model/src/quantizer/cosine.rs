@@ -116,6 +116,11 @@ impl Quantizer for CosineQuantizer {
         self.out_proj.forward(&self.codebook.embed(codes))
     }
 
+    /// By cosine: the nearest unit codes to the projected, normalised vector.
+    fn ranked_codes(&self, z: &Tensor, count: i64) -> Option<Tensor> {
+        self.codebook.ranked_codes(&self.project(z), count)
+    }
+
     fn code_space(&self) -> CodeSpace {
         self.codebook.code_space()
     }

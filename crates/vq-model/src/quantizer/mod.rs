@@ -49,6 +49,18 @@ pub enum QuantizerConfig {
     Residual(ResidualConfig),
 }
 
+impl QuantizerConfig {
+    /// Its `"kind"` in `config.json`.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            QuantizerConfig::Vq(_) => "vq",
+            QuantizerConfig::Cosine(_) => "cosine",
+            QuantizerConfig::Fsq(_) => "fsq",
+            QuantizerConfig::Residual(_) => "residual",
+        }
+    }
+}
+
 impl Default for QuantizerConfig {
     fn default() -> Self {
         QuantizerConfig::Vq(VqConfig::default())
@@ -187,6 +199,14 @@ pub trait Quantizer: std::fmt::Debug {
     /// `(B, L, h, w)` codes → the `(B, D, h, w)` decoder input they stand for. A residual
     /// quantizer also takes fewer levels than its depth.
     fn embed(&self, codes: &Tensor) -> Tensor;
+
+    /// The `count` best codes of each position by this quantizer's own lookup, best first:
+    /// `(B, L, h, w, count)`, whose first entry is what [`Quantizer::forward`] picks (a residual
+    /// quantizer ranks each level's codes for the residual its first choices leave). `None` when
+    /// the quantizer has no ranking to offer (FSQ). [`crate::VqVae::encode_searched`] tries them.
+    fn ranked_codes(&self, _z: &Tensor, _count: i64) -> Option<Tensor> {
+        None
+    }
 
     fn code_space(&self) -> CodeSpace;
 

@@ -170,6 +170,20 @@ impl Quantizer for ResidualQuantizer {
         sum.expect("codes have at least one level")
     }
 
+    /// Level by level along the quantizer's own path: each level's ranking is for the residual
+    /// that the first choices of the levels before it leave.
+    fn ranked_codes(&self, z: &Tensor, count: i64) -> Option<Tensor> {
+        let _guard = tch::no_grad_guard();
+        let mut residual = z.shallow_clone();
+        let mut ranked = Vec::with_capacity(self.levels.len());
+        for level in &self.levels {
+            let level_ranked = level.ranked_codes(&residual, count)?;
+            residual = &residual - level.embed(&level_ranked.select(4, 0));
+            ranked.push(level_ranked);
+        }
+        Some(Tensor::cat(&ranked, 1))
+    }
+
     fn code_space(&self) -> CodeSpace {
         CodeSpace {
             depth: self.levels.len() as i64,

@@ -211,6 +211,26 @@ impl VectorQuantizer {
         scores.argmin(1, false)
     }
 
+    /// The `count` nearest codes of each row of `flat` (`(N, D)`), nearest first: `(N, count)`.
+    /// The first column is [`VectorQuantizer::nearest`]'s choice even where distances tie.
+    pub fn ranked(&self, flat: &Tensor, count: i64) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        let cb = self.codebook.to_kind(flat.kind());
+        let norms = cb.square().sum_dim_intlist(1, false, Kind::Float);
+        let scores = norms.unsqueeze(0) - flat.matmul(&cb.tr()) * 2.0;
+        let (_, ranked) = scores.topk(count.min(self.codebook_size()), 1, false, true);
+        ranked.narrow(1, 0, 1).copy_(&scores.argmin(1, true));
+        ranked
+    }
+
+    /// `(B, D, h, w)` vectors → `(B, 1, h, w, count)` codes, nearest first.
+    fn ranked_map(&self, z: &Tensor, count: i64) -> Tensor {
+        let size = z.size();
+        let (b, d, h, w) = (size[0], size[1], size[2], size[3]);
+        let flat = z.permute([0, 2, 3, 1]).reshape([-1, d]);
+        self.ranked(&flat, count).view([b, 1, h, w, -1])
+    }
+
     /// The encoder outputs of the last forward pass, `(B·h·w, D)`, detached.
     pub fn inputs_of(pass: &Quantized) -> &Tensor {
         &pass.saved[0]
@@ -350,6 +370,10 @@ impl Quantizer for VectorQuantizer {
             .index_select(0, &codes.flatten(0, -1))
             .view([size[0], size[2], size[3], -1])
             .permute([0, 3, 1, 2])
+    }
+
+    fn ranked_codes(&self, z: &Tensor, count: i64) -> Option<Tensor> {
+        Some(self.ranked_map(z, count))
     }
 
     fn code_space(&self) -> CodeSpace {
