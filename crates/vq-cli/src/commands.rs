@@ -82,11 +82,11 @@ pub struct ReconstructArgs {
     pub search: SearchArgs,
 }
 
-/// Decoder-aware code search (`encode`, `eval`).
+/// Decoder-aware code search (`encode`, `reconstruct`, `eval`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct SearchArgs {
     /// Choose each code among the quantizer's N best by the decoded image's error instead of
-    /// taking the nearest (same bits, a higher PSNR, about 100× slower encoding; 4 is a good
+    /// taking the nearest (same bits, a higher PSNR, about 140× slower encoding; 4 is a good
     /// setting; vq, cosine and residual quantizers)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..=64))]
     pub search: Option<i64>,
