@@ -104,13 +104,6 @@ impl SearchArgs {
     }
 }
 
-/// A code search's settings, as reports print them.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct SearchReport {
-    pub candidates: i64,
-    pub sweeps: usize,
-}
-
 /// `vq-cli decode`'s inputs and options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DecodeArgs {
@@ -745,7 +738,7 @@ pub struct EvalReport {
     pub codebook_size: i64,
     /// The code search the codes were chosen by (`--search`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub search: Option<SearchReport>,
+    pub search: Option<vq_model::CodeSearch>,
     /// FID of the reconstructions against the split (`--fid`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rfid: Option<f64>,
@@ -893,10 +886,7 @@ pub fn eval(session: &Session, args: &EvalArgs) -> Result<EvalReport> {
         perplexity: e.perplexity,
         codes_used: e.codes_used,
         codebook_size: e.codebook_size,
-        search: scope.search.map(|s| SearchReport {
-            candidates: s.candidates,
-            sweeps: s.sweeps,
-        }),
+        search: scope.search,
         rfid,
         rkid,
         seconds: start.elapsed().as_secs_f64(),

@@ -21,7 +21,7 @@ use crate::eval::to_unit;
 use crate::{ModelError, VqVae};
 
 /// How hard [`VqVae::encode_searched`] looks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct CodeSearch {
     /// Codes tried at each position: the quantizer's own choice and its next `candidates − 1`
     /// by the quantizer's ranking (1: no search).
@@ -189,11 +189,10 @@ impl VqVae {
                         let kept = alternative.where_self(&better, &old);
                         codes.select(1, level).copy_(&kept);
                         // Only the cells within reach of a kept change hold the trial's error.
-                        let k = 2 * reach + 1;
                         let touched = better
                             .unsqueeze(1)
                             .to_kind(Kind::Float)
-                            .max_pool2d([k, k], [1, 1], [reach, reach], [1, 1], false)
+                            .max_pool2d([spacing, spacing], [1, 1], [reach, reach], [1, 1], false)
                             .gt(0.0);
                         current = errors.where_self(&touched, &current);
                     }

@@ -205,19 +205,21 @@ impl VectorQuantizer {
     /// The nearest code of each row of `flat` (`(N, D)`): argmin of `‖e‖² − 2·z·e`.
     pub fn nearest(&self, flat: &Tensor) -> Tensor {
         let _guard = tch::no_grad_guard();
+        self.scores(flat).argmin(1, false)
+    }
+
+    /// `(N, K)` distances of each row of `flat` to every code, up to the row's own `‖z‖²`.
+    fn scores(&self, flat: &Tensor) -> Tensor {
         let cb = self.codebook.to_kind(flat.kind());
         let norms = cb.square().sum_dim_intlist(1, false, Kind::Float);
-        let scores = norms.unsqueeze(0) - flat.matmul(&cb.tr()) * 2.0;
-        scores.argmin(1, false)
+        norms.unsqueeze(0) - flat.matmul(&cb.tr()) * 2.0
     }
 
     /// The `count` nearest codes of each row of `flat` (`(N, D)`), nearest first: `(N, count)`.
     /// The first column is [`VectorQuantizer::nearest`]'s choice even where distances tie.
     pub fn ranked(&self, flat: &Tensor, count: i64) -> Tensor {
         let _guard = tch::no_grad_guard();
-        let cb = self.codebook.to_kind(flat.kind());
-        let norms = cb.square().sum_dim_intlist(1, false, Kind::Float);
-        let scores = norms.unsqueeze(0) - flat.matmul(&cb.tr()) * 2.0;
+        let scores = self.scores(flat);
         let (_, ranked) = scores.topk(count.min(self.codebook_size()), 1, false, true);
         ranked.narrow(1, 0, 1).copy_(&scores.argmin(1, true));
         ranked
