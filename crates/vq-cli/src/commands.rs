@@ -13,6 +13,7 @@ use vq_codes::CodeFile;
 use vq_data::Split;
 use vq_model::checkpoint::{Checkpoint, TrainingInfo};
 use vq_model::VqVaeConfig;
+use vq_prior::portable::PortableTransformer;
 
 use crate::codec::{self, CodeGrid, Codec, Tiling};
 use crate::report::{self, table};
@@ -534,7 +535,7 @@ impl fmt::Display for EncodeReport {
 /// `vq-cli encode`: write each image's codes as `NAME.vqz`.
 pub fn encode(session: &Session, args: &EncodeArgs) -> Result<()> {
     let ckpt = session.open()?;
-    // Entropy coding runs the prior on the CPU, where its arithmetic is reproducible.
+    // Entropy coding reads the prior's probabilities from its portable forward pass.
     let prior = if args.entropy {
         let prior = crate::fid::open_prior_on(args.prior.as_deref(), &ckpt, Device::Cpu)?;
         if ckpt.config.code_space().depth != 1 {
@@ -543,7 +544,13 @@ pub fn encode(session: &Session, args: &EncodeArgs) -> Result<()> {
                 ckpt.config.code_space().depth
             );
         }
-        Some(prior)
+        let Some(portable) = prior.model.portable() else {
+            bail!(
+                "--entropy: {} is a PixelCNN prior, which has no portable forward pass for coding; use a transformer prior (`vq-train prior --arch transformer`)",
+                prior.origin()
+            );
+        };
+        Some((prior, portable))
     } else {
         None
     };
@@ -563,7 +570,7 @@ pub fn encode(session: &Session, args: &EncodeArgs) -> Result<()> {
             .map(|((img, grid), job)| {
                 let img = img?;
                 let grid = grid.expect("loaded, so encoded");
-                write_code_file(&ckpt, prior.as_ref(), job, &img, &grid)
+                write_code_file(&ckpt, prior.as_ref().map(|(p, t)| (p, t)), job, &img, &grid)
             })
             .collect()
     })
@@ -572,7 +579,7 @@ pub fn encode(session: &Session, args: &EncodeArgs) -> Result<()> {
 /// One image's `.vqz` file, entropy-coded with `prior` if given.
 fn write_code_file(
     ckpt: &Checkpoint,
-    prior: Option<&vq_prior::PriorCheckpoint>,
+    prior: Option<(&vq_prior::PriorCheckpoint, &PortableTransformer)>,
     job: &Job<'_>,
     img: &crate::LoadedImage,
     grid: &CodeGrid,
@@ -581,18 +588,20 @@ fn write_code_file(
     let (w, h) = img.rgb.dimensions();
     let mut file = crate::code_file(ckpt, grid, w, h, img.colour)
         .with_context(|| format!("{}: building the code file", input.display()))?;
-    if let Some(prior) = prior {
+    if let Some((prior, portable)) = prior {
         let codes = vq_prior::entropy::Grid {
             width: grid.width as usize,
             height: grid.height as usize,
             codes: grid.codes.clone(),
         };
         let class = vq_prior::entropy::best_class(prior.model.as_ref(), &codes);
-        let payload = vq_prior::entropy::encode(prior.model.as_ref(), &codes, class);
+        let payload = vq_prior::entropy::encode_portable(portable, &codes, class);
+        // The prior names the model.
+        file.model_id.clear();
         file.entropy = Some(vq_codes::EntropyCoding {
-            prior_id: prior.model_id[..8].try_into().expect("a 16-byte id"),
-            class: class.map(|c| c as u8),
-            codes_crc: vq_codes::codes_checksum(&file.codes),
+            prior_id: prior.model_id[..vq_codes::v3::PRIOR_ID_LEN].to_vec(),
+            class: None,
+            codes_crc: vq_codes::v3::codes_check(&file.codes),
             payload,
         });
     }
@@ -610,6 +619,12 @@ fn write_code_file(
     })
 }
 
+/// A prior that decodes files, with its portable forward pass when it has one.
+struct OpenPrior {
+    prior: vq_prior::PriorCheckpoint,
+    portable: Option<PortableTransformer>,
+}
+
 /// `vq-cli decode`: write each `.vqz` file's image as `NAME.decoded.png`.
 pub fn decode(session: &Session, args: &DecodeArgs) -> Result<()> {
     let ckpt = session.open()?;
@@ -619,7 +634,7 @@ pub fn decode(session: &Session, args: &DecodeArgs) -> Result<()> {
     // The priors opened so far, by the id the files name: many files coded with one prior
     // open it once.
     use std::collections::hash_map::{Entry, HashMap};
-    let mut priors: HashMap<[u8; 8], vq_prior::PriorCheckpoint> = HashMap::new();
+    let mut priors: HashMap<Vec<u8>, OpenPrior> = HashMap::new();
     each_input(session, &args.files, "decoded.png", |input, dest| {
         if !input.is_file() {
             bail!("{}: no such file", input.display());
@@ -628,32 +643,46 @@ pub fn decode(session: &Session, args: &DecodeArgs) -> Result<()> {
         let mut file = CodeFile::from_bytes(&bytes)
             .with_context(|| format!("{}: not a valid .vqz code file", input.display()))?;
         crate::check_code_file(input, &file, &ckpt)?;
+        file.resolve_vocabulary(ckpt.config.code_space().vocabulary as u32);
         if let Some(coding) = &file.entropy {
-            if let Entry::Vacant(vacant) = priors.entry(coding.prior_id) {
+            if let Entry::Vacant(vacant) = priors.entry(coding.prior_id.clone()) {
                 let prior = match args.prior.as_deref() {
                     Some(path) => crate::fid::open_prior_on(Some(path), &ckpt, Device::Cpu),
                     None => crate::fid::open_bundled_prior_coded_as(&ckpt, &coding.prior_id),
                 }
                 .with_context(|| format!("{}: arithmetic-coded with a prior", input.display()))?;
-                if prior.model_id[..8] != coding.prior_id {
+                if !prior.model_id.starts_with(&coding.prior_id) {
                     bail!(
                         "{}: coded with prior {}, but {} is prior {}; decode it with the prior that encoded it (--prior)",
                         input.display(),
                         vq_store::hex(&coding.prior_id),
                         prior.origin(),
-                        vq_store::hex(&prior.model_id[..8])
+                        vq_store::hex(&prior.model_id[..coding.prior_id.len()])
                     );
                 }
-                vacant.insert(prior);
+                let portable = prior.model.portable();
+                vacant.insert(OpenPrior { prior, portable });
             }
-            let prior = &priors[&coding.prior_id];
-            let grid = vq_prior::entropy::decode(
-                prior.model.as_ref(),
-                &coding.payload,
-                file.grid_width as usize,
-                file.grid_height as usize,
-                coding.class.map(i64::from),
-            );
+            let open = &priors[&coding.prior_id];
+            let (width, height) = (file.grid_width as usize, file.grid_height as usize);
+            let grid = if file.version >= 3 {
+                let Some(portable) = &open.portable else {
+                    bail!(
+                        "{}: coded with prior {}, which is a PixelCNN: version-3 files are coded by transformer priors only",
+                        input.display(),
+                        open.prior.origin()
+                    );
+                };
+                vq_prior::entropy::decode_portable(portable, &coding.payload, width, height).0
+            } else {
+                vq_prior::entropy::decode(
+                    open.prior.model.as_ref(),
+                    &coding.payload,
+                    width,
+                    height,
+                    coding.class.map(i64::from),
+                )
+            };
             file.codes = grid.codes;
             file.validate().with_context(|| {
                 format!("{}: decoding the arithmetic-coded codes", input.display())

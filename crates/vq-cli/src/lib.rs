@@ -99,8 +99,9 @@ pub fn code_file(
         return Err(CodeFileMismatch::Depth(grid.depth));
     }
     Ok(CodeFile {
+        version: vq_codes::VERSION,
         // A fine-tuned decoder writes the files of the model whose codes it shares.
-        model_id: checkpoint.codes_id(),
+        model_id: checkpoint.codes_id()[..vq_codes::v3::MODEL_ID_LEN].to_vec(),
         colour,
         downsample: checkpoint.config.downsample as u8,
         width,
@@ -138,7 +139,12 @@ pub fn check_code_file(
     file: &CodeFile,
     checkpoint: &Checkpoint,
 ) -> Result<(), CodeFileMismatch> {
-    if file.model_id != checkpoint.codes_id() {
+    // Version 3 keeps the id's first bytes; its entropy-coded files name only the prior, which
+    // is opened for this model's codes or refused.
+    let named_by_prior = file.version >= 3 && file.entropy.is_some();
+    if !named_by_prior
+        && (file.model_id.is_empty() || !checkpoint.codes_id().starts_with(&file.model_id))
+    {
         return Err(CodeFileMismatch::OtherModel {
             file: path.to_path_buf(),
             file_model: vq_store::hex(&file.model_id),

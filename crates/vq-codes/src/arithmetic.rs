@@ -78,12 +78,32 @@ impl Encoder {
         self.pending = 0;
     }
 
-    /// The bytes: enough bits to single out the final interval, zero-padded.
+    /// The bytes: the shortest bit string that, followed by the zeros a [`Decoder`] reads past
+    /// the end, lies in the final interval; trailing zero bytes are dropped, since the decoder
+    /// reads them anyway.
     pub fn finish(mut self) -> Vec<u8> {
-        self.pending += 1;
-        let bit = self.low >= QUARTER;
-        self.emit(bit);
-        self.bits.into_bytes()
+        // After the last renormalisation the interval spans more than a quarter, so two bits
+        // always suffice.
+        for k in 1..=32u32 {
+            let step = 1u64 << (32 - k);
+            let value = self.low.div_ceil(step) * step;
+            if value <= self.high {
+                for i in 0..k {
+                    let bit = (value >> (31 - i)) & 1 == 1;
+                    if i == 0 {
+                        self.emit(bit);
+                    } else {
+                        self.bits.push(bit);
+                    }
+                }
+                break;
+            }
+        }
+        let mut bytes = self.bits.into_bytes();
+        while bytes.last() == Some(&0) {
+            bytes.pop();
+        }
+        bytes
     }
 }
 
@@ -209,6 +229,30 @@ pub fn frequencies(probabilities: &[f64]) -> Vec<u32> {
         freqs[i] += 1;
         left -= 1;
     }
+    freqs
+}
+
+/// A frequency table from logits, computed the same to the bit on every machine: the
+/// exponentials in `f64` by the `libm` crate's software `exp` (not the platform's), every
+/// symbol at least 1 of `MAX_TOTAL`, the rest in proportion, rounded down, and what rounding
+/// leaves over given to the most likely symbol (the first of equals). It costs no sort, unlike
+/// [`frequencies`] (which files of format version 2 were coded with).
+pub fn frequencies_of_logits(logits: &[f32]) -> Vec<u32> {
+    let n = logits.len();
+    assert!(n >= 1 && n < MAX_TOTAL as usize / 2, "table of {n} symbols");
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let p: Vec<f64> = logits.iter().map(|&l| libm::exp(l as f64 - max)).collect();
+    let sum: f64 = p.iter().sum();
+    let spare = (MAX_TOTAL as usize - n) as f64;
+    let mut freqs: Vec<u32> = p
+        .iter()
+        .map(|&p| 1 + ((p / sum * spare).floor() as u32).min(MAX_TOTAL - n as u32))
+        .collect();
+    let assigned: u32 = freqs.iter().sum();
+    let top = (0..n).fold(0, |best, i| if p[i] > p[best] { i } else { best });
+    // Rounding down leaves over at most `n`; the most likely symbol holds at least
+    // `spare / n`, so it absorbs either sign.
+    freqs[top] = (freqs[top] as i64 + MAX_TOTAL as i64 - assigned as i64) as u32;
     freqs
 }
 

@@ -56,10 +56,13 @@
 use thiserror::Error;
 
 pub mod arithmetic;
+pub mod v3;
 
 pub const MAGIC: [u8; 4] = *b"VQZ\0";
-/// The newest format version this build reads and writes.
-pub const VERSION: u16 = 2;
+/// The newest format version this build reads and writes (the compact layout, [`v3`]).
+pub const VERSION: u16 = 3;
+/// The newest version with the 56-byte header (what builds before version 3 read).
+pub const LEGACY_VERSION: u16 = 2;
 pub const HEADER_LEN: usize = 56;
 /// Upper bound on the depth (codes per grid cell).
 pub const MAX_DEPTH: usize = 64;
@@ -79,7 +82,12 @@ pub enum Colour {
 /// An image's code grid and what it takes to decode it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CodeFile {
-    pub model_id: [u8; 16],
+    /// The layout [`CodeFile::to_bytes`] writes: 1 or 2 (the 56-byte header, as read) or 3
+    /// (compact, what this build writes).
+    pub version: u16,
+    /// The model's id (the first 16 bytes of the SHA-256 of its weights file) in versions 1
+    /// and 2, its first [`v3::MODEL_ID_LEN`] bytes in version 3.
+    pub model_id: Vec<u8>,
     pub colour: Colour,
     pub downsample: u8,
     pub width: u32,
@@ -87,7 +95,8 @@ pub struct CodeFile {
     pub grid_width: u32,
     pub grid_height: u32,
     /// The vocabulary of each level (one entry for a single codebook): its length is the
-    /// depth.
+    /// depth. Empty in an arithmetic-coded version-3 file just read, which leaves it to the
+    /// model ([`CodeFile::resolve_vocabulary`]).
     pub vocabularies: Vec<u32>,
     /// `depth × grid_height × grid_width` indices: level by level, each level row-major, each
     /// code below its level's vocabulary. Empty in an arithmetic-coded file just read.
@@ -99,11 +108,13 @@ pub struct CodeFile {
 /// An arithmetic-coded payload and what it takes to decode it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntropyCoding {
-    /// The first 8 bytes of the SHA-256 of the prior's weights (a small file's bytes count).
-    pub prior_id: [u8; 8],
-    /// The class the codes were coded with, for a class-conditional prior.
+    /// The first bytes of the SHA-256 of the prior's weights (a small file's bytes count): 8
+    /// in version 2, [`v3::PRIOR_ID_LEN`] in version 3.
+    pub prior_id: Vec<u8>,
+    /// The class the codes were coded with, for a class-conditional prior (version 2; version
+    /// 3 codes the class as the payload's first symbol, and this is `None`).
     pub class: Option<u8>,
-    /// [`codes_checksum`] of the codes.
+    /// [`codes_checksum`] of the codes (version 2), [`v3::codes_check`] (version 3).
     pub codes_crc: u32,
     /// The arithmetic coder's bytes.
     pub payload: Vec<u8>,
@@ -127,7 +138,7 @@ pub fn codes_checksum(codes: &[u32]) -> u32 {
 pub enum CodeFileError {
     #[error("not a .vqz code file (it does not start with the VQZ magic bytes)")]
     BadMagic,
-    #[error("format version {0} is not supported (this build reads versions 1 to {VERSION})")]
+    #[error("format version {0} is not supported (this build reads versions 1 to {VERSION}; a newer vq-cli wrote it)")]
     UnsupportedVersion(u16),
     #[error("truncated: {what} needs {needed} bytes, the file has {got}")]
     Truncated {
@@ -177,9 +188,9 @@ impl CodeFile {
         self.grid_width as usize * self.grid_height as usize
     }
 
-    /// The version [`CodeFile::to_bytes`] writes: 1 when one packed level is all the file
-    /// holds.
-    pub fn version(&self) -> u16 {
+    /// The legacy version of this file's content: 1 when one packed level is all the file
+    /// holds, else 2 (those versions had one layout for each content).
+    pub fn legacy_version(&self) -> u16 {
         if self.depth() == 1 && self.entropy.is_none() {
             1
         } else {
@@ -187,12 +198,36 @@ impl CodeFile {
         }
     }
 
+    /// Sets the vocabulary of an arithmetic-coded version-3 file, which leaves it to the model
+    /// that decodes it (one level: priors model one code per position).
+    pub fn resolve_vocabulary(&mut self, vocabulary: u32) {
+        if self.vocabularies.is_empty() {
+            self.vocabularies = vec![vocabulary];
+        }
+    }
+
     /// Bits of the packed codes of one grid cell, all levels.
-    fn bits_per_cell(&self) -> usize {
+    pub(crate) fn bits_per_cell(&self) -> usize {
         self.vocabularies
             .iter()
             .map(|&v| bits_per_code(v) as usize)
             .sum()
+    }
+
+    /// The codes of every level, level after level, each code at its level's bits, one bit
+    /// stream.
+    pub(crate) fn packed_codes(&self) -> Vec<u8> {
+        let cells = self.cells();
+        let mut payload = Vec::with_capacity((cells * self.bits_per_cell()).div_ceil(8));
+        let (mut acc, mut filled) = (0u64, 0u32);
+        for (level, &v) in self.vocabularies.iter().enumerate() {
+            let codes = &self.codes[level * cells..(level + 1) * cells];
+            push_bits(&mut payload, &mut acc, &mut filled, codes, bits_per_code(v));
+        }
+        if filled > 0 {
+            payload.push(acc as u8);
+        }
+        payload
     }
 
     /// Bits per pixel of the packed codes (header excluded).
@@ -211,8 +246,14 @@ impl CodeFile {
     /// Checks the fields against each other; [`CodeFile::to_bytes`] and
     /// [`CodeFile::from_bytes`] both call it.
     pub fn validate(&self) -> Result<(), CodeFileError> {
+        self.validate_version()?;
         self.validate_header()?;
         let cells = self.cells();
+        if self.vocabularies.is_empty() {
+            // A version-3 coded file not yet given its model's vocabulary (checked in
+            // `validate_header`): its codes cannot be read yet.
+            return Ok(());
+        }
         if let Some(e) = &self.entropy {
             if e.class == Some(NO_CLASS) {
                 return Err(CodeFileError::Inconsistent(format!(
@@ -223,7 +264,12 @@ impl CodeFile {
                 // Not decoded yet: nothing more to check.
                 return Ok(());
             }
-            if codes_checksum(&self.codes) != e.codes_crc {
+            let check = if self.version >= 3 {
+                v3::codes_check(&self.codes)
+            } else {
+                codes_checksum(&self.codes)
+            };
+            if check != e.codes_crc {
                 return Err(CodeFileError::CodesChecksum);
             }
         }
@@ -251,9 +297,49 @@ impl CodeFile {
         Ok(())
     }
 
-    /// Everything but the codes themselves.
-    fn validate_header(&self) -> Result<(), CodeFileError> {
+    /// What the version requires of the content.
+    fn validate_version(&self) -> Result<(), CodeFileError> {
         let bad = |m: String| Err(CodeFileError::Inconsistent(m));
+        match self.version {
+            1 | 2 => {
+                if self.version != self.legacy_version() {
+                    return bad(format!(
+                        "version {} for {} (that content is version {})",
+                        self.version,
+                        if self.entropy.is_some() {
+                            "arithmetic-coded codes"
+                        } else {
+                            "packed codes"
+                        },
+                        self.legacy_version()
+                    ));
+                }
+                if self.model_id.len() != 16 {
+                    return bad(format!("a {}-byte model id", self.model_id.len()));
+                }
+                if let Some(e) = &self.entropy {
+                    if e.prior_id.len() != 8 {
+                        return bad(format!("a {}-byte prior id", e.prior_id.len()));
+                    }
+                }
+            }
+            3 => v3::validate(self)?,
+            other => return Err(CodeFileError::UnsupportedVersion(other)),
+        }
+        Ok(())
+    }
+
+    /// Everything but the codes themselves.
+    pub(crate) fn validate_header(&self) -> Result<(), CodeFileError> {
+        let bad = |m: String| Err(CodeFileError::Inconsistent(m));
+        if self.vocabularies.is_empty() && self.version == 3 && self.entropy.is_some() {
+            // Left to the model: checked once resolved.
+        } else if self.vocabularies.is_empty() || self.vocabularies.len() > MAX_DEPTH {
+            return bad(format!(
+                "depth {} (must be 1 to {MAX_DEPTH})",
+                self.vocabularies.len()
+            ));
+        }
         if self.downsample == 0 {
             return bad("downsampling factor 0".into());
         }
@@ -273,12 +359,6 @@ impl CodeFile {
                 self.grid_width, self.grid_height, self.width, self.height, self.downsample
             ));
         }
-        if self.vocabularies.is_empty() || self.vocabularies.len() > MAX_DEPTH {
-            return bad(format!(
-                "depth {} (must be 1 to {MAX_DEPTH})",
-                self.vocabularies.len()
-            ));
-        }
         if let Some(v) = self
             .vocabularies
             .iter()
@@ -291,23 +371,15 @@ impl CodeFile {
 
     pub fn to_bytes(&self) -> Result<Vec<u8>, CodeFileError> {
         self.validate()?;
-        let version = self.version();
-        let bits = bits_per_code(self.codebook_size());
-        let cells = self.cells();
-        let mut payload = Vec::new();
-        match &self.entropy {
-            Some(e) => payload.extend_from_slice(&e.payload),
-            None => {
-                let (mut acc, mut filled) = (0u64, 0u32);
-                for (level, &v) in self.vocabularies.iter().enumerate() {
-                    let codes = &self.codes[level * cells..(level + 1) * cells];
-                    push_bits(&mut payload, &mut acc, &mut filled, codes, bits_per_code(v));
-                }
-                if filled > 0 {
-                    payload.push(acc as u8);
-                }
-            }
+        let version = self.version;
+        if version == 3 {
+            return Ok(v3::write(self));
         }
+        let bits = bits_per_code(self.codebook_size());
+        let payload = match &self.entropy {
+            Some(e) => e.payload.clone(),
+            None => self.packed_codes(),
+        };
         let mut out = Vec::with_capacity(HEADER_LEN + 4 * self.depth() + payload.len());
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&version.to_le_bytes());
@@ -352,6 +424,9 @@ impl CodeFile {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CodeFileError> {
+        if bytes.starts_with(&v3::MAGIC) {
+            return v3::read(bytes);
+        }
         if bytes.len() < MAGIC.len() || bytes[..4] != MAGIC {
             return Err(CodeFileError::BadMagic);
         }
@@ -368,7 +443,7 @@ impl CodeFile {
         };
         need("the version", 6)?;
         let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-        if !(1..=VERSION).contains(&version) {
+        if !(1..=LEGACY_VERSION).contains(&version) {
             return Err(CodeFileError::UnsupportedVersion(version));
         }
         need("the header", HEADER_LEN)?;
@@ -382,10 +457,9 @@ impl CodeFile {
                 )))
             }
         };
-        let mut model_id = [0u8; 16];
-        model_id.copy_from_slice(&bytes[8..24]);
         let mut file = CodeFile {
-            model_id,
+            version,
+            model_id: bytes[8..24].to_vec(),
             colour,
             downsample: bytes[7],
             width: u32_at(24),
@@ -486,28 +560,41 @@ impl CodeFile {
         }
         if coded {
             let block = &table[levels_len..];
-            let mut prior_id = [0u8; 8];
-            prior_id.copy_from_slice(&block[..8]);
             file.entropy = Some(EntropyCoding {
-                prior_id,
+                prior_id: block[..8].to_vec(),
                 class: (block[8] != NO_CLASS).then_some(block[8]),
                 codes_crc: u32::from_le_bytes(block[9..13].try_into().unwrap()),
                 payload: payload.to_vec(),
             });
             return Ok(file);
         }
-        file.codes = unpack_levels(payload, &file.vocabularies, cells);
-        if payload_len * 8 > payload_bits {
-            let last = payload[payload_len - 1];
+        file.unpack_codes(payload)?;
+        Ok(file)
+    }
+
+    /// Reads packed codes (exactly their length, zero padding bits) into `codes`, and checks
+    /// the file.
+    pub(crate) fn unpack_codes(&mut self, payload: &[u8]) -> Result<(), CodeFileError> {
+        let cells = self.cells();
+        let payload_bits = cells * self.bits_per_cell();
+        if payload.len() != payload_bits.div_ceil(8) {
+            return Err(CodeFileError::Inconsistent(format!(
+                "{} bytes of packed codes for {cells} cells of {} bits (expected {})",
+                payload.len(),
+                self.bits_per_cell(),
+                payload_bits.div_ceil(8)
+            )));
+        }
+        self.codes = unpack_levels(payload, &self.vocabularies, cells);
+        if let Some(&last) = payload.last() {
             let used = payload_bits % 8;
-            if last >> used != 0 {
+            if used > 0 && last >> used != 0 {
                 return Err(CodeFileError::Inconsistent(
                     "padding bits after the last code are not zero".into(),
                 ));
             }
         }
-        file.validate()?;
-        Ok(file)
+        self.validate()
     }
 }
 
@@ -551,7 +638,7 @@ pub fn unpack(bytes: &[u8], bits: u8, count: usize) -> Vec<u32> {
 }
 
 /// `cells` codes of each level, each at its vocabulary's bits, from one bit stream.
-fn unpack_levels(bytes: &[u8], vocabularies: &[u32], cells: usize) -> Vec<u32> {
+pub(crate) fn unpack_levels(bytes: &[u8], vocabularies: &[u32], cells: usize) -> Vec<u32> {
     let bits: Vec<u8> = vocabularies.iter().map(|&v| bits_per_code(v)).collect();
     unpack_levels_at(bytes, &bits, cells)
 }
@@ -583,7 +670,8 @@ mod tests {
     fn sample(width: u32, height: u32, k: u32) -> CodeFile {
         let (gw, gh) = (grid_side(width, 4), grid_side(height, 4));
         CodeFile {
-            model_id: *b"0123456789abcdef",
+            version: 1,
+            model_id: b"0123456789abcdef".to_vec(),
             colour: Colour::Rgb,
             downsample: 4,
             width,
@@ -604,6 +692,7 @@ mod tests {
         f.codes = (0..cells * depth)
             .map(|i| (i as u32 * 7919) % f.vocabularies[i / cells])
             .collect();
+        f.version = f.legacy_version();
         f
     }
 
@@ -742,8 +831,9 @@ mod tests {
     fn an_arithmetic_coded_file_keeps_its_payload_and_checks_the_decoded_codes() {
         let mut f = deep(32, 32, &[512], 1);
         let codes = std::mem::take(&mut f.codes);
+        f.version = 2;
         f.entropy = Some(EntropyCoding {
-            prior_id: *b"prior-id",
+            prior_id: b"prior-id".to_vec(),
             class: Some(3),
             codes_crc: codes_checksum(&codes),
             payload: vec![0xA5; 40],

@@ -4,16 +4,24 @@
 //!
 //! A grid larger than the prior's is coded in blocks of the prior's side, all blocks of an image
 //! as one batch; positions past the image's edge in the last blocks are not coded (both sides
-//! place code 0 there). The decoder must see exactly the encoder's probabilities, so both run
-//! the same calls ([`CodePrior::step`], the sampler's own loop) on the same batch, on the CPU,
-//! with one LibTorch thread (the caller's thread setting is restored afterwards), and turn
-//! logits into frequency tables with integer rounding ([`vq_codes::arithmetic::frequencies`]).
-//! A different build or CPU could still round a logit differently: the file carries a checksum
-//! of the codes, which turns that into an error instead of a wrong image.
+//! place code 0 there). The decoder must see exactly the encoder's probabilities.
+//!
+//! [`encode_portable`] and [`decode_portable`] (format version 3, what is written now) get
+//! them from the prior's forward pass in plain Rust ([`crate::portable`]), the same to the bit
+//! on every machine, thread count and LibTorch build; the class (or none) is the stream's first
+//! symbol, uniform over the classes and none.
+//!
+//! [`encode`] and [`decode`] are the coder of format version 2, kept so that its files still
+//! decode where they did: they run LibTorch ([`CodePrior::step`], the sampler's own loop) on
+//! the CPU with one thread, whose f32 rounding depends on the CPU and the build, so such a file
+//! decodes only on a machine that rounds as its encoder did. Its codes checksum turns any other
+//! into an error instead of a wrong image.
 
+use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
-use vq_codes::arithmetic::{find, frequencies, interval, Decoder, Encoder};
+use vq_codes::arithmetic::{find, frequencies, frequencies_of_logits, interval, Decoder, Encoder};
 
+use crate::portable::PortableTransformer;
 use crate::CodePrior;
 
 /// A grid of `height` × `width` codes (row-major), one level.
@@ -166,20 +174,139 @@ pub fn decode(
     }
 }
 
+/// The table of the class symbol: uniform over the classes and, last, none.
+fn class_table(classes: usize) -> Vec<u32> {
+    frequencies(&vec![1.0; classes + 1])
+}
+
+/// Steps `prior` over the blocks of a `width` × `height` grid, one position of every block at
+/// a time: `code_at(table, cell)` gets the frequency table of each grid cell in turn (the
+/// blocks in raster order) and returns its code, which the next positions then read.
+fn step_portable(
+    prior: &PortableTransformer,
+    width: usize,
+    height: usize,
+    class: Option<usize>,
+    code_at: &mut dyn FnMut(&[u32], usize) -> u32,
+) {
+    let side = prior.side();
+    let blocks = Blocks::new(side, width, height);
+    let v = prior.vocabulary();
+    prior.step(blocks.count(), class, &mut |t, logits| {
+        let (i, j) = (t / side, t % side);
+        let cells: Vec<Option<usize>> = (0..blocks.count()).map(|b| blocks.cell(b, i, j)).collect();
+        // Each row's table alone: the same whichever thread builds it.
+        let tables: Vec<Option<Vec<u32>>> = logits
+            .par_chunks(v)
+            .zip(&cells)
+            .map(|(row, cell)| cell.map(|_| frequencies_of_logits(row)))
+            .collect();
+        tables
+            .iter()
+            .zip(&cells)
+            .map(|(table, cell)| match (table, cell) {
+                (Some(table), Some(cell)) => code_at(table, *cell),
+                _ => 0,
+            })
+            .collect()
+    });
+}
+
+/// The class symbol of `class` (`None` and classes the prior lacks are none).
+fn class_symbol(prior: &PortableTransformer, class: Option<i64>) -> usize {
+    match class {
+        Some(c) if (0..prior.class_count() as i64).contains(&c) => c as usize,
+        _ => prior.class_count(),
+    }
+}
+
+/// Arithmetic-codes `grid` (format version 3) with the portable forward pass of a prior,
+/// conditioned on `class`: the same bytes on every machine.
+pub fn encode_portable(prior: &PortableTransformer, grid: &Grid, class: Option<i64>) -> Vec<u8> {
+    let mut encoder = Encoder::new();
+    let symbol = class_symbol(prior, class);
+    encoder.encode(interval(&class_table(prior.class_count()), symbol));
+    let class = (symbol < prior.class_count()).then_some(symbol);
+    step_portable(prior, grid.width, grid.height, class, &mut |table, cell| {
+        let code = grid.codes[cell];
+        encoder.encode(interval(table, code as usize));
+        code
+    });
+    encoder.finish()
+}
+
+/// The grid (and class) [`encode_portable`] coded as `bytes`, a `width` × `height` grid.
+/// Bytes it did not write decode to some grid, never a panic: the file's codes check tells.
+pub fn decode_portable(
+    prior: &PortableTransformer,
+    bytes: &[u8],
+    width: usize,
+    height: usize,
+) -> (Grid, Option<i64>) {
+    let mut decoder = Decoder::new(bytes);
+    let table = class_table(prior.class_count());
+    let (symbol, iv) = find(&table, decoder.target(table.iter().sum()));
+    decoder.consume(iv);
+    let class = (symbol < prior.class_count()).then_some(symbol);
+    let mut codes = vec![0; width * height];
+    step_portable(prior, width, height, class, &mut |table, cell| {
+        let (code, iv) = find(table, decoder.target(table.iter().sum()));
+        decoder.consume(iv);
+        codes[cell] = code as u32;
+        code as u32
+    });
+    let grid = Grid {
+        width,
+        height,
+        codes,
+    };
+    (grid, class.map(|c| c as i64))
+}
+
+/// Every frequency table [`encode_portable`] codes `grid` with, in order (the class symbol's
+/// first): what a test compares across machines.
+pub fn portable_tables(
+    prior: &PortableTransformer,
+    grid: &Grid,
+    class: Option<i64>,
+) -> Vec<Vec<u32>> {
+    let symbol = class_symbol(prior, class);
+    let mut tables = vec![class_table(prior.class_count())];
+    let class = (symbol < prior.class_count()).then_some(symbol);
+    step_portable(prior, grid.width, grid.height, class, &mut |table, cell| {
+        tables.push(table.to_vec());
+        grid.codes[cell]
+    });
+    tables
+}
+
+/// Blocks [`best_class`] judges a grid on at most.
+const CLASS_BLOCKS: usize = 8;
+
 /// The class (or none) under which the prior finds `grid` most likely, by its teacher-forced
 /// NLL: what an encoder codes with, since it knows no label. `None` is a candidate when the
 /// prior has an unconditional model (or no classes).
 pub fn best_class(prior: &dyn CodePrior, grid: &Grid) -> Option<i64> {
     let _guard = tch::no_grad_guard();
+    // One thread, so that the choice does not hang on the thread count's rounding.
+    let _one = OneThread::new();
     let side = prior.provenance().grid_side as usize;
     let blocks = Blocks::new(side, grid.width, grid.height);
-    let n = blocks.count();
+    // A photo's class is judged on blocks spread over it: the choice only sizes the file.
+    let picked: Vec<usize> = if blocks.count() <= CLASS_BLOCKS {
+        (0..blocks.count()).collect()
+    } else {
+        (0..CLASS_BLOCKS)
+            .map(|i| i * blocks.count() / CLASS_BLOCKS)
+            .collect()
+    };
+    let n = picked.len();
     let mut codes = vec![0i64; n * side * side];
-    for b in 0..n {
+    for (k, &b) in picked.iter().enumerate() {
         for i in 0..side {
             for j in 0..side {
                 if let Some(cell) = blocks.cell(b, i, j) {
-                    codes[(b * side + i) * side + j] = grid.codes[cell] as i64;
+                    codes[(k * side + i) * side + j] = grid.codes[cell] as i64;
                 }
             }
         }
@@ -228,6 +355,139 @@ mod tests {
             ..Provenance::default()
         };
         TransformerPrior::new(vs.root(), &cfg, &provenance)
+    }
+
+    /// A grid of 3 × 2 blocks of 4 × 4 cut to 10 × 7, of codes the prior finds likely (its
+    /// own samples).
+    fn likely_grid(prior: &TransformerPrior) -> Grid {
+        let sampled = prior.sample(6, None, &Default::default(), vq_model::test_device());
+        let blocks = Blocks::new(4, 10, 7);
+        let mut grid = Grid {
+            width: 10,
+            height: 7,
+            codes: vec![0; 70],
+        };
+        for b in 0..6 {
+            for i in 0..4 {
+                for j in 0..4 {
+                    if let Some(cell) = blocks.cell(b, i, j) {
+                        grid.codes[cell] =
+                            sampled.int64_value(&[b as i64, i as i64, j as i64]) as u32;
+                    }
+                }
+            }
+        }
+        grid
+    }
+
+    #[test]
+    fn the_portable_pass_computes_libtorchs_logits() {
+        let _rng = vq_model::seeded(5);
+        let vs = nn::VarStore::new(Device::Cpu);
+        // Grouped key/value heads, as the bundled prior has.
+        let cfg = TransformerConfig {
+            width: 16,
+            layers: 2,
+            heads: 4,
+            kv_heads: Some(2),
+            dropout: 0.0,
+            class_dropout: 0.1,
+        };
+        let provenance = Provenance {
+            codes: CodeSpace {
+                depth: 1,
+                vocabulary: 11,
+            },
+            grid_side: 4,
+            classes: 3,
+            ..Provenance::default()
+        };
+        let prior = TransformerPrior::new(vs.root(), &cfg, &provenance);
+        // Weights larger than their initialisation, so that every layer matters.
+        tch::no_grad(|| {
+            for (_, mut t) in vs.variables() {
+                let scaled = &t * 8.0;
+                t.copy_(&scaled);
+            }
+        });
+        let codes = Tensor::randint(11, [3, 4, 4], (Kind::Int64, Device::Cpu));
+        let labels = Tensor::from_slice(&[0i64, 2, 1]);
+        let torch = prior.logits(&codes, Some(&labels), false);
+        let portable = prior.portable();
+        for (row, class) in [0usize, 2, 1].into_iter().enumerate() {
+            let mut t_seen = Vec::new();
+            portable.step(1, Some(class), &mut |t, logits| {
+                for (v, &l) in logits.iter().enumerate() {
+                    let want =
+                        torch.double_value(&[row as i64, v as i64, (t / 4) as i64, (t % 4) as i64]);
+                    assert!(
+                        (l as f64 - want).abs() < 1e-4 * (1.0 + want.abs()),
+                        "grid {row} position {t} code {v}: {l} against {want}"
+                    );
+                }
+                t_seen.push(t);
+                vec![codes.int64_value(&[row as i64, (t / 4) as i64, (t % 4) as i64]) as u32]
+            });
+            assert_eq!(t_seen, (0..16).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn portable_coding_round_trips_any_grid_with_its_class_and_costs_about_the_nll() {
+        let _rng = vq_model::seeded(3);
+        let vs = nn::VarStore::new(vq_model::test_device());
+        let prior = prior(&vs);
+        let grid = likely_grid(&prior);
+        let portable = prior.portable();
+        for class in [None, Some(0), Some(2)] {
+            let bytes = encode_portable(&portable, &grid, class);
+            assert_eq!(
+                decode_portable(&portable, &bytes, 10, 7),
+                (grid.clone(), class)
+            );
+            // Packed, 70 codes of 4 bits are 35 bytes.
+            assert!(bytes.len() < 35, "{} bytes", bytes.len());
+        }
+        // Bytes it did not write decode to something, never a panic.
+        for junk in [vec![], vec![0xFF; 3], vec![0x12; 64]] {
+            let (other, _) = decode_portable(&portable, &junk, 10, 7);
+            assert_eq!(other.codes.len(), 70);
+        }
+    }
+
+    #[test]
+    fn portable_bytes_do_not_depend_on_threads_batching_or_the_sampling_number_type() {
+        let _rng = vq_model::seeded(4);
+        let vs = nn::VarStore::new(vq_model::test_device());
+        let mut prior = prior(&vs);
+        let grid = likely_grid(&prior);
+        let in_pool = |threads: usize, portable: &PortableTransformer, grid: &Grid| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| encode_portable(portable, grid, Some(1)))
+        };
+        let portable = prior.portable();
+        let one = in_pool(1, &portable, &grid);
+        assert_eq!(in_pool(2, &portable, &grid), one);
+        assert_eq!(in_pool(3, &portable, &grid), one);
+        prior.set_sampling_kind(Kind::BFloat16);
+        prior.set_training_kind(Kind::BFloat16);
+        assert_eq!(in_pool(2, &prior.portable(), &grid), one);
+        // A grid of many blocks: the rows each thread takes change, the bytes do not.
+        let big = Grid {
+            width: 40,
+            height: 37,
+            codes: (0..40 * 37).map(|i| grid.codes[i % 70]).collect(),
+        };
+        let one = in_pool(1, &portable, &big);
+        assert_eq!(in_pool(2, &portable, &big), one);
+        assert_eq!(
+            portable_tables(&portable, &big, Some(1)).len(),
+            1 + 40 * 37,
+            "the class's table, then one per code"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod entropy;
 mod pixelcnn;
+pub mod portable;
 mod transformer;
 
 use std::path::{Path, PathBuf};
@@ -435,6 +436,12 @@ pub trait CodePrior: std::fmt::Debug {
     /// f32). Entropy coding keeps f32: a `.vqz` file's probabilities are part of its format.
     fn set_sampling_kind(&mut self, _kind: Kind) -> bool {
         false
+    }
+
+    /// The weights in the portable forward pass that entropy coding runs
+    /// ([`portable::PortableTransformer`]), for a model that has one (the transformer).
+    fn portable(&self) -> Option<portable::PortableTransformer> {
+        None
     }
 
     /// Runs the model over `n` grids in raster order, one code at a time: `choose` gets each

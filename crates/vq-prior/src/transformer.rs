@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
+use crate::portable::{Dense, Layer, Norm, PortableTransformer};
 use crate::{CodePrior, Provenance};
 
 /// The transformer's shape (`"kind": "transformer"` in a prior's config).
@@ -356,6 +357,61 @@ impl TransformerPrior {
     fn logits_of(&self, hidden: &Tensor) -> Tensor {
         hidden.apply(&self.ln_f).apply(&self.head)
     }
+
+    /// A copy of the weights for the portable forward pass that entropy coding runs.
+    pub fn portable(&self) -> PortableTransformer {
+        fn values(t: &Tensor) -> Vec<f32> {
+            Vec::<f32>::try_from(
+                t.to_device(Device::Cpu)
+                    .to_kind(Kind::Float)
+                    .contiguous()
+                    .view([-1]),
+            )
+            .expect("a float tensor")
+        }
+        fn norm(ln: &nn::LayerNorm) -> Norm {
+            Norm {
+                gain: values(ln.ws.as_ref().expect("an affine layer norm")),
+                bias: values(ln.bs.as_ref().expect("an affine layer norm")),
+                // Every layer norm here is built with the default configuration.
+                eps: nn::LayerNormConfig::default().eps as f32,
+            }
+        }
+        fn dense(l: &Linear) -> Dense {
+            let (outputs, inputs) = l.ws.size2().expect("a 2-d weight");
+            Dense::from_torch(
+                &values(&l.ws),
+                &values(&l.bs),
+                inputs as usize,
+                outputs as usize,
+            )
+        }
+        PortableTransformer {
+            width: self.config.width as usize,
+            heads: self.config.heads as usize,
+            kv_heads: self.config.key_value_heads() as usize,
+            codes: values(&self.codes.ws),
+            classes: values(&self.classes.ws),
+            positions: values(&self.positions),
+            layers: self
+                .blocks
+                .iter()
+                .map(|b| Layer {
+                    ln1: norm(&b.ln1),
+                    qkv: dense(&b.qkv),
+                    proj: dense(&b.proj),
+                    ln2: norm(&b.ln2),
+                    fc1: dense(&b.fc1),
+                    fc2: dense(&b.fc2),
+                })
+                .collect(),
+            ln_f: norm(&self.ln_f),
+            head: dense(&self.head),
+            vocabulary: self.provenance.codes.vocabulary as usize,
+            class_count: self.provenance.classes as usize,
+            side: self.provenance.grid_side as usize,
+        }
+    }
 }
 
 impl CodePrior for TransformerPrior {
@@ -377,6 +433,10 @@ impl CodePrior for TransformerPrior {
     fn set_sampling_kind(&mut self, kind: Kind) -> bool {
         self.sample_kind = kind;
         true
+    }
+
+    fn portable(&self) -> Option<PortableTransformer> {
+        Some(TransformerPrior::portable(self))
     }
 
     fn logits(&self, codes: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor {
