@@ -137,8 +137,10 @@ fn encode_then_decode_equals_reconstruct() {
     let out = cli(&["encode", "big.png", "-o", "big.vqz"], dir);
     assert!(out.status.success(), "{}", stderr(&out));
     let bytes = std::fs::read(dir.join("big.vqz")).unwrap();
-    // 76 × 66 codes of 9 bits after a 56-byte header.
-    assert_eq!(bytes.len(), 56 + (76 * 66 * 9usize).div_ceil(8));
+    // 76 × 66 codes of 9 bits, after a 15-byte version-3 header (magic, flags, two 2-byte
+    // sizes, the model id, depth 1 and K = 512) and before its 2-byte CRC.
+    assert_eq!(&bytes[..3], b"VQ3");
+    assert_eq!(bytes.len(), 15 + (76 * 66 * 9usize).div_ceil(8) + 2);
     let out = cli(&["decode", "big.vqz", "-o", "big.decoded.png"], dir);
     assert!(out.status.success(), "{}", stderr(&out));
     let decoded = image::open(dir.join("big.decoded.png")).unwrap().to_rgb8();
@@ -657,7 +659,7 @@ fn format_1_checkpoints_and_an_old_vqz_still_work() {
         off.len() <= 3 && off.iter().all(|&(a, b)| a.abs_diff(b) == 1),
         "decoded differently: {off:?}"
     );
-    // And encoding the same picture today gives the same file.
+    // And encoding the same picture today gives the same codes, now in a version-3 file.
     let out = cli(
         &[
             "encode",
@@ -668,10 +670,15 @@ fn format_1_checkpoints_and_an_old_vqz_still_work() {
         dir,
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(
-        std::fs::read(dir.join("again.vqz")).unwrap(),
-        std::fs::read(fixtures.join("before.vqz")).unwrap()
+    let read =
+        |path: PathBuf| vq_codes::CodeFile::from_bytes(&std::fs::read(path).unwrap()).unwrap();
+    let (again, before) = (
+        read(dir.join("again.vqz")),
+        read(fixtures.join("before.vqz")),
     );
+    assert_eq!((again.version, before.version), (3, 1));
+    assert_eq!(again.codes, before.codes);
+    assert!(before.model_id.starts_with(&again.model_id));
 }
 
 /// FID between folders of images, against itself, and through a saved statistics file; bad
@@ -738,8 +745,39 @@ fn entropy_coded_files_decode_to_the_same_image_and_name_their_prior() {
     let out = cli(&["encode", "--entropy", "a.png", "-o", "coded.vqz"], dir);
     assert!(out.status.success(), "{}", stderr(&out));
     let coded = std::fs::read(dir.join("coded.vqz")).unwrap();
-    assert_eq!((coded[4], coded[46]), (2, 1), "version 2, arithmetic-coded");
+    assert_eq!(&coded[..3], b"VQ3", "version 3");
+    assert_eq!(coded[3] & 2, 2, "arithmetic-coded");
     assert_decode_to_the_same_image(dir, "plain", "coded");
+
+    // The same bytes from one thread or two, and from the image alone or among others.
+    std::fs::create_dir_all(dir.join("folder")).unwrap();
+    picture(48, 40).save(dir.join("folder/a.png")).unwrap();
+    picture(33, 21).save(dir.join("folder/b.png")).unwrap();
+    picture(48, 40).save(dir.join("folder/c.png")).unwrap();
+    for threads in ["1", "2"] {
+        let out = cli(
+            &[
+                "--threads",
+                threads,
+                "encode",
+                "--entropy",
+                "folder",
+                "-o",
+                threads,
+            ],
+            dir,
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        for name in ["a", "c"] {
+            assert!(
+                std::fs::read(dir.join(format!("{threads}/{name}.vqz"))).unwrap() == coded,
+                "{threads} threads, {name}"
+            );
+        }
+    }
+    assert!(
+        std::fs::read(dir.join("1/b.vqz")).unwrap() == std::fs::read(dir.join("2/b.vqz")).unwrap()
+    );
 
     // Another prior: refused by name before any decoding.
     let prior = root().join("models/cifar10-prior");
@@ -762,6 +800,69 @@ fn entropy_coded_files_decode_to_the_same_image_and_name_their_prior() {
     std::fs::write(dir.join("damaged.vqz"), &damaged).unwrap();
     assert_clean_failure(&cli(&["decode", "damaged.vqz"], dir), "damaged.vqz");
     assert!(!dir.join("damaged.decoded.png").exists());
+}
+
+/// Files arithmetic-coded by the portable coder on another machine (committed, with the same
+/// codes packed beside them) decode here to the image of those codes: entropy-coded files move
+/// between machines. (`crates/vq-prior/tests/portable_fixtures.rs` checks their codes and
+/// frequency tables bit for bit.)
+#[test]
+fn portable_files_coded_elsewhere_decode_here() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let fixtures = root().join("tests/fixtures/portable");
+    for name in ["picture", "cifar-test-0", "chelsea-120x80"] {
+        for (file, out) in [
+            (format!("{name}.vqz"), "coded"),
+            (format!("{name}.packed.vqz"), "packed"),
+        ] {
+            std::fs::copy(fixtures.join(&file), dir.join(format!("{out}.vqz"))).unwrap();
+        }
+        assert_decode_to_the_same_image(dir, "packed", "coded");
+    }
+}
+
+/// `encode --entropy --search`: a rate–distortion search, whose λ trades bits for error; λ
+/// needs both flags.
+#[test]
+fn a_rate_distortion_search_trades_bits_for_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    picture(64, 48).save(dir.join("a.png")).unwrap();
+    let size = |args: &[&str], name: &str| -> usize {
+        let mut all = vec!["encode", "--entropy", "a.png", "-o", name];
+        all.extend_from_slice(args);
+        let out = cli(&all, dir);
+        assert!(out.status.success(), "{}", stderr(&out));
+        std::fs::read(dir.join(name)).unwrap().len()
+    };
+    let plain = size(&[], "plain.vqz");
+    let error_only = size(&["--search", "3", "--lambda", "0"], "error.vqz");
+    let cheap = size(&["--search", "3", "--lambda", "1"], "cheap.vqz");
+    assert!(
+        cheap < plain && cheap < error_only,
+        "{cheap} against {plain} and {error_only}"
+    );
+    for name in ["plain", "error", "cheap"] {
+        let out = cli(&["decode", &format!("{name}.vqz")], dir);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    for args in [
+        vec!["encode", "a.png", "--lambda", "0.1"],
+        vec!["encode", "--entropy", "a.png", "--lambda", "0.1"],
+        vec![
+            "encode",
+            "--entropy",
+            "--search",
+            "2",
+            "a.png",
+            "--lambda",
+            "-1",
+        ],
+    ] {
+        let out = cli(&args, dir);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    }
 }
 
 /// A file arithmetic-coded with the prior bundled before the current one still decodes without

@@ -174,7 +174,7 @@ impl Codec<'_> {
     /// # Panics
     /// If the images are not all of one size (callers group them by size).
     pub fn encode_batch(&self, imgs: &[&RgbImage]) -> Vec<CodeGrid> {
-        let plain = |xs: &Tensor| Ok::<_, std::convert::Infallible>(self.model.encode(xs));
+        let plain = |xs: &Tensor, _| Ok::<_, std::convert::Infallible>(self.model.encode(xs));
         match self.encode_batch_by(imgs, per_pass, plain) {
             Ok(grids) => grids,
             Err(never) => match never {},
@@ -186,21 +186,53 @@ impl Codec<'_> {
     /// searched. Each window is searched alone: the search decodes hundreds of times, so the
     /// copies that pad a fixed-size pass would multiply its cost, and alone its codes do not
     /// depend on the other images either.
+    ///
+    /// With `rate` (a rate model and λ), a rate–distortion search
+    /// ([`VqVae::encode_searched_rd`]), each window's bits counted in the whole grid's blocks.
+    ///
+    /// `progress` gets the share of the images' search done (0 to 1) as it goes.
     pub fn encode_batch_searched(
         &self,
         imgs: &[&RgbImage],
         search: &vq_model::CodeSearch,
+        rate: Option<(&dyn vq_model::CodeRate, f64)>,
+        progress: &dyn Fn(f64),
     ) -> Result<Vec<CodeGrid>, vq_model::ModelError> {
-        self.encode_batch_by(imgs, |_| 1, |xs| self.model.encode_searched(xs, search))
+        let (gw, gh) = imgs
+            .first()
+            .map_or((0, 0), |i| self.grid_size(i.width(), i.height()));
+        let windows =
+            (spans(gw, self.tiling).len() * spans(gh, self.tiling).len() * imgs.len()) as f64;
+        let finished = std::cell::Cell::new(0.0);
+        self.encode_batch_by(
+            imgs,
+            |_| 1,
+            |xs, origin| {
+                let rd = rate.map(|(rate, lambda)| vq_model::RateDistortion {
+                    rate,
+                    lambda,
+                    origin,
+                });
+                let before = finished.get();
+                let codes = self
+                    .model
+                    .encode_searched_rd(xs, search, rd.as_ref(), &|share| {
+                        progress((before + share) / windows)
+                    });
+                finished.set(before + 1.0);
+                codes
+            },
+        )
     }
 
-    /// [`Codec::encode_batch`] with `encode` turning each pass of windows into codes, in passes
-    /// of `pass_size(window pixels)` windows.
+    /// [`Codec::encode_batch`] with `encode(windows, origin)` turning each pass of windows
+    /// (whose top-left code is `origin`, row and column, of the whole grid) into codes, in
+    /// passes of `pass_size(window pixels)` windows.
     fn encode_batch_by<E>(
         &self,
         imgs: &[&RgbImage],
         pass_size: impl Fn(u64) -> usize,
-        encode: impl Fn(&Tensor) -> Result<Tensor, E>,
+        encode: impl Fn(&Tensor, (i64, i64)) -> Result<Tensor, E>,
     ) -> Result<Vec<CodeGrid>, E> {
         let Some(first) = imgs.first() else {
             return Ok(Vec::new());
@@ -224,8 +256,10 @@ impl Codec<'_> {
                     .collect();
                 // (B, L, h, w) codes of the windows; their cores, image by image, level by level.
                 let pixels = ((wx1 - wx0) * f) as u64 * ((wy1 - wy0) * f) as u64;
-                let window = try_in_fixed_passes(&windows, pass_size(pixels), &encode)?
-                    .to_device(Device::Cpu);
+                let origin = (wy0 as i64, wx0 as i64);
+                let window =
+                    try_in_fixed_passes(&windows, pass_size(pixels), |xs| encode(xs, origin))?
+                        .to_device(Device::Cpu);
                 let window = window
                     .narrow(2, (cy0 - wy0) as i64, (cy1 - cy0) as i64)
                     .narrow(3, (cx0 - wx0) as i64, (cx1 - cx0) as i64)

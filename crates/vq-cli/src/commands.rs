@@ -72,6 +72,22 @@ pub struct EncodeArgs {
     pub prior: Option<PathBuf>,
     #[command(flatten)]
     pub search: SearchArgs,
+    /// With --entropy and --search: weigh each code's bits under the prior against the decoded
+    /// error, keeping a change when it lowers squared error + λ · bits (squared error of [0, 1]
+    /// pixels summed over the channels); 0 searches for the error alone [default: 0.02]
+    #[arg(long, value_name = "λ", requires_all = ["entropy", "search"], value_parser = non_negative)]
+    pub lambda: Option<f64>,
+}
+
+/// λ of a rate–distortion search when `--lambda` is not given (docs/experiments.md has the
+/// points it was chosen from).
+pub const DEFAULT_LAMBDA: f64 = 0.02;
+
+fn non_negative(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a finite number of 0 or more")),
+    }
 }
 
 /// `vq-cli reconstruct`'s inputs and options.
@@ -264,11 +280,29 @@ fn by_size(sizes: &[Option<(u32, u32)>]) -> Vec<Vec<usize>> {
 
 /// Each loaded image's code grid, the images of one size encoded together (by `search`, if
 /// given).
+///
+/// With `bar`, a search of a lone image shows a bar once it has taken a second.
 fn encode_images(
     codec: &Codec<'_>,
     images: &[Result<crate::LoadedImage>],
     search: Option<&vq_model::CodeSearch>,
+    rate: Option<(&dyn vq_model::CodeRate, f64)>,
+    bar: bool,
 ) -> Result<Vec<Option<CodeGrid>>> {
+    let start = Instant::now();
+    let progress = ProgressBar::hidden();
+    progress.set_length(1000);
+    progress.set_style(
+        ProgressStyle::with_template("searching codes {bar:30} {percent}% {elapsed} (eta {eta})")
+            .expect("a valid template"),
+    );
+    let show = |share: f64| {
+        if progress.is_hidden() && start.elapsed().as_secs_f64() > 1.0 {
+            progress.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
+        progress.set_position((share * 1000.0) as u64);
+    };
+    let bar = bar && images.len() == 1;
     let sizes: Vec<Option<(u32, u32)>> = images
         .iter()
         .map(|i| i.as_ref().ok().map(|i| i.rgb.dimensions()))
@@ -281,7 +315,11 @@ fn encode_images(
             .collect();
         let encoded = match search {
             Some(search) => codec
-                .encode_batch_searched(&imgs, search)
+                .encode_batch_searched(&imgs, search, rate, &|share| {
+                    if bar {
+                        show(share)
+                    }
+                })
                 .context("searching the codes")?,
             None => codec.encode_batch(&imgs),
         };
@@ -289,6 +327,7 @@ fn encode_images(
             grids[*i] = Some(grid);
         }
     }
+    progress.finish_and_clear();
     Ok(grids)
 }
 
@@ -412,7 +451,13 @@ pub fn reconstruct(session: &Session, args: &ReconstructArgs) -> Result<()> {
     each_input_batched(session, &args.files, "recon.png", BATCH_INPUTS, |jobs| {
         let start = Instant::now();
         let images = load_images(jobs);
-        let grids = match encode_images(&codec, &images, search.as_ref()) {
+        let grids = match encode_images(
+            &codec,
+            &images,
+            search.as_ref(),
+            None,
+            !(session.quiet || session.json),
+        ) {
             Ok(grids) => grids,
             Err(e) => return all_failed(jobs, &e),
         };
@@ -556,10 +601,30 @@ pub fn encode(session: &Session, args: &EncodeArgs) -> Result<()> {
     };
     let search = args.search.code_search();
     check_search(&ckpt, search.as_ref())?;
+    // With --entropy, the search weighs each code's bits under the prior (the null class's:
+    // the class is chosen after the search).
+    let rate = match (&prior, &search) {
+        (Some((prior, _)), Some(_)) => Some(vq_prior::entropy::PriorRate {
+            prior: prior.model.as_ref(),
+            class: None,
+        }),
+        _ => None,
+    };
+    let lambda = args.lambda.unwrap_or(DEFAULT_LAMBDA);
+    let rate = rate
+        .as_ref()
+        .filter(|_| lambda > 0.0)
+        .map(|r| (r as &dyn vq_model::CodeRate, lambda));
     let codec = codec(&ckpt, session.device);
     each_input_batched(session, &args.files, "vqz", BATCH_INPUTS, |jobs| {
         let images = load_images(jobs);
-        let grids = match encode_images(&codec, &images, search.as_ref()) {
+        let grids = match encode_images(
+            &codec,
+            &images,
+            search.as_ref(),
+            rate,
+            !(session.quiet || session.json),
+        ) {
             Ok(grids) => grids,
             Err(e) => return all_failed(jobs, &e),
         };

@@ -154,9 +154,10 @@ pub fn check_code_file(
     }
     // Same weights imply the same K and downsampling. A file may hold fewer levels than the
     // model (a residual file cut to a lower rate), never more.
-    debug_assert_eq!(
-        file.codebook_size() as i64,
-        checkpoint.config.code_space().vocabulary
+    // (An entropy-coded version-3 file takes the model's vocabulary once its prior is opened.)
+    debug_assert!(
+        file.vocabularies.is_empty()
+            || file.codebook_size() as i64 == checkpoint.config.code_space().vocabulary
     );
     let model_depth = checkpoint.config.code_space().depth;
     if file.depth() as i64 > model_depth {

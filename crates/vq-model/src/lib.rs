@@ -32,7 +32,7 @@ pub use quantizer::{
     CodeSpace, CodebookUpdate, CosineConfig, FsqConfig, GradientEstimator, LevelUsage, Quantized,
     Quantizer, QuantizerConfig, ResidualConfig, VectorQuantizer, VqConfig,
 };
-pub use search::CodeSearch;
+pub use search::{CodeRate, CodeSearch, RateDistortion};
 pub use vq_store::StoreError;
 
 use std::path::PathBuf;

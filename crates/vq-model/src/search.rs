@@ -132,11 +132,56 @@ fn around(cells: &Tensor, reach: i64) -> Tensor {
     cells.avg_pool2d([k, k], [1, 1], [reach, reach], false, true, None::<i64>) * (k * k) as f64
 }
 
+/// What a code costs in bits, for a rate–distortion search: an entropy coder's model of the
+/// codes (a prior).
+pub trait CodeRate {
+    /// `(B, L, h, w, count)` bits of each of `ranked`'s candidate codes `(B, L, h, w, count)`,
+    /// each given the current `codes` `(B, L, h, w)` that the coder reads before it, for a
+    /// window of the grid whose top-left code is `origin` (row, column) of the whole grid.
+    fn bits(&self, codes: &Tensor, ranked: &Tensor, origin: (i64, i64)) -> Tensor;
+}
+
+/// A rate–distortion search: a change is kept when it lowers `squared error + lambda · bits`
+/// (the squared error of `[0, 1]` pixels summed over the channels; `lambda` is squared error per
+/// bit) instead of the squared error alone.
+#[derive(Clone, Copy)]
+pub struct RateDistortion<'a> {
+    pub rate: &'a dyn CodeRate,
+    pub lambda: f64,
+    /// The window's top-left code in the whole grid (the rate's blocks are the whole grid's).
+    pub origin: (i64, i64),
+}
+
+impl std::fmt::Debug for RateDistortion<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateDistortion")
+            .field("lambda", &self.lambda)
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
 impl VqVae {
     /// Images → `(B, L, h, w)` codes chosen by [`CodeSearch`] (module docs): never a higher
     /// squared error of the decoded image than [`VqVae::encode`]'s codes, whose bit rate they
     /// keep. Errors if the quantizer ranks no alternatives (FSQ).
     pub fn encode_searched(&self, xs: &Tensor, search: &CodeSearch) -> Result<Tensor, ModelError> {
+        self.encode_searched_rd(xs, search, None, &|_| {})
+    }
+
+    /// [`VqVae::encode_searched`], weighing each code's bits too when `rd` is given: a change
+    /// is kept when it lowers the squared error around it plus `lambda` times the code's bits
+    /// under the rate model. The bits are those of each position given the codes before it as
+    /// they stood at the start of the sweep (a change's effect on the later codes' bits is not
+    /// counted), so each sweep asks the rate model once. `progress` gets the share of the
+    /// search done (0 to 1) after each set of positions.
+    pub fn encode_searched_rd(
+        &self,
+        xs: &Tensor,
+        search: &CodeSearch,
+        rd: Option<&RateDistortion<'_>>,
+        progress: &dyn Fn(f64),
+    ) -> Result<Tensor, ModelError> {
         let _guard = tch::no_grad_guard();
         let z = self.encode_continuous(xs);
         let vocabulary = self.quantizer.code_space().vocabulary;
@@ -158,38 +203,98 @@ impl VqVae {
         let device = codes.device();
         let rows = Tensor::arange(h, (Kind::Int64, device)).view([h, 1]);
         let cols = Tensor::arange(w, (Kind::Int64, device)).view([1, w]);
+        // Each code's rank among the candidates (all the quantizer's own at first).
+        let chosen = codes.zeros_like();
+        let offsets = spacing.min(h) * spacing.min(w);
+        let steps = (search.sweeps as i64 * depth * offsets) as f64;
+        let mut done = 0.0;
         for _ in 0..search.sweeps {
+            // `(B, L, h, w, count)` λ · bits of each candidate, given the codes as they stand.
+            let weighted = rd.map(|rd| {
+                rd.rate
+                    .bits(&codes, &ranked, rd.origin)
+                    .to_device(device)
+                    .to_kind(Kind::Float)
+                    * rd.lambda
+            });
             for level in 0..depth {
                 for (oy, ox) in
                     (0..spacing.min(h)).flat_map(|y| (0..spacing.min(w)).map(move |x| (y, x)))
                 {
+                    done += 1.0;
+                    progress(done / steps);
                     let tried = rows
                         .remainder(spacing)
                         .eq(oy)
                         .logical_and(&cols.remainder(spacing).eq(ox));
+                    let old = codes.select(1, level);
+                    // The ranks that change some tried position, all decoded in one pass.
+                    let mut trials = Vec::new();
                     for rank in 1..count {
-                        let old = codes.select(1, level);
                         let alternative = ranked.select(1, level).select(3, rank);
                         let differs = alternative.ne_tensor(&old).logical_and(&tried);
-                        if !bool::try_from(differs.any())? {
+                        if bool::try_from(differs.any())? {
+                            trials.push((rank, alternative, differs));
+                        }
+                    }
+                    if trials.is_empty() {
+                        continue;
+                    }
+                    let batch: Vec<Tensor> = trials
+                        .iter()
+                        .map(|(_, alternative, _)| {
+                            let trial = codes.copy();
+                            trial
+                                .select(1, level)
+                                .copy_(&alternative.where_self(&tried, &old));
+                            trial
+                        })
+                        .collect();
+                    let errors = cell_errors(
+                        self,
+                        &Tensor::cat(&batch, 0),
+                        &target.repeat([trials.len() as i64, 1, 1, 1]),
+                    )
+                    .chunk(trials.len() as i64, 0);
+                    // Each tried position keeps the candidate of lowest cost (its own code
+                    // unless one is lower; the first of equals), which is what trying them one
+                    // after another and keeping each improvement gives.
+                    let level_bits = weighted.as_ref().map(|w| w.select(1, level));
+                    let mut best_cost = around(&current, reach).squeeze_dim(1);
+                    if let Some(bits) = &level_bits {
+                        best_cost += bits
+                            .gather(3, &chosen.select(1, level).unsqueeze(3), false)
+                            .squeeze_dim(3);
+                    }
+                    let mut best_rank = chosen.select(1, level).full_like(-1);
+                    for ((rank, _, differs), errors) in trials.iter().zip(&errors) {
+                        let mut cost = around(errors, reach).squeeze_dim(1);
+                        if let Some(bits) = &level_bits {
+                            cost += bits.select(3, *rank);
+                        }
+                        let better = cost.lt_tensor(&best_cost).logical_and(differs);
+                        best_cost = cost.where_self(&better, &best_cost);
+                        best_rank = best_rank.full_like(*rank).where_self(&better, &best_rank);
+                    }
+                    let kept = best_rank.ge(0);
+                    if !bool::try_from(kept.any())? {
+                        continue;
+                    }
+                    for ((rank, alternative, _), errors) in trials.iter().zip(&errors) {
+                        let this = best_rank.eq(*rank);
+                        if !bool::try_from(this.any())? {
                             continue;
                         }
-                        let trial = codes.copy();
-                        trial
-                            .select(1, level)
-                            .copy_(&alternative.where_self(&tried, &old));
-                        let errors = cell_errors(self, &trial, &target);
-                        let better = around(&errors, reach)
-                            .lt_tensor(&around(&current, reach))
-                            .squeeze_dim(1)
-                            .logical_and(&differs);
-                        if !bool::try_from(better.any())? {
-                            continue;
-                        }
-                        let kept = alternative.where_self(&better, &old);
-                        codes.select(1, level).copy_(&kept);
-                        // Only the cells within reach of a kept change hold the trial's error.
-                        let touched = better
+                        let level_codes = codes.select(1, level);
+                        let updated = alternative.where_self(&this, &level_codes);
+                        codes.select(1, level).copy_(&updated);
+                        let mut level_chosen = chosen.select(1, level);
+                        let ranks = level_chosen
+                            .full_like(*rank)
+                            .where_self(&this, &level_chosen);
+                        level_chosen.copy_(&ranks);
+                        // Only the cells within reach of a kept change hold its trial's error.
+                        let touched = this
                             .unsqueeze(1)
                             .to_kind(Kind::Float)
                             .max_pool2d([spacing, spacing], [1, 1], [reach, reach], [1, 1], false)

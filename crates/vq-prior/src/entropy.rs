@@ -280,6 +280,56 @@ pub fn portable_tables(
     tables
 }
 
+/// A prior's bits for each code, as the coder cuts a grid into blocks: the rate model of a
+/// rate–distortion code search ([`vq_model::CodeRate`]). LibTorch computes it (only the
+/// encoder's choice hangs on it, never the decoder's probabilities).
+#[derive(Debug)]
+pub struct PriorRate<'a> {
+    pub prior: &'a dyn CodePrior,
+    /// The class the bits are taken under (`None`: the null class).
+    pub class: Option<i64>,
+}
+
+impl vq_model::CodeRate for PriorRate<'_> {
+    /// One level (priors model one code per position); the window's codes outside the image
+    /// and before its top-left corner in its first blocks read as code 0.
+    fn bits(&self, codes: &Tensor, ranked: &Tensor, (oy, ox): (i64, i64)) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        // The prior runs on the CPU, as entropy coding opens it.
+        let (codes, ranked) = (codes.to_device(Device::Cpu), ranked.to_device(Device::Cpu));
+        let (b, _, h, w) = codes.size4().expect("(B, L, h, w) codes");
+        let s = self.prior.provenance().grid_side;
+        let (by0, bx0) = (oy / s, ox / s);
+        let (nby, nbx) = ((oy + h + s - 1) / s - by0, (ox + w + s - 1) / s - bx0);
+        let (dy, dx) = (oy - by0 * s, ox - bx0 * s);
+        let device = codes.device();
+        let canvas = Tensor::zeros([b, nby * s, nbx * s], (Kind::Int64, device));
+        canvas
+            .narrow(1, dy, h)
+            .narrow(2, dx, w)
+            .copy_(&codes.select(1, 0));
+        let blocks = canvas
+            .view([b, nby, s, nbx, s])
+            .permute([0, 1, 3, 2, 4])
+            .reshape([-1, s, s]);
+        let n = blocks.size()[0];
+        let logits = self
+            .prior
+            .logits(&blocks, labels(self.class, n as usize).as_ref(), false);
+        let v = logits.size()[1];
+        // (B, nby·s, nbx·s, V) log-probabilities, cropped to the window.
+        let log_p = logits
+            .log_softmax(1, Kind::Float)
+            .view([b, nby, nbx, v, s, s])
+            .permute([0, 1, 4, 2, 5, 3])
+            .reshape([b, nby * s, nbx * s, v])
+            .narrow(1, dy, h)
+            .narrow(2, dx, w);
+        let picked = log_p.gather(3, &ranked.select(1, 0), false);
+        (picked / -std::f64::consts::LN_2).unsqueeze(1)
+    }
+}
+
 /// Blocks [`best_class`] judges a grid on at most.
 const CLASS_BLOCKS: usize = 8;
 
@@ -472,6 +522,8 @@ mod tests {
         let one = in_pool(1, &portable, &grid);
         assert_eq!(in_pool(2, &portable, &grid), one);
         assert_eq!(in_pool(3, &portable, &grid), one);
+        // The instructions every CPU has give the widest SIMD's bits.
+        assert_eq!(in_pool(2, &portable.baseline_only(), &grid), one);
         prior.set_sampling_kind(Kind::BFloat16);
         prior.set_training_kind(Kind::BFloat16);
         assert_eq!(in_pool(2, &prior.portable(), &grid), one);

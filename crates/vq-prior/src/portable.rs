@@ -50,12 +50,14 @@ impl Dense {
 
     /// `out[r] = x[r] · W + b` for each of `rows` rows, in the widest SIMD the CPU has (the
     /// same bits in any).
+    /// `baseline` keeps to the instructions every CPU of the architecture has (what the tests
+    /// compare the wider ones with).
     #[allow(unsafe_code)]
-    fn apply(&self, x: &[f32], rows: usize, out: &mut [f32]) {
+    fn apply(&self, x: &[f32], rows: usize, out: &mut [f32], baseline: bool) {
         debug_assert_eq!(x.len(), rows * self.inputs);
         debug_assert_eq!(out.len(), rows * self.outputs);
         #[cfg(target_arch = "x86_64")]
-        {
+        if !baseline {
             if std::arch::is_x86_feature_detected!("avx512f") {
                 // SAFETY: the CPU has the feature just checked.
                 return unsafe { self.apply_avx512(x, rows, out) };
@@ -230,6 +232,9 @@ pub struct PortableTransformer {
     pub(crate) vocabulary: usize,
     pub(crate) class_count: usize,
     pub(crate) side: usize,
+    /// Only the instructions every CPU of the architecture has (SSE2 on x86-64), not the
+    /// widest this one has ([`PortableTransformer::baseline_only`]).
+    pub(crate) baseline: bool,
 }
 
 /// Rows of grids stepped together by one thread: their residual streams and key/value caches.
@@ -251,6 +256,15 @@ struct Rows {
 const ROWS_PER_TASK: usize = 16;
 
 impl PortableTransformer {
+    /// The same pass on only the instructions every CPU of the architecture has (the same
+    /// bits, slower): what tests compare the widest SIMD with.
+    pub fn baseline_only(&self) -> Self {
+        PortableTransformer {
+            baseline: true,
+            ..self.clone()
+        }
+    }
+
     /// Positions in a grid (the prior's side squared).
     pub fn length(&self) -> usize {
         self.side * self.side
@@ -329,7 +343,7 @@ impl PortableTransformer {
     #[allow(unsafe_code)]
     fn position(&self, rows: &mut Rows, t: usize) {
         #[cfg(target_arch = "x86_64")]
-        {
+        if !self.baseline {
             if std::arch::is_x86_feature_detected!("avx512f") {
                 // SAFETY: the CPU has the feature just checked.
                 return unsafe { self.position_avx512(rows, t) };
@@ -376,7 +390,7 @@ impl PortableTransformer {
         let mut scores = vec![0.0f32; t + 1];
         for (l, layer) in self.layers.iter().enumerate() {
             layer.ln1.apply(&x, &mut normed);
-            layer.qkv.apply(&normed, n, &mut qkv);
+            layer.qkv.apply(&normed, n, &mut qkv, self.baseline);
             let (keys, values) = (&mut rows.keys[l], &mut rows.values[l]);
             for r in 0..n {
                 let row = &qkv[r * (d + 2 * kvw)..(r + 1) * (d + 2 * kvw)];
@@ -417,22 +431,24 @@ impl PortableTransformer {
                     }
                 }
             }
-            layer.proj.apply(&attended, n, &mut projected);
+            layer
+                .proj
+                .apply(&attended, n, &mut projected, self.baseline);
             for (x, p) in x.iter_mut().zip(&projected) {
                 *x += p;
             }
             layer.ln2.apply(&x, &mut normed);
-            layer.fc1.apply(&normed, n, &mut hidden);
+            layer.fc1.apply(&normed, n, &mut hidden, self.baseline);
             for h in hidden.iter_mut() {
                 *h = gelu(*h);
             }
-            layer.fc2.apply(&hidden, n, &mut projected);
+            layer.fc2.apply(&hidden, n, &mut projected, self.baseline);
             for (x, p) in x.iter_mut().zip(&projected) {
                 *x += p;
             }
         }
         self.ln_f.apply(&x, &mut normed);
-        self.head.apply(&normed, n, &mut rows.logits);
+        self.head.apply(&normed, n, &mut rows.logits, self.baseline);
         rows.x = x;
     }
 }
@@ -495,9 +511,11 @@ mod tests {
         let d = Dense::from_torch(&w, &b, inputs, outputs);
         let x: Vec<f32> = (0..rows * inputs).map(|i| pseudo(i + 99) * 3.0).collect();
         let want = reference(&d, &x, rows);
-        let mut out = vec![0.0; rows * outputs];
-        d.apply(&x, rows, &mut out);
-        assert_eq!(out, want);
+        for baseline in [false, true] {
+            let mut out = vec![0.0; rows * outputs];
+            d.apply(&x, rows, &mut out, baseline);
+            assert_eq!(out, want);
+        }
         for width in [8, 16, 32] {
             let mut out = vec![0.0; rows * outputs];
             match width {

@@ -410,6 +410,7 @@ impl TransformerPrior {
             vocabulary: self.provenance.codes.vocabulary as usize,
             class_count: self.provenance.classes as usize,
             side: self.provenance.grid_side as usize,
+            baseline: false,
         }
     }
 }
