@@ -707,6 +707,15 @@ pub fn decode(session: &Session, args: &DecodeArgs) -> Result<()> {
         let bytes = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
         let mut file = CodeFile::from_bytes(&bytes)
             .with_context(|| format!("{}: not a valid .vqz code file", input.display()))?;
+        if file.width.max(file.height) > crate::MAX_IMAGE_SIDE {
+            bail!(
+                "{}: a {}×{} image, larger than vq-cli reads or writes (at most {} pixels a side)",
+                input.display(),
+                file.width,
+                file.height,
+                crate::MAX_IMAGE_SIDE
+            );
+        }
         crate::check_code_file(input, &file, &ckpt)?;
         file.resolve_vocabulary(ckpt.config.code_space().vocabulary as u32);
         if let Some(coding) = &file.entropy {

@@ -17,13 +17,8 @@ use vq_prior::entropy::{self, Grid};
 use vq_prior::PriorCheckpoint;
 use vq_store::Source;
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
+mod common;
+use common::arg;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let data =
@@ -78,7 +73,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         codes: Vec::new(),
         entropy: None,
     };
-    for image in all.chunks(64) {
+    for (done, image) in all.chunks(64).enumerate() {
+        if done % 1000 == 0 {
+            eprintln!("{done} of {images} images coded");
+        }
         let grid = Grid {
             width: 8,
             height: 8,

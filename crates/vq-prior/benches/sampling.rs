@@ -13,13 +13,8 @@ use tch::{Device, Kind, Tensor};
 use vq_prior::PriorCheckpoint;
 use vq_store::Source;
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
+mod common;
+use common::arg;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let images: i64 = arg("--images").and_then(|v| v.parse().ok()).unwrap_or(1000);

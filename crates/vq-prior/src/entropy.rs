@@ -179,9 +179,15 @@ fn class_table(classes: usize) -> Vec<u32> {
     frequencies(&vec![1.0; classes + 1])
 }
 
-/// Steps `prior` over the blocks of a `width` × `height` grid, one position of every block at
-/// a time: `code_at(table, cell)` gets the frequency table of each grid cell in turn (the
-/// blocks in raster order) and returns its code, which the next positions then read.
+/// Blocks stepped together by the portable coder: the blocks of the grid (in raster order) are
+/// coded a group after another, each group one position of every block at a time, so that
+/// memory (each block's key/value cache) stays bounded whatever the image's size.
+pub const PORTABLE_GROUP: usize = 1024;
+
+/// Steps `prior` over the blocks of a `width` × `height` grid, in groups of
+/// [`PORTABLE_GROUP`] blocks, one position of every block of a group at a time:
+/// `code_at(table, cell)` gets the frequency table of each grid cell in turn and returns its
+/// code, which the next positions then read.
 fn step_portable(
     prior: &PortableTransformer,
     width: usize,
@@ -191,10 +197,24 @@ fn step_portable(
 ) {
     let side = prior.side();
     let blocks = Blocks::new(side, width, height);
-    let v = prior.vocabulary();
-    prior.step(blocks.count(), class, &mut |t, logits| {
+    for first in (0..blocks.count()).step_by(PORTABLE_GROUP) {
+        let group: Vec<usize> = (first..blocks.count().min(first + PORTABLE_GROUP)).collect();
+        step_group(prior, &blocks, &group, class, code_at);
+    }
+}
+
+/// [`step_portable`] over the blocks `group`.
+fn step_group(
+    prior: &PortableTransformer,
+    blocks: &Blocks,
+    group: &[usize],
+    class: Option<usize>,
+    code_at: &mut dyn FnMut(&[u32], usize) -> u32,
+) {
+    let (side, v) = (prior.side(), prior.vocabulary());
+    prior.step(group.len(), class, &mut |t, logits| {
         let (i, j) = (t / side, t % side);
-        let cells: Vec<Option<usize>> = (0..blocks.count()).map(|b| blocks.cell(b, i, j)).collect();
+        let cells: Vec<Option<usize>> = group.iter().map(|&b| blocks.cell(b, i, j)).collect();
         // Each row's table alone: the same whichever thread builds it.
         let tables: Vec<Option<Vec<u32>>> = logits
             .par_chunks(v)
@@ -387,11 +407,16 @@ mod tests {
     use vq_model::CodeSpace;
 
     fn prior(vs: &nn::VarStore) -> TransformerPrior {
+        prior_with_heads(vs, 2, None)
+    }
+
+    /// A tiny prior of `heads` query heads sharing `kv_heads` key/value heads.
+    fn prior_with_heads(vs: &nn::VarStore, heads: i64, kv_heads: Option<i64>) -> TransformerPrior {
         let cfg = TransformerConfig {
             width: 16,
             layers: 2,
-            heads: 2,
-            kv_heads: None,
+            heads,
+            kv_heads,
             dropout: 0.0,
             class_dropout: 0.1,
         };
@@ -408,8 +433,8 @@ mod tests {
     }
 
     /// A grid of 3 × 2 blocks of 4 × 4 cut to 10 × 7, of codes the prior finds likely (its
-    /// own samples).
-    fn likely_grid(prior: &TransformerPrior) -> Grid {
+    /// own samples, also returned whole).
+    fn likely_grid(prior: &TransformerPrior) -> (Grid, Tensor) {
         let sampled = prior.sample(6, None, &Default::default(), vq_model::test_device());
         let blocks = Blocks::new(4, 10, 7);
         let mut grid = Grid {
@@ -427,7 +452,7 @@ mod tests {
                 }
             }
         }
-        grid
+        (grid, sampled)
     }
 
     #[test]
@@ -435,24 +460,7 @@ mod tests {
         let _rng = vq_model::seeded(5);
         let vs = nn::VarStore::new(Device::Cpu);
         // Grouped key/value heads, as the bundled prior has.
-        let cfg = TransformerConfig {
-            width: 16,
-            layers: 2,
-            heads: 4,
-            kv_heads: Some(2),
-            dropout: 0.0,
-            class_dropout: 0.1,
-        };
-        let provenance = Provenance {
-            codes: CodeSpace {
-                depth: 1,
-                vocabulary: 11,
-            },
-            grid_side: 4,
-            classes: 3,
-            ..Provenance::default()
-        };
-        let prior = TransformerPrior::new(vs.root(), &cfg, &provenance);
+        let prior = prior_with_heads(&vs, 4, Some(2));
         // Weights larger than their initialisation, so that every layer matters.
         tch::no_grad(|| {
             for (_, mut t) in vs.variables() {
@@ -487,7 +495,7 @@ mod tests {
         let _rng = vq_model::seeded(3);
         let vs = nn::VarStore::new(vq_model::test_device());
         let prior = prior(&vs);
-        let grid = likely_grid(&prior);
+        let (grid, _) = likely_grid(&prior);
         let portable = prior.portable();
         for class in [None, Some(0), Some(2)] {
             let bytes = encode_portable(&portable, &grid, class);
@@ -498,6 +506,18 @@ mod tests {
             // Packed, 70 codes of 4 bits are 35 bytes.
             assert!(bytes.len() < 35, "{} bytes", bytes.len());
         }
+        // More blocks than one group of the coder (33 × 32 blocks of 4 × 4).
+        let many = Grid {
+            width: 132,
+            height: 125,
+            codes: (0..132 * 125).map(|i| grid.codes[(i * 7) % 70]).collect(),
+        };
+        assert!(many.width.div_ceil(4) * many.height.div_ceil(4) > PORTABLE_GROUP);
+        let bytes = encode_portable(&portable, &many, Some(1));
+        assert_eq!(
+            decode_portable(&portable, &bytes, 132, 125),
+            (many, Some(1))
+        );
         // Bytes it did not write decode to something, never a panic.
         for junk in [vec![], vec![0xFF; 3], vec![0x12; 64]] {
             let (other, _) = decode_portable(&portable, &junk, 10, 7);
@@ -510,7 +530,7 @@ mod tests {
         let _rng = vq_model::seeded(4);
         let vs = nn::VarStore::new(vq_model::test_device());
         let mut prior = prior(&vs);
-        let grid = likely_grid(&prior);
+        let (grid, _) = likely_grid(&prior);
         let in_pool = |threads: usize, portable: &PortableTransformer, grid: &Grid| {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
@@ -547,24 +567,7 @@ mod tests {
         let _rng = vq_model::seeded(3);
         let vs = nn::VarStore::new(vq_model::test_device());
         let prior = prior(&vs);
-        // Codes the prior finds likely: its own samples, 3 × 2 blocks of 4 × 4 cut to 10 × 7.
-        let sampled = prior.sample(6, None, &Default::default(), vq_model::test_device());
-        let blocks = Blocks::new(4, 10, 7);
-        let mut grid = Grid {
-            width: 10,
-            height: 7,
-            codes: vec![0; 70],
-        };
-        for b in 0..6 {
-            for i in 0..4 {
-                for j in 0..4 {
-                    if let Some(cell) = blocks.cell(b, i, j) {
-                        grid.codes[cell] =
-                            sampled.int64_value(&[b as i64, i as i64, j as i64]) as u32;
-                    }
-                }
-            }
-        }
+        let (grid, sampled) = likely_grid(&prior);
         for class in [None, Some(2), best_class(&prior, &grid)] {
             let bytes = encode(&prior, &grid, class);
             assert_eq!(decode(&prior, &bytes, 10, 7, class), grid, "{class:?}");
