@@ -800,6 +800,16 @@ fn entropy_coded_files_decode_to_the_same_image_and_name_their_prior() {
     std::fs::write(dir.join("damaged.vqz"), &damaged).unwrap();
     assert_clean_failure(&cli(&["decode", "damaged.vqz"], dir), "damaged.vqz");
     assert!(!dir.join("damaged.decoded.png").exists());
+
+    // A well-formed file whose grid is not this model's (it names no model, only its prior).
+    let mut other = vq_codes::CodeFile::from_bytes(&coded).unwrap();
+    other.downsample = 2;
+    other.grid_width = vq_codes::grid_side(other.width, 2);
+    other.grid_height = vq_codes::grid_side(other.height, 2);
+    std::fs::write(dir.join("other-grid.vqz"), other.to_bytes().unwrap()).unwrap();
+    let out = cli(&["decode", "other-grid.vqz"], dir);
+    assert_clean_failure(&out, "other-grid.vqz");
+    assert!(stderr(&out).contains("downsampl"), "{}", stderr(&out));
 }
 
 /// Files arithmetic-coded by the portable coder on another machine (committed, with the same

@@ -131,6 +131,12 @@ pub enum CodeFileMismatch {
         file_depth: usize,
         model_depth: i64,
     },
+    #[error("{file}: codes of a {file_factor}× downsampling model, but this model downsamples {model_factor}×")]
+    Downsampling {
+        file: PathBuf,
+        file_factor: u8,
+        model_factor: i64,
+    },
 }
 
 /// Refuses a code file made by another model.
@@ -154,6 +160,15 @@ pub fn check_code_file(
     }
     // Same weights imply the same K and downsampling. A file may hold fewer levels than the
     // model (a residual file cut to a lower rate), never more.
+    // A version-3 entropy-coded file's model is known only through its prior: its grid must
+    // at least be this model's.
+    if file.downsample as i64 != checkpoint.config.downsample {
+        return Err(CodeFileMismatch::Downsampling {
+            file: path.to_path_buf(),
+            file_factor: file.downsample,
+            model_factor: checkpoint.config.downsample,
+        });
+    }
     // (An entropy-coded version-3 file takes the model's vocabulary once its prior is opened.)
     debug_assert!(
         file.vocabularies.is_empty()
