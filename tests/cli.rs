@@ -345,6 +345,12 @@ fn eval_reports_json_figures_on_a_split() {
     assert_eq!(e["images"], 300);
     // Far above what an untrained model scores on these smooth pictures (under 12 dB).
     assert!(e["psnr"].as_f64().unwrap() > 14.0, "{e}");
+    // The luma alone, as recent papers report PSNR: another figure, finite.
+    let psnr_y = e["psnr_y"].as_f64().unwrap();
+    assert!(
+        psnr_y.is_finite() && psnr_y != e["psnr"].as_f64().unwrap(),
+        "{e}"
+    );
     assert!(e["ssim"].as_f64().unwrap() > 0.3, "{e}");
     assert!(e["codes_used"].as_i64().unwrap() >= 1);
     assert!(e.get("search").is_none(), "{e}");

@@ -835,7 +835,10 @@ pub struct EvalReport {
     pub split: SplitArg,
     pub images: i64,
     pub mse: f64,
+    /// Mean of per-image RGB PSNRs.
     pub psnr: f64,
+    /// Mean of per-image luma PSNRs (BT.601 Y, as pyiqa's `psnr` with `test_y_channel`).
+    pub psnr_y: f64,
     pub ssim: f64,
     pub perplexity: f64,
     pub codes_used: i64,
@@ -861,7 +864,17 @@ impl fmt::Display for EvalReport {
             ("checkpoint", self.checkpoint.clone()),
             ("images", format!("{} ({split} split)", self.images)),
             ("MSE", format!("{:.6}", self.mse)),
-            ("PSNR", format!("{:.2} dB", self.psnr)),
+            (
+                "PSNR",
+                format!("{:.2} dB (RGB, mean over images)", self.psnr),
+            ),
+            (
+                "PSNR of the luma",
+                format!(
+                    "{:.2} dB (BT.601 Y, mean over images: pyiqa's test_y_channel)",
+                    self.psnr_y
+                ),
+            ),
             ("SSIM", format!("{:.4}", self.ssim)),
             ("perplexity", format!("{:.1}", self.perplexity)),
             (
@@ -986,6 +999,7 @@ pub fn eval(session: &Session, args: &EvalArgs) -> Result<EvalReport> {
         images: e.images,
         mse: e.mse,
         psnr: e.psnr,
+        psnr_y: e.psnr_y,
         ssim: e.ssim,
         perplexity: e.perplexity,
         codes_used: e.codes_used,

@@ -13,8 +13,14 @@ pub struct Evaluation {
     pub step: usize,
     pub images: i64,
     pub mse: f64,
+    /// Mean over images of the per-image PSNR of all three channels, on `[0, 1]` pixels.
     pub psnr: f64,
     pub ssim: f64,
+    /// Mean over images of the per-image PSNR of the luma alone (BT.601 Y: pyiqa's `psnr`
+    /// with `test_y_channel=True`, the figure recent papers' tables give). 0 in evaluations
+    /// recorded before it existed.
+    #[serde(default)]
+    pub psnr_y: f64,
     /// `exp(entropy)` of the (first level's) code usage over all evaluated images.
     pub perplexity: f64,
     pub codes_used: i64,
@@ -162,6 +168,7 @@ pub fn evaluate_with_progress(
         mse: sums.mean_mse(),
         psnr: sums.mean_psnr(),
         ssim: sums.mean_ssim(),
+        psnr_y: sums.mean_psnr_y(),
         perplexity,
         codes_used: counts.gt(0.0).sum(Kind::Int64).int64_value(&[]),
         codebook_size: k,

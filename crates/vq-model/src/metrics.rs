@@ -13,6 +13,8 @@ pub struct QualitySums {
     pub psnr: f64,
     /// Sum over images of the per-image SSIM.
     pub ssim: f64,
+    /// Sum over images of the per-image PSNR of the luma alone ([`luma`]).
+    pub psnr_y: f64,
 }
 
 impl QualitySums {
@@ -21,6 +23,7 @@ impl QualitySums {
         self.mse += other.mse;
         self.psnr += other.psnr;
         self.ssim += other.ssim;
+        self.psnr_y += other.psnr_y;
     }
 
     pub fn mean_mse(&self) -> f64 {
@@ -33,6 +36,33 @@ impl QualitySums {
     pub fn mean_ssim(&self) -> f64 {
         self.ssim / self.images.max(1) as f64
     }
+    /// Mean of per-image luma PSNRs: what recent papers' tables report (pyiqa's `psnr` with
+    /// `test_y_channel=True`), several dB above the RGB figure.
+    pub fn mean_psnr_y(&self) -> f64 {
+        self.psnr_y / self.images.max(1) as f64
+    }
+}
+
+/// `(B, 1, H, W)` luma of `(B, C, H, W)` images in `[0, 1]`: ITU-R BT.601's Y of studio swing,
+/// `(65.481 R + 128.553 G + 24.966 B + 16) / 255` (as pyiqa and BasicSR compute it); a
+/// one-channel image is its own luma.
+pub fn luma(images: &Tensor) -> Tensor {
+    if images.size()[1] != 3 {
+        return images.narrow(1, 0, 1);
+    }
+    let weights = Tensor::from_slice(&[65.481f32, 128.553, 24.966])
+        .to_device(images.device())
+        .view([1, 3, 1, 1]);
+    ((images * weights).sum_dim_intlist(1, true, Kind::Float) + 16.0) / 255.0
+}
+
+/// `(B,)` PSNR of each image (on `[0, 1]` values) from its `(B, ...)` differences.
+fn psnr_per_image(difference: &Tensor) -> Tensor {
+    let mse = difference
+        .square()
+        .flatten(1, -1)
+        .mean_dim(1, false, Kind::Float);
+    mse.clamp_min(1e-10).log10() * -10.0
 }
 
 /// MSE, PSNR and SSIM of `recon` against `target`, both `(B, C, H, W)` in `[0, 1]`
@@ -48,11 +78,13 @@ pub fn quality(recon: &Tensor, target: &Tensor) -> QualitySums {
         .mean_dim(1, false, Kind::Float);
     let psnr = mse.clamp_min(1e-10).log10() * -10.0;
     let ssim = ssim_per_image(&recon, &target);
+    let psnr_y = psnr_per_image(&(luma(&recon) - luma(&target)));
     QualitySums {
         images: b,
         mse: mse.sum(Kind::Double).double_value(&[]),
         psnr: psnr.sum(Kind::Double).double_value(&[]),
         ssim: ssim.sum(Kind::Double).double_value(&[]),
+        psnr_y: psnr_y.sum(Kind::Double).double_value(&[]),
     }
 }
 
@@ -116,6 +148,35 @@ mod tests {
             "{}",
             q.mean_ssim()
         );
+    }
+
+    #[test]
+    fn luma_psnr_is_pyiqas_test_y_channel_figure() {
+        // A grey shift of 0.1 in every channel moves Y by 0.1 · 219 / 255.
+        let x = Tensor::full([2, 3, 16, 16], 0.5, (Kind::Float, Device::Cpu));
+        let q = quality(&(&x + 0.1), &x);
+        let expected = -20.0 * (0.1f64 * 219.0 / 255.0).log10();
+        assert!(
+            (q.mean_psnr_y() - expected).abs() < 1e-3,
+            "{}",
+            q.mean_psnr_y()
+        );
+        // Pure white is Y = 235 / 255; an error in blue alone counts a tenth of one in green.
+        let white = Tensor::ones([1, 3, 2, 2], (Kind::Float, Device::Cpu));
+        let y = luma(&white).double_value(&[0, 0, 0, 0]);
+        assert!((y - 235.0 / 255.0).abs() < 1e-6, "{y}");
+        let shifted = |c: i64| {
+            let y = x.copy();
+            let _ = y.narrow(1, c, 1).fill_(0.6);
+            quality(&y, &x).mean_psnr_y()
+        };
+        assert!(shifted(2) > shifted(1) + 10.0);
+        // RGB and luma PSNR of the same reconstruction differ.
+        let _rng = crate::seeded(0);
+        let noisy =
+            (&x + Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu)) * 0.05).clamp(0.0, 1.0);
+        let q = quality(&noisy, &x);
+        assert!(q.mean_psnr_y() > q.mean_psnr() + 1.0, "{q:?}");
     }
 
     #[test]
