@@ -485,6 +485,14 @@ fn sample_with_the_bundled_prior_is_reproducible_and_checks_its_arguments() {
     ];
     assert_clean_failure(&cli(&with_checkpoint, dir), "--decoder");
 
+    // Without -n: every class, one row of 8 each.
+    let out = cli(&["--json", "sample", "--seed", "1", "-o", "all.png"], dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(report["samples"], 80, "{report}");
+    let all = image::open(dir.join("all.png")).unwrap().to_rgb8();
+    assert_eq!(all.dimensions(), (3 * (8 * 34 + 2), 3 * (10 * 34 + 2)));
+
     assert_clean_failure(&cli(&["sample", "--class", "unicorn"], dir), "unicorn");
     assert_clean_failure(&cli(&["sample", "--temperature", "0"], dir), "temperature");
     assert_clean_failure(&cli(&["sample", "--prior", "nowhere"], dir), "nowhere");

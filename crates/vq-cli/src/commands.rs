@@ -1137,9 +1137,10 @@ pub fn info(session: &Session) -> Result<InfoReport> {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SampleArgs {
-    /// Number of images.
-    #[arg(short, default_value_t = 64)]
-    pub n: i64,
+    /// Number of images [default: one row of 8 per class, every class (80 for CIFAR-10); 64
+    /// with --class or an unconditional prior]
+    #[arg(short)]
+    pub n: Option<i64>,
     /// Only this class (name, e.g. cat, or number 0-9).
     #[arg(long)]
     pub class: Option<String>,
@@ -1203,9 +1204,10 @@ impl fmt::Display for SampleReport {
 /// `vq-cli sample`: new images from the code prior, as a grid (one row of 8 per class when no
 /// class is given), enlarged to be seen.
 pub fn sample(session: &Session, args: &SampleArgs) -> Result<SampleReport> {
-    let n = args.n;
-    if !(1..=4096).contains(&n) {
-        bail!("-n must be 1 to 4096, not {n}");
+    if let Some(n) = args.n {
+        if !(1..=4096).contains(&n) {
+            bail!("-n must be 1 to 4096, not {n}");
+        }
     }
     let ckpt = args.sampling.open_decoder(session)?;
     let mut prior = crate::fid::open_prior(session, args.prior.as_deref(), &ckpt)?;
@@ -1213,6 +1215,11 @@ pub fn sample(session: &Session, args: &SampleArgs) -> Result<SampleReport> {
     let options = args.sampling.options(&prior)?;
     let provenance = prior.model.provenance();
     let classes = provenance.classes;
+    let n = match (args.n, &args.class) {
+        (Some(n), _) => n,
+        (None, None) if classes > 0 => 8 * classes,
+        (None, _) => 64,
+    };
     let labels: Option<Vec<i64>> = match (&args.class, classes) {
         (Some(_), 0) => bail!("this prior is not class-conditional; drop --class"),
         (Some(name), _) => {
