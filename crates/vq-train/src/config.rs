@@ -332,6 +332,30 @@ mod tests {
         assert!(read >= 2, "{read} recipes in {}", dir.display());
     }
 
+    /// What users copy to reproduce a result must use their machine's cores: the recipes and
+    /// the bundled models' training configs leave the thread count unset.
+    #[test]
+    fn shipped_configs_do_not_pin_the_thread_count() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(root.join("docs/recipes"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        for model in ["cifar10-default", "cifar10-prior", "cifar10-sharp"] {
+            files.push(root.join("models").join(model).join("train-config.json"));
+        }
+        for path in files {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+            // Format 2 keeps it under "runtime"; a format-1 config at the top level.
+            let threads = value
+                .get("runtime")
+                .map_or(&value["threads"], |runtime| &runtime["threads"]);
+            assert!(threads.is_null(), "{}: threads {threads}", path.display());
+        }
+    }
+
     #[test]
     fn partial_json_takes_this_runs_defaults() {
         let cfg: TrainConfig = parse_config(
