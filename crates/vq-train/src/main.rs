@@ -20,44 +20,44 @@ struct Args {
     #[command(flatten)]
     run: RunArgs,
     /// The quantizer (its other settings take their defaults unless set by the flags below).
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, conflicts_with = "resume")]
     quantizer: Option<QuantizerKind>,
     /// Codebook size K (vq, cosine, residual; every level of a residual quantizer).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     codebook_size: Option<i64>,
     /// Dimension of the codes: the projected dimension of cosine codes (e.g. 8, 16, 32).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     code_dim: Option<i64>,
     /// FSQ: values per latent channel, e.g. 8,8,8 (512 codes) or 8,5,5,5 (1,000).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with = "resume")]
     fsq_levels: Option<Vec<i64>>,
     /// Residual VQ: number of codebooks in sequence.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     depth: Option<i64>,
     /// Residual VQ: train each step on a random number of levels, so that the model decodes
     /// at every depth.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     quantizer_dropout: bool,
     /// 4 (8×8 codes) or 2 (16×16 codes).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     downsample: Option<i64>,
     /// Number type of the convolutions (auto: bf16 where the CPU has AMX bf16 tiles).
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, conflicts_with = "resume")]
     compute: Option<vq_model::ComputeKind>,
     /// Gradient through the code lookup.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, conflicts_with = "resume")]
     gradient: Option<vq_model::GradientEstimator>,
     /// Reconstruction loss.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, conflicts_with = "resume")]
     reconstruction_loss: Option<vq_model::ReconstructionLoss>,
     /// Weight of the commitment loss β.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     commitment_cost: Option<f64>,
     /// Train images used for the quantizer's k-means initialisation (0: none).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     kmeans_init_images: Option<usize>,
     /// End with the FID of the reconstructions of the test split (minutes on a CPU).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     fid: bool,
 }
 
@@ -154,29 +154,30 @@ struct RunArgs {
     /// The run folder [default: runs/<kind>-<unix time>].
     #[arg(long)]
     run_dir: Option<PathBuf>,
-    /// Continue the run in this folder from its last checkpoint, exactly.
+    /// Continue the run in this folder from its last checkpoint, exactly, with the settings it
+    /// recorded: a flag that would change them (or the data, device or threads) is refused.
     #[arg(long, conflicts_with_all = ["config", "run_dir"])]
     resume: Option<PathBuf>,
     /// The dataset: a cifar-10-batches-bin folder (`cargo xtask download-cifar` fills it) or
     /// an imported image set.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     data: Option<PathBuf>,
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     steps: Option<usize>,
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     batch_size: Option<usize>,
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     lr: Option<f64>,
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     seed: Option<u64>,
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, conflicts_with = "resume")]
     device: Option<DeviceChoice>,
     /// LibTorch CPU threads.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     threads: Option<i32>,
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     eval_every: Option<usize>,
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     checkpoint_every: Option<usize>,
 }
 

@@ -262,6 +262,30 @@ fn run_folder_holds_everything() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
 }
 
+/// `--resume` continues a run with the settings it recorded: a flag it would ignore is a usage
+/// error naming the flag, before anything is read or written.
+#[test]
+fn resume_refuses_the_flags_it_would_ignore() {
+    for (kind, flag, value) in [
+        (None, "--steps", "5"),
+        (None, "--lr", "0.1"),
+        (None, "--data", "elsewhere"),
+        (None, "--codebook-size", "64"),
+        (Some("prior"), "--batch-size", "4"),
+        (Some("decoder"), "--threads", "1"),
+    ] {
+        let mut args: Vec<&str> = kind.into_iter().collect();
+        args.extend(["--resume", "some-run", flag, value]);
+        let out = output(&mut vq_train(&args));
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(flag) && err.contains("--resume"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
 /// Every checkpoint folder of `run` is whole: all its files there, the weights and optimizer
 /// state readable safetensors, the state naming the folder's step; `last` points at one of them.
 /// `averaged`: a VQ-VAE run, whose checkpoints keep the trained weights
