@@ -107,8 +107,8 @@ fn train_on_a_truncated_file_names_it() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
-/// A residual-VQ model from the quantizer flags: its `.vqz` files are version 2 with one level
-/// per codebook, and decode at every depth up to the model's.
+/// A residual-VQ model from the quantizer flags: its `.vqz` files hold one level per codebook,
+/// decode at every depth up to the model's, and `vq-cli eval` reports each level's usage.
 #[test]
 fn a_residual_model_trains_from_flags_and_its_files_decode_at_fewer_levels() {
     let tmp = tempfile::tempdir().unwrap();
@@ -170,6 +170,24 @@ fn a_residual_model_trains_from_flags_and_its_files_decode_at_fewer_levels() {
         all.extend_from_slice(args);
         run("vq-cli", &all, tmp.path())
     };
+    let out = cli(&[
+        "--json",
+        "eval",
+        "--data",
+        dir.to_str().unwrap(),
+        "--limit",
+        "16",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let eval: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let levels = eval["levels"].as_array().expect("levels");
+    assert_eq!(levels.len(), 3, "{eval}");
+    assert!(
+        levels
+            .iter()
+            .all(|l| l["codes_used"].as_i64().unwrap() >= 1),
+        "{eval}"
+    );
     let out = cli(&["encode", "a.png"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let bytes = std::fs::read(tmp.path().join("a.vqz")).unwrap();

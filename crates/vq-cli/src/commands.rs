@@ -843,6 +843,8 @@ pub struct EvalReport {
     pub perplexity: f64,
     pub codes_used: i64,
     pub codebook_size: i64,
+    /// Perplexity and codes used of each level (one for a single codebook).
+    pub levels: Vec<vq_model::quantizer::LevelUsage>,
     /// The code search the codes were chosen by (`--search`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub search: Option<vq_model::CodeSearch>,
@@ -882,6 +884,20 @@ impl fmt::Display for EvalReport {
                 format!("{} of {}", self.codes_used, self.codebook_size),
             ),
         ];
+        if self.levels.len() > 1 {
+            for (l, level) in self.levels.iter().enumerate() {
+                rows.push((
+                    "level",
+                    format!(
+                        "{}: perplexity {:.1}, {} of {} codes used",
+                        l + 1,
+                        level.perplexity,
+                        level.codes_used,
+                        self.codebook_size
+                    ),
+                ));
+            }
+        }
         if let Some(search) = self.search {
             rows.push((
                 "codes",
@@ -1004,6 +1020,7 @@ pub fn eval(session: &Session, args: &EvalArgs) -> Result<EvalReport> {
         perplexity: e.perplexity,
         codes_used: e.codes_used,
         codebook_size: e.codebook_size,
+        levels: e.levels.clone(),
         search: scope.search,
         rfid,
         rkid,
