@@ -4,7 +4,6 @@
 
 use std::path::Path;
 
-use vq_data::folder::{import_image_folder, ImportOptions};
 use vq_e2e::{run, stderr, stdout};
 
 fn picture(width: u32, height: u32, seed: u32) -> image::RgbImage {
@@ -34,16 +33,22 @@ fn import_train_and_sample_on_an_image_folder() {
             for i in 0..n {
                 let seed = i + if class == "cars" { 50 } else { 0 };
                 let path = root.join(format!("{split}/{class}/{i:02}"));
-                match i % 3 {
+                match i % 5 {
                     0 => picture(70 + i, 50, seed)
                         .save(path.with_extension("png"))
                         .unwrap(),
                     1 => picture(64, 81, seed)
                         .save(path.with_extension("jpg"))
                         .unwrap(),
-                    _ => image::DynamicImage::ImageRgb8(picture(90, 90, seed))
+                    2 => image::DynamicImage::ImageRgb8(picture(90, 90, seed))
                         .to_luma8()
                         .save(path.with_extension("bmp"))
+                        .unwrap(),
+                    3 => picture(66, 70, seed)
+                        .save(path.with_extension("gif"))
+                        .unwrap(),
+                    _ => picture(80, 64, seed)
+                        .save(path.with_extension("tiff"))
                         .unwrap(),
                 }
             }
@@ -51,21 +56,49 @@ fn import_train_and_sample_on_an_image_folder() {
     }
     std::fs::write(root.join("train/cars/corrupt.jpg"), b"\xff\xd8\xff\xe0 cut").unwrap();
 
+    // `vq-cli import`, as an installed vq-cli runs it: every format it reads (GIF and TIFF
+    // too), the corrupt file skipped and named.
     let data = dir.join("datasets/mine");
-    let report = import_image_folder(
-        &root,
-        &data,
-        &ImportOptions {
-            side: 64,
-            ..ImportOptions::default()
-        },
-        &|_| {},
-    )
-    .unwrap();
-    assert_eq!((report.train, report.test), (24, 6));
-    assert_eq!(report.classes, ["boats", "cars"]);
-    assert_eq!(report.skipped.len(), 1);
-    assert!(report.skipped[0].path.ends_with("corrupt.jpg"));
+    let out = run(
+        "vq-cli",
+        &[
+            "--json",
+            "import",
+            root.to_str().unwrap(),
+            "-o",
+            data.to_str().unwrap(),
+            "--size",
+            "64",
+        ],
+        dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(
+        (report["train"].as_u64(), report["test"].as_u64()),
+        (Some(24), Some(6)),
+        "{report}"
+    );
+    assert_eq!(report["classes"], serde_json::json!(["boats", "cars"]));
+    let skipped = report["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1, "{report}");
+    assert!(skipped[0]["path"]
+        .as_str()
+        .unwrap()
+        .ends_with("corrupt.jpg"));
+    // An output folder that is not empty is refused, and nothing in it is touched.
+    let again = run(
+        "vq-cli",
+        &[
+            "import",
+            root.to_str().unwrap(),
+            "-o",
+            data.to_str().unwrap(),
+        ],
+        dir,
+    );
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr(&again).contains("mine"), "{}", stderr(&again));
 
     // A short VQ-VAE run on it: 64×64 images give a 16×16 code grid. (The config files of
     // this test are in the flat layout of format 1, which must keep working.)

@@ -1,64 +1,8 @@
-//! `cargo xtask import-images ROOT --size 64 --out datasets/NAME`: an image folder into the
-//! binary cache `vq-train --data` reads (see `vq_data::folder`), with a progress bar; every
-//! skipped file is listed with its reason.
+//! `cargo xtask bench import`: the image-folder import's rate (`vq-cli import` and
+//! `cargo xtask import-images` run the import itself, `vq_data::folder`).
 
-use std::path::Path;
-use std::sync::OnceLock;
-
-use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use anyhow::Result;
 use vq_data::folder::{import_image_folder, ImportOptions};
-
-pub fn run(root: &Path, out: &Path, options: &ImportOptions) -> Result<()> {
-    let bar: OnceLock<ProgressBar> = OnceLock::new();
-    let report = import_image_folder(root, out, options, &|event| match event {
-        Some(total) => {
-            let _ = bar.set(
-                ProgressBar::new(total).with_style(
-                    ProgressStyle::with_template(
-                        "{bar:30} {pos}/{len} images [{elapsed} < {eta}] {per_sec}",
-                    )
-                    .expect("valid template"),
-                ),
-            );
-        }
-        None => {
-            if let Some(b) = bar.get() {
-                b.inc(1);
-            }
-        }
-    })
-    .with_context(|| format!("importing {}", root.display()))?;
-    if let Some(b) = bar.get() {
-        b.finish_and_clear();
-    }
-    let images = report.train + report.test + report.skipped.len();
-    println!(
-        "{}: {} train + {} test images of {s}×{s}, {} classes ({}){}, {} skipped; {:.1} s = {:.0} images/s",
-        out.display(),
-        report.train,
-        report.test,
-        report.classes.len(),
-        report.classes.iter().take(8).cloned().collect::<Vec<_>>().join(", "),
-        if report.held_out_test { ", test split held out of the images" } else { "" },
-        report.skipped.len(),
-        report.seconds,
-        images as f64 / report.seconds.max(1e-9),
-        s = report.side,
-    );
-    for skipped in &report.skipped {
-        println!("skipped {}: {}", skipped.path.display(), skipped.reason);
-    }
-    println!(
-        "{}",
-        serde_json::json!({
-            "import": out, "images": images, "seconds": report.seconds,
-            "images_per_s": images as f64 / report.seconds.max(1e-9),
-            "skipped": report.skipped.len(), "side": report.side,
-        })
-    );
-    Ok(())
-}
 
 /// `cargo xtask bench import`: `count` JPEG photos of `width` × 3/4 `width` (smooth colour
 /// fields with noise, so that JPEG decoding has real work), 10 classes, imported at `side`.

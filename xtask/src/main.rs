@@ -390,15 +390,20 @@ fn real_main() -> Result<()> {
             out,
             test_fraction,
             seed,
-        } => import::run(
-            &images,
-            &out,
-            &vq_data::folder::ImportOptions {
-                side: size,
-                test_fraction,
-                seed,
-            },
-        )?,
+        } => {
+            // The command itself is vq-cli's, so that an installed vq-cli needs no checkout.
+            libtorch::ensure(&root, libtorch::CudaChoice::Auto)?;
+            cmd::run(
+                cmd::cargo(&root)
+                    .args(["run", "--release", "-q", "-p", "vq-cli", "--", "import"])
+                    .arg(&images)
+                    .arg("-o")
+                    .arg(&out)
+                    .args(["--size", &size.to_string()])
+                    .args(["--test-fraction", &test_fraction.to_string()])
+                    .args(["--seed", &seed.to_string()]),
+            )?
+        }
         Command::Fuzz { seconds, targets } => fuzz::run(&root, &targets, seconds)?,
         Command::BundlePrior { run_dir, sampling } => {
             bundle::run(&root, &run_dir, bundle::Bundle::Prior)?;

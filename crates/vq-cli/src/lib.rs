@@ -5,6 +5,7 @@ pub mod codec;
 pub mod commands;
 pub mod device;
 pub mod fid;
+pub mod import;
 pub mod report;
 pub mod sample;
 

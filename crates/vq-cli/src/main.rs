@@ -49,6 +49,9 @@ enum Command {
     /// FID and KID between two sets of images (folders, dataset splits, statistics files), or
     /// of the prior's samples (--samples N) against a dataset split.
     Fid(vq_cli::fid::FidArgs),
+    /// An image folder (a sub-folder per class) into a dataset folder for `vq-train --data`
+    /// and `vq-cli eval --data`.
+    Import(vq_cli::import::ImportArgs),
     /// The model's configuration, size, training steps and figures, and the device in use.
     Info,
     /// The devices LibTorch sees (CUDA GPUs with their compute capability), and the bundled
@@ -105,6 +108,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Fid(args) => {
             report::print(&vq_cli::fid::compare(&session, &args)?, session.json);
+            Ok(())
+        }
+        Command::Import(args) => {
+            report::print(&vq_cli::import::import(&session, &args)?, session.json);
             Ok(())
         }
         Command::Device => {

@@ -45,8 +45,8 @@ pub const MAX_SIDE: usize = 1024;
 pub const CLASSES_FILE: &str = "classes.txt";
 /// Marks a folder as an imported image set (and describes it).
 pub const DATASET_FILE: &str = "dataset.json";
-/// Extensions taken from an image folder.
-pub const FOLDER_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "webp", "bmp"];
+/// Extensions taken from an image folder: every format `vq-cli` reads.
+pub const FOLDER_EXTENSIONS: &[&str] = crate::image_file::IMAGE_EXTENSIONS;
 /// Images decoded at once: bounds memory (128 × 128 images: 12 MB a chunk) while keeping both
 /// cores busy.
 const CHUNK: usize = 256;
