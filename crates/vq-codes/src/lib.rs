@@ -152,6 +152,8 @@ pub enum CodeFileError {
     Inconsistent(String),
     #[error("the codes are corrupt (CRC-32 {found:08x}, header says {expected:08x})")]
     Checksum { expected: u32, found: u32 },
+    #[error("the file is damaged or cut short (its bytes have CRC-16 {found:04x}, it ends with {expected:04x})")]
+    FileChecksum { expected: u16, found: u16 },
     #[error("the decoded codes do not match the file's checksum: the prior's probabilities differed from the encoder's (another prior, build or CPU)")]
     CodesChecksum,
     #[error("code {index} is {value}, outside its level's vocabulary of {codebook_size}")]

@@ -208,10 +208,10 @@ pub(crate) fn read(bytes: &[u8]) -> Result<CodeFile, CodeFileError> {
         });
     }
     let (body, tail) = bytes.split_at(bytes.len() - 2);
-    let expected = u16::from_le_bytes([tail[0], tail[1]]) as u32;
-    let found = crc16(body) as u32;
+    let expected = u16::from_le_bytes([tail[0], tail[1]]);
+    let found = crc16(body);
     if expected != found {
-        return Err(CodeFileError::Checksum { expected, found });
+        return Err(CodeFileError::FileChecksum { expected, found });
     }
     let mut c = Cursor {
         bytes: body,
