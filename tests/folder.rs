@@ -407,13 +407,33 @@ fn an_output_folder_mirrors_sub_folders_and_never_writes_one_output_twice() {
     picture(32, 32, 2).save(root.join("a/y.png")).unwrap();
     picture(32, 32, 3).save(root.join("a/y.jpg")).unwrap();
     let out = run("vq-cli", &["--json", "reconstruct", "in", "-o", "out"], dir);
-    assert!(!out.status.success(), "the clash must fail the command");
-    let err = stderr(&out);
-    assert!(
-        err.contains("y.png") && err.contains("already the output of") && err.contains("y.jpg"),
-        "{err}"
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the clash must fail the command"
     );
-    assert!(err.contains("1 of 4 inputs failed"), "{err}");
+    // With --json the failures are JSON objects too, beside the reports.
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let errors: Vec<&str> = lines.iter().filter_map(|l| l["error"].as_str()).collect();
+    assert_eq!(errors.len(), 2, "{lines:?}");
+    assert!(
+        errors[0].contains("y.png")
+            && errors[0].contains("already the output of")
+            && errors[0].contains("y.jpg"),
+        "{errors:?}"
+    );
+    assert!(errors[1].contains("1 of 4 inputs failed"), "{errors:?}");
+    // Without --json they are text on standard error.
+    let out = run("vq-cli", &["reconstruct", "in", "-o", "out2"], dir);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("1 of 4 inputs failed"),
+        "{}",
+        stderr(&out)
+    );
     for written in [
         "out/a/x.recon.png",
         "out/b/x.recon.png",
@@ -422,10 +442,8 @@ fn an_output_folder_mirrors_sub_folders_and_never_writes_one_output_twice() {
         assert!(dir.join(written).is_file(), "{written} missing");
     }
     // The clash kept the first input's output: the JPEG's (sorted first).
-    let reports: Vec<serde_json::Value> = stdout(&out)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let reports: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l.get("error").is_none()).collect();
     assert_eq!(reports.len(), 3);
     assert!(reports
         .iter()

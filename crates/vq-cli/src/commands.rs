@@ -246,7 +246,7 @@ fn each_input_batched<R: report::Report>(
                 Ok(report) => session.print(&bar, &report),
                 Err(e) => {
                     failed += 1;
-                    bar.suspend(|| eprintln!("error: {e:#}"));
+                    bar.suspend(|| report::print_error(&e, session.json));
                 }
             }
             bar.inc(1);

@@ -75,8 +75,9 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
+    let json = cli.json;
     if let Err(e) = run(cli) {
-        eprintln!("error: {e:#}");
+        report::print_error(&e, json);
         std::process::exit(1);
     }
 }

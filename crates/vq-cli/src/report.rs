@@ -22,6 +22,17 @@ pub fn print(report: &impl Report, json: bool) {
     }
 }
 
+/// Prints an error: `error: …` on standard error, or with `--json` one JSON object
+/// `{"error": "…"}` on standard output, where the reports go, so that a program reading them
+/// reads the failures too.
+pub fn print_error(error: &anyhow::Error, json: bool) {
+    if json {
+        println!("{}", serde_json::json!({ "error": format!("{error:#}") }));
+    } else {
+        eprintln!("error: {error:#}");
+    }
+}
+
 /// Rows of `label  value`, labels padded to one width: how reports show themselves as tables.
 pub fn table(f: &mut fmt::Formatter<'_>, rows: &[(&str, String)]) -> fmt::Result {
     let width = rows
