@@ -3,11 +3,10 @@
 
 pub mod codec;
 pub mod commands;
-pub mod device;
-pub mod fid;
-pub mod import;
+pub mod prior;
 pub mod report;
-pub mod sample;
+pub mod sampling;
+pub mod session;
 
 use std::path::{Path, PathBuf};
 

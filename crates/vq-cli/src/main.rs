@@ -2,8 +2,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
-use vq_cli::commands::{self, DecodeArgs, EncodeArgs, EvalArgs, SampleArgs, Session};
+use vq_cli::commands::{self, DecodeArgs, EncodeArgs, EvalArgs, SampleArgs};
 use vq_cli::report;
+use vq_cli::session::Session;
 use vq_model::DeviceChoice;
 
 /// Reconstruct, encode and decode images with a trained VQ-VAE, sample new ones from its code
@@ -48,10 +49,10 @@ enum Command {
     Eval(EvalArgs),
     /// FID and KID between two sets of images (folders, dataset splits, statistics files), or
     /// of the prior's samples (--samples N) against a dataset split.
-    Fid(vq_cli::fid::FidArgs),
+    Fid(commands::fid::FidArgs),
     /// An image folder (a sub-folder per class) into a dataset folder for `vq-train --data`
     /// and `vq-cli eval --data`.
-    Import(vq_cli::import::ImportArgs),
+    Import(commands::import::ImportArgs),
     /// The model's configuration, size, training steps and figures, and the device in use.
     Info,
     /// The devices LibTorch sees (CUDA GPUs with their compute capability), and the bundled
@@ -95,33 +96,26 @@ fn run(cli: Cli) -> Result<()> {
         quiet: cli.quiet,
         json: cli.json,
     };
+    let json = session.json;
     match cli.command {
-        Command::Reconstruct(args) => commands::reconstruct(&session, &args),
-        Command::Encode(args) => commands::encode(&session, &args),
-        Command::Decode(args) => commands::decode(&session, &args),
-        Command::Sample(args) => {
-            report::print(&commands::sample(&session, &args)?, session.json);
-            Ok(())
+        Command::Reconstruct(args) => {
+            print_files(&commands::reconstruct::run(&session, &args)?, &session)
         }
-        Command::Eval(args) => {
-            report::print(&commands::eval(&session, &args)?, session.json);
-            Ok(())
-        }
-        Command::Fid(args) => {
-            report::print(&vq_cli::fid::compare(&session, &args)?, session.json);
-            Ok(())
-        }
-        Command::Import(args) => {
-            report::print(&vq_cli::import::import(&session, &args)?, session.json);
-            Ok(())
-        }
-        Command::Device => {
-            report::print(&vq_cli::device::report()?, session.json);
-            Ok(())
-        }
-        Command::Info => {
-            report::print(&commands::info(&session)?, session.json);
-            Ok(())
-        }
+        Command::Encode(args) => print_files(&commands::encode::run(&session, &args)?, &session),
+        Command::Decode(args) => print_files(&commands::decode::run(&session, &args)?, &session),
+        Command::Sample(args) => report::print(&commands::sample::run(&session, &args)?, json),
+        Command::Eval(args) => report::print(&commands::eval::run(&session, &args)?, json),
+        Command::Fid(args) => report::print(&commands::fid::run(&session, &args)?, json),
+        Command::Import(args) => report::print(&commands::import::run(&session, &args)?, json),
+        Command::Device => report::print(&commands::device::run()?, json),
+        Command::Info => report::print(&commands::info::run(&session)?, json),
+    }
+    Ok(())
+}
+
+/// The summary of a command over files, after each file's own line: only for several files.
+fn print_files(files: &commands::FilesReport, session: &Session) {
+    if files.is_summary() && !session.quiet {
+        report::print(files, session.json);
     }
 }

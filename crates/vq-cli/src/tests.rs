@@ -418,7 +418,7 @@ fn a_prior_opens_only_with_its_own_vqvae_and_samples_images() {
     let prior =
         PriorCheckpoint::open_for(Source::Path(&own), "the VQ-VAE", &id, Device::Cpu).unwrap();
     let labels = Tensor::from_slice(&[3i64, 5]);
-    let samples = crate::sample::sample_images(
+    let samples = crate::sampling::sample_images(
         &prior,
         &vqvae,
         Some(&labels),

@@ -6,7 +6,7 @@ use vq_model::checkpoint::Checkpoint;
 use vq_model::ComputeKind;
 use vq_prior::{PriorCheckpoint, SampleOptions};
 
-use crate::commands::Session;
+use crate::session::Session;
 
 /// How samples are drawn: the flags of `vq-cli sample` and `vq-cli fid --samples`. A flag not
 /// given takes the prior's own setting (its config's `"sampling"`, the settings measured best

@@ -47,7 +47,7 @@ pub struct DeviceCheck {
 }
 
 /// Inventories the devices and runs the bundled model on each.
-pub fn report() -> Result<DeviceReport> {
+pub fn run() -> Result<DeviceReport> {
     let count = tch::Cuda::device_count().max(0) as usize;
     let cuda_devices = (0..count)
         .map(|ordinal| CudaDevice {
@@ -58,7 +58,7 @@ pub fn report() -> Result<DeviceReport> {
         .collect();
     let reference = Checkpoint::bundled(Device::Cpu).context("opening the bundled model")?;
     let images = check_images();
-    let (cpu_codes, cpu_out, _) = run(&reference, ComputeKind::F32, Device::Cpu, &images)?;
+    let (cpu_codes, cpu_out, _) = run_on(&reference, ComputeKind::F32, Device::Cpu, &images)?;
     let mut checks = Vec::new();
     let devices = std::iter::once(Device::Cpu)
         .chain((0..count).map(Device::Cuda))
@@ -66,7 +66,7 @@ pub fn report() -> Result<DeviceReport> {
     for device in devices {
         for compute in [ComputeKind::F32, ComputeKind::Bf16] {
             let (codes, out, mse) =
-                run(&reference, compute, device, &images).with_context(|| {
+                run_on(&reference, compute, device, &images).with_context(|| {
                     format!("running the bundled model on {device:?} in {compute:?}")
                 })?;
             let agree = codes
@@ -106,7 +106,7 @@ fn check_images() -> Tensor {
 }
 
 /// Codes (on the CPU), reconstructions in `[0, 1]` (on the CPU) and the reconstruction MSE.
-fn run(
+fn run_on(
     reference: &Checkpoint,
     compute: ComputeKind,
     device: Device,
@@ -184,7 +184,7 @@ mod tests {
 
     #[test]
     fn cpu_f32_agrees_with_itself_and_bf16_stays_close() {
-        let r = report().unwrap();
+        let r = run().unwrap();
         assert_eq!(r.cuda_available, !r.cuda_devices.is_empty());
         let cpu_f32 = &r.checks[0];
         assert_eq!(

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use vq_data::folder::{import_image_folder, ImportOptions, ImportReport};
 
-use crate::commands::Session;
+use crate::session::Session;
 
 /// `vq-cli import`'s inputs and options.
 #[derive(Debug, Clone, clap::Args)]
@@ -67,7 +67,7 @@ impl fmt::Display for ImportSummary {
 }
 
 /// `vq-cli import`: the folder imported, with a progress bar.
-pub fn import(session: &Session, args: &ImportArgs) -> Result<ImportSummary> {
+pub fn run(session: &Session, args: &ImportArgs) -> Result<ImportSummary> {
     let bar: OnceLock<ProgressBar> = OnceLock::new();
     let show = !(session.quiet || session.json);
     let options = ImportOptions {

@@ -6,16 +6,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tch::Device;
 use vq_data::Split;
 use vq_fid::{FeatureStats, InceptionV3, Kid};
-use vq_prior::PriorCheckpoint;
-use vq_store::Source;
 
-use crate::commands::Session;
+use crate::prior::open_prior;
 use crate::report::table;
+use crate::session::Session;
 
 /// The network's settings shared by every command that measures FID.
 #[derive(Debug, Clone, clap::Args)]
@@ -59,7 +57,7 @@ pub struct FidArgs {
     #[arg(long)]
     pub prior: Option<PathBuf>,
     #[command(flatten)]
-    pub sampling: crate::sample::SamplingArgs,
+    pub sampling: crate::sampling::SamplingArgs,
     /// Seed of the samples.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -184,19 +182,6 @@ impl fmt::Display for FidReport {
     }
 }
 
-/// A progress bar over `total` images (hidden when quiet or printing JSON).
-pub fn bar(session: &Session, total: u64, what: &str) -> ProgressBar {
-    if session.quiet || session.json {
-        return ProgressBar::hidden();
-    }
-    ProgressBar::new(total).with_style(
-        ProgressStyle::with_template(&format!(
-            "{{bar:30}} {{pos}}/{{len}} {what} [{{elapsed}} < {{eta}}]"
-        ))
-        .expect("valid template"),
-    )
-}
-
 /// The statistics of one side and what it was; `through` counts the images put through the
 /// network.
 fn side_stats(
@@ -210,7 +195,7 @@ fn side_stats(
     let stats = match source {
         FidSource::Stats(path) => FeatureStats::load(path)?,
         FidSource::Split { dir, split } => {
-            let bar = bar(session, 0, &format!("{}:{split}", dir.display()));
+            let bar = session.bar(0, &format!("{}:{split}", dir.display()));
             let stats = vq_fid::split_stats(net, dir, *split, &mut |done, total| {
                 bar.set_length(total as u64);
                 bar.set_position(done as u64);
@@ -226,7 +211,7 @@ fn side_stats(
             let ckpt = session.open()?;
             let set = vq_data::load_split(dir, *split, &Default::default())
                 .with_context(|| format!("loading {}:{split}", dir.display()))?;
-            let bar = bar(session, set.len() as u64, "reconstructions");
+            let bar = session.bar(set.len() as u64, "reconstructions");
             let features = vq_fid::models::reconstruction_features(
                 net,
                 &ckpt.model,
@@ -248,7 +233,7 @@ fn side_stats(
                     files.len()
                 );
             }
-            let bar = bar(session, files.len() as u64, &dir.display().to_string());
+            let bar = session.bar(files.len() as u64, &dir.display().to_string());
             let features =
                 vq_fid::files_features(net, &files, &mut |done| bar.set_position(done as u64))?;
             bar.finish_and_clear();
@@ -264,8 +249,8 @@ fn side_stats(
                 description = format!("{description}, sampled in {compute}");
             }
             let options = args.sampling.options(&prior)?;
-            description = format!("{description}, {}", crate::sample::describe(&options));
-            let bar = bar(session, *n as u64, "samples");
+            description = format!("{description}, {}", crate::sampling::describe(&options));
+            let bar = session.bar(*n as u64, "samples");
             let features = vq_fid::models::sample_features(
                 net,
                 &ckpt.model,
@@ -285,64 +270,8 @@ fn side_stats(
     Ok((stats, description))
 }
 
-/// The prior for `--samples`: the one given, or the bundled one, checked against the VQ-VAE.
-pub fn open_prior(
-    session: &Session,
-    path: Option<&Path>,
-    ckpt: &vq_model::Checkpoint,
-) -> Result<PriorCheckpoint> {
-    open_prior_on(path, ckpt, session.device)
-}
-
-/// [`open_prior`] on `device`.
-pub fn open_prior_on(
-    path: Option<&Path>,
-    ckpt: &vq_model::Checkpoint,
-    device: tch::Device,
-) -> Result<PriorCheckpoint> {
-    let source = match path {
-        Some(p) => Source::Path(p),
-        None => Source::Bundled(&vq_prior::BUNDLED),
-    };
-    PriorCheckpoint::open_for(
-        source,
-        &ckpt.origin(),
-        &vq_store::hex(&ckpt.codes_id()),
-        device,
-    )
-    .context("opening the prior (train one with `vq-train prior`)")
-}
-
-/// The bundled prior whose id begins with `prior_id` (a coded file's record of its prior): the
-/// current one, else a retired one (`vq_prior::RETIRED`); the current one when none matches, so
-/// that the caller's mismatch error names it.
-pub fn open_bundled_prior_coded_as(
-    ckpt: &vq_model::Checkpoint,
-    prior_id: &[u8],
-) -> Result<PriorCheckpoint> {
-    let current = open_prior_on(None, ckpt, Device::Cpu)?;
-    if current.model_id.starts_with(prior_id) {
-        return Ok(current);
-    }
-    for retired in vq_prior::RETIRED {
-        let prior = PriorCheckpoint::open_for(
-            Source::Bundled(retired),
-            &ckpt.origin(),
-            &vq_store::hex(&ckpt.codes_id()),
-            Device::Cpu,
-        );
-        // A retired prior of another VQ-VAE is not this file's.
-        if let Ok(prior) = prior {
-            if prior.model_id.starts_with(prior_id) {
-                return Ok(prior);
-            }
-        }
-    }
-    Ok(current)
-}
-
 /// FID and KID between two sets of images.
-pub fn compare(session: &Session, args: &FidArgs) -> Result<FidReport> {
+pub fn run(session: &Session, args: &FidArgs) -> Result<FidReport> {
     let start = Instant::now();
     let (a, b) = match (args.samples, &args.a, &args.b) {
         (Some(n), a, b) => {

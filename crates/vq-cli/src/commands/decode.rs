@@ -1,0 +1,127 @@
+//! `vq-cli decode`: `.vqz` code files to images.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use tch::Device;
+use vq_codes::CodeFile;
+use vq_prior::portable::PortableTransformer;
+
+use super::files::*;
+use crate::codec::{self};
+use crate::session::Session;
+
+/// `vq-cli decode`'s inputs and options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DecodeArgs {
+    #[command(flatten)]
+    pub files: FilesArgs,
+    /// The prior of arithmetic-coded files [default: the bundled prior]
+    #[arg(long)]
+    pub prior: Option<PathBuf>,
+    /// Decode only the first L levels of a residual code file (a coarser image at a lower
+    /// rate) [default: all the file holds]
+    #[arg(long)]
+    pub levels: Option<usize>,
+}
+
+/// A prior that decodes files, with its portable forward pass when it has one.
+struct OpenPrior {
+    prior: vq_prior::PriorCheckpoint,
+    portable: Option<PortableTransformer>,
+}
+
+/// `vq-cli decode`: write each `.vqz` file's image as `NAME.decoded.png`.
+pub fn run(session: &Session, args: &DecodeArgs) -> Result<FilesReport> {
+    let ckpt = session.open()?;
+    if args.levels == Some(0) {
+        bail!("--levels must be at least 1");
+    }
+    // The priors opened so far, by the id the files name: many files coded with one prior
+    // open it once.
+    use std::collections::hash_map::{Entry, HashMap};
+    let mut priors: HashMap<Vec<u8>, OpenPrior> = HashMap::new();
+    each_input(session, &args.files, "decoded.png", |input, dest| {
+        if !input.is_file() {
+            bail!("{}: no such file", input.display());
+        }
+        let bytes = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
+        let mut file = CodeFile::from_bytes(&bytes)
+            .with_context(|| format!("{}: not a valid .vqz code file", input.display()))?;
+        if file.width.max(file.height) > crate::MAX_IMAGE_SIDE {
+            bail!(
+                "{}: a {}×{} image, larger than vq-cli reads or writes (at most {} pixels a side)",
+                input.display(),
+                file.width,
+                file.height,
+                crate::MAX_IMAGE_SIDE
+            );
+        }
+        crate::check_code_file(input, &file, &ckpt)?;
+        file.resolve_vocabulary(ckpt.config.code_space().vocabulary as u32);
+        if let Some(coding) = &file.entropy {
+            if let Entry::Vacant(vacant) = priors.entry(coding.prior_id.clone()) {
+                let prior = match args.prior.as_deref() {
+                    Some(path) => crate::prior::open_prior_on(Some(path), &ckpt, Device::Cpu),
+                    None => crate::prior::open_bundled_prior_coded_as(&ckpt, &coding.prior_id),
+                }
+                .with_context(|| format!("{}: arithmetic-coded with a prior", input.display()))?;
+                if !prior.model_id.starts_with(&coding.prior_id) {
+                    bail!(
+                        "{}: coded with prior {}, but {} is prior {}; decode it with the prior that encoded it (--prior)",
+                        input.display(),
+                        vq_store::hex(&coding.prior_id),
+                        prior.origin(),
+                        vq_store::hex(&prior.model_id[..coding.prior_id.len()])
+                    );
+                }
+                let portable = prior.model.portable();
+                vacant.insert(OpenPrior { prior, portable });
+            }
+            let open = &priors[&coding.prior_id];
+            let (width, height) = (file.grid_width as usize, file.grid_height as usize);
+            let grid = if file.version >= 3 {
+                let Some(portable) = &open.portable else {
+                    bail!(
+                        "{}: coded with prior {}, which is a PixelCNN: version-3 files are coded by transformer priors only",
+                        input.display(),
+                        open.prior.origin()
+                    );
+                };
+                vq_prior::entropy::decode_portable(portable, &coding.payload, width, height).0
+            } else {
+                vq_prior::entropy::decode(
+                    open.prior.model.as_ref(),
+                    &coding.payload,
+                    width,
+                    height,
+                    coding.class.map(i64::from),
+                )
+            };
+            file.codes = grid.codes;
+            file.validate().with_context(|| {
+                format!("{}: decoding the arithmetic-coded codes", input.display())
+            })?;
+        }
+        if let Some(levels) = args.levels {
+            if levels > file.depth() {
+                bail!(
+                    "{}: --levels {levels}, but the file holds {} level(s)",
+                    input.display(),
+                    file.depth()
+                );
+            }
+            file.truncate_levels(levels);
+        }
+        let grid = crate::CodeGrid {
+            width: file.grid_width,
+            height: file.grid_height,
+            depth: file.depth() as u32,
+            codes: file.codes.clone(),
+        };
+        let img = codec(&ckpt, session.device).decode(&grid, file.width, file.height);
+        write_file(dest, &codec::encode_png(&img, file.colour)?)?;
+        // A decoded file reports its files and size.
+        Ok(FileHead::new(input, dest, file.width, file.height))
+    })
+}
