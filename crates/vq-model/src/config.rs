@@ -3,12 +3,14 @@ use vq_data::PixelRange;
 use vq_store::ConfigFile;
 
 use crate::nets::{DecoderConfig, EncoderConfig, ResidualStackConfig, StagedDecoderConfig};
-use crate::quantizer::{CodeSpace, CodebookUpdate, GradientEstimator, QuantizerConfig, VqConfig};
+use crate::quantizer::{
+    CodeSpace, CodebookConfig, CodebookUpdate, GradientEstimator, QuantizerConfig, VqConfig,
+};
 
 /// What the reconstruction term of the loss measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
-#[value(rename_all = "snake_case")]
+#[value(rename_all = "kebab-case")]
 pub enum ReconstructionLoss {
     /// Mean squared error over the whole batch.
     #[default]
@@ -19,6 +21,7 @@ pub enum ReconstructionLoss {
     /// weight. A plain MSE spends the model on the hardest (most textured) images, whose errors
     /// dominate the sum; mean PSNR counts a halved error the same on every image. Measured no
     /// better on CIFAR-10 (docs/experiments.md).
+    #[value(alias = "per_image_log")]
     PerImageLog,
 }
 
@@ -240,13 +243,13 @@ impl Default for LegacyVqVaeConfig {
             residual_hidden_channels: m.residual.hidden_channels,
             residual_layers: m.residual.layers,
             downsample: m.downsample,
-            codebook_size: q.codebook_size,
+            codebook_size: q.codebook.codebook_size,
             code_dim: q.code_dim,
-            commitment_cost: q.commitment_cost,
-            codebook_update: q.update,
+            commitment_cost: q.codebook.commitment_cost,
+            codebook_update: q.codebook.update,
             gradient: q.gradient,
             reconstruction_loss: m.reconstruction_loss,
-            dead_code_steps: q.dead_code_steps,
+            dead_code_steps: q.codebook.dead_code_steps,
             input_range: m.input_range,
             compute: m.compute,
         }
@@ -264,12 +267,14 @@ impl From<LegacyVqVaeConfig> for VqVaeConfig {
             },
             downsample: c.downsample,
             quantizer: QuantizerConfig::Vq(VqConfig {
-                codebook_size: c.codebook_size,
+                codebook: CodebookConfig {
+                    codebook_size: c.codebook_size,
+                    commitment_cost: c.commitment_cost,
+                    update: c.codebook_update,
+                    dead_code_steps: c.dead_code_steps,
+                },
                 code_dim: c.code_dim,
-                commitment_cost: c.commitment_cost,
-                update: c.codebook_update,
                 gradient: c.gradient,
-                dead_code_steps: c.dead_code_steps,
             }),
             reconstruction_loss: c.reconstruction_loss,
             input_range: c.input_range,

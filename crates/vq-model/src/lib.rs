@@ -29,8 +29,9 @@ pub use nets::{
 };
 pub use picture::{save_grid, save_png, upscale, VIEW_SCALE};
 pub use quantizer::{
-    CodeSpace, CodebookUpdate, CosineConfig, FsqConfig, GradientEstimator, LevelUsage, Quantized,
-    Quantizer, QuantizerConfig, ResidualConfig, VectorQuantizer, VqConfig,
+    CodeSpace, CodebookConfig, CodebookUpdate, CosineConfig, FsqConfig, GradientEstimator,
+    LevelUsage, Quantized, Quantizer, QuantizerArgs, QuantizerChoice, QuantizerConfig,
+    QuantizerKind, ResidualConfig, VectorQuantizer, VqConfig,
 };
 pub use search::{CodeRate, CodeSearch, RateDistortion};
 pub use vq_store::StoreError;

@@ -173,10 +173,13 @@ mod tests {
             },
             downsample,
             quantizer: QuantizerConfig::Vq(VqConfig {
-                codebook_size: 16,
+                codebook: crate::quantizer::CodebookConfig {
+                    codebook_size: 16,
+                    update,
+                    dead_code_steps: 0,
+                    ..Default::default()
+                },
                 code_dim: 4,
-                update,
-                dead_code_steps: 0,
                 ..VqConfig::default()
             }),
             compute: ComputeKind::F32,
@@ -444,14 +447,16 @@ mod tests {
         let vs = nn::VarStore::new(crate::test_device());
         let cfg = VqVaeConfig {
             quantizer: QuantizerConfig::Residual(crate::quantizer::ResidualConfig {
+                codebook: crate::quantizer::CodebookConfig {
+                    codebook_size: 16,
+                    dead_code_steps: 0,
+                    ..Default::default()
+                },
                 depth: 3,
-                codebook_size: 16,
                 code_dim: 4,
-                dead_code_steps: 0,
                 // Without dropout every step trains all three levels, so each has something to
                 // add. (Dropout decoding at every depth: the quantizer's own tests.)
                 dropout: false,
-                ..Default::default()
             }),
             ..tiny(CodebookUpdate::default(), 4)
         };
@@ -585,7 +590,7 @@ mod tests {
             ..cfg.clone()
         };
         let mut wider = cfg.clone();
-        wider.vq_mut().unwrap().codebook_size = 32;
+        wider.vq_mut().unwrap().codebook.codebook_size = 32;
         let vs = nn::VarStore::new(crate::test_device());
         VqVae::new(vs.root(), &deeper);
         vq_store::weights::save(&vs, &path).unwrap();

@@ -332,9 +332,12 @@ mod tests {
 
     fn vq() -> VqConfig {
         VqConfig {
-            codebook_size: 16,
+            codebook: crate::quantizer::CodebookConfig {
+                codebook_size: 16,
+                dead_code_steps: 0,
+                ..Default::default()
+            },
             code_dim: 4,
-            dead_code_steps: 0,
             ..VqConfig::default()
         }
     }
@@ -383,17 +386,22 @@ mod tests {
         for quantizer in [
             QuantizerConfig::Vq(vq()),
             QuantizerConfig::Cosine(CosineConfig {
-                codebook_size: 16,
+                codebook: crate::quantizer::CodebookConfig {
+                    codebook_size: 16,
+                    dead_code_steps: 0,
+                    ..Default::default()
+                },
                 code_dim: 3,
                 latent_dim: 4,
-                dead_code_steps: 0,
-                ..CosineConfig::default()
             }),
             QuantizerConfig::Residual(ResidualConfig {
+                codebook: crate::quantizer::CodebookConfig {
+                    codebook_size: 16,
+                    dead_code_steps: 0,
+                    ..Default::default()
+                },
                 depth: 2,
-                codebook_size: 16,
                 code_dim: 4,
-                dead_code_steps: 0,
                 ..ResidualConfig::default()
             }),
         ] {

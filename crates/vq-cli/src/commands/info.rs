@@ -27,37 +27,19 @@ impl fmt::Display for InfoReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.config;
         let space = c.code_space();
-        let quantizer = match &c.quantizer {
-            vq_model::QuantizerConfig::Vq(q) => format!(
-                "vector quantizer, K = {} codes of dimension {} ({} bits a code; a 32×32 image is {}×{} codes)",
-                q.codebook_size,
-                q.code_dim,
-                space.bits_per_code(),
-                32 / c.downsample,
-                32 / c.downsample
-            ),
-            vq_model::QuantizerConfig::Cosine(q) => format!(
-                "cosine quantizer, K = {} unit codes of dimension {} (projected from {}; {} bits a code)",
-                q.codebook_size,
-                q.code_dim,
-                q.latent_dim,
-                space.bits_per_code()
-            ),
-            vq_model::QuantizerConfig::Fsq(q) => format!(
-                "finite scalar quantizer, levels {:?}: {} codes ({} bits a code)",
-                q.levels,
-                space.vocabulary,
-                space.bits_per_code()
-            ),
-            vq_model::QuantizerConfig::Residual(q) => format!(
-                "residual vector quantizer, {} levels of K = {} codes of dimension {} ({} bits a position at full depth){}",
-                q.depth,
-                q.codebook_size,
-                q.code_dim,
-                q.depth * i64::from(space.bits_per_code()),
-                if q.dropout { ", trained with quantizer dropout" } else { "" }
-            ),
-        };
+        let quantizer = format!(
+            "{} ({} bits a code{})",
+            c.quantizer.describe(),
+            space.bits_per_code(),
+            if space.depth > 1 {
+                format!(
+                    ", {} a position at full depth",
+                    space.depth * i64::from(space.bits_per_code())
+                )
+            } else {
+                format!("; a 32×32 image is {0}×{0} codes", 32 / c.downsample)
+            }
+        );
         let mut decoder = match &c.decoder {
             None => "the encoder's mirror".to_string(),
             Some(d) => format!(

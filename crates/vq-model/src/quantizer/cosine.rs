@@ -9,7 +9,7 @@ use vq_kmeans::KMeansConfig;
 
 use super::vq::l2_normalize;
 use super::{
-    CodeSpace, CodebookUpdate, InitReport, Quantized, Quantizer, VectorQuantizer, VqConfig,
+    CodeSpace, CodebookConfig, InitReport, Quantized, Quantizer, VectorQuantizer, VqConfig,
 };
 use crate::ModelError;
 
@@ -17,29 +17,21 @@ use crate::ModelError;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CosineConfig {
-    /// K: number of codes.
-    pub codebook_size: i64,
+    /// The codebook (its β weighs the commitment between unit vectors).
+    #[serde(flatten)]
+    pub codebook: CodebookConfig,
     /// Dimension of the codes (after the projection): small, e.g. 8, 16 or 32.
     pub code_dim: i64,
     /// Channels of the encoder output (and of the decoder input).
     pub latent_dim: i64,
-    /// β: weight of the commitment loss (between unit vectors).
-    pub commitment_cost: f64,
-    pub update: CodebookUpdate,
-    /// Codes unused for this many training steps are re-seeded (0 disables the restart).
-    pub dead_code_steps: usize,
 }
 
 impl Default for CosineConfig {
     fn default() -> Self {
-        let vq = VqConfig::default();
         CosineConfig {
-            codebook_size: vq.codebook_size,
+            codebook: CodebookConfig::default(),
             code_dim: 16,
-            latent_dim: vq.code_dim,
-            commitment_cost: vq.commitment_cost,
-            update: vq.update,
-            dead_code_steps: vq.dead_code_steps,
+            latent_dim: VqConfig::default().code_dim,
         }
     }
 }
@@ -47,14 +39,7 @@ impl Default for CosineConfig {
 impl CosineConfig {
     /// The codebook's own settings (over the projected, normalised vectors).
     fn codebook(&self) -> VqConfig {
-        VqConfig {
-            codebook_size: self.codebook_size,
-            code_dim: self.code_dim,
-            commitment_cost: self.commitment_cost,
-            update: self.update,
-            dead_code_steps: self.dead_code_steps,
-            ..VqConfig::default()
-        }
+        VqConfig::of(&self.codebook, self.code_dim)
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -71,7 +56,39 @@ impl CosineConfig {
                 self.code_dim
             ));
         }
-        self.codebook().validate()
+        self.codebook.validate(self.code_dim)
+    }
+}
+
+impl super::QuantizerKind for CosineConfig {
+    fn latent_dim(&self) -> i64 {
+        self.latent_dim
+    }
+
+    fn code_space(&self) -> CodeSpace {
+        CodeSpace {
+            depth: 1,
+            vocabulary: self.codebook.codebook_size,
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        CosineConfig::validate(self)
+    }
+
+    fn build(&self, vs: nn::Path<'_>) -> Box<dyn Quantizer> {
+        Box::new(CosineQuantizer::new(vs, self))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "cosine quantizer, K = {} unit codes of dimension {} (projected from {})",
+            self.codebook.codebook_size, self.code_dim, self.latent_dim
+        )
+    }
+
+    fn codebook_mut(&mut self) -> Option<(&mut CodebookConfig, &mut i64)> {
+        Some((&mut self.codebook, &mut self.code_dim))
     }
 }
 
@@ -167,11 +184,13 @@ mod tests {
         let q = CosineQuantizer::new(
             vs.root(),
             &CosineConfig {
-                codebook_size: 32,
+                codebook: CodebookConfig {
+                    codebook_size: 32,
+                    dead_code_steps: 0,
+                    ..Default::default()
+                },
                 code_dim: 4,
                 latent_dim: 6,
-                dead_code_steps: 0,
-                ..CosineConfig::default()
             },
         );
         (vs, q)

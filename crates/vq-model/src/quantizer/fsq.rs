@@ -54,6 +54,36 @@ impl FsqConfig {
 }
 
 /// The quantizer. It has no variables.
+impl super::QuantizerKind for FsqConfig {
+    /// One latent channel per level count: no projection needed.
+    fn latent_dim(&self) -> i64 {
+        self.levels.len() as i64
+    }
+
+    fn code_space(&self) -> CodeSpace {
+        CodeSpace {
+            depth: 1,
+            vocabulary: self.vocabulary(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        FsqConfig::validate(self)
+    }
+
+    fn build(&self, vs: nn::Path<'_>) -> Box<dyn Quantizer> {
+        Box::new(FiniteScalarQuantizer::new(vs, self))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "finite scalar quantizer, levels {:?}: {} codes",
+            self.levels,
+            self.vocabulary()
+        )
+    }
+}
+
 #[derive(Debug)]
 pub struct FiniteScalarQuantizer {
     levels: Vec<i64>,

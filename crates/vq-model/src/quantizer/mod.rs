@@ -15,7 +15,10 @@ use vq_kmeans::KMeansConfig;
 pub use cosine::{CosineConfig, CosineQuantizer};
 pub use fsq::{FiniteScalarQuantizer, FsqConfig};
 pub use residual::{ResidualConfig, ResidualQuantizer, MAX_DEPTH};
-pub use vq::{CodebookUpdate, GradientEstimator, VectorQuantizer, VqConfig};
+pub use vq::{CodebookConfig, CodebookUpdate, GradientEstimator, VectorQuantizer, VqConfig};
+
+mod args;
+pub use args::{QuantizerArgs, QuantizerChoice};
 
 use crate::ModelError;
 
@@ -35,30 +38,68 @@ impl CodeSpace {
     }
 }
 
-/// Which quantizer, with its settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum QuantizerConfig {
-    /// One codebook, nearest code by Euclidean distance (van den Oord et al., 2017).
-    Vq(VqConfig),
-    /// Low-dimensional, unit-length codes matched by cosine similarity (Yu et al., 2022).
-    Cosine(CosineConfig),
-    /// Finite scalar quantization (Mentzer et al., 2023): no codebook.
-    Fsq(FsqConfig),
-    /// L codebooks in sequence on the residual (SoundStream, EnCodec).
-    Residual(ResidualConfig),
+/// What a kind of quantizer says of itself, from its settings alone. Each kind implements it
+/// in its own file; [`QuantizerConfig`] dispatches to it.
+pub trait QuantizerKind {
+    /// Channels of the encoder output the quantizer takes (and of the decoder input it gives).
+    fn latent_dim(&self) -> i64;
+    fn code_space(&self) -> CodeSpace;
+    fn validate(&self) -> Result<(), String>;
+    /// Builds the quantizer under `vs`.
+    fn build(&self, vs: nn::Path<'_>) -> Box<dyn Quantizer>;
+    /// One line for people: the kind and its shape (`vq-cli info`).
+    fn describe(&self) -> String;
+    /// The codebook settings and the code dimension, for a kind that has a codebook.
+    fn codebook_mut(&mut self) -> Option<(&mut CodebookConfig, &mut i64)> {
+        None
+    }
 }
 
-impl QuantizerConfig {
-    /// Its `"kind"` in `config.json`.
-    pub fn kind_name(&self) -> &'static str {
-        match self {
-            QuantizerConfig::Vq(_) => "vq",
-            QuantizerConfig::Cosine(_) => "cosine",
-            QuantizerConfig::Fsq(_) => "fsq",
-            QuantizerConfig::Residual(_) => "residual",
+/// Declares [`QuantizerConfig`], one variant per kind, and its dispatch to [`QuantizerKind`]:
+/// a new kind is its own file plus one line here.
+macro_rules! quantizer_kinds {
+    ($($(#[$doc:meta])* $variant:ident($config:ty) = $name:literal,)*) => {
+        /// Which quantizer, with its settings.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "kind", rename_all = "snake_case")]
+        pub enum QuantizerConfig {
+            $($(#[$doc])* $variant($config),)*
         }
-    }
+
+        impl QuantizerConfig {
+            /// Its `"kind"` in `config.json`.
+            pub fn kind_name(&self) -> &'static str {
+                match self {
+                    $(QuantizerConfig::$variant(_) => $name,)*
+                }
+            }
+
+            /// Its settings, as what every kind says of itself.
+            pub fn kind(&self) -> &dyn QuantizerKind {
+                match self {
+                    $(QuantizerConfig::$variant(c) => c,)*
+                }
+            }
+
+            /// [`Self::kind`], to change.
+            pub fn kind_mut(&mut self) -> &mut dyn QuantizerKind {
+                match self {
+                    $(QuantizerConfig::$variant(c) => c,)*
+                }
+            }
+        }
+    };
+}
+
+quantizer_kinds! {
+    /// One codebook, nearest code by Euclidean distance (van den Oord et al., 2017).
+    Vq(VqConfig) = "vq",
+    /// Low-dimensional, unit-length codes matched by cosine similarity (Yu et al., 2022).
+    Cosine(CosineConfig) = "cosine",
+    /// Finite scalar quantization (Mentzer et al., 2023): no codebook.
+    Fsq(FsqConfig) = "fsq",
+    /// L codebooks in sequence on the residual (SoundStream, EnCodec).
+    Residual(ResidualConfig) = "residual",
 }
 
 impl Default for QuantizerConfig {
@@ -70,53 +111,25 @@ impl Default for QuantizerConfig {
 impl QuantizerConfig {
     /// Channels of the encoder output the quantizer takes (and of the decoder input it gives).
     pub fn latent_dim(&self) -> i64 {
-        match self {
-            QuantizerConfig::Vq(c) => c.code_dim,
-            QuantizerConfig::Cosine(c) => c.latent_dim,
-            QuantizerConfig::Residual(c) => c.code_dim,
-            // One latent channel per level count: no projection needed.
-            QuantizerConfig::Fsq(c) => c.levels.len() as i64,
-        }
+        self.kind().latent_dim()
     }
 
     pub fn code_space(&self) -> CodeSpace {
-        match self {
-            QuantizerConfig::Vq(c) => CodeSpace {
-                depth: 1,
-                vocabulary: c.codebook_size,
-            },
-            QuantizerConfig::Cosine(c) => CodeSpace {
-                depth: 1,
-                vocabulary: c.codebook_size,
-            },
-            QuantizerConfig::Fsq(c) => CodeSpace {
-                depth: 1,
-                vocabulary: c.vocabulary(),
-            },
-            QuantizerConfig::Residual(c) => CodeSpace {
-                depth: c.depth,
-                vocabulary: c.codebook_size,
-            },
-        }
+        self.kind().code_space()
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        match self {
-            QuantizerConfig::Vq(c) => c.validate(),
-            QuantizerConfig::Cosine(c) => c.validate(),
-            QuantizerConfig::Fsq(c) => c.validate(),
-            QuantizerConfig::Residual(c) => c.validate(),
-        }
+        self.kind().validate()
     }
 
     /// Builds the quantizer under `vs`.
     pub fn build(&self, vs: nn::Path<'_>) -> Box<dyn Quantizer> {
-        match self {
-            QuantizerConfig::Vq(c) => Box::new(VectorQuantizer::new(vs, c)),
-            QuantizerConfig::Cosine(c) => Box::new(CosineQuantizer::new(vs, c)),
-            QuantizerConfig::Fsq(c) => Box::new(FiniteScalarQuantizer::new(vs, c)),
-            QuantizerConfig::Residual(c) => Box::new(ResidualQuantizer::new(vs, c)),
-        }
+        self.kind().build(vs)
+    }
+
+    /// One line for people: the kind and its shape.
+    pub fn describe(&self) -> String {
+        self.kind().describe()
     }
 }
 

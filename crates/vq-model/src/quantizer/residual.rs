@@ -9,7 +9,7 @@ use tch::{nn, Kind, Tensor};
 use vq_kmeans::KMeansConfig;
 
 use super::{
-    CodeSpace, CodebookUpdate, InitReport, Quantized, Quantizer, VectorQuantizer, VqConfig,
+    CodeSpace, CodebookConfig, InitReport, Quantized, Quantizer, VectorQuantizer, VqConfig,
 };
 use crate::ModelError;
 
@@ -19,15 +19,11 @@ use crate::ModelError;
 pub struct ResidualConfig {
     /// L: number of codebooks in sequence.
     pub depth: i64,
-    /// K of every level.
-    pub codebook_size: i64,
+    /// The codebook of every level.
+    #[serde(flatten)]
+    pub codebook: CodebookConfig,
     /// D: dimension of the codes (and of the encoder output).
     pub code_dim: i64,
-    pub commitment_cost: f64,
-    pub update: CodebookUpdate,
-    /// Codes of a level unused for this many of its training steps are re-seeded from that
-    /// level's residuals (0 disables the restart).
-    pub dead_code_steps: usize,
     /// Quantizer dropout: each training step quantizes with the first `n` levels only, `n`
     /// drawn uniformly from 1..=L.
     pub dropout: bool,
@@ -35,14 +31,10 @@ pub struct ResidualConfig {
 
 impl Default for ResidualConfig {
     fn default() -> Self {
-        let vq = VqConfig::default();
         ResidualConfig {
             depth: 4,
-            codebook_size: vq.codebook_size,
-            code_dim: vq.code_dim,
-            commitment_cost: vq.commitment_cost,
-            update: vq.update,
-            dead_code_steps: vq.dead_code_steps,
+            codebook: CodebookConfig::default(),
+            code_dim: VqConfig::default().code_dim,
             dropout: false,
         }
     }
@@ -53,14 +45,7 @@ pub const MAX_DEPTH: i64 = 64;
 
 impl ResidualConfig {
     fn level(&self) -> VqConfig {
-        VqConfig {
-            codebook_size: self.codebook_size,
-            code_dim: self.code_dim,
-            commitment_cost: self.commitment_cost,
-            update: self.update,
-            dead_code_steps: self.dead_code_steps,
-            ..VqConfig::default()
-        }
+        VqConfig::of(&self.codebook, self.code_dim)
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -70,7 +55,46 @@ impl ResidualConfig {
                 self.depth
             ));
         }
-        self.level().validate()
+        self.codebook.validate(self.code_dim)
+    }
+}
+
+impl super::QuantizerKind for ResidualConfig {
+    fn latent_dim(&self) -> i64 {
+        self.code_dim
+    }
+
+    fn code_space(&self) -> CodeSpace {
+        CodeSpace {
+            depth: self.depth,
+            vocabulary: self.codebook.codebook_size,
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        ResidualConfig::validate(self)
+    }
+
+    fn build(&self, vs: nn::Path<'_>) -> Box<dyn Quantizer> {
+        Box::new(ResidualQuantizer::new(vs, self))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "residual vector quantizer, {} levels of K = {} codes of dimension {}{}",
+            self.depth,
+            self.codebook.codebook_size,
+            self.code_dim,
+            if self.dropout {
+                ", trained with quantizer dropout"
+            } else {
+                ""
+            }
+        )
+    }
+
+    fn codebook_mut(&mut self) -> Option<(&mut CodebookConfig, &mut i64)> {
+        Some((&mut self.codebook, &mut self.code_dim))
     }
 }
 
@@ -250,12 +274,14 @@ mod tests {
         let q = ResidualQuantizer::new(
             vs.root(),
             &ResidualConfig {
+                codebook: CodebookConfig {
+                    codebook_size: 16,
+                    dead_code_steps: 0,
+                    ..Default::default()
+                },
                 depth,
-                codebook_size: 16,
                 code_dim: 4,
-                dead_code_steps: 0,
                 dropout,
-                ..ResidualConfig::default()
             },
         );
         (vs, q)

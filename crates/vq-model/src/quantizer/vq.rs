@@ -36,10 +36,11 @@ impl Default for CodebookUpdate {
 /// encoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
-#[value(rename_all = "snake_case")]
+#[value(rename_all = "kebab-case")]
 pub enum GradientEstimator {
     /// `z + sg[e − z]`: the decoder's gradient is copied to the encoder unchanged.
     #[default]
+    #[value(alias = "straight_through")]
     StraightThrough,
     /// The rotation trick (Fifty et al., 2024): `e` is produced as a fixed rotation and scaling
     /// of `z`, so the gradient reaching the encoder is rotated the same way. It carries how far
@@ -49,43 +50,39 @@ pub enum GradientEstimator {
     Rotation,
 }
 
-/// Settings of the vector quantizer (`"kind": "vq"`).
+/// The settings every kind with a codebook shares (vq, cosine, residual; the codebook of each
+/// level of a residual quantizer). They sit beside the kind's own fields in `config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct VqConfig {
+#[serde(default)]
+pub struct CodebookConfig {
     /// K: number of codes.
     pub codebook_size: i64,
-    /// D: dimension of each code (and of the encoder output).
-    pub code_dim: i64,
     /// β: weight of the commitment loss.
     pub commitment_cost: f64,
     pub update: CodebookUpdate,
-    /// How the encoder gets gradients through the code lookup.
-    pub gradient: GradientEstimator,
     /// Codes unused for this many training steps are re-seeded from recent encoder outputs
     /// (0 disables the restart).
     pub dead_code_steps: usize,
 }
 
-impl Default for VqConfig {
+impl Default for CodebookConfig {
     fn default() -> Self {
-        VqConfig {
+        CodebookConfig {
             codebook_size: 512,
-            code_dim: 64,
             commitment_cost: 0.25,
             update: CodebookUpdate::default(),
-            gradient: GradientEstimator::default(),
             dead_code_steps: 50,
         }
     }
 }
 
-impl VqConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        if self.codebook_size < 2 || self.code_dim < 1 {
+impl CodebookConfig {
+    /// Checks the codebook of vectors of dimension `code_dim`.
+    pub fn validate(&self, code_dim: i64) -> Result<(), String> {
+        if self.codebook_size < 2 || code_dim < 1 {
             return Err(format!(
-                "codebook_size must be at least 2 and code_dim at least 1 (got {} and {})",
-                self.codebook_size, self.code_dim
+                "codebook_size must be at least 2 and code_dim at least 1 (got {} and {code_dim})",
+                self.codebook_size
             ));
         }
         if self.codebook_size > i64::from(vq_codes::MAX_CODEBOOK) {
@@ -109,6 +106,71 @@ impl VqConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// Settings of the vector quantizer (`"kind": "vq"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VqConfig {
+    #[serde(flatten)]
+    pub codebook: CodebookConfig,
+    /// D: dimension of each code (and of the encoder output).
+    pub code_dim: i64,
+    /// How the encoder gets gradients through the code lookup.
+    pub gradient: GradientEstimator,
+}
+
+impl Default for VqConfig {
+    fn default() -> Self {
+        VqConfig {
+            codebook: CodebookConfig::default(),
+            code_dim: 64,
+            gradient: GradientEstimator::default(),
+        }
+    }
+}
+
+impl VqConfig {
+    /// The settings of a plain codebook of `code_dim`-dimensional vectors.
+    pub fn of(codebook: &CodebookConfig, code_dim: i64) -> Self {
+        VqConfig {
+            codebook: codebook.clone(),
+            code_dim,
+            gradient: GradientEstimator::default(),
+        }
+    }
+}
+
+impl super::QuantizerKind for VqConfig {
+    fn latent_dim(&self) -> i64 {
+        self.code_dim
+    }
+
+    fn code_space(&self) -> CodeSpace {
+        CodeSpace {
+            depth: 1,
+            vocabulary: self.codebook.codebook_size,
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.codebook.validate(self.code_dim)
+    }
+
+    fn build(&self, vs: nn::Path<'_>) -> Box<dyn Quantizer> {
+        Box::new(VectorQuantizer::new(vs, self))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "vector quantizer, K = {} codes of dimension {}",
+            self.codebook.codebook_size, self.code_dim
+        )
+    }
+
+    fn codebook_mut(&mut self) -> Option<(&mut CodebookConfig, &mut i64)> {
+        Some((&mut self.codebook, &mut self.code_dim))
     }
 }
 
@@ -158,7 +220,7 @@ fn rotate_onto(z: &Tensor, e: &Tensor) -> Tensor {
 impl VectorQuantizer {
     /// The variables are `codebook`, `ema_count`, `ema_sum` and `last_used` under `vs`.
     pub fn new(vs: nn::Path<'_>, config: &VqConfig) -> Self {
-        let (k, d) = (config.codebook_size, config.code_dim);
+        let (k, d) = (config.codebook.codebook_size, config.code_dim);
         let bound = 1.0 / k as f64;
         let mut codebook = vs.var(
             "codebook",
@@ -168,7 +230,7 @@ impl VectorQuantizer {
                 up: bound,
             },
         );
-        if matches!(config.update, CodebookUpdate::Ema { .. }) {
+        if matches!(config.codebook.update, CodebookUpdate::Ema { .. }) {
             codebook = codebook.set_requires_grad(false);
         }
         let ema_count = vs.ones_no_train("ema_count", &[k]);
@@ -261,7 +323,7 @@ impl VectorQuantizer {
         step: i64,
     ) -> i64 {
         let _guard = tch::no_grad_guard();
-        if let CodebookUpdate::Ema { decay, epsilon } = self.config.update {
+        if let CodebookUpdate::Ema { decay, epsilon } = self.config.codebook.update {
             let k = self.codebook_size();
             let sums =
                 Tensor::zeros_like(&self.ema_sum).index_add(0, codes, &inputs.to_kind(Kind::Float));
@@ -282,11 +344,11 @@ impl VectorQuantizer {
         let now = Tensor::full_like(&self.last_used, step as f64);
         self.last_used
             .copy_(&now.where_self(&used, &self.last_used));
-        if self.config.dead_code_steps == 0 {
+        if self.config.codebook.dead_code_steps == 0 {
             return 0;
         }
         let dead = (&now - &self.last_used)
-            .ge(self.config.dead_code_steps as f64)
+            .ge(self.config.codebook.dead_code_steps as f64)
             .nonzero()
             .flatten(0, -1);
         let n_dead = dead.size()[0];
@@ -327,8 +389,8 @@ impl Quantizer for VectorQuantizer {
             .view([b, h, w, d])
             .permute([0, 3, 1, 2]);
         let commitment_loss =
-            z.mse_loss(&quantized.detach(), Reduction::Mean) * self.config.commitment_cost;
-        let aux_loss = match self.config.update {
+            z.mse_loss(&quantized.detach(), Reduction::Mean) * self.config.codebook.commitment_cost;
+        let aux_loss = match self.config.codebook.update {
             CodebookUpdate::Loss => {
                 commitment_loss + quantized.mse_loss(&z.detach(), Reduction::Mean)
             }
@@ -444,10 +506,13 @@ mod tests {
 
     fn vq(update: CodebookUpdate) -> VqConfig {
         VqConfig {
-            codebook_size: 16,
+            codebook: CodebookConfig {
+                codebook_size: 16,
+                update,
+                dead_code_steps: 0,
+                ..Default::default()
+            },
             code_dim: 4,
-            update,
-            dead_code_steps: 0,
             ..VqConfig::default()
         }
     }
@@ -540,10 +605,8 @@ mod tests {
     fn dead_codes_restart_from_encoder_outputs() {
         let _rng = crate::seeded(4);
         let vs = nn::VarStore::new(crate::test_device());
-        let cfg = VqConfig {
-            dead_code_steps: 3,
-            ..vq(CodebookUpdate::default())
-        };
+        let mut cfg = vq(CodebookUpdate::default());
+        cfg.codebook.dead_code_steps = 3;
         let mut q = VectorQuantizer::new(vs.root(), &cfg);
         // All inputs equal: one code wins, the others stay unused.
         let z = Tensor::ones([1, 4, 8, 8], (Kind::Float, crate::test_device())) * 0.3;
