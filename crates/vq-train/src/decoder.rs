@@ -29,7 +29,7 @@ use crate::adam::Adam;
 use crate::codes::{train_codes, TrainCodes};
 use crate::config::{run_config, DataConfig, Runtime, Schedule};
 use crate::runner::RunState;
-use crate::task::{Curve, Metric, Panel, StepReport, Task};
+use crate::task::{Metric, StepReport, Task};
 use crate::vqvae::{load_split, reconstruction_fid, save_reconstructions};
 
 pub const DISCRIMINATOR_FILE: &str = "discriminator.safetensors";
@@ -310,6 +310,7 @@ impl Task for DecoderTask {
     type Config = DecoderTrainConfig;
     type Eval = DecoderEvaluation;
     const ITEMS: &'static str = "images";
+    const KIND: crate::view::RunKind = crate::view::RunKind::Decoder;
 
     fn build(
         config: &DecoderTrainConfig,
@@ -537,17 +538,6 @@ impl Task for DecoderTask {
         line.insert("psnr".into(), (-10.0 * mse.max(1e-10).log10()).into());
     }
 
-    fn progress_message(&self, line: &serde_json::Map<String, serde_json::Value>) -> String {
-        let get = |k: &str| line.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
-        format!(
-            "loss {:.4} psnr {:.2} dB D {:.3} adv {:.3}",
-            get("loss"),
-            get("psnr"),
-            get("disc_loss"),
-            get("adversarial")
-        )
-    }
-
     fn evaluate(
         &mut self,
         run: &RunDir,
@@ -619,28 +609,5 @@ impl Task for DecoderTask {
             self.device,
         )
         .map(Some)
-    }
-
-    fn panels() -> Vec<Panel> {
-        vec![
-            Panel {
-                title: "decoder loss",
-                log_y: true,
-                curves: vec![Curve::train("loss", "loss")],
-            },
-            Panel {
-                title: "PSNR (dB)",
-                log_y: false,
-                curves: vec![Curve::train("train", "psnr"), Curve::eval("test", "psnr")],
-            },
-            Panel {
-                title: "adversarial",
-                log_y: false,
-                curves: vec![
-                    Curve::train("discriminator hinge", "disc_loss"),
-                    Curve::train("decoder −D(fake)", "adversarial"),
-                ],
-            },
-        ]
     }
 }

@@ -11,6 +11,7 @@ pub mod decoder;
 pub mod prior;
 pub mod runner;
 pub mod task;
+pub mod view;
 mod vqvae;
 
 pub use adam::Adam;
@@ -21,5 +22,6 @@ pub use decoder::{DecoderEvaluation, DecoderTask, DecoderTrainConfig};
 pub use prior::{PriorEvaluation, PriorTask, PriorTrainConfig};
 pub use runner::{resume, train, RunState, RunSummary};
 pub use task::Task;
+pub use view::RunKind;
 pub use vq_model::{evaluate, to_unit, Evaluation};
 pub use vqvae::{synthetic_split, train_step, VqVaeTask};

@@ -1,214 +1,198 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use clap::Parser;
-use vq_model::DeviceChoice;
+use clap::{CommandFactory, FromArgMatches};
+use serde::{Serialize, Serializer};
+use serde_json::Value;
+use vq_model::{ComputeKind, DeviceChoice, QuantizerArgs};
 use vq_prior::PriorArch;
 use vq_train::decoder::PixelLoss;
 use vq_train::{
-    resume, train, DecoderTask, DecoderTrainConfig, PriorTask, PriorTrainConfig, RunConfig,
-    RunSummary, Task, TrainConfig, VqVaeTask,
+    DecoderTask, DecoderTrainConfig, PriorTask, PriorTrainConfig, RunConfig, RunKind, Task,
+    TrainConfig, VqVaeTask,
 };
 
 /// Train a VQ-VAE. With no arguments: the default recipe on datasets/cifar-10-batches-bin, into
-/// runs/run-<time>/. `vq-train prior` trains a code prior.
-#[derive(Parser)]
-#[command(name = "vq-train", version, args_conflicts_with_subcommands = true)]
+/// runs/run-<time>/. `vq-train prior` trains a code prior, `vq-train decoder` a sharper decoder
+/// for a trained VQ-VAE's codes.
+///
+/// A setting comes from its flag, else the --config file, else the recipe's default:
+/// `--print-config` shows every setting a run would use, defaults included.
+#[derive(clap::Parser)]
+#[command(name = "vq-train", version)]
 struct Args {
+    #[command(flatten)]
+    output: OutputArgs,
     #[command(subcommand)]
     command: Option<Sub>,
     #[command(flatten)]
     run: RunArgs,
-    /// The quantizer (its other settings take their defaults unless set by the flags below).
-    #[arg(long, value_enum, conflicts_with = "resume")]
-    quantizer: Option<QuantizerKind>,
-    /// Codebook size K (vq, cosine, residual; every level of a residual quantizer).
-    #[arg(long, conflicts_with = "resume")]
-    codebook_size: Option<i64>,
-    /// Dimension of the codes: the projected dimension of cosine codes (e.g. 8, 16, 32).
-    #[arg(long, conflicts_with = "resume")]
-    code_dim: Option<i64>,
-    /// FSQ: values per latent channel, e.g. 8,8,8 (512 codes) or 8,5,5,5 (1,000).
-    #[arg(long, value_delimiter = ',', conflicts_with = "resume")]
-    fsq_levels: Option<Vec<i64>>,
-    /// Residual VQ: number of codebooks in sequence.
-    #[arg(long, conflicts_with = "resume")]
-    depth: Option<i64>,
-    /// Residual VQ: train each step on a random number of levels, so that the model decodes
-    /// at every depth.
-    #[arg(long, conflicts_with = "resume")]
-    quantizer_dropout: bool,
-    /// 4 (8×8 codes) or 2 (16×16 codes).
-    #[arg(long, conflicts_with = "resume")]
-    downsample: Option<i64>,
-    /// Number type of the convolutions (auto: bf16 where the CPU has AMX bf16 tiles).
-    #[arg(long, value_enum, conflicts_with = "resume")]
-    compute: Option<vq_model::ComputeKind>,
-    /// Gradient through the code lookup.
-    #[arg(long, value_enum, conflicts_with = "resume")]
-    gradient: Option<vq_model::GradientEstimator>,
-    /// Reconstruction loss.
-    #[arg(long, value_enum, conflicts_with = "resume")]
-    reconstruction_loss: Option<vq_model::ReconstructionLoss>,
-    /// Weight of the commitment loss β.
-    #[arg(long, conflicts_with = "resume")]
-    commitment_cost: Option<f64>,
-    /// Train images used for the quantizer's k-means initialisation (0: none).
+    #[command(flatten)]
+    quantizer: QuantizerArgs,
+    #[command(flatten)]
+    settings: VqVaeFlags,
+}
+
+/// How much the command prints, and how: accepted before or after the subcommand.
+#[derive(clap::Args)]
+struct OutputArgs {
+    /// Print the run's summary as one JSON object on standard output (an error as
+    /// `{"error": "..."}`) [default: text]
+    #[arg(long, global = true)]
+    json: bool,
+    /// Only errors: no progress bar, no log lines
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// More logging (-vv for debug) [default: info]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+/// Serializes `true` as itself and `false` as "not given", so that a switch left off keeps the
+/// config file's value.
+fn true_or_absent<S: Serializer>(value: &bool, s: S) -> Result<S::Ok, S::Error> {
+    value.then_some(true).serialize(s)
+}
+
+/// The VQ-VAE's own settings (the quantizer's are [`QuantizerArgs`]), laid over `"model"` and
+/// the run's config by name.
+#[derive(clap::Args, Serialize)]
+struct VqVaeFlags {
+    #[command(flatten)]
+    model: ModelFlags,
+    /// Train images used for the quantizer's k-means initialisation (0: none) [default: 4096]
     #[arg(long, conflicts_with = "resume")]
     kmeans_init_images: Option<usize>,
-    /// End with the FID of the reconstructions of the test split (minutes on a CPU).
+    /// End with the FID of the reconstructions of the test split (minutes on a CPU)
     #[arg(long, conflicts_with = "resume")]
+    #[serde(serialize_with = "true_or_absent")]
     fid: bool,
 }
 
-/// `--quantizer`: the kinds of `"quantizer": {"kind": ...}`.
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum QuantizerKind {
-    Vq,
-    Cosine,
-    Fsq,
-    Residual,
-}
-
-/// Applies the quantizer flags to `model`.
-fn set_quantizer(model: &mut vq_model::VqVaeConfig, args: &Args) -> Result<()> {
-    use vq_model::QuantizerConfig as Q;
-    if let Some(kind) = args.quantizer {
-        let latent = model.quantizer.latent_dim();
-        model.quantizer = match kind {
-            QuantizerKind::Vq => Q::Vq(Default::default()),
-            QuantizerKind::Cosine => Q::Cosine(vq_model::CosineConfig {
-                latent_dim: latent,
-                ..Default::default()
-            }),
-            QuantizerKind::Fsq => Q::Fsq(Default::default()),
-            QuantizerKind::Residual => Q::Residual(Default::default()),
-        };
-    }
-    let kind = |q: &Q| match q {
-        Q::Vq(_) => "vq",
-        Q::Cosine(_) => "cosine",
-        Q::Fsq(_) => "fsq",
-        Q::Residual(_) => "residual",
-    };
-    let wrong =
-        |flag: &str, q: &Q| anyhow::anyhow!("{flag} does not apply to the {} quantizer", kind(q));
-    if let Some(k) = args.codebook_size {
-        match &mut model.quantizer {
-            Q::Vq(c) => c.codebook_size = k,
-            Q::Cosine(c) => c.codebook_size = k,
-            Q::Residual(c) => c.codebook_size = k,
-            q => return Err(wrong("--codebook-size", q)),
-        }
-    }
-    if let Some(d) = args.code_dim {
-        match &mut model.quantizer {
-            Q::Vq(c) => c.code_dim = d,
-            Q::Cosine(c) => c.code_dim = d,
-            Q::Residual(c) => c.code_dim = d,
-            q => return Err(wrong("--code-dim", q)),
-        }
-    }
-    if let Some(levels) = &args.fsq_levels {
-        match &mut model.quantizer {
-            Q::Fsq(c) => c.levels = levels.clone(),
-            q => return Err(wrong("--fsq-levels", q)),
-        }
-    }
-    if args.depth.is_some() || args.quantizer_dropout {
-        match &mut model.quantizer {
-            Q::Residual(c) => {
-                c.depth = args.depth.unwrap_or(c.depth);
-                c.dropout |= args.quantizer_dropout;
-            }
-            q => return Err(wrong("--depth and --quantizer-dropout", q)),
-        }
-    }
-    if let Some(v) = args.commitment_cost {
-        match &mut model.quantizer {
-            Q::Vq(c) => c.commitment_cost = v,
-            Q::Cosine(c) => c.commitment_cost = v,
-            Q::Residual(c) => c.commitment_cost = v,
-            q => return Err(wrong("--commitment-cost", q)),
-        }
-    }
-    if let Some(v) = args.gradient {
-        model
-            .vq_mut()
-            .context("--gradient applies to the vector quantizer")?
-            .gradient = v;
-    }
-    model
-        .quantizer
-        .validate()
-        .map_err(|e| anyhow::anyhow!("quantizer settings: {e}"))
+#[derive(clap::Args, Serialize)]
+struct ModelFlags {
+    /// 4 (8×8 codes) or 2 (16×16 codes) [default: 4]
+    #[arg(long, conflicts_with = "resume")]
+    downsample: Option<i64>,
+    /// Number type of the convolutions (auto: bf16 where the CPU has AMX bf16 tiles)
+    /// [default: auto]
+    #[arg(long, value_enum, conflicts_with = "resume")]
+    compute: Option<ComputeKind>,
+    /// Reconstruction loss [default: mse]
+    #[arg(long, value_enum, conflicts_with = "resume")]
+    reconstruction_loss: Option<vq_model::ReconstructionLoss>,
 }
 
 /// Flags of every kind of run.
-#[derive(clap::Args)]
+#[derive(clap::Args, Serialize)]
 struct RunArgs {
     /// A JSON file with any of the run's settings (the rest take their defaults); flags
-    /// override it.
+    /// override it [default: none]
     #[arg(long)]
+    #[serde(skip)]
     config: Option<PathBuf>,
-    /// The run folder [default: runs/<kind>-<unix time>].
+    /// The run folder [default: runs/<kind>-<unix time>]
     #[arg(long)]
+    #[serde(skip)]
     run_dir: Option<PathBuf>,
     /// Continue the run in this folder from its last checkpoint, exactly, with the settings it
-    /// recorded: a flag that would change them (or the data, device or threads) is refused.
+    /// recorded: a flag that would change them (or the data, device or threads) is refused
     #[arg(long, conflicts_with_all = ["config", "run_dir"])]
+    #[serde(skip)]
     resume: Option<PathBuf>,
-    /// The dataset: a cifar-10-batches-bin folder (`cargo xtask download-cifar` fills it) or
-    /// an imported image set.
+    /// With --resume: train on to step N in all, a longer run than the one recorded (its
+    /// learning-rate schedule is stretched to the new end from the step it resumes at, so the
+    /// result differs from a run started with --steps N)
+    #[arg(long, value_name = "N", requires = "resume")]
+    #[serde(skip)]
+    extend_to: Option<usize>,
+    /// Print the settings the run would use (the config with every default and flag applied)
+    /// as JSON, and stop
     #[arg(long, conflicts_with = "resume")]
-    data: Option<PathBuf>,
+    #[serde(skip)]
+    print_config: bool,
+    #[command(flatten)]
+    data: DataFlags,
+    #[command(flatten)]
+    schedule: ScheduleFlags,
+    #[command(flatten)]
+    runtime: RuntimeFlags,
+}
+
+#[derive(clap::Args, Serialize)]
+struct DataFlags {
+    /// The dataset: a cifar-10-batches-bin folder (`cargo xtask download-cifar` fills it) or
+    /// an imported image set [default: datasets/cifar-10-batches-bin]
+    #[arg(long = "data", conflicts_with = "resume")]
+    path: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Serialize)]
+struct ScheduleFlags {
+    /// Training steps [default: the recipe's: --print-config shows it]
     #[arg(long, conflicts_with = "resume")]
     steps: Option<usize>,
+    /// Items (images, code grids) a step [default: the recipe's]
     #[arg(long, conflicts_with = "resume")]
     batch_size: Option<usize>,
+    /// Peak learning rate [default: the recipe's]
     #[arg(long, conflicts_with = "resume")]
     lr: Option<f64>,
+    /// Seeds the weights, the batches and every random draw [default: 0]
     #[arg(long, conflicts_with = "resume")]
     seed: Option<u64>,
-    #[arg(long, value_enum, conflicts_with = "resume")]
-    device: Option<DeviceChoice>,
-    /// LibTorch CPU threads.
-    #[arg(long, conflicts_with = "resume")]
-    threads: Option<i32>,
-    #[arg(long, conflicts_with = "resume")]
+    /// Evaluate every N steps and at the end [default: the recipe's]
+    #[arg(long, value_name = "N", conflicts_with = "resume")]
     eval_every: Option<usize>,
-    #[arg(long, conflicts_with = "resume")]
+    /// Checkpoint every N steps and at every evaluation [default: the recipe's]
+    #[arg(long, value_name = "N", conflicts_with = "resume")]
     checkpoint_every: Option<usize>,
 }
 
+#[derive(clap::Args, Serialize)]
+struct RuntimeFlags {
+    /// Where to train [default: auto, a CUDA GPU if there is one]
+    #[arg(long, value_enum, conflicts_with = "resume")]
+    device: Option<DeviceChoice>,
+    /// LibTorch CPU threads [default: one per core]
+    #[arg(long, conflicts_with = "resume")]
+    threads: Option<i32>,
+}
+
+/// Lays `over` onto `base`: each field `over` gives (not null) replaces the same field of
+/// `base`, objects field by field.
+fn lay_over(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Object(base), Value::Object(over)) => {
+            for (key, value) in over {
+                match base.get_mut(&key) {
+                    Some(slot) => lay_over(slot, value),
+                    None if !value.is_null() => {
+                        base.insert(key, value);
+                    }
+                    None => {}
+                }
+            }
+        }
+        (_, Value::Null) => {}
+        (slot, value) => *slot = value,
+    }
+}
+
 impl RunArgs {
-    /// The config file (or the defaults), with the flags laid over it.
-    fn config<C: RunConfig>(&self) -> Result<C> {
-        let mut config: C = match &self.config {
+    /// The config file (or the kind's defaults) with every flag of `flags` laid over it by
+    /// name; each flag struct's shape is the config's, so a flag is one field, not a copy.
+    fn config<C: RunConfig>(&self, flags: &[Value]) -> Result<C> {
+        let config: C = match &self.config {
             Some(path) => vq_store::read_config(path)?,
             None => C::default(),
         };
-        macro_rules! set {
-            ($target:expr, $flag:expr) => {
-                if let Some(v) = $flag.clone() {
-                    $target = v;
-                }
-            };
+        let mut value = serde_json::to_value(&config).context("the config as JSON")?;
+        lay_over(&mut value, serde_json::to_value(self)?);
+        for f in flags {
+            lay_over(&mut value, f.clone());
         }
-        set!(config.data_mut().path, self.data);
-        let s = config.schedule_mut();
-        set!(s.steps, self.steps);
-        set!(s.batch_size, self.batch_size);
-        set!(s.lr, self.lr);
-        set!(s.seed, self.seed);
-        set!(s.eval_every, self.eval_every);
-        set!(s.checkpoint_every, self.checkpoint_every);
-        let r = config.runtime_mut();
-        set!(r.device, self.device);
-        if self.threads.is_some() {
-            r.threads = self.threads;
-        }
-        Ok(config)
+        serde_json::from_value(value).context("the settings with the flags applied")
     }
 
     fn run_dir(&self, kind: &str) -> PathBuf {
@@ -219,6 +203,46 @@ impl RunArgs {
                 .unwrap_or(0);
             PathBuf::from(format!("runs/{kind}-{now}"))
         })
+    }
+
+    /// Trains (or resumes, or prints the config of) a run of `T`, the config adjusted by
+    /// `adjust` after the flags are laid over it.
+    fn train<T: Task>(
+        &self,
+        flags: &[Value],
+        kind: &str,
+        adjust: impl FnOnce(&mut T::Config) -> Result<()>,
+        output: &OutputArgs,
+    ) -> Result<()>
+    where
+        vq_train::RunSummary<T::Eval>: std::fmt::Display,
+    {
+        let summary = match &self.resume {
+            Some(dir) => vq_train::runner::resume_to::<T>(dir, self.extend_to)?,
+            None => {
+                let mut config: T::Config = self.config(flags)?;
+                adjust(&mut config)?;
+                if self.print_config {
+                    println!("{}", serde_json::to_string_pretty(&config)?);
+                    return Ok(());
+                }
+                vq_train::train::<T>(config, &self.run_dir(kind))?
+            }
+        };
+        print_report(&summary, output.json);
+        Ok(())
+    }
+}
+
+/// Prints a report as text or one line of JSON.
+fn print_report<R: Serialize + std::fmt::Display>(report: &R, json: bool) {
+    if json {
+        match serde_json::to_string(report) {
+            Ok(line) => println!("{line}"),
+            Err(e) => eprintln!("error: cannot print the report as JSON: {e}"),
+        }
+    } else {
+        println!("{report}");
     }
 }
 
@@ -234,10 +258,10 @@ enum Sub {
     Curves {
         /// A `metrics.jsonl`, or a run folder holding one.
         metrics: PathBuf,
-        /// What kind of run wrote it.
+        /// What kind of run wrote it
         #[arg(long, value_enum, default_value = "vqvae")]
-        kind: Kind,
-        /// The picture [default: curves.png beside the metrics].
+        kind: KindArg,
+        /// The picture [default: curves.png beside the metrics]
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
@@ -250,260 +274,259 @@ enum Arch {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
-enum Kind {
+enum KindArg {
     Vqvae,
     Prior,
     Decoder,
 }
 
-#[derive(clap::Args)]
-struct DecoderArgs {
-    /// The VQ-VAE: a run folder or checkpoint folder [default: the bundled model].
-    #[arg(long, conflicts_with = "resume")]
+impl From<KindArg> for RunKind {
+    fn from(k: KindArg) -> RunKind {
+        match k {
+            KindArg::Vqvae => RunKind::VqVae,
+            KindArg::Prior => RunKind::Prior,
+            KindArg::Decoder => RunKind::Decoder,
+        }
+    }
+}
+
+/// The VQ-VAE whose codes a prior or decoder run trains on.
+#[derive(clap::Args, Serialize)]
+struct VqVaeChoice {
+    /// The VQ-VAE: a checkpoint folder or a run folder (its best checkpoint), as `vq-cli
+    /// --checkpoint` takes [default: the bundled model]
+    #[arg(long = "checkpoint", alias = "vqvae", conflicts_with = "resume")]
     vqvae: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Serialize)]
+struct DecoderArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    checkpoint: VqVaeChoice,
     /// Weight of the adversarial term: a factor on VQGAN's adaptive weight, or with
-    /// --fixed-weight the weight itself.
+    /// --fixed-weight the weight itself [default: the recipe's]
     #[arg(long, conflicts_with = "resume")]
     adversarial_weight: Option<f64>,
-    /// A fixed adversarial weight instead of the adaptive one.
-    #[arg(long, conflicts_with = "resume")]
-    fixed_weight: bool,
-    /// Steps of reconstruction loss alone before the discriminator starts.
+    /// A fixed adversarial weight instead of the adaptive one [default: adaptive]
+    #[arg(long = "fixed-weight", action = clap::ArgAction::SetFalse, conflicts_with = "resume")]
+    #[serde(serialize_with = "false_or_absent")]
+    adaptive_weight: bool,
+    /// Steps of reconstruction loss alone before the discriminator starts [default: the
+    /// recipe's]
     #[arg(long, conflicts_with = "resume")]
     disc_start: Option<usize>,
     /// Weight of the feature-matching term (the discriminator's hidden activations on real
-    /// images against those on their reconstructions).
+    /// images against those on their reconstructions) [default: 0]
     #[arg(long, conflicts_with = "resume")]
     feature_matching: Option<f64>,
     /// Weight of the focal frequency loss added to the reconstruction term (the spectra's
-    /// squared error, each frequency weighted by how wrong it is).
+    /// squared error, each frequency weighted by how wrong it is) [default: 0]
     #[arg(long, conflicts_with = "resume")]
     frequency_weight: Option<f64>,
-    /// The reconstruction term.
+    /// The reconstruction term [default: the recipe's]
     #[arg(long, value_enum, conflicts_with = "resume")]
     reconstruction: Option<PixelLoss>,
     /// Train a new decoder of this shape on the frozen codes instead of tuning the model's own:
     /// CHANNELSxBLOCKS of each stage from the code grid up, e.g. 256x4,128x2,64x2 (a config
-    /// file's "decoder" sets the rest).
+    /// file's "decoder" sets the rest) [default: tune the model's own]
     #[arg(long, value_name = "STAGES", conflicts_with = "resume")]
+    #[serde(skip)]
     decoder_stages: Option<String>,
-    /// Start the discriminator from this decoder run's (or checkpoint's): with --vqvae naming
-    /// the same run, a longer adversarial run continues where it ended.
+    /// Start the discriminator from this decoder run's (or checkpoint's): with --checkpoint
+    /// naming the same run, a longer adversarial run continues where it ended [default: a new
+    /// discriminator]
     #[arg(long, value_name = "RUN_DIR", conflicts_with = "resume")]
     discriminator_from: Option<PathBuf>,
-    /// End with the FID of the reconstructions of the test split (minutes on a CPU).
+    /// End with the FID of the reconstructions of the test split (minutes on a CPU)
     #[arg(long, conflicts_with = "resume")]
+    #[serde(serialize_with = "true_or_absent")]
     fid: bool,
     #[command(flatten)]
+    #[serde(skip)]
     run: RunArgs,
 }
 
-#[derive(clap::Args)]
+/// Serializes `false` as itself and `true` as "not given" (a switch that turns a setting off).
+fn false_or_absent<S: Serializer>(value: &bool, s: S) -> Result<S::Ok, S::Error> {
+    (!*value).then_some(false).serialize(s)
+}
+
+#[derive(clap::Args, Serialize)]
 struct PriorArgs {
-    /// The VQ-VAE: a run folder or checkpoint folder [default: the bundled model].
-    #[arg(long, conflicts_with = "resume")]
-    vqvae: Option<PathBuf>,
-    /// The architecture, with its default shape (a config file sets the shape).
+    #[command(flatten)]
+    #[serde(flatten)]
+    checkpoint: VqVaeChoice,
+    /// The architecture, with its default shape (a config file's "prior" sets the shape)
+    /// [default: transformer]
     #[arg(long, value_enum, conflicts_with = "resume")]
+    #[serde(skip)]
     arch: Option<Arch>,
-    /// Decoupled weight decay (AdamW) of the matrices and embeddings.
+    /// Decoupled weight decay (AdamW) of the matrices and embeddings [default: the recipe's]
     #[arg(long, conflicts_with = "resume")]
     weight_decay: Option<f64>,
-    /// Also train on the codes of the mirrored training images (half the grids mirrored).
+    /// Also train on the codes of the mirrored training images (half the grids mirrored)
+    /// [default: off]
     #[arg(long, conflicts_with = "resume")]
+    #[serde(serialize_with = "true_or_absent")]
     hflip: bool,
     /// Number type of the transformer's linear layers in training (auto: bf16 where the
-    /// hardware runs it natively); evaluation and sampling stay f32.
+    /// hardware runs it natively); evaluation and sampling stay f32 [default: f32]
     #[arg(long, value_enum, conflicts_with = "resume")]
-    compute: Option<vq_model::ComputeKind>,
+    compute: Option<ComputeKind>,
     /// End with the FID of N class-balanced samples against the training split (minutes on a
-    /// CPU).
+    /// CPU) [default: 0, none]
     #[arg(long, value_name = "N", conflicts_with = "resume")]
     fid_samples: Option<i64>,
     #[command(flatten)]
+    #[serde(skip)]
     run: RunArgs,
 }
 
 fn main() {
     // Training allocates the same buffers every step: keep them instead of re-faulting pages.
     vq_model::retain_freed_memory();
+    let matches = Args::command().get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    check_usage(&args, &matches);
+    let output = &args.output;
+    let level = match (output.quiet, output.verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, _) => "debug",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Err(e) = run(Args::parse()) {
-        eprintln!("error: {e:#}");
+    vq_train::view::set_quiet(output.quiet || output.json);
+    let json = output.json;
+    if let Err(e) = run(args) {
+        if json {
+            println!("{}", serde_json::json!({ "error": format!("{e:#}") }));
+        } else {
+            eprintln!("error: {e:#}");
+        }
         std::process::exit(1);
     }
 }
 
-fn run(args: Args) -> Result<()> {
-    match args.command {
-        Some(Sub::Prior(prior)) => run_prior(*prior),
-        Some(Sub::Decoder(decoder)) => run_decoder(*decoder),
-        Some(Sub::Curves {
-            metrics,
-            kind,
-            output,
-        }) => {
-            let metrics = if metrics.is_dir() {
-                vq_store::RunDir::new(&metrics).metrics()
-            } else {
-                metrics
-            };
-            let output = output.unwrap_or_else(|| metrics.with_file_name("curves.png"));
-            let panels = match kind {
-                Kind::Vqvae => <VqVaeTask as Task>::panels(),
-                Kind::Prior => <PriorTask as Task>::panels(),
-                Kind::Decoder => <DecoderTask as Task>::panels(),
-            };
-            vq_train::plot_curves(&metrics, &panels, &output)?;
-            println!("{}", output.display());
-            Ok(())
+/// What clap cannot say: a VQ-VAE flag given with a subcommand (it would be ignored), and
+/// `--extend-to` without `--resume`. Exits with a usage error (2) like clap's own.
+fn check_usage(args: &Args, matches: &clap::ArgMatches) {
+    let mut command = Args::command();
+    if let Some((name, _)) = matches.subcommand() {
+        let given: Vec<String> = command
+            .get_arguments()
+            .filter(|a| !a.is_global_set())
+            .filter(|a| {
+                matches.value_source(a.get_id().as_str())
+                    == Some(clap::parser::ValueSource::CommandLine)
+            })
+            .map(|a| format!("--{}", a.get_long().unwrap_or(a.get_id().as_str())))
+            .collect();
+        if !given.is_empty() {
+            command
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!(
+                        "{} before `{name}`: a subcommand's flags go after its name (`vq-train {name} ...`)",
+                        given.join(", ")
+                    ),
+                )
+                .exit();
         }
-        None => run_vqvae(args),
+    }
+    let run = match &args.command {
+        Some(Sub::Prior(p)) => &p.run,
+        Some(Sub::Decoder(d)) => &d.run,
+        _ => &args.run,
+    };
+    if run.extend_to.is_some() && run.resume.is_none() {
+        command
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--extend-to N goes with --resume RUN (a new run takes --steps N)",
+            )
+            .exit();
     }
 }
 
-fn run_vqvae(args: Args) -> Result<()> {
-    let summary: RunSummary<vq_model::Evaluation> = match &args.run.resume {
-        Some(dir) => resume::<VqVaeTask>(dir)?,
-        None => {
-            let mut config: TrainConfig = args.run.config()?;
-            set_quantizer(&mut config.model, &args)?;
-            let model = &mut config.model;
-            if let Some(v) = args.downsample {
-                model.downsample = v;
-            }
-            if let Some(v) = args.compute {
-                model.compute = v;
-            }
-            if let Some(v) = args.reconstruction_loss {
-                model.reconstruction_loss = v;
-            }
-            if let Some(v) = args.kmeans_init_images {
-                config.kmeans_init_images = v;
-            }
-            config.fid |= args.fid;
-            train::<VqVaeTask>(config, &args.run.run_dir("run"))?
-        }
-    };
-    let e = &summary.final_eval;
-    println!(
-        "{}: {} steps in {:.0} s ({:.0} images/s); test PSNR {:.2} dB, SSIM {:.4}, MSE {:.5}, perplexity {:.1}, {} / {} codes used; best PSNR {:.2} dB at step {}",
-        summary.run_dir.display(),
-        summary.steps,
-        summary.train_seconds,
-        summary.items_per_second,
-        e.psnr,
-        e.ssim,
-        e.mse,
-        e.perplexity,
-        e.codes_used,
-        e.codebook_size,
-        summary.best_score,
-        summary.best_step
-    );
-    Ok(())
+/// Serializes a flag struct for [`RunArgs::config`].
+fn flags(value: &impl Serialize) -> Result<Value> {
+    serde_json::to_value(value).context("the flags as JSON")
 }
 
-fn run_decoder(args: DecoderArgs) -> Result<()> {
-    let summary = match &args.run.resume {
-        Some(dir) => resume::<DecoderTask>(dir)?,
-        None => {
-            let mut config: DecoderTrainConfig = args.run.config()?;
-            if let Some(v) = args.vqvae {
-                config.vqvae = Some(v);
-            }
-            if let Some(v) = args.adversarial_weight {
-                config.adversarial_weight = v;
-            }
-            if args.fixed_weight {
-                config.adaptive_weight = false;
-            }
-            if let Some(v) = args.disc_start {
-                config.disc_start = v;
-            }
-            if let Some(v) = args.feature_matching {
-                config.feature_matching = v;
-            }
-            if let Some(v) = args.frequency_weight {
-                config.frequency_weight = v;
-            }
-            if let Some(v) = args.reconstruction {
-                config.reconstruction = v;
-            }
-            if let Some(text) = args.decoder_stages {
-                let stages = vq_model::StagedDecoderConfig::parse_stages(&text)
-                    .map_err(|e| anyhow::anyhow!("--decoder-stages: {e}"))?;
-                config.decoder.get_or_insert_with(Default::default).stages = stages;
-            }
-            if let Some(v) = args.discriminator_from {
-                config.discriminator_from = Some(v);
-            }
-            config.fid |= args.fid;
-            train::<DecoderTask>(config, &args.run.run_dir("decoder"))?
+fn run(args: Args) -> Result<()> {
+    let output = &args.output;
+    match args.command {
+        Some(Sub::Prior(prior)) => {
+            let arch = prior.arch;
+            prior.run.train::<PriorTask>(
+                &[flags(&prior)?],
+                "prior",
+                |config: &mut PriorTrainConfig| {
+                    config.prior = match (arch, &config.prior) {
+                        (Some(Arch::Pixelcnn), PriorArch::PixelCnn(_))
+                        | (Some(Arch::Transformer), PriorArch::Transformer(_))
+                        | (None, _) => return Ok(()),
+                        (Some(Arch::Pixelcnn), _) => PriorArch::PixelCnn(Default::default()),
+                        (Some(Arch::Transformer), _) => PriorArch::Transformer(Default::default()),
+                    };
+                    Ok(())
+                },
+                output,
+            )
         }
-    };
-    let e = &summary.final_eval.eval;
-    println!(
-        "{}: {} steps in {:.0} s ({:.0} images/s); test PSNR {:.2} dB, SSIM {:.4}, MSE {:.5}",
-        summary.run_dir.display(),
-        summary.steps,
-        summary.train_seconds,
-        summary.items_per_second,
-        e.psnr,
-        e.ssim,
-        e.mse,
-    );
-    Ok(())
+        Some(Sub::Decoder(decoder)) => {
+            let stages = decoder.decoder_stages.as_deref();
+            decoder.run.train::<DecoderTask>(
+                &[flags(&decoder)?],
+                "decoder",
+                |config: &mut DecoderTrainConfig| {
+                    if let Some(text) = stages {
+                        config.decoder.get_or_insert_with(Default::default).stages =
+                            vq_model::StagedDecoderConfig::parse_stages(text)
+                                .map_err(|e| anyhow::anyhow!("--decoder-stages: {e}"))?;
+                    }
+                    Ok(())
+                },
+                output,
+            )
+        }
+        Some(Sub::Curves {
+            metrics,
+            kind,
+            output: picture,
+        }) => curves(&metrics, kind.into(), picture),
+        None => {
+            let quantizer = &args.quantizer;
+            args.run.train::<VqVaeTask>(
+                &[flags(&args.settings)?],
+                "run",
+                |config: &mut TrainConfig| {
+                    quantizer
+                        .apply(&mut config.model.quantizer)
+                        .map_err(|e| anyhow::anyhow!("quantizer settings: {e}"))
+                },
+                output,
+            )
+        }
+    }
 }
 
-fn run_prior(args: PriorArgs) -> Result<()> {
-    let summary = match &args.run.resume {
-        Some(dir) => resume::<PriorTask>(dir)?,
-        None => {
-            let mut config: PriorTrainConfig = args.run.config()?;
-            if let Some(v) = args.vqvae {
-                config.vqvae = Some(v);
-            }
-            if args.hflip {
-                config.hflip = true;
-            }
-            if let Some(v) = args.weight_decay {
-                config.weight_decay = v;
-            }
-            if let Some(v) = args.compute {
-                config.compute = v;
-            }
-            if let Some(v) = args.fid_samples {
-                config.fid_samples = v;
-            }
-            match (args.arch, &config.prior) {
-                (Some(Arch::Pixelcnn), PriorArch::PixelCnn(_))
-                | (Some(Arch::Transformer), PriorArch::Transformer(_))
-                | (None, _) => {}
-                (Some(Arch::Pixelcnn), _) => config.prior = PriorArch::PixelCnn(Default::default()),
-                (Some(Arch::Transformer), _) => {
-                    config.prior = PriorArch::Transformer(Default::default())
-                }
-            }
-            train::<PriorTask>(config, &args.run.run_dir("prior"))?
-        }
+/// `vq-train curves`.
+fn curves(metrics: &Path, kind: RunKind, picture: Option<PathBuf>) -> Result<()> {
+    let metrics = if metrics.is_dir() {
+        vq_store::RunDir::new(metrics).metrics()
+    } else {
+        metrics.to_path_buf()
     };
-    let e = &summary.final_eval;
-    println!(
-        "{}: {} steps in {:.0} s ({:.0} grids/s); test NLL {:.4} bits/code, {:.4} bits/dim ({} grids)",
-        summary.run_dir.display(),
-        summary.steps,
-        summary.train_seconds,
-        summary.items_per_second,
-        e.bits_per_code,
-        e.bits_per_dim,
-        e.grids
-    );
+    let picture = picture.unwrap_or_else(|| metrics.with_file_name("curves.png"));
+    vq_train::plot_curves(&metrics, &kind.panels(), &picture)?;
+    println!("{}", picture.display());
     Ok(())
 }

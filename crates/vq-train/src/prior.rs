@@ -19,7 +19,7 @@ use crate::adam::Adam;
 use crate::codes::{cached_codes, train_codes, CodeSet, TrainCodes};
 use crate::config::{from_legacy_run, run_config, DataConfig, Runtime, Schedule};
 use crate::runner::RunState;
-use crate::task::{Curve, Metric, Panel, StepReport, Task};
+use crate::task::{Metric, StepReport, Task};
 use crate::vqvae::load_split;
 
 /// Everything a prior run depends on; saved as `config.json` in its run folder.
@@ -227,6 +227,7 @@ impl Task for PriorTask {
     type Config = PriorTrainConfig;
     type Eval = PriorEvaluation;
     const ITEMS: &'static str = "grids";
+    const KIND: crate::view::RunKind = crate::view::RunKind::Prior;
 
     fn build(
         config: &PriorTrainConfig,
@@ -342,13 +343,6 @@ impl Task for PriorTask {
         }))
     }
 
-    fn progress_message(&self, line: &serde_json::Map<String, serde_json::Value>) -> String {
-        format!(
-            "{:.3} bits/code",
-            line["bits_per_code"].as_f64().unwrap_or(f64::NAN)
-        )
-    }
-
     fn evaluate(
         &mut self,
         _run: &RunDir,
@@ -422,24 +416,6 @@ impl Task for PriorTask {
             "fid": fid, "kid": kid, "samples": ours.count,
             "against": "the training split", "temperature": 1.0, "guidance": 1.0,
         })))
-    }
-
-    fn panels() -> Vec<Panel> {
-        vec![
-            Panel {
-                title: "NLL (bits per code)",
-                log_y: false,
-                curves: vec![
-                    Curve::train("train", "bits_per_code"),
-                    Curve::eval("test", "bits_per_code"),
-                ],
-            },
-            Panel {
-                title: "test bits/dim",
-                log_y: false,
-                curves: vec![Curve::eval("test", "bits_per_dim")],
-            },
-        ]
     }
 }
 

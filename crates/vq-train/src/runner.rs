@@ -67,6 +67,8 @@ impl RunState {
 pub struct RunSummary<E> {
     pub run_dir: PathBuf,
     pub steps: usize,
+    /// What a training item is ("images", "grids").
+    pub items: String,
     pub final_eval: E,
     /// The best evaluation's score and step.
     pub best_score: f64,
@@ -103,8 +105,32 @@ pub fn train<T: Task>(config: T::Config, run_dir: &Path) -> Result<RunSummary<T:
 
 /// Continues the run of `T` in `run_dir` from its last checkpoint, with its saved configuration.
 pub fn resume<T: Task>(run_dir: &Path) -> Result<RunSummary<T::Eval>> {
+    resume_to::<T>(run_dir, None)
+}
+
+/// [`resume`], and with `extend_to` train on to that step in all: the run's recorded step
+/// count is raised first (its `config.json` rewritten), so its learning-rate schedule stretches
+/// to the new end from the step it resumes at.
+pub fn resume_to<T: Task>(run_dir: &Path, extend_to: Option<usize>) -> Result<RunSummary<T::Eval>> {
     let run = RunDir::new(run_dir);
-    let config: T::Config = vq_store::read_config(&run.config())?;
+    let mut config: T::Config = vq_store::read_config(&run.config())?;
+    if let Some(steps) = extend_to {
+        let recorded = config.schedule().steps;
+        if steps < recorded {
+            anyhow::bail!(
+                "--extend-to {steps}: {} already runs to step {recorded}; a run is extended, never shortened",
+                run_dir.display()
+            );
+        }
+        if steps > recorded {
+            config.schedule_mut().steps = steps;
+            vq_store::write_config(&run.config(), &config)?;
+            tracing::info!(
+                "{}: extended from {recorded} to {steps} steps",
+                run_dir.display()
+            );
+        }
+    }
     let last = run.last();
     if last.is_none() {
         tracing::warn!(
@@ -165,7 +191,7 @@ fn run_loop<T: Task>(
     };
     let mut batcher = Batcher::restore(task.train_len(), batch_config, state.batcher)?;
     let mut metrics = run.metrics_log()?;
-    let bar = progress_bar(schedule.steps, state.step);
+    let bar = crate::view::progress_bar(schedule.steps, state.step);
     let mut window = Window::default();
     let mut clock = Instant::now();
     let mut last_eval = None;
@@ -203,7 +229,7 @@ fn run_loop<T: Task>(
             task.finish_log_line(&mut line);
             bar.set_message(format!(
                 "{} {:.0} {}/s",
-                task.progress_message(&line),
+                T::KIND.progress_message(&line),
                 rate / seconds.max(1e-9),
                 T::ITEMS
             ));
@@ -238,7 +264,7 @@ fn run_loop<T: Task>(
     }
     bar.finish_and_clear();
     drop(metrics);
-    crate::curves::plot(&run.metrics(), &T::panels(), &run.curves())?;
+    crate::curves::plot(&run.metrics(), &T::KIND.panels(), &run.curves())?;
 
     let final_eval = match last_eval {
         Some(e) => e,
@@ -250,6 +276,7 @@ fn run_loop<T: Task>(
         generation,
         run_dir: run.path().to_path_buf(),
         steps: state.step,
+        items: T::ITEMS.to_string(),
         best_score: state.best_score.unwrap_or(final_eval.score()),
         best_step: state.best_step.unwrap_or(state.step),
         final_eval,
@@ -272,18 +299,6 @@ fn non_finite_loss(run: &RunDir, step: usize) -> anyhow::Error {
         "the loss became NaN or infinite at step {}; stopping (last good checkpoint: {kept})",
         step + 1
     )
-}
-
-/// The progress bar of a run of `steps` steps, `done` of them already done.
-pub fn progress_bar(steps: usize, done: usize) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(steps as u64).with_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
-        )
-        .expect("valid template"),
-    );
-    bar.set_position(done as u64);
-    bar
 }
 
 /// `x` as a JSON integer when it is one.

@@ -122,6 +122,8 @@ pub trait Task: Sized {
     type Eval: Evaluation;
     /// What one training item is called in logs ("images", "grids").
     const ITEMS: &'static str;
+    /// How its runs are shown ([`crate::view`]).
+    const KIND: crate::view::RunKind;
 
     /// Builds the task for the run in `run`: data, model, optimizer. A new run (`fresh`) also
     /// does its data-driven initialisation; a resumed one is then loaded from its checkpoint.
@@ -143,11 +145,6 @@ pub trait Task: Sized {
     /// a mean squared error).
     fn finish_log_line(&self, _line: &mut serde_json::Map<String, serde_json::Value>) {}
 
-    /// The progress bar's message for a log line.
-    fn progress_message(&self, line: &serde_json::Map<String, serde_json::Value>) -> String {
-        format!("loss {:.4}", line["loss"].as_f64().unwrap_or(f64::NAN))
-    }
-
     /// Evaluates the model after `step` steps (`last`: the run's final evaluation, over the
     /// whole test split); may write pictures into the run folder.
     fn evaluate(
@@ -167,9 +164,6 @@ pub trait Task: Sized {
 
     /// Restores the task from the checkpoint folder `dir` that `state` was read from.
     fn load(&mut self, dir: &Path, state: &RunState) -> Result<()>;
-
-    /// The panels of `curves.png`.
-    fn panels() -> Vec<Panel>;
 
     /// Figures measured once at the end of a run, when its config asks for them (FID costs
     /// minutes on a CPU); they go into `summary.json` as `"generation"`.

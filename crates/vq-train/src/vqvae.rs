@@ -18,7 +18,7 @@ use crate::adam::Adam;
 use crate::average::WeightAverage;
 use crate::config::{DataConfig, TrainConfig};
 use crate::runner::RunState;
-use crate::task::{Curve, Metric, Panel, StepReport, Task};
+use crate::task::{Metric, StepReport, Task};
 
 /// What a VQ-VAE run's pictures of its evaluations are called (`recon-step-NNNNNN.png`).
 pub const PICTURE: &str = "recon";
@@ -101,6 +101,7 @@ impl Task for VqVaeTask {
     type Config = TrainConfig;
     type Eval = Evaluation;
     const ITEMS: &'static str = "images";
+    const KIND: crate::view::RunKind = crate::view::RunKind::VqVae;
 
     fn build(config: &TrainConfig, _run: &RunDir, device: Device, fresh: bool) -> Result<Self> {
         let train = load_split(&config.data, Split::Train)?;
@@ -179,16 +180,6 @@ impl Task for VqVaeTask {
         line.insert("psnr".into(), (-10.0 * mse.max(1e-10).log10()).into());
     }
 
-    fn progress_message(&self, line: &serde_json::Map<String, serde_json::Value>) -> String {
-        let get = |k: &str| line[k].as_f64().unwrap_or(f64::NAN);
-        format!(
-            "loss {:.4} psnr {:.2} dB ppl {:.0}",
-            get("loss"),
-            get("psnr"),
-            get("perplexity")
-        )
-    }
-
     fn evaluate(
         &mut self,
         run: &RunDir,
@@ -259,29 +250,6 @@ impl Task for VqVaeTask {
         };
         let count = self.test.len();
         reconstruction_fid(served, &self.config.data, &self.test, count, self.device).map(Some)
-    }
-
-    fn panels() -> Vec<Panel> {
-        vec![
-            Panel {
-                title: "training loss",
-                log_y: true,
-                curves: vec![Curve::train("loss", "loss")],
-            },
-            Panel {
-                title: "PSNR (dB)",
-                log_y: false,
-                curves: vec![Curve::train("train", "psnr"), Curve::eval("test", "psnr")],
-            },
-            Panel {
-                title: "perplexity",
-                log_y: false,
-                curves: vec![
-                    Curve::train("train batch", "perplexity"),
-                    Curve::eval("test", "perplexity"),
-                ],
-            },
-        ]
     }
 }
 

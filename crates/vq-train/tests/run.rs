@@ -125,7 +125,11 @@ impl Setup {
     fn start(&self, run: &Path) -> Vec<String> {
         let mut args: Vec<String> = Vec::new();
         if let Some(vq) = &self.vqvae {
-            args.extend(["prior".into(), "--vqvae".into(), vq.display().to_string()]);
+            args.extend([
+                "prior".into(),
+                "--checkpoint".into(),
+                vq.display().to_string(),
+            ]);
         }
         if self.kind == Kind::Decoder {
             args.push("decoder".into());
@@ -669,4 +673,124 @@ fn a_nan_in_a_decoder_run_stops_it_naming_the_last_good_checkpoint() {
     );
     assert!(!err.contains("panicked"), "{err}");
     assert_checkpoints_whole(&run, false);
+}
+
+/// Flags are laid over the config file by name (`--print-config` shows the result and starts
+/// nothing); -q, -v and --json go on either side of the subcommand; a VQ-VAE flag before a
+/// subcommand and `--extend-to` without `--resume` are usage errors; with --json an error is a
+/// JSON object on standard output.
+#[test]
+fn one_contract_for_flags_output_and_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path());
+    let file = config(tmp.path(), &data, 7);
+    let printed = |args: &[&str]| -> serde_json::Value {
+        let out = output(&mut vq_train(args));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let vq = printed(&[
+        "--print-config",
+        "--config",
+        file.to_str().unwrap(),
+        "--steps",
+        "9",
+        "--quantizer",
+        "residual",
+        "--depth",
+        "2",
+        "--fid",
+    ]);
+    assert_eq!(vq["schedule"]["steps"], 9, "{vq}");
+    // The file's settings that no flag names stay.
+    assert_eq!(vq["schedule"]["batch_size"], 16, "{vq}");
+    assert_eq!(vq["model"]["hidden_channels"], 16, "{vq}");
+    assert_eq!(
+        (
+            &vq["model"]["quantizer"]["kind"],
+            &vq["model"]["quantizer"]["depth"],
+            &vq["fid"]
+        ),
+        (
+            &serde_json::json!("residual"),
+            &serde_json::json!(2),
+            &serde_json::json!(true)
+        ),
+        "{vq}"
+    );
+    let prior = printed(&[
+        "prior",
+        "--print-config",
+        "--checkpoint",
+        "some-run",
+        "--hflip",
+        "-q",
+    ]);
+    assert_eq!(
+        (&prior["vqvae"], &prior["hflip"]),
+        (&serde_json::json!("some-run"), &serde_json::json!(true))
+    );
+    assert_eq!(prior["prior"]["kind"], "transformer", "{prior}");
+    let decoder = printed(&["-q", "decoder", "--print-config", "--fixed-weight"]);
+    assert_eq!(decoder["adaptive_weight"], false, "{decoder}");
+    assert!(printed(&["decoder", "--print-config"])["adaptive_weight"] == true);
+
+    for args in [
+        &["--json", "prior", "--resume", "missing-run"][..],
+        &["prior", "--json", "--resume", "missing-run"][..],
+    ] {
+        let out = output(&mut vq_train(args));
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let error: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            error["error"].as_str().unwrap().contains("missing-run"),
+            "{error}"
+        );
+    }
+    for (args, named) in [
+        (&["--steps", "5", "prior", "--print-config"][..], "--steps"),
+        (&["prior", "--extend-to", "5"][..], "--extend-to"),
+    ] {
+        let out = output(&mut vq_train(args));
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(named),
+            "{args:?}"
+        );
+    }
+}
+
+/// `--resume RUN --extend-to N` trains a finished run on to step N (its recorded steps raised),
+/// and never shortens one.
+#[test]
+fn extend_to_trains_a_finished_run_further() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path());
+    let vq = tiny_vqvae(tmp.path(), &data);
+    let run = vq.to_str().unwrap();
+    let out = output(&mut vq_train(&[
+        "--json",
+        "--resume",
+        run,
+        "--extend-to",
+        "4",
+    ]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["steps"], 4, "{summary}");
+    let recorded: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(vq.join("config.json")).unwrap()).unwrap();
+    assert_eq!(recorded["schedule"]["steps"], 4);
+    assert!(vq.join("checkpoints/step-000004").is_dir());
+    let out = output(&mut vq_train(&["--resume", run, "--extend-to", "3"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("never shortened"));
 }
