@@ -85,10 +85,7 @@ impl fmt::Display for EvalReport {
             ("checkpoint", self.checkpoint.clone()),
             ("images", format!("{} ({split} split)", e.images)),
             ("MSE", format!("{:.6}", e.mse)),
-            (
-                "PSNR",
-                format!("{:.2} dB (RGB, mean over images)", e.psnr),
-            ),
+            ("PSNR", format!("{:.2} dB (RGB, mean over images)", e.psnr)),
             (
                 "PSNR of the luma",
                 format!(

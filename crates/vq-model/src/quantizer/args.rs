@@ -176,7 +176,12 @@ mod tests {
             panic!("{q:?}")
         };
         assert_eq!(
-            (c.codebook.codebook_size, c.codebook.dead_code_steps, c.code_dim, c.latent_dim),
+            (
+                c.codebook.codebook_size,
+                c.codebook.dead_code_steps,
+                c.code_dim,
+                c.latent_dim
+            ),
             (64, 7, 8, 32)
         );
         let json = serde_json::to_value(&q).unwrap();
@@ -187,7 +192,10 @@ mod tests {
             r#"{"kind": "residual", "depht": 2}"#,
             r#"{"kind": "cosine", "latent": 2}"#,
         ] {
-            assert!(serde_json::from_str::<QuantizerConfig>(typo).is_err(), "{typo}");
+            assert!(
+                serde_json::from_str::<QuantizerConfig>(typo).is_err(),
+                "{typo}"
+            );
         }
     }
 }
