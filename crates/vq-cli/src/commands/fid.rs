@@ -24,8 +24,8 @@ pub struct FidOptions {
     /// KID: images per subset (fewer when a side has fewer).
     #[arg(long, default_value_t = 1000)]
     pub kid_subset_size: usize,
-    /// The Inception network [default: `.libtorch/fid/default_1.pt`, which `cargo xtask setup`
-    /// installs, or VQVAE_INCEPTION].
+    /// The Inception network [default: VQVAE_INCEPTION, else `libtorch/fid/default_1.pt` in the
+    /// per-user data folder, where `cargo xtask setup` installs it]
     #[arg(long)]
     pub inception: Option<PathBuf>,
 }
