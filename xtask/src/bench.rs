@@ -278,13 +278,13 @@ pub fn quality(root: &Path, data: &Path, steps: usize, threads: usize) -> Result
             .arg(&run_dir),
     )?;
     let ours_wall = started.elapsed().as_secs_f64();
-    let summary: Value = vq_store::read_json(
+    let summary: vq_report::RunSummary<vq_report::Evaluation> = vq_store::read_json(
         &run_dir.join(vq_store::names::SUMMARY_FILE),
         "a run summary",
     )?;
     let config: Value =
         vq_store::read_json(&run_dir.join(vq_store::names::CONFIG_FILE), "a run config")?;
-    let ours = &summary["final_eval"];
+    let ours = serde_json::to_value(&summary.final_eval)?;
     let started = std::time::Instant::now();
     let reference = json_output(
         peer_command(&python, root, "vqvae_reference.py")
@@ -312,7 +312,7 @@ pub fn quality(root: &Path, data: &Path, steps: usize, threads: usize) -> Result
             wall
         )
     };
-    line("vqvae-rs (default recipe)", batch, ours, ours_wall);
+    line("vqvae-rs (default recipe)", batch, &ours, ours_wall);
     line("PyTorch reference", 128, &reference, reference_wall);
     println!(
         "{}",
@@ -322,7 +322,7 @@ pub fn quality(root: &Path, data: &Path, steps: usize, threads: usize) -> Result
             "threads": threads,
             "ours": {"batch_size": batch, "eval": ours, "wall_s": ours_wall},
             "reference": {"batch_size": 128, "eval": reference, "wall_s": reference_wall},
-            "psnr_gain_db": num(ours, "psnr") - num(&reference, "psnr"),
+            "psnr_gain_db": summary.final_eval.psnr - num(&reference, "psnr"),
         })
     );
     Ok(())
@@ -557,12 +557,15 @@ pub fn fid(root: &Path, data: &Path, images: usize, threads: usize) -> Result<()
             .arg(&recon),
     )?;
     // The network's start-up is in both timings: a cold `vq-cli fid` run, as users run it.
-    let ours = json_output(
-        vq_cli(&["--json", "fid"]).arg(&real).arg(&recon),
-        "vq-cli fid",
-    )?
-    .pop()
-    .context("no figures from vq-cli fid")?;
+    let ours: vq_report::FidReport = serde_json::from_value(
+        json_output(
+            vq_cli(&["--json", "fid"]).arg(&real).arg(&recon),
+            "vq-cli fid",
+        )?
+        .pop()
+        .context("no figures from vq-cli fid")?,
+    )
+    .context("vq-cli fid's report")?;
     let peer = json_output(
         peer_command(&python, root, "fid_peer.py")
             .arg(&real)
@@ -572,8 +575,8 @@ pub fn fid(root: &Path, data: &Path, images: usize, threads: usize) -> Result<()
     )?
     .pop()
     .context("no figures from the FID peer")?;
-    let (f_ours, f_peer) = (num(&ours, "fid"), num(&peer, "fid"));
-    let (r_ours, r_peer) = (num(&ours, "images_per_second"), num(&peer, "images_per_s"));
+    let (f_ours, f_peer) = (ours.fid, num(&peer, "fid"));
+    let (r_ours, r_peer) = (ours.images_per_second, num(&peer, "images_per_s"));
     println!(
         "\nFID of {images} CIFAR-10 test images against the bundled model's reconstructions, {threads} threads, {}",
         crate::cpu_model()

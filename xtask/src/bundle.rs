@@ -36,11 +36,10 @@ pub fn run(root: &Path, run_dir: &Path, kind: Bundle) -> Result<()> {
         Bundle::Sharp => SHARP_DIR,
     };
     let run = RunDir::new(run_dir);
-    let summary: serde_json::Value =
+    // Either kind of final evaluation: both record their step.
+    let summary: vq_report::RunSummary<serde_json::Value> =
         vq_store::read_json(&run.summary(), "a run summary").context("is the run finished?")?;
-    let eval = summary
-        .get("final_eval")
-        .with_context(|| format!("{}: no final_eval", run.summary().display()))?;
+    let eval = &summary.final_eval;
     let step = eval["step"].as_u64().context("final_eval has no step")?;
     let checkpoint = run.checkpoints().join(format!("step-{step:06}"));
     if !checkpoint.join(MODEL_FILE).is_file() {
@@ -103,23 +102,20 @@ pub fn run(root: &Path, run_dir: &Path, kind: Bundle) -> Result<()> {
         std::fs::remove_dir_all(&dest)?;
     }
     std::fs::rename(&staging, &dest)?;
-    if prior {
-        tracing::info!(
-            "bundled step {step} of {} into {} (test NLL {:.4} bits/code, {:.4} bits/dim)",
-            run_dir.display(),
-            dest.display(),
-            eval["bits_per_code"].as_f64().unwrap_or(f64::NAN),
-            eval["bits_per_dim"].as_f64().unwrap_or(f64::NAN)
-        );
+    let figures = if prior {
+        serde_json::from_value::<vq_report::PriorEvaluation>(eval.clone())
+            .context("the prior run's final evaluation")?
+            .to_string()
     } else {
-        tracing::info!(
-            "bundled step {step} of {} into {} (test PSNR {:.2} dB, SSIM {:.4})",
-            run_dir.display(),
-            dest.display(),
-            eval["psnr"].as_f64().unwrap_or(f64::NAN),
-            eval["ssim"].as_f64().unwrap_or(f64::NAN)
-        );
-    }
+        serde_json::from_value::<vq_report::Evaluation>(eval.clone())
+            .context("the run's final evaluation")?
+            .to_string()
+    };
+    tracing::info!(
+        "bundled step {step} of {} into {} ({figures})",
+        run_dir.display(),
+        dest.display()
+    );
     Ok(())
 }
 

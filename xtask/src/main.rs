@@ -498,8 +498,8 @@ fn real_main() -> Result<()> {
 /// reach), and the samples of each prior (class-balanced).
 fn eval_gen(root: &std::path::Path, data: &std::path::Path, args: &EvalGenArgs) -> Result<()> {
     let samples = args.samples.to_string();
-    let mut rows: Vec<(String, serde_json::Value)> = Vec::new();
-    let vq_cli = |fid_args: &[String]| -> Result<serde_json::Value> {
+    let mut rows: Vec<(String, vq_report::FidReport)> = Vec::new();
+    let vq_cli = |fid_args: &[String]| -> Result<vq_report::FidReport> {
         let mut command = cmd::cargo(root);
         command.args(["run", "--release", "-q", "-p", "vq-cli", "--", "--json"]);
         if let Some(c) = &args.checkpoint {
@@ -513,7 +513,7 @@ fn eval_gen(root: &std::path::Path, data: &std::path::Path, args: &EvalGenArgs) 
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        serde_json::from_slice(&out.stdout).context("vq-cli fid printed no JSON")
+        serde_json::from_slice(&out.stdout).context("vq-cli fid printed no report")
     };
     let against = "cifar10:train".to_string();
     if !args.priors_only {
@@ -565,9 +565,7 @@ fn eval_gen(root: &std::path::Path, data: &std::path::Path, args: &EvalGenArgs) 
     for (name, v) in &rows {
         println!(
             "{name:<60} {:>9.2} {:>10.5} {:>8}",
-            v["fid"].as_f64().unwrap_or(f64::NAN),
-            v["kid"]["mean"].as_f64().unwrap_or(f64::NAN),
-            v["a"]["images"]
+            v.fid, v.kid.mean, v.a.images
         );
     }
     let json: Vec<serde_json::Value> = rows

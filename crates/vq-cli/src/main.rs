@@ -119,3 +119,14 @@ fn print_files(files: &commands::FilesReport, session: &Session) {
         report::print(files, session.json);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_says_its_default_and_values_are_kebab_case() {
+        let gaps = vq_report::help_gaps(&super::Cli::command());
+        assert!(gaps.is_empty(), "{}", gaps.join("\n"));
+    }
+}

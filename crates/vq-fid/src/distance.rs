@@ -2,8 +2,8 @@
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
+pub use vq_report::Kid;
 
 use crate::stats::FeatureStats;
 use crate::FidError;
@@ -43,15 +43,6 @@ pub fn frechet_distance(a: &FeatureStats, b: &FeatureStats) -> Result<f64, FidEr
         .double_value(&[]);
     let trace = |s: &Tensor| s.trace().double_value(&[]);
     Ok(mean_term + trace(&s1) + trace(&s2) - 2.0 * tr_sqrt)
-}
-
-/// Kernel inception distance: the mean and standard deviation over random subsets.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Kid {
-    pub mean: f64,
-    pub std: f64,
-    pub subsets: usize,
-    pub subset_size: usize,
 }
 
 /// KID (Bińkowski et al., 2018, as torch-fidelity and clean-fid compute it): the unbiased MMD²

@@ -1,36 +1,11 @@
 //! Reconstruction quality of a model over a CIFAR-10 split.
 
-use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 use vq_data::{gather, BatchIndices, Cifar10, PixelRange};
 
 use crate::metrics::{quality, QualitySums};
 use crate::{images_to_tensor, ModelError, VqVae};
-
-/// Figures of one evaluation on the test split.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Evaluation {
-    pub step: usize,
-    pub images: i64,
-    pub mse: f64,
-    /// Mean over images of the per-image PSNR of all three channels, on `[0, 1]` pixels.
-    pub psnr: f64,
-    pub ssim: f64,
-    /// Mean over images of the per-image PSNR of the luma alone (BT.601 Y: pyiqa's `psnr`
-    /// with `test_y_channel=True`, the figure recent papers' tables give). 0 in evaluations
-    /// recorded before it existed.
-    #[serde(default)]
-    pub psnr_y: f64,
-    /// `exp(entropy)` of the (first level's) code usage over all evaluated images.
-    pub perplexity: f64,
-    pub codes_used: i64,
-    pub codebook_size: i64,
-    /// Perplexity and codes used of each level (one for a single codebook).
-    #[serde(default)]
-    pub levels: Vec<crate::quantizer::LevelUsage>,
-    /// Training seconds when it was taken.
-    pub elapsed_s: f64,
-}
+pub use vq_report::Evaluation;
 
 /// Maps model-range tensors to `[0, 1]` pixels.
 pub fn to_unit(t: &Tensor, range: PixelRange) -> Tensor {

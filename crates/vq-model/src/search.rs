@@ -21,24 +21,7 @@ use crate::eval::to_unit;
 use crate::{ModelError, VqVae};
 
 /// How hard [`VqVae::encode_searched`] looks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct CodeSearch {
-    /// Codes tried at each position: the quantizer's own choice and its next `candidates − 1`
-    /// by the quantizer's ranking (1: no search).
-    pub candidates: i64,
-    /// Passes over every position and level.
-    pub sweeps: usize,
-}
-
-impl Default for CodeSearch {
-    /// The setting measured in docs/experiments.md: 4 candidates, 2 sweeps.
-    fn default() -> Self {
-        CodeSearch {
-            candidates: 4,
-            sweeps: 2,
-        }
-    }
-}
+pub use vq_report::CodeSearch;
 
 /// The largest grid side the reach probe looks across; a decoder whose codes reach further is
 /// treated as global (every position tried on its own).

@@ -195,9 +195,12 @@ impl crate::task::Evaluation for DecoderEvaluation {
     fn score(&self) -> f64 {
         self.eval.step as f64
     }
+}
 
-    fn describe(&self) -> String {
-        format!(
+impl std::fmt::Display for DecoderEvaluation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
             "test PSNR {:.2} dB, SSIM {:.4} ({} images)",
             self.eval.psnr, self.eval.ssim, self.eval.images
         )

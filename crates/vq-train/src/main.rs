@@ -97,12 +97,13 @@ struct RunArgs {
     run_dir: Option<PathBuf>,
     /// Continue the run in this folder from its last checkpoint, exactly, with the settings it
     /// recorded: a flag that would change them (or the data, device or threads) is refused
+    /// [default: none, a new run]
     #[arg(long, conflicts_with_all = ["config", "run_dir"])]
     #[serde(skip)]
     resume: Option<PathBuf>,
     /// With --resume: train on to step N in all, a longer run than the one recorded (its
     /// learning-rate schedule is stretched to the new end from the step it resumes at, so the
-    /// result differs from a run started with --steps N)
+    /// result differs from a run started with --steps N) [default: the recorded steps]
     #[arg(long, value_name = "N", requires = "resume")]
     #[serde(skip)]
     extend_to: Option<usize>,
@@ -213,10 +214,7 @@ impl RunArgs {
         kind: &str,
         adjust: impl FnOnce(&mut T::Config) -> Result<()>,
         output: &OutputArgs,
-    ) -> Result<()>
-    where
-        vq_train::RunSummary<T::Eval>: std::fmt::Display,
-    {
+    ) -> Result<()> {
         let summary = match &self.resume {
             Some(dir) => vq_train::runner::resume_to::<T>(dir, self.extend_to)?,
             None => {
@@ -229,20 +227,8 @@ impl RunArgs {
                 vq_train::train::<T>(config, &self.run_dir(kind))?
             }
         };
-        print_report(&summary, output.json);
+        vq_report::print(&summary, output.json);
         Ok(())
-    }
-}
-
-/// Prints a report as text or one line of JSON.
-fn print_report<R: Serialize + std::fmt::Display>(report: &R, json: bool) {
-    if json {
-        match serde_json::to_string(report) {
-            Ok(line) => println!("{line}"),
-            Err(e) => eprintln!("error: cannot print the report as JSON: {e}"),
-        }
-    } else {
-        println!("{report}");
     }
 }
 
@@ -405,11 +391,7 @@ fn main() {
     vq_train::view::set_quiet(output.quiet || output.json);
     let json = output.json;
     if let Err(e) = run(args) {
-        if json {
-            println!("{}", serde_json::json!({ "error": format!("{e:#}") }));
-        } else {
-            eprintln!("error: {e:#}");
-        }
+        vq_report::print_error(&format!("{e:#}"), json);
         std::process::exit(1);
     }
 }
@@ -529,4 +511,13 @@ fn curves(metrics: &Path, kind: RunKind, picture: Option<PathBuf>) -> Result<()>
     vq_train::plot_curves(&metrics, &kind.panels(), &picture)?;
     println!("{}", picture.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_flag_says_its_default_and_values_are_kebab_case() {
+        let gaps = vq_report::help_gaps(&<super::Args as clap::CommandFactory>::command());
+        assert!(gaps.is_empty(), "{}", gaps.join("\n"));
+    }
 }

@@ -116,32 +116,11 @@ impl ConfigFile for PriorTrainConfig {
     }
 }
 
-/// Test-split likelihood of a prior.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PriorEvaluation {
-    pub step: usize,
-    pub grids: i64,
-    /// Mean negative log-likelihood of one code, in bits.
-    pub bits_per_code: f64,
-    /// Bits of a whole image's code grid divided by its sub-pixels.
-    pub bits_per_dim: f64,
-    /// Bits per code of the test codes under their training-split frequencies alone (a
-    /// unigram model): what the prior gains over code frequencies is the difference.
-    #[serde(default)]
-    pub unigram_bits_per_code: f64,
-    pub elapsed_s: f64,
-}
+pub use vq_report::PriorEvaluation;
 
 impl crate::task::Evaluation for PriorEvaluation {
     fn score(&self) -> f64 {
         -self.bits_per_code
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "test NLL {:.4} bits/code (code frequencies alone: {:.4}), {:.4} bits/dim ({} grids)",
-            self.bits_per_code, self.unigram_bits_per_code, self.bits_per_dim, self.grids
-        )
     }
 }
 

@@ -62,24 +62,7 @@ impl RunState {
     }
 }
 
-/// What a finished run reports (`summary.json`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RunSummary<E> {
-    pub run_dir: PathBuf,
-    pub steps: usize,
-    /// What a training item is ("images", "grids").
-    pub items: String,
-    pub final_eval: E,
-    /// The best evaluation's score and step.
-    pub best_score: f64,
-    pub best_step: usize,
-    pub train_seconds: f64,
-    /// Training items (images, code grids) per second over all steps.
-    pub items_per_second: f64,
-    /// FID and KID, when the config asks for them.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub generation: Option<Value>,
-}
+pub use vq_report::RunSummary;
 
 /// Starts a new run of `T` in `run_dir` (which must not hold one already). If the start fails
 /// before the first checkpoint, a run folder this call created is removed again.
@@ -243,7 +226,7 @@ fn run_loop<T: Task>(
             let mut best = false;
             if evaluate {
                 let eval = task.evaluate(run, state.step, last_step, state.elapsed_s)?;
-                bar.println(format!("step {}: {}", state.step, eval.describe()));
+                bar.println(format!("step {}: {}", state.step, eval));
                 metrics.append(&json!({ "eval": eval }))?;
                 best = state.best_score.is_none_or(|b| eval.score() > b);
                 if best {

@@ -65,11 +65,13 @@ pub struct StepReport {
 }
 
 /// An evaluation's figures.
-pub trait Evaluation: Serialize + DeserializeOwned + Clone + std::fmt::Debug {
+///
+/// Its `Display` is the one line the person watching the run reads.
+pub trait Evaluation:
+    Serialize + DeserializeOwned + Clone + std::fmt::Debug + std::fmt::Display
+{
     /// Higher is better: the evaluation with the highest score is the run's `best`.
     fn score(&self) -> f64;
-    /// One line for the person watching the run.
-    fn describe(&self) -> String;
 }
 
 /// Where a curve's points come from in `metrics.jsonl`.

@@ -2,13 +2,11 @@
 //! bar's message and the final summary's text. Apart from [`crate::Task`], which trains: a task
 //! names its [`RunKind`] and this module does the rest.
 
-use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Map, Value};
 
-use crate::runner::RunSummary;
-use crate::task::{Curve, Evaluation, Panel};
+use crate::task::{Curve, Panel};
 
 /// What a run trains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,22 +91,6 @@ impl RunKind {
             ),
             RunKind::Prior => format!("{:.3} bits/code", get("bits_per_code")),
         }
-    }
-}
-
-impl<E: Evaluation> fmt::Display for RunSummary<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {} steps in {:.0} s ({:.0} {}/s); {}; best at step {}",
-            self.run_dir.display(),
-            self.steps,
-            self.train_seconds,
-            self.items_per_second,
-            self.items,
-            self.final_eval.describe(),
-            self.best_step
-        )
     }
 }
 

@@ -41,13 +41,6 @@ impl crate::task::Evaluation for Evaluation {
     fn score(&self) -> f64 {
         self.psnr
     }
-
-    fn describe(&self) -> String {
-        format!(
-            "test PSNR {:.2} dB, SSIM {:.4}, perplexity {:.1}, {} / {} codes used ({} images)",
-            self.psnr, self.ssim, self.perplexity, self.codes_used, self.codebook_size, self.images
-        )
-    }
 }
 
 /// Loads a split of the run's dataset.

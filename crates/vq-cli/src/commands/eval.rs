@@ -1,6 +1,5 @@
 //! `vq-cli eval`: reconstruction figures over a dataset split.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -10,7 +9,6 @@ use serde::Serialize;
 use vq_data::Split;
 
 use super::files::*;
-use crate::report::table;
 use crate::session::Session;
 
 /// Which split of a dataset.
@@ -37,7 +35,7 @@ pub struct EvalArgs {
     /// The dataset: a cifar-10-batches-bin folder or an imported image set.
     #[arg(long, default_value = "datasets/cifar-10-batches-bin")]
     pub data: PathBuf,
-    /// Evaluate only the first N images.
+    /// Evaluate only the first N images [default: the whole split]
     #[arg(long)]
     pub limit: Option<usize>,
     /// Decode with only the first L levels of a residual quantizer's codes (its lower rates)
@@ -54,95 +52,7 @@ pub struct EvalArgs {
     pub fid_options: super::fid::FidOptions,
 }
 
-/// Reconstruction figures over a dataset split.
-#[derive(Debug, Serialize)]
-pub struct EvalReport {
-    pub checkpoint: String,
-    pub model_id: String,
-    pub split: SplitArg,
-    /// MSE, PSNR (RGB and luma), SSIM, perplexity and codes used, overall and per level.
-    #[serde(flatten)]
-    pub evaluation: vq_model::Evaluation,
-    /// The code search the codes were chosen by (`--search`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub search: Option<vq_model::CodeSearch>,
-    /// FID of the reconstructions against the split (`--fid`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rfid: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rkid: Option<vq_fid::Kid>,
-    pub seconds: f64,
-}
-
-impl fmt::Display for EvalReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let e = &self.evaluation;
-        let split = match self.split {
-            SplitArg::Train => "train",
-            SplitArg::Test => "test",
-        };
-        let mut rows = vec![
-            ("checkpoint", self.checkpoint.clone()),
-            ("images", format!("{} ({split} split)", e.images)),
-            ("MSE", format!("{:.6}", e.mse)),
-            ("PSNR", format!("{:.2} dB (RGB, mean over images)", e.psnr)),
-            (
-                "PSNR of the luma",
-                format!(
-                    "{:.2} dB (BT.601 Y, mean over images: pyiqa's test_y_channel)",
-                    e.psnr_y
-                ),
-            ),
-            ("SSIM", format!("{:.4}", e.ssim)),
-            ("perplexity", format!("{:.1}", e.perplexity)),
-            (
-                "codes used",
-                format!("{} of {}", e.codes_used, e.codebook_size),
-            ),
-        ];
-        if e.levels.len() > 1 {
-            for (l, level) in e.levels.iter().enumerate() {
-                rows.push((
-                    "level",
-                    format!(
-                        "{}: perplexity {:.1}, {} of {} codes used",
-                        l + 1,
-                        level.perplexity,
-                        level.codes_used,
-                        e.codebook_size
-                    ),
-                ));
-            }
-        }
-        if let Some(search) = self.search {
-            rows.push((
-                "codes",
-                format!(
-                    "searched: {} candidates a position, {} sweeps",
-                    search.candidates, search.sweeps
-                ),
-            ));
-        }
-        if let (Some(fid), Some(kid)) = (self.rfid, self.rkid) {
-            rows.push((
-                "rFID",
-                format!(
-                    "{fid:.3} (KID {:.5} ± {:.5}), against the whole split",
-                    kid.mean, kid.std
-                ),
-            ));
-        }
-        rows.push((
-            "time",
-            format!(
-                "{:.1} s ({:.0} images/s)",
-                self.seconds,
-                e.images as f64 / self.seconds.max(1e-9)
-            ),
-        ));
-        table(f, &rows)
-    }
-}
+pub use vq_report::EvalReport;
 
 /// `vq-cli eval`: MSE, PSNR, SSIM, perplexity and codes used over a split.
 pub fn run(session: &Session, args: &EvalArgs) -> Result<EvalReport> {
@@ -227,7 +137,7 @@ pub fn run(session: &Session, args: &EvalArgs) -> Result<EvalReport> {
     Ok(EvalReport {
         checkpoint: ckpt.origin(),
         model_id: vq_store::hex(&ckpt.model_id),
-        split: args.split,
+        split: args.split.into(),
         evaluation: e,
         search: scope.search,
         rfid,

@@ -1,18 +1,15 @@
 //! `vq-cli fid A B`: the Fréchet inception distance (and KID) between two sets of images, each
 //! a folder of images, a dataset split, a statistics file, or a prior's samples.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
 use tch::Device;
 use vq_data::Split;
-use vq_fid::{FeatureStats, InceptionV3, Kid};
+use vq_fid::{FeatureStats, InceptionV3};
 
 use crate::prior::open_prior;
-use crate::report::table;
 use crate::session::Session;
 
 /// The network's settings shared by every command that measures FID.
@@ -45,12 +42,14 @@ pub struct FidArgs {
     /// The images to measure: a folder of images (any size), a dataset split
     /// (`cifar10:train`, `cifar10:test`, or `DATASET_DIR:train|test` for an imported image
     /// set), the VQ-VAE's reconstructions of a split (`recon:cifar10:test`), or a statistics
-    /// file (`.fidstats`). Not with --samples.
+    /// file (`.fidstats`). Not with --samples [default: with --samples, the prior's samples;
+    /// else required]
     pub a: Option<String>,
-    /// What they are measured against, in the same forms [default with --samples:
-    /// cifar10:train].
+    /// What they are measured against, in the same forms [default: with --samples,
+    /// cifar10:train; else required]
     pub b: Option<String>,
-    /// Measure N images sampled from the prior (class-balanced) instead of A.
+    /// Measure N images sampled from the prior (class-balanced) instead of A; 50000 is the
+    /// field's protocol, 10000 a quicker one [default: none, measure A]
     #[arg(long, value_name = "N")]
     pub samples: Option<i64>,
     /// The prior for --samples [default: the bundled prior].
@@ -64,7 +63,8 @@ pub struct FidArgs {
     /// The CIFAR-10 folder that `cifar10:` names.
     #[arg(long, default_value = "datasets/cifar-10-batches-bin")]
     pub data: PathBuf,
-    /// Also write the statistics of the first set to this file (reusable as a side later).
+    /// Also write the statistics of the first set to this file (reusable as a side later)
+    /// [default: none]
     #[arg(long)]
     pub save_stats: Option<PathBuf>,
     #[command(flatten)]
@@ -135,52 +135,7 @@ impl FidSource {
     }
 }
 
-/// One side's figures.
-#[derive(Debug, Serialize)]
-pub struct FidSide {
-    pub source: String,
-    pub images: i64,
-}
-
-/// FID and KID of two sets.
-#[derive(Debug, Serialize)]
-pub struct FidReport {
-    pub fid: f64,
-    pub kid: Kid,
-    pub a: FidSide,
-    pub b: FidSide,
-    /// Seconds of the whole measurement.
-    pub seconds: f64,
-    /// Images put through the network per second (cached sides cost nothing).
-    pub images_per_second: f64,
-}
-
-impl fmt::Display for FidReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        table(
-            f,
-            &[
-                ("FID", format!("{:.3}", self.fid)),
-                (
-                    "KID",
-                    format!(
-                        "{:.5} ± {:.5} ({} subsets of {})",
-                        self.kid.mean, self.kid.std, self.kid.subsets, self.kid.subset_size
-                    ),
-                ),
-                ("A", format!("{} ({} images)", self.a.source, self.a.images)),
-                ("B", format!("{} ({} images)", self.b.source, self.b.images)),
-                (
-                    "time",
-                    format!(
-                        "{:.1} s ({:.1} images/s through the network)",
-                        self.seconds, self.images_per_second
-                    ),
-                ),
-            ],
-        )
-    }
-}
+pub use vq_report::{FidReport, FidSide};
 
 /// The statistics of one side and what it was; `through` counts the images put through the
 /// network.

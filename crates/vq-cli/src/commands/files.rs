@@ -32,7 +32,7 @@ pub struct SearchArgs {
     /// Choose each code among the quantizer's N best by the decoded image's error instead of
     /// taking the nearest (same bits, a higher PSNR, encoding about 100× slower; with
     /// `encode --entropy`, by error and bits: see --lambda; 4 is a good setting; vq, cosine and
-    /// residual quantizers)
+    /// residual quantizers) [default: the nearest code, no search]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..=64))]
     pub search: Option<i64>,
     /// Passes of --search over the code grid

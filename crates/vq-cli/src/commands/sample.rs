@@ -16,7 +16,7 @@ pub struct SampleArgs {
     /// with --class or an unconditional prior]
     #[arg(short)]
     pub n: Option<i64>,
-    /// Only this class (name, e.g. cat, or number 0-9).
+    /// Only this class (name, e.g. cat, or number 0-9) [default: every class, a row each]
     #[arg(long)]
     pub class: Option<String>,
     #[command(flatten)]

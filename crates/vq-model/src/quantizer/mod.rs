@@ -21,6 +21,7 @@ mod args;
 pub use args::{QuantizerArgs, QuantizerChoice};
 
 use crate::ModelError;
+pub use vq_report::LevelUsage;
 
 /// The codes a quantizer produces: `depth` codes per grid position (one for plain VQ, one per
 /// level for residual VQ), each below `vocabulary`.
@@ -159,13 +160,6 @@ impl Quantized {
     pub fn codes_used(&self) -> i64 {
         self.counts.get(0).gt(0.0).sum(Kind::Int64).int64_value(&[])
     }
-}
-
-/// Perplexity and distinct codes used of one level.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LevelUsage {
-    pub perplexity: f64,
-    pub codes_used: i64,
 }
 
 /// [`LevelUsage`] of each row of `(L, V)` counts.
