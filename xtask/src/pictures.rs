@@ -28,7 +28,7 @@ pub fn compare_decoders(
     }
     let (real, plain, tuned) = (dir.join("real"), dir.join("plain"), dir.join("sharp"));
     std::fs::create_dir_all(&real)?;
-    let images = crate::bench::export_test_images(data, images, &real)?;
+    let images = vq_bench::benches::export_test_images(data, images, &real)?;
     for (out, checkpoint) in [(&plain, None), (&tuned, Some(sharp))] {
         let mut c = cmd::cargo(root);
         c.args(["run", "--release", "-q", "-p", "vq-cli", "--", "-q"]);

