@@ -21,15 +21,8 @@ struct Cli {
     /// CIFAR-10 model, built into this binary].
     #[arg(long, global = true, env = "VQVAE_CHECKPOINT")]
     checkpoint: Option<PathBuf>,
-    /// Print each result as one JSON object.
-    #[arg(long, global = true)]
-    json: bool,
-    /// Only errors.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
-    quiet: bool,
-    /// More logging (-vv for debug).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    verbose: u8,
+    #[command(flatten)]
+    output: vq_report::OutputArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -62,21 +55,8 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let default_level = if cli.quiet {
-        "warn"
-    } else if cli.verbose >= 2 {
-        "debug"
-    } else {
-        "info"
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let json = cli.json;
+    cli.output.init_logging();
+    let json = cli.output.json;
     if let Err(e) = run(cli) {
         report::print_error(&e, json);
         std::process::exit(1);
@@ -93,8 +73,8 @@ fn run(cli: Cli) -> Result<()> {
     let session = Session {
         device: cli.device.resolve()?,
         checkpoint: cli.checkpoint,
-        quiet: cli.quiet,
-        json: cli.json,
+        quiet: cli.output.quiet,
+        json: cli.output.json,
     };
     let json = session.json;
     match cli.command {

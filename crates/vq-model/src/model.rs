@@ -172,16 +172,7 @@ mod tests {
                 layers: 1,
             },
             downsample,
-            quantizer: QuantizerConfig::Vq(VqConfig {
-                codebook: crate::quantizer::CodebookConfig {
-                    codebook_size: 16,
-                    update,
-                    dead_code_steps: 0,
-                    ..Default::default()
-                },
-                code_dim: 4,
-                ..VqConfig::default()
-            }),
+            quantizer: QuantizerConfig::Vq(VqConfig::tiny(update)),
             compute: ComputeKind::F32,
             ..VqVaeConfig::default()
         }

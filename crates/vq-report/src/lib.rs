@@ -38,6 +38,49 @@ pub fn print_error(message: &str, json: bool) {
     }
 }
 
+/// How much a command prints, and how: `--json`, `-q`, `-v`, the same in every binary and
+/// accepted on either side of a subcommand.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct OutputArgs {
+    /// Print each result as one JSON object on standard output (an error as
+    /// `{"error": "..."}`) [default: text]
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Only errors: no progress bars, no log lines
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// More logging (-vv for debug) [default: info]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl OutputArgs {
+    /// The `tracing` level these flags ask for (`RUST_LOG` overrides it).
+    pub fn log_level(&self) -> &'static str {
+        match (self.quiet, self.verbose) {
+            (true, _) => "warn",
+            (false, 0) => "info",
+            (false, _) => "debug",
+        }
+    }
+
+    /// Sends `tracing`'s log lines to standard error at [`Self::log_level`] (or `RUST_LOG`'s).
+    pub fn init_logging(&self) {
+        init_logging(self.log_level());
+    }
+}
+
+/// Sends `tracing`'s log lines to standard error at `level`, unless `RUST_LOG` says otherwise.
+pub fn init_logging(level: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// Rows of `label  value`, labels padded to one width: how reports show themselves as tables.
 pub fn table(f: &mut fmt::Formatter<'_>, rows: &[(&str, String)]) -> fmt::Result {
     let width = rows

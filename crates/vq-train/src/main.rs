@@ -22,7 +22,7 @@ use vq_train::{
 #[command(name = "vq-train", version)]
 struct Args {
     #[command(flatten)]
-    output: OutputArgs,
+    output: vq_report::OutputArgs,
     #[command(subcommand)]
     command: Option<Sub>,
     #[command(flatten)]
@@ -31,21 +31,6 @@ struct Args {
     quantizer: QuantizerArgs,
     #[command(flatten)]
     settings: VqVaeFlags,
-}
-
-/// How much the command prints, and how: accepted before or after the subcommand.
-#[derive(clap::Args)]
-struct OutputArgs {
-    /// Print the run's summary as one JSON object on standard output (an error as
-    /// `{"error": "..."}`) [default: text]
-    #[arg(long, global = true)]
-    json: bool,
-    /// Only errors: no progress bar, no log lines
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
-    quiet: bool,
-    /// More logging (-vv for debug) [default: info]
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    verbose: u8,
 }
 
 /// Serializes `true` as itself and `false` as "not given", so that a switch left off keeps the
@@ -213,7 +198,7 @@ impl RunArgs {
         flags: &[Value],
         kind: &str,
         adjust: impl FnOnce(&mut T::Config) -> Result<()>,
-        output: &OutputArgs,
+        output: &vq_report::OutputArgs,
     ) -> Result<()> {
         let summary = match &self.resume {
             Some(dir) => vq_train::runner::resume_to::<T>(dir, self.extend_to)?,
@@ -376,18 +361,7 @@ fn main() {
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     check_usage(&args, &matches);
     let output = &args.output;
-    let level = match (output.quiet, output.verbose) {
-        (true, _) => "warn",
-        (false, 0) => "info",
-        (false, _) => "debug",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    output.init_logging();
     vq_train::view::set_quiet(output.quiet || output.json);
     let json = output.json;
     if let Err(e) = run(args) {

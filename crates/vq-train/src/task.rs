@@ -173,3 +173,9 @@ pub trait Task: Sized {
         Ok(None)
     }
 }
+
+/// Adds the PSNR of a log line's mean squared error (on `[0, 1]` pixels) to it.
+pub fn add_psnr(line: &mut serde_json::Map<String, serde_json::Value>) {
+    let mse = line["mse"].as_f64().unwrap_or(f64::NAN);
+    line.insert("psnr".into(), (-10.0 * mse.max(1e-10).log10()).into());
+}

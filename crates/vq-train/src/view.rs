@@ -19,55 +19,58 @@ pub enum RunKind {
 impl RunKind {
     /// The panels of `curves.png`.
     pub fn panels(self) -> Vec<Panel> {
-        let loss = |title| Panel {
+        let panel = |title, log_y, curves| Panel {
             title,
-            log_y: true,
-            curves: vec![Curve::train("loss", "loss")],
+            log_y,
+            curves,
         };
-        let psnr = Panel {
-            title: "PSNR (dB)",
-            log_y: false,
-            curves: vec![Curve::train("train", "psnr"), Curve::eval("test", "psnr")],
+        let psnr = || {
+            panel(
+                "PSNR (dB)",
+                false,
+                vec![Curve::train("train", "psnr"), Curve::eval("test", "psnr")],
+            )
         };
+        let loss = |title| panel(title, true, vec![Curve::train("loss", "loss")]);
         match self {
             RunKind::VqVae => vec![
                 loss("training loss"),
-                psnr,
-                Panel {
-                    title: "perplexity",
-                    log_y: false,
-                    curves: vec![
+                psnr(),
+                panel(
+                    "perplexity",
+                    false,
+                    vec![
                         Curve::train("train batch", "perplexity"),
                         Curve::eval("test", "perplexity"),
                     ],
-                },
+                ),
             ],
             RunKind::Decoder => vec![
                 loss("decoder loss"),
-                psnr,
-                Panel {
-                    title: "adversarial",
-                    log_y: false,
-                    curves: vec![
+                psnr(),
+                panel(
+                    "adversarial",
+                    false,
+                    vec![
                         Curve::train("discriminator hinge", "disc_loss"),
                         Curve::train("decoder −D(fake)", "adversarial"),
                     ],
-                },
+                ),
             ],
             RunKind::Prior => vec![
-                Panel {
-                    title: "NLL (bits per code)",
-                    log_y: false,
-                    curves: vec![
+                panel(
+                    "NLL (bits per code)",
+                    false,
+                    vec![
                         Curve::train("train", "bits_per_code"),
                         Curve::eval("test", "bits_per_code"),
                     ],
-                },
-                Panel {
-                    title: "test bits/dim",
-                    log_y: false,
-                    curves: vec![Curve::eval("test", "bits_per_dim")],
-                },
+                ),
+                panel(
+                    "test bits/dim",
+                    false,
+                    vec![Curve::eval("test", "bits_per_dim")],
+                ),
             ],
         }
     }

@@ -169,8 +169,7 @@ impl Task for VqVaeTask {
     }
 
     fn finish_log_line(&self, line: &mut serde_json::Map<String, serde_json::Value>) {
-        let mse = line["mse"].as_f64().unwrap_or(f64::NAN);
-        line.insert("psnr".into(), (-10.0 * mse.max(1e-10).log10()).into());
+        crate::task::add_psnr(line);
     }
 
     fn evaluate(

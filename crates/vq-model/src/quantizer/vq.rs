@@ -142,6 +142,23 @@ impl VqConfig {
     }
 }
 
+#[cfg(test)]
+impl VqConfig {
+    /// The tests' codebook: 16 codes of 4 dimensions, no dead-code restarts.
+    pub(crate) fn tiny(update: CodebookUpdate) -> Self {
+        VqConfig {
+            codebook: CodebookConfig {
+                codebook_size: 16,
+                update,
+                dead_code_steps: 0,
+                ..Default::default()
+            },
+            code_dim: 4,
+            ..VqConfig::default()
+        }
+    }
+}
+
 impl super::QuantizerKind for VqConfig {
     fn latent_dim(&self) -> i64 {
         self.code_dim
@@ -505,16 +522,7 @@ mod tests {
     use super::*;
 
     fn vq(update: CodebookUpdate) -> VqConfig {
-        VqConfig {
-            codebook: CodebookConfig {
-                codebook_size: 16,
-                update,
-                dead_code_steps: 0,
-                ..Default::default()
-            },
-            code_dim: 4,
-            ..VqConfig::default()
-        }
+        VqConfig::tiny(update)
     }
 
     #[test]
