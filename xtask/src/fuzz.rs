@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-pub const TARGETS: [&str; 3] = ["cifar_records", "archive", "vqz"];
+pub const TARGETS: [&str; 4] = ["cifar_records", "archive", "vqz", "npy"];
 
 pub fn run(root: &Path, targets: &[String], seconds: u64) -> Result<()> {
     let version = Command::new("cargo")

@@ -56,6 +56,7 @@
 use thiserror::Error;
 
 pub mod arithmetic;
+pub mod npy;
 pub mod v3;
 
 pub const MAGIC: [u8; 4] = *b"VQZ\0";

@@ -49,7 +49,7 @@ pub struct OutputArgs {
     /// Only errors: no progress bars, no log lines
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
-    /// More logging (-vv for debug) [default: info]
+    /// More logging: -v debug, -vv trace [default: info]
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
@@ -60,7 +60,8 @@ impl OutputArgs {
         match (self.quiet, self.verbose) {
             (true, _) => "warn",
             (false, 0) => "info",
-            (false, _) => "debug",
+            (false, 1) => "debug",
+            (false, _) => "trace",
         }
     }
 

@@ -59,7 +59,8 @@ struct ModelFlags {
     /// 4 (8×8 codes) or 2 (16×16 codes) [default: 4]
     #[arg(long, conflicts_with = "resume")]
     downsample: Option<i64>,
-    /// Number type of the convolutions (auto: bf16 where the CPU has AMX bf16 tiles)
+    /// Number type of the convolutions (auto: bf16 where the hardware runs it natively: a GPU
+    /// of compute capability 8.0 or more, a CPU with AMX, an AMD CPU with AVX-512 BF16)
     /// [default: auto]
     #[arg(long, value_enum, conflicts_with = "resume")]
     compute: Option<ComputeKind>,

@@ -1,18 +1,7 @@
 //! The quantizer's command-line flags (`vq-train`), applied here so that the binaries do not
 //! reach into each kind's settings.
 
-use super::{
-    CosineConfig, FsqConfig, GradientEstimator, QuantizerConfig, ResidualConfig, VqConfig,
-};
-
-/// `--quantizer`: the kinds of `"quantizer": {"kind": ...}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum QuantizerChoice {
-    Vq,
-    Cosine,
-    Fsq,
-    Residual,
-}
+use super::{GradientEstimator, QuantizerChoice, QuantizerConfig};
 
 /// The quantizer flags of a training command. Unset flags leave the config's settings alone;
 /// a flag that the chosen kind does not have is an error naming both.
@@ -53,16 +42,7 @@ impl QuantizerArgs {
     /// Lays the flags over `config` and checks the result.
     pub fn apply(&self, config: &mut QuantizerConfig) -> Result<(), String> {
         if let Some(kind) = self.quantizer {
-            let latent = config.latent_dim();
-            *config = match kind {
-                QuantizerChoice::Vq => QuantizerConfig::Vq(VqConfig::default()),
-                QuantizerChoice::Cosine => QuantizerConfig::Cosine(CosineConfig {
-                    latent_dim: latent,
-                    ..Default::default()
-                }),
-                QuantizerChoice::Fsq => QuantizerConfig::Fsq(FsqConfig::default()),
-                QuantizerChoice::Residual => QuantizerConfig::Residual(ResidualConfig::default()),
-            };
+            *config = QuantizerConfig::fresh(kind, config.latent_dim());
         }
         let kind = config.kind_name();
         let wrong = |flag: &str| format!("{flag} does not apply to the {kind} quantizer");

@@ -90,6 +90,14 @@ impl super::QuantizerKind for CosineConfig {
     fn codebook_mut(&mut self) -> Option<(&mut CodebookConfig, &mut i64)> {
         Some((&mut self.codebook, &mut self.code_dim))
     }
+
+    /// Cosine codes project the encoder's output: keep its width.
+    fn fresh(latent_dim: i64) -> Self {
+        CosineConfig {
+            latent_dim,
+            ..Default::default()
+        }
+    }
 }
 
 /// Projection in, unit-length codebook, projection out. Its variables are `in_proj.*`,

@@ -18,7 +18,7 @@ pub use residual::{ResidualConfig, ResidualQuantizer, MAX_DEPTH};
 pub use vq::{CodebookConfig, CodebookUpdate, GradientEstimator, VectorQuantizer, VqConfig};
 
 mod args;
-pub use args::{QuantizerArgs, QuantizerChoice};
+pub use args::QuantizerArgs;
 
 use crate::ModelError;
 pub use vq_report::LevelUsage;
@@ -54,6 +54,15 @@ pub trait QuantizerKind {
     fn codebook_mut(&mut self) -> Option<(&mut CodebookConfig, &mut i64)> {
         None
     }
+
+    /// Its default settings for an encoder of `latent_dim` channels, when `--quantizer`
+    /// switches a model to this kind (most kinds set their own width and ignore it).
+    fn fresh(_latent_dim: i64) -> Self
+    where
+        Self: Sized + Default,
+    {
+        Self::default()
+    }
 }
 
 /// Declares [`QuantizerConfig`], one variant per kind, and its dispatch to [`QuantizerKind`]:
@@ -67,7 +76,23 @@ macro_rules! quantizer_kinds {
             $($(#[$doc])* $variant($config),)*
         }
 
+        /// `--quantizer`: the kinds of `"quantizer": {"kind": ...}`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+        #[value(rename_all = "kebab-case")]
+        pub enum QuantizerChoice {
+            $($variant,)*
+        }
+
         impl QuantizerConfig {
+            /// The default settings of `kind` for an encoder of `latent_dim` channels.
+            pub fn fresh(kind: QuantizerChoice, latent_dim: i64) -> Self {
+                match kind {
+                    $(QuantizerChoice::$variant => {
+                        QuantizerConfig::$variant(<$config as QuantizerKind>::fresh(latent_dim))
+                    })*
+                }
+            }
+
             /// Its `"kind"` in `config.json`.
             pub fn kind_name(&self) -> &'static str {
                 match self {
