@@ -81,8 +81,18 @@ fn run(cli: Cli) -> Result<()> {
         Command::Reconstruct(args) => {
             print_files(&commands::reconstruct::run(&session, &args)?, &session)
         }
-        Command::Encode(args) => print_files(&commands::encode::run(&session, &args)?, &session),
-        Command::Decode(args) => print_files(&commands::decode::run(&session, &args)?, &session),
+        Command::Encode(args) => {
+            let report = commands::encode::run(&session, &args)?;
+            if report.is_summary() && !session.quiet {
+                report::print(&report, json);
+            }
+        }
+        Command::Decode(args) => {
+            let report = commands::decode::run(&session, &args)?;
+            if report.is_summary() && !session.quiet {
+                report::print(&report, json);
+            }
+        }
         Command::Sample(args) => report::print(&commands::sample::run(&session, &args)?, json),
         Command::Eval(args) => report::print(&commands::eval::run(&session, &args)?, json),
         Command::Fid(args) => report::print(&commands::fid::run(&session, &args)?, json),

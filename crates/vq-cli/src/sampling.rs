@@ -59,22 +59,33 @@ pub enum DecoderChoice {
     Plain,
 }
 
+/// The VQ-VAE whose decoder draws the pixels: `--checkpoint`'s, else the bundled model with
+/// the decoder `choice` picks (`default` when none is given).
+pub fn open_decoder(
+    session: &Session,
+    choice: Option<DecoderChoice>,
+    default: DecoderChoice,
+) -> anyhow::Result<Checkpoint> {
+    match (&session.checkpoint, choice) {
+        (Some(path), Some(_)) => anyhow::bail!(
+            "--decoder picks one of the bundled decoders; with --checkpoint {} its own decoder is used, so drop --decoder",
+            path.display()
+        ),
+        (Some(_), None) => session.open(),
+        (None, choice) => match choice.unwrap_or(default) {
+            DecoderChoice::Plain => session.open(),
+            DecoderChoice::Sharp => Checkpoint::bundled_tuned_decoder(session.device).context(
+                "opening the bundled sharp decoder, models/cifar10-sharp (--decoder plain uses the bundled model's own)",
+            ),
+        },
+    }
+}
+
 impl SamplingArgs {
     /// The VQ-VAE whose decoder renders the samples: `--checkpoint`'s, else the bundled model
     /// with the decoder `--decoder` picks (the sharp one by default).
     pub fn open_decoder(&self, session: &Session) -> anyhow::Result<Checkpoint> {
-        match (&session.checkpoint, self.decoder) {
-            (Some(path), Some(_)) => anyhow::bail!(
-                "--decoder picks one of the bundled decoders; with --checkpoint {} its own decoder is used, so drop --decoder",
-                path.display()
-            ),
-            (Some(_), None) | (None, Some(DecoderChoice::Plain)) => session.open(),
-            (None, None | Some(DecoderChoice::Sharp)) => {
-                Checkpoint::bundled_tuned_decoder(session.device).context(
-                    "opening the bundled sharp decoder, models/cifar10-sharp (--decoder plain uses the bundled model's own)",
-                )
-            }
-        }
+        open_decoder(session, self.decoder, DecoderChoice::Sharp)
     }
 
     /// Puts the prior in the number type `--compute` asks for; a bf16 request the prior cannot

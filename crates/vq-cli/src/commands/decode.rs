@@ -23,6 +23,11 @@ pub struct DecodeArgs {
     /// rate) [default: all the file holds]
     #[arg(long)]
     pub levels: Option<usize>,
+    /// Which bundled decoder draws the pixels: `plain` (the bundled model's own: a file decodes
+    /// to exactly what `reconstruct` wrote) or `sharp` (models/cifar10-sharp, trained
+    /// adversarially for the same codes). Not with --checkpoint [default: plain]
+    #[arg(long, value_enum)]
+    pub decoder: Option<crate::sampling::DecoderChoice>,
 }
 
 /// A prior that decodes files, with its portable forward pass when it has one.
@@ -32,8 +37,27 @@ struct OpenPrior {
 }
 
 /// `vq-cli decode`: write each `.vqz` file's image as `NAME.decoded.png`.
-pub fn run(session: &Session, args: &DecodeArgs) -> Result<FilesReport> {
+pub fn run(session: &Session, args: &DecodeArgs) -> Result<Decoded> {
     let ckpt = session.open()?;
+    let decoder = crate::sampling::open_decoder(
+        session,
+        args.decoder,
+        crate::sampling::DecoderChoice::Plain,
+    )?;
+    if let [input] = args.files.inputs.as_slice() {
+        if super::tokens::is_array(input) {
+            if args.levels.is_some() {
+                bail!("--levels applies to .vqz files; slice the array instead");
+            }
+            return Ok(Decoded::Array(super::tokens::decode_array(
+                session,
+                input,
+                args.files.output.as_deref(),
+                &ckpt,
+                &decoder,
+            )?));
+        }
+    }
     if args.levels == Some(0) {
         bail!("--levels must be at least 1");
     }
@@ -119,9 +143,37 @@ pub fn run(session: &Session, args: &DecodeArgs) -> Result<FilesReport> {
             depth: file.depth() as u32,
             codes: file.codes.clone(),
         };
-        let img = codec(&ckpt, session.device).decode(&grid, file.width, file.height);
+        let img = codec(&decoder, session.device).decode(&grid, file.width, file.height);
         write_file(dest, &codec::encode_png(&img, file.colour)?)?;
         // A decoded file reports its files and size.
         Ok(FileHead::new(input, dest, file.width, file.height))
     })
+    .map(Decoded::Files)
+}
+
+/// What `decode` did: `.vqz` files, or an array of codes.
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
+pub enum Decoded {
+    Files(FilesReport),
+    Array(super::tokens::ImagesReport),
+}
+
+impl Decoded {
+    /// Worth printing after the files' own lines (an array's report is the only one).
+    pub fn is_summary(&self) -> bool {
+        match self {
+            Decoded::Files(f) => f.is_summary(),
+            Decoded::Array(_) => true,
+        }
+    }
+}
+
+impl std::fmt::Display for Decoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Decoded::Files(r) => r.fmt(f),
+            Decoded::Array(r) => r.fmt(f),
+        }
+    }
 }

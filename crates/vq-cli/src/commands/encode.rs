@@ -32,6 +32,12 @@ pub struct EncodeArgs {
     /// pixels summed over the channels); 0 searches for the error alone [default: 0.02]
     #[arg(long, value_name = "λ", requires_all = ["entropy", "search"], value_parser = non_negative)]
     pub lambda: Option<f64>,
+    /// Write the codes of every input as one (N, L, h, w) integer array instead of .vqz files:
+    /// OUT.npy (NumPy; the images' names in OUT.names.json beside it) or OUT.json. An input
+    /// may also be one dataset split, `cifar10:train` or `DIR:test`, whose labels go to
+    /// OUT.labels.npy [default: .vqz files]
+    #[arg(long, value_name = "OUT", conflicts_with_all = ["entropy", "output"])]
+    pub codes: Option<PathBuf>,
 }
 
 /// λ of a rate–distortion search when `--lambda` is not given (docs/experiments.md has the
@@ -79,7 +85,15 @@ impl fmt::Display for EncodeReport {
 }
 
 /// `vq-cli encode`: write each image's codes as `NAME.vqz`.
-pub fn run(session: &Session, args: &EncodeArgs) -> Result<FilesReport> {
+pub fn run(session: &Session, args: &EncodeArgs) -> Result<Encoded> {
+    if let Some(out) = &args.codes {
+        return Ok(Encoded::Array(super::tokens::encode_to_array(
+            session,
+            &args.files.inputs,
+            &args.search,
+            out,
+        )?));
+    }
     let ckpt = session.open()?;
     // Entropy coding reads the prior's probabilities from its portable forward pass.
     let prior = if args.entropy {
@@ -140,6 +154,7 @@ pub fn run(session: &Session, args: &EncodeArgs) -> Result<FilesReport> {
             })
             .collect()
     })
+    .map(Encoded::Files)
 }
 
 /// One image's `.vqz` file, entropy-coded with `prior` if given.
@@ -183,4 +198,31 @@ fn write_code_file(
         bits_per_code: vq_codes::bits_per_code(file.codebook_size()),
         bytes: bytes.len(),
     })
+}
+
+/// What `encode` did: `.vqz` files, or one array of codes (`--codes`).
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Encoded {
+    Files(FilesReport),
+    Array(super::tokens::CodesReport),
+}
+
+impl Encoded {
+    /// Worth printing after the files' own lines (an array's report is the only one).
+    pub fn is_summary(&self) -> bool {
+        match self {
+            Encoded::Files(f) => f.is_summary(),
+            Encoded::Array(_) => true,
+        }
+    }
+}
+
+impl fmt::Display for Encoded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Encoded::Files(r) => r.fmt(f),
+            Encoded::Array(r) => r.fmt(f),
+        }
+    }
 }

@@ -354,3 +354,11 @@ pub(crate) fn load_images(jobs: &[Job<'_>]) -> Vec<Result<crate::LoadedImage>> {
         .map(|job| crate::load_image(job.input).map_err(anyhow::Error::from))
         .collect()
 }
+
+/// The images at `paths` decoded, on all cores.
+pub(crate) fn load_images_at(paths: &[PathBuf]) -> Vec<Result<crate::LoadedImage>> {
+    paths
+        .par_iter()
+        .map(|path| crate::load_image(path).map_err(anyhow::Error::from))
+        .collect()
+}

@@ -11,6 +11,7 @@ pub mod import;
 pub mod info;
 pub mod reconstruct;
 pub mod sample;
+pub mod tokens;
 
 pub use decode::DecodeArgs;
 pub use encode::{EncodeArgs, DEFAULT_LAMBDA};
