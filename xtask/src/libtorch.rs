@@ -286,3 +286,50 @@ fn symlink(target: &Path, link: &Path) -> Result<()> {
 fn symlink(_target: &Path, _link: &Path) -> Result<()> {
     bail!("the LibTorch set-up supports Linux and macOS; set LIBTORCH to your LibTorch instead")
 }
+
+/// A Python with PyTorch 2.13.0 for the PyTorch-export test (`vq-cli export --pytorch`):
+/// `<data folder>/pytorch/`, made on first use. Python's torch module links cuDNN, NCCL and
+/// cuBLAS even on a CPU, so it needs the full wheel set (about 4.7 GB), unlike LibTorch's lean
+/// install that the binaries link.
+pub fn ensure_pytorch() -> Result<PathBuf> {
+    let venv = data_home()?.join("pytorch");
+    let python = venv.join("bin").join("python");
+    let ready = || {
+        Command::new(&python)
+            .args([
+                "-c",
+                &format!("import torch; assert torch.__version__.startswith('{TORCH_VERSION}')"),
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if ready() {
+        return Ok(python);
+    }
+    if !python.exists() {
+        std::fs::create_dir_all(&venv)?;
+        cmd::run(Command::new("python3").args(["-m", "venv"]).arg(&venv)).context(
+            "creating the PyTorch virtualenv (on Debian/Ubuntu: apt-get install python3-venv)",
+        )?;
+    }
+    tracing::info!(
+        "installing PyTorch {TORCH_VERSION} into {} for the PyTorch-export test (about 4.7 GB)",
+        venv.display()
+    );
+    cmd::run(Command::new(&python).args([
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-input",
+        &format!("torch=={TORCH_VERSION}"),
+    ]))
+    .context("pip could not install torch")?;
+    if !ready() {
+        bail!(
+            "{}: torch {TORCH_VERSION} does not import",
+            python.display()
+        );
+    }
+    Ok(python)
+}

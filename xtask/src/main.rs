@@ -34,6 +34,10 @@ enum Command {
         /// Install the full CUDA wheel set even if no GPU is detected.
         #[arg(long)]
         cuda: bool,
+        /// Also a Python with PyTorch 2.13.0 (data folder's pytorch/, about 4.7 GB), what the
+        /// PyTorch-export test runs the exported module with (`cargo xtask test` installs it).
+        #[arg(long)]
+        pytorch: bool,
     },
     /// Download, check and unpack CIFAR-10 into datasets/cifar-10-batches-bin/.
     DownloadCifar(DownloadArgs),
@@ -209,7 +213,7 @@ fn real_main() -> Result<()> {
     let cli = Cli::parse();
     let root = root()?;
     match cli.command {
-        Command::Setup { cuda } => {
+        Command::Setup { cuda, pytorch } => {
             let choice = if cuda {
                 libtorch::CudaChoice::Force
             } else {
@@ -217,6 +221,10 @@ fn real_main() -> Result<()> {
             };
             libtorch::ensure(&root, choice)?;
             fid::ensure(&root)?;
+            if pytorch {
+                let python = libtorch::ensure_pytorch()?;
+                tracing::info!("PyTorch for the export test: {}", python.display());
+            }
             tracing::info!(
                 "LibTorch is ready; `cargo build` now finds it through .cargo/config.toml"
             );
@@ -237,6 +245,7 @@ fn real_main() -> Result<()> {
         Command::Test { args } => {
             libtorch::ensure(&root, libtorch::CudaChoice::Auto)?;
             fid::ensure(&root)?;
+            let torch_python = libtorch::ensure_pytorch()?;
             cmd::run(cmd::cargo(&root).args(["fmt", "--all", "--", "--check"]))
                 .context("code is not formatted: run `cargo fmt --all`")?;
             cmd::run(cmd::cargo(&root).args([
@@ -250,7 +259,8 @@ fn real_main() -> Result<()> {
             cmd::run(
                 cmd::cargo(&root)
                     .args(["test", "--workspace", "--"])
-                    .args(&args),
+                    .args(&args)
+                    .env("VQVAE_TORCH_PYTHON", torch_python),
             )?;
         }
         Command::Eval {

@@ -46,6 +46,9 @@ enum Command {
     /// An image folder (a sub-folder per class) into a dataset folder for `vq-train --data`
     /// and `vq-cli eval --data`.
     Import(commands::import::ImportArgs),
+    /// The model (and the bundled sharp decoder and prior) for PyTorch: safetensors under
+    /// documented names and a self-contained Python module (torch only) defining the networks.
+    Export(commands::export::ExportArgs),
     /// The model's configuration, size, training steps and figures, and the device in use.
     Info,
     /// The devices LibTorch sees (CUDA GPUs with their compute capability), and the bundled
@@ -99,6 +102,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Import(args) => report::print(&commands::import::run(&session, &args)?, json),
         Command::Device => report::print(&commands::device::run()?, json),
         Command::Info => report::print(&commands::info::run(&session)?, json),
+        Command::Export(args) => report::print(&commands::export::run(&session, &args)?, json),
     }
     Ok(())
 }

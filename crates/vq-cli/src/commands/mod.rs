@@ -5,6 +5,7 @@ pub mod decode;
 pub mod device;
 pub mod encode;
 pub mod eval;
+pub mod export;
 pub mod fid;
 mod files;
 pub mod import;
