@@ -147,7 +147,7 @@ fn bad_arrays_and_mixed_sizes_are_named() {
     };
     failed(
         &["encode", "--codes", "x.npy", "in"],
-        &["small.png", "wide.png", "one size"],
+        &["small.png", "wide.png", "one shape"],
     );
     failed(
         &["encode", "--codes", "x.txt", "in/small.png"],

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use tch::Device;
 use vq_codes::CodeFile;
-use vq_prior::portable::PortableTransformer;
 
 use super::files::*;
 use crate::codec::{self};
@@ -28,12 +27,6 @@ pub struct DecodeArgs {
     /// adversarially for the same codes). Not with --checkpoint [default: plain]
     #[arg(long, value_enum)]
     pub decoder: Option<crate::sampling::DecoderChoice>,
-}
-
-/// A prior that decodes files, with its portable forward pass when it has one.
-struct OpenPrior {
-    prior: vq_prior::PriorCheckpoint,
-    portable: Option<PortableTransformer>,
 }
 
 /// `vq-cli decode`: write each `.vqz` file's image as `NAME.decoded.png`.
@@ -64,7 +57,7 @@ pub fn run(session: &Session, args: &DecodeArgs) -> Result<Decoded> {
     // The priors opened so far, by the id the files name: many files coded with one prior
     // open it once.
     use std::collections::hash_map::{Entry, HashMap};
-    let mut priors: HashMap<Vec<u8>, OpenPrior> = HashMap::new();
+    let mut priors: HashMap<Vec<u8>, vqvae::EntropyCoder> = HashMap::new();
     each_input(session, &args.files, "decoded.png", |input, dest| {
         if !input.is_file() {
             bail!("{}: no such file", input.display());
@@ -83,49 +76,25 @@ pub fn run(session: &Session, args: &DecodeArgs) -> Result<Decoded> {
         }
         crate::check_code_file(input, &file, &ckpt)?;
         file.resolve_vocabulary(ckpt.config.code_space().vocabulary as u32);
-        if let Some(coding) = &file.entropy {
-            if let Entry::Vacant(vacant) = priors.entry(coding.prior_id.clone()) {
+        if let Some(prior_id) = file.entropy.as_ref().map(|c| c.prior_id.clone()) {
+            if let Entry::Vacant(vacant) = priors.entry(prior_id.clone()) {
                 let prior = match args.prior.as_deref() {
                     Some(path) => crate::prior::open_prior_on(Some(path), &ckpt, Device::Cpu),
-                    None => crate::prior::open_bundled_prior_coded_as(&ckpt, &coding.prior_id),
+                    None => crate::prior::open_bundled_prior_coded_as(&ckpt, &prior_id),
                 }
                 .with_context(|| format!("{}: arithmetic-coded with a prior", input.display()))?;
-                if !prior.model_id.starts_with(&coding.prior_id) {
+                if !prior.model_id.starts_with(&prior_id) {
                     bail!(
                         "{}: coded with prior {}, but {} is prior {}; decode it with the prior that encoded it (--prior)",
                         input.display(),
-                        vq_store::hex(&coding.prior_id),
+                        vq_store::hex(&prior_id),
                         prior.origin(),
-                        vq_store::hex(&prior.model_id[..coding.prior_id.len()])
+                        vq_store::hex(&prior.model_id[..prior_id.len()])
                     );
                 }
-                let portable = prior.model.portable();
-                vacant.insert(OpenPrior { prior, portable });
+                vacant.insert(vqvae::EntropyCoder::new(prior));
             }
-            let open = &priors[&coding.prior_id];
-            let (width, height) = (file.grid_width as usize, file.grid_height as usize);
-            let grid = if file.version >= 3 {
-                let Some(portable) = &open.portable else {
-                    bail!(
-                        "{}: coded with prior {}, which is a PixelCNN: version-3 files are coded by transformer priors only",
-                        input.display(),
-                        open.prior.origin()
-                    );
-                };
-                vq_prior::entropy::decode_portable(portable, &coding.payload, width, height).0
-            } else {
-                vq_prior::entropy::decode(
-                    open.prior.model.as_ref(),
-                    &coding.payload,
-                    width,
-                    height,
-                    coding.class.map(i64::from),
-                )
-            };
-            file.codes = grid.codes;
-            file.validate().with_context(|| {
-                format!("{}: decoding the arithmetic-coded codes", input.display())
-            })?;
+            vqvae::decode_entropy(input, &mut file, &priors[&prior_id])?;
         }
         if let Some(levels) = args.levels {
             if levels > file.depth() {

@@ -7,7 +7,6 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use tch::Device;
 use vq_model::checkpoint::Checkpoint;
-use vq_prior::portable::PortableTransformer;
 
 use super::files::*;
 use crate::codec::CodeGrid;
@@ -104,13 +103,14 @@ pub fn run(session: &Session, args: &EncodeArgs) -> Result<Encoded> {
                 ckpt.config.code_space().depth
             );
         }
-        let Some(portable) = prior.model.portable() else {
+        let coder = vqvae::EntropyCoder::new(prior);
+        if coder.portable.is_none() {
             bail!(
                 "--entropy: {} is a PixelCNN prior, which has no portable forward pass for coding; use a transformer prior (`vq-train prior --arch transformer`)",
-                prior.origin()
+                coder.prior.origin()
             );
-        };
-        Some((prior, portable))
+        }
+        Some(coder)
     } else {
         None
     };
@@ -119,8 +119,8 @@ pub fn run(session: &Session, args: &EncodeArgs) -> Result<Encoded> {
     // With --entropy, the search weighs each code's bits under the prior (the null class's:
     // the class is chosen after the search).
     let rate = match (&prior, &search) {
-        (Some((prior, _)), Some(_)) => Some(vq_prior::entropy::PriorRate {
-            prior: prior.model.as_ref(),
+        (Some(coder), Some(_)) => Some(vq_prior::entropy::PriorRate {
+            prior: coder.prior.model.as_ref(),
             class: None,
         }),
         _ => None,
@@ -150,42 +150,25 @@ pub fn run(session: &Session, args: &EncodeArgs) -> Result<Encoded> {
             .map(|((img, grid), job)| {
                 let img = img?;
                 let grid = grid.expect("loaded, so encoded");
-                write_code_file(&ckpt, prior.as_ref().map(|(p, t)| (p, t)), job, &img, &grid)
+                write_code_file(&ckpt, prior.as_ref(), job, &img, &grid)
             })
             .collect()
     })
     .map(Encoded::Files)
 }
 
-/// One image's `.vqz` file, entropy-coded with `prior` if given.
+/// One image's `.vqz` file, entropy-coded with `coder` if given.
 fn write_code_file(
     ckpt: &Checkpoint,
-    prior: Option<(&vq_prior::PriorCheckpoint, &PortableTransformer)>,
+    coder: Option<&vqvae::EntropyCoder>,
     job: &Job<'_>,
     img: &crate::LoadedImage,
     grid: &CodeGrid,
 ) -> Result<EncodeReport> {
     let (input, dest) = (job.input, job.dest.as_path());
     let (w, h) = img.rgb.dimensions();
-    let mut file = crate::code_file(ckpt, grid, w, h, img.colour)
+    let file = vqvae::code_file(ckpt, grid, w, h, img.colour, coder)
         .with_context(|| format!("{}: building the code file", input.display()))?;
-    if let Some((prior, portable)) = prior {
-        let codes = vq_prior::entropy::Grid {
-            width: grid.width as usize,
-            height: grid.height as usize,
-            codes: grid.codes.clone(),
-        };
-        let class = vq_prior::entropy::best_class(prior.model.as_ref(), &codes);
-        let payload = vq_prior::entropy::encode_portable(portable, &codes, class);
-        // The prior names the model.
-        file.model_id.clear();
-        file.entropy = Some(vq_codes::EntropyCoding {
-            prior_id: prior.model_id[..vq_codes::v3::PRIOR_ID_LEN].to_vec(),
-            class: None,
-            codes_crc: vq_codes::v3::codes_check(&file.codes),
-            payload,
-        });
-    }
     let bytes = file
         .to_bytes()
         .with_context(|| format!("{}: building the code file", input.display()))?;

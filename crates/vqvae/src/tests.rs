@@ -1,5 +1,9 @@
 use super::*;
-use tch::{nn, Device};
+use crate::files::*;
+use image::RgbImage;
+use std::path::{Path, PathBuf};
+use tch::{nn, Device, Kind, Tensor};
+use vq_codes::Colour;
 use vq_model::{VqVae, VqVaeConfig};
 
 fn tiny_model(vs: &nn::VarStore) -> VqVae {
@@ -418,15 +422,10 @@ fn a_prior_opens_only_with_its_own_vqvae_and_samples_images() {
     let prior =
         PriorCheckpoint::open_for(Source::Path(&own), "the VQ-VAE", &id, Device::Cpu).unwrap();
     let labels = Tensor::from_slice(&[3i64, 5]);
-    let samples = crate::sampling::sample_images(
-        &prior,
-        &vqvae,
-        Some(&labels),
-        2,
-        &Default::default(),
-        Device::Cpu,
-    );
-    assert_eq!(samples.images.size(), vec![2, 3, 32, 32]);
-    assert_eq!(samples.codes.size(), vec![2, 8, 8]);
-    assert!(samples.sampling_seconds >= 0.0 && samples.decoding_seconds >= 0.0);
+    let codes = prior
+        .model
+        .sample(2, Some(&labels), &Default::default(), Device::Cpu);
+    assert_eq!(codes.size(), vec![2, 8, 8]);
+    let images = vqvae.model.decode(&codes.unsqueeze(1));
+    assert_eq!(images.size(), vec![2, 3, 32, 32]);
 }

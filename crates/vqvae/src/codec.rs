@@ -96,6 +96,22 @@ pub struct CodeGrid {
     pub codes: Vec<u32>,
 }
 
+impl CodeGrid {
+    /// `[depth, height, width]`: levels, rows and columns of codes.
+    pub fn shape(&self) -> [usize; 3] {
+        [
+            self.depth as usize,
+            self.height as usize,
+            self.width as usize,
+        ]
+    }
+
+    /// The token ids, level after level, each level row after row.
+    pub fn ids(&self) -> &[u32] {
+        &self.codes
+    }
+}
+
 /// The model plus how to run it over big images.
 #[derive(Debug)]
 pub struct Codec<'a> {

@@ -1,0 +1,134 @@
+//! A code prior: new code grids, and the probabilities that arithmetic-code `.vqz` files.
+
+use std::path::Path;
+
+use tch::{Device, Tensor};
+use vq_prior::{PriorCheckpoint, SampleOptions};
+use vq_store::Source;
+
+use crate::codec::CodeGrid;
+use crate::compress::EntropyCoder;
+use crate::error::Result;
+use crate::Tokenizer;
+
+/// A prior over a tokenizer's codes (the bundled transformer, or one `vq-train prior` made).
+///
+/// ```
+/// # fn main() -> Result<(), vqvae::Error> {
+/// let tokenizer = vqvae::Tokenizer::bundled()?;
+/// let prior = vqvae::Prior::bundled(&tokenizer)?;
+/// let cat = prior.class("cat").expect("a CIFAR-10 class");
+/// let grids = prior.sample(2, Some(cat), 7);
+/// assert_eq!(grids.len(), 2);
+/// let picture = tokenizer.decode(&grids[0]);
+/// assert_eq!(picture.dimensions(), (32, 32));
+/// # Ok(())
+/// # }
+/// ```
+pub struct Prior {
+    coder: EntropyCoder,
+    device: Device,
+}
+
+impl std::fmt::Debug for Prior {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prior")
+            .field("prior", &self.coder.prior.origin())
+            .field("device", &self.device)
+            .finish()
+    }
+}
+
+impl Prior {
+    /// The bundled prior, for the bundled model's codes.
+    pub fn bundled(tokenizer: &Tokenizer) -> Result<Self> {
+        Self::open_source(Source::Bundled(&vq_prior::BUNDLED), tokenizer)
+    }
+
+    /// A prior trained by `vq-train prior` (a checkpoint or run folder), checked against the
+    /// tokenizer's codes.
+    pub fn open(path: impl AsRef<Path>, tokenizer: &Tokenizer) -> Result<Self> {
+        Self::open_source(Source::Path(path.as_ref()), tokenizer)
+    }
+
+    fn open_source(source: Source<'_>, tokenizer: &Tokenizer) -> Result<Self> {
+        let ckpt = tokenizer.checkpoint();
+        let device = tokenizer.device();
+        let prior = PriorCheckpoint::open_for(
+            source,
+            &ckpt.origin(),
+            &vq_store::hex(&ckpt.codes_id()),
+            device,
+        )?;
+        Ok(Prior {
+            coder: EntropyCoder::new(prior),
+            device,
+        })
+    }
+
+    /// The checkpoint: its config and weights.
+    pub fn checkpoint(&self) -> &PriorCheckpoint {
+        &self.coder.prior
+    }
+
+    /// What arithmetic-codes `.vqz` files with this prior.
+    pub fn coder(&self) -> &EntropyCoder {
+        &self.coder
+    }
+
+    /// The class names it is conditioned on (empty: unconditional).
+    pub fn class_names(&self) -> Vec<String> {
+        self.coder.prior.model.provenance().class_names()
+    }
+
+    /// The index of the class `name`.
+    pub fn class(&self, name: &str) -> Option<usize> {
+        self.class_names().iter().position(|c| c == name)
+    }
+
+    /// The sampling settings the prior was measured best with (its config's `"sampling"`).
+    pub fn default_options(&self) -> SampleOptions {
+        self.coder.prior.config.sampling.unwrap_or_default()
+    }
+
+    /// `n` new code grids of `class` (or, for a conditional prior, `None`: the classes in turn;
+    /// an unconditional prior takes `None`), with the prior's own settings, drawn from `seed`.
+    pub fn sample(&self, n: usize, class: Option<usize>, seed: u64) -> Vec<CodeGrid> {
+        let classes = self.class_names().len();
+        let labels: Option<Vec<i64>> = match (class, classes) {
+            (Some(c), _) => Some(vec![c as i64; n]),
+            (None, 0) => None,
+            (None, k) => Some((0..n as i64).map(|i| i % k as i64).collect()),
+        };
+        self.sample_with(n, labels.as_deref(), &self.default_options(), seed)
+    }
+
+    /// `n` new code grids, of `labels` (one a grid) when given, drawn with `options`.
+    pub fn sample_with(
+        &self,
+        n: usize,
+        labels: Option<&[i64]>,
+        options: &SampleOptions,
+        seed: u64,
+    ) -> Vec<CodeGrid> {
+        tch::manual_seed(seed as i64);
+        let labels = labels.map(|l| Tensor::from_slice(l).to_device(self.device));
+        let codes = self
+            .coder
+            .prior
+            .model
+            .sample(n as i64, labels.as_ref(), options, self.device)
+            .to_device(Device::Cpu);
+        let size = codes.size();
+        let (h, w) = (size[1] as u32, size[2] as u32);
+        let flat = Vec::<i64>::try_from(codes.flatten(0, -1)).expect("integer codes");
+        flat.chunks((h * w) as usize)
+            .map(|ids| CodeGrid {
+                width: w,
+                height: h,
+                depth: 1,
+                codes: ids.iter().map(|&c| c as u32).collect(),
+            })
+            .collect()
+    }
+}
