@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-pub const TARGETS: [&str; 4] = ["cifar_records", "archive", "vqz", "npy"];
+pub const TARGETS: [&str; 5] = ["cifar_records", "archive", "vqz", "npy", "tfevents"];
 
 pub fn run(root: &Path, targets: &[String], seconds: u64) -> Result<()> {
     let version = Command::new("cargo")

@@ -112,7 +112,7 @@ enum Command {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
-        /// Targets to run [default: all of cifar_records, archive, vqz, npy].
+        /// Targets to run [default: all of cifar_records, archive, vqz, npy, tfevents].
         targets: Vec<String>,
     },
     /// The first test images as the original, the PSNR-trained decoder's and a tuned decoder's

@@ -34,6 +34,7 @@ mod config;
 mod error;
 mod json;
 mod run;
+pub mod tensorboard;
 #[cfg(feature = "tch")]
 pub mod weights;
 

@@ -129,6 +129,8 @@ pub trait RunConfig: ConfigFile + Clone {
     fn schedule_mut(&mut self) -> &mut Schedule;
     fn runtime(&self) -> &Runtime;
     fn runtime_mut(&mut self) -> &mut Runtime;
+    /// Whether the run reads its dataset's images (a prior on codes made elsewhere does not).
+    fn reads_dataset(&self) -> bool;
     /// Checks the whole config.
     fn check(&self) -> Result<(), String> {
         self.schedule().validate()?;
@@ -139,7 +141,14 @@ pub trait RunConfig: ConfigFile + Clone {
 /// Implements [`RunConfig`] for a config struct with `data`, `schedule` and `runtime` fields.
 macro_rules! run_config {
     ($t:ty) => {
+        $crate::config::run_config!($t, |_config: &$t| true);
+    };
+    ($t:ty, $reads_dataset:expr) => {
         impl $crate::config::RunConfig for $t {
+            fn reads_dataset(&self) -> bool {
+                let reads: fn(&$t) -> bool = $reads_dataset;
+                reads(self)
+            }
             fn data(&self) -> &$crate::config::DataConfig {
                 &self.data
             }

@@ -350,6 +350,25 @@ struct PriorArgs {
     /// CPU) [default: 0, none]
     #[arg(long, value_name = "N", conflicts_with = "resume")]
     fid_samples: Option<i64>,
+    /// Train on these codes instead of the dataset's: an (N, L, h, w) or (N, h, w) integer
+    /// .npy (`vq-cli encode --codes`, or NumPy), checked against the VQ-VAE's vocabulary and
+    /// grid [default: the dataset's codes]
+    #[arg(long, value_name = "NPY", conflicts_with = "resume")]
+    #[serde(skip)]
+    codes: Option<PathBuf>,
+    /// With --codes: each grid's class, an (N,) integer .npy [default: unconditional]
+    #[arg(long, value_name = "NPY", requires = "codes")]
+    #[serde(skip)]
+    labels: Option<PathBuf>,
+    /// With --codes: the grids to measure the test NLL on [default: the last 5% of --codes,
+    /// held out]
+    #[arg(long, value_name = "NPY", requires = "codes")]
+    #[serde(skip)]
+    test_codes: Option<PathBuf>,
+    /// With --test-codes: their classes [default: none]
+    #[arg(long, value_name = "NPY", requires = "test_codes")]
+    #[serde(skip)]
+    test_labels: Option<PathBuf>,
     #[command(flatten)]
     #[serde(skip)]
     run: RunArgs,
@@ -422,10 +441,22 @@ fn run(args: Args) -> Result<()> {
     match args.command {
         Some(Sub::Prior(prior)) => {
             let arch = prior.arch;
+            let codes = prior
+                .codes
+                .clone()
+                .map(|train| vq_train::prior::ExternalCodes {
+                    train,
+                    labels: prior.labels.clone(),
+                    test: prior.test_codes.clone(),
+                    test_labels: prior.test_labels.clone(),
+                });
             prior.run.train::<PriorTask>(
                 &[flags(&prior)?],
                 "prior",
                 |config: &mut PriorTrainConfig| {
+                    if codes.is_some() {
+                        config.codes = codes;
+                    }
                     config.prior = match (arch, &config.prior) {
                         (Some(Arch::Pixelcnn), PriorArch::PixelCnn(_))
                         | (Some(Arch::Transformer), PriorArch::Transformer(_))

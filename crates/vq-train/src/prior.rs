@@ -46,9 +46,29 @@ pub struct PriorTrainConfig {
     /// The VQ-VAE: a checkpoint folder or a run folder (its best checkpoint); `null`: the
     /// bundled model.
     pub vqvae: Option<PathBuf>,
+    /// Codes made elsewhere to train on instead of the dataset's (which are then not read);
+    /// `null`: the dataset's codes, encoded once and cached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub codes: Option<ExternalCodes>,
     pub data: DataConfig,
     pub schedule: Schedule,
     pub runtime: Runtime,
+}
+
+/// Code grids from `.npy` files (`vq-cli encode --codes`, or NumPy): `(N, L, h, w)` or
+/// `(N, h, w)` integers below the VQ-VAE's vocabulary, on its square grid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalCodes {
+    pub train: PathBuf,
+    /// `(N,)` class indices of the training grids; `null`: unconditional.
+    #[serde(default)]
+    pub labels: Option<PathBuf>,
+    /// Grids to measure the test NLL on; `null`: the last 5% of `train`, held out.
+    #[serde(default)]
+    pub test: Option<PathBuf>,
+    #[serde(default)]
+    pub test_labels: Option<PathBuf>,
 }
 
 impl Default for PriorTrainConfig {
@@ -63,6 +83,7 @@ impl Default for PriorTrainConfig {
             compute: ComputeKind::F32,
             fid_samples: 0,
             vqvae: None,
+            codes: None,
             data: DataConfig::default(),
             schedule: Schedule {
                 steps: 4000,
@@ -80,7 +101,9 @@ impl Default for PriorTrainConfig {
     }
 }
 
-run_config!(PriorTrainConfig);
+run_config!(PriorTrainConfig, |config: &PriorTrainConfig| config
+    .codes
+    .is_none());
 
 impl ConfigFile for PriorTrainConfig {
     const WHAT: &'static str = "a prior training config";
@@ -122,6 +145,210 @@ impl crate::task::Evaluation for PriorEvaluation {
     fn score(&self) -> f64 {
         -self.bits_per_code
     }
+}
+
+/// The training and test codes of the run's dataset (encoded once, cached in the run folder),
+/// and what they are.
+fn dataset_codes(
+    config: &PriorTrainConfig,
+    run: &RunDir,
+    vqvae: &Checkpoint,
+    device: Device,
+) -> Result<(TrainCodes, CodeSet, Provenance)> {
+    let data = vq_data::describe(&config.data.path)
+        .with_context(|| format!("reading the dataset {}", config.data.path.display()))?;
+    let (classes, class_names) = if config.conditional {
+        (data.class_names.len() as i64, data.class_names.clone())
+    } else {
+        (0, Vec::new())
+    };
+    let provenance = Provenance {
+        vqvae_model_id: vq_store::hex(&vqvae.codes_id()),
+        codes: modelled_codes(vqvae),
+        grid_side: vqvae.config.grid_side(data.side as i64),
+        image_side: data.side as i64,
+        classes,
+        class_names,
+    };
+    let train_images = load_split(&config.data, Split::Train)?;
+    let train = train_codes(
+        &run.codes(),
+        &[],
+        &train_images,
+        config.hflip,
+        vqvae,
+        device,
+    )?;
+    drop(train_images);
+    let train = TrainCodes {
+        plain: train.plain.first_level(),
+        mirrored: train.mirrored.map(CodeSet::first_level),
+    };
+    let test_images = load_split(&config.data, Split::Test)?;
+    let test = cached_codes(
+        &run.codes(),
+        &[],
+        "test",
+        &test_images,
+        false,
+        vqvae,
+        device,
+    )?
+    .first_level();
+    Ok((train, test, provenance))
+}
+
+/// An integer `.npy` file's array.
+fn read_npy(path: &Path) -> Result<vq_codes::npy::Array> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    vq_codes::npy::Array::from_bytes(&bytes).with_context(|| format!("{}", path.display()))
+}
+
+/// Grids `(N, h, w)` (the first level) of a code file, checked against the VQ-VAE's codes.
+fn read_grids(path: &Path, vqvae: &Checkpoint) -> Result<(Vec<i64>, [usize; 3])> {
+    let array = read_npy(path)?;
+    let space = vqvae.config.code_space();
+    let (n, l, h, w) = match *array.shape.as_slice() {
+        [n, l, h, w] => (n, l, h, w),
+        [n, h, w] => (n, 1, h, w),
+        ref other => anyhow::bail!(
+            "{}: codes of shape {other:?}; a prior trains on (N, L, h, w) or (N, h, w) grids",
+            path.display()
+        ),
+    };
+    if n == 0 || h == 0 || h != w {
+        anyhow::bail!(
+            "{}: {n} grids of {h}×{w}; a prior trains on square grids, at least one",
+            path.display()
+        );
+    }
+    if l as i64 > space.depth {
+        anyhow::bail!(
+            "{}: {l} levels of codes, but {} has {}",
+            path.display(),
+            vqvae.origin(),
+            space.depth
+        );
+    }
+    if let Some(c) = array.data.iter().find(|&&c| c < 0 || c >= space.vocabulary) {
+        anyhow::bail!(
+            "{}: code {c} is outside the vocabulary of {} ({} codes)",
+            path.display(),
+            vqvae.origin(),
+            space.vocabulary
+        );
+    }
+    // The first level of each grid.
+    let per = l * h * w;
+    let first: Vec<i64> = array
+        .data
+        .chunks(per)
+        .flat_map(|g| g[..h * w].iter().copied())
+        .collect();
+    Ok((first, [n, h, w]))
+}
+
+fn read_labels(path: &Path, n: usize) -> Result<Vec<i64>> {
+    let array = read_npy(path)?;
+    if array.shape != [n] {
+        anyhow::bail!(
+            "{}: labels of shape {:?} for {n} grids (expected ({n},))",
+            path.display(),
+            array.shape
+        );
+    }
+    if let Some(l) = array.data.iter().find(|&&l| !(0..256).contains(&l)) {
+        anyhow::bail!(
+            "{}: label {l} is not a class index 0 to 255",
+            path.display()
+        );
+    }
+    Ok(array.data)
+}
+
+/// Codes made elsewhere: the training grids, the test grids (given, or the last 5% held out)
+/// and what they are.
+fn external_codes(
+    codes: &ExternalCodes,
+    config: &PriorTrainConfig,
+    vqvae: &Checkpoint,
+) -> Result<(TrainCodes, CodeSet, Provenance)> {
+    if config.hflip {
+        anyhow::bail!("hflip needs the images; with codes made elsewhere, encode the mirrored images into the array too");
+    }
+    let (grids, [n, h, w]) = read_grids(&codes.train, vqvae)?;
+    let labels = match (&codes.labels, config.conditional) {
+        (Some(path), true) => Some(read_labels(path, n)?),
+        _ => None,
+    };
+    let set = |grids: Vec<i64>, n: usize, labels: Option<Vec<i64>>| CodeSet {
+        codes: Tensor::from_slice(&grids).view([n as i64, h as i64, w as i64]),
+        labels: Tensor::from_slice(&labels.unwrap_or_else(|| vec![0; n])),
+    };
+    let (train, test) = match &codes.test {
+        Some(path) => {
+            let (test_grids, [tn, th, tw]) = read_grids(path, vqvae)?;
+            if (th, tw) != (h, w) {
+                anyhow::bail!(
+                    "{}: {th}×{tw} grids, but the training codes are {h}×{w}",
+                    path.display()
+                );
+            }
+            let test_labels = match (&codes.test_labels, &labels) {
+                (Some(p), Some(_)) => Some(read_labels(p, tn)?),
+                (None, Some(_)) => anyhow::bail!(
+                    "the training codes have labels: give the test codes theirs (--test-labels)"
+                ),
+                _ => None,
+            };
+            (set(grids, n, labels), set(test_grids, tn, test_labels))
+        }
+        None => {
+            if n < 2 {
+                anyhow::bail!(
+                    "{}: one grid cannot be split into training and test codes",
+                    codes.train.display()
+                );
+            }
+            let held = (n / 20).max(1);
+            let cut = (n - held) * h * w;
+            let (a, b) = (grids[..cut].to_vec(), grids[cut..].to_vec());
+            let (la, lb) = match labels {
+                Some(l) => (Some(l[..n - held].to_vec()), Some(l[n - held..].to_vec())),
+                None => (None, None),
+            };
+            (set(a, n - held, la), set(b, held, lb))
+        }
+    };
+    let classes = if config.conditional && codes.labels.is_some() {
+        let labels = Vec::<i64>::try_from(&train.labels)?;
+        labels.iter().max().map_or(0, |m| m + 1)
+    } else {
+        0
+    };
+    // The dataset's class names when it has them, else the class numbers.
+    let names = vq_data::describe(&config.data.path)
+        .ok()
+        .map(|d| d.class_names)
+        .filter(|names| names.len() as i64 >= classes)
+        .map(|names| names[..classes as usize].to_vec())
+        .unwrap_or_else(|| (0..classes).map(|c| c.to_string()).collect());
+    let provenance = Provenance {
+        vqvae_model_id: vq_store::hex(&vqvae.codes_id()),
+        codes: modelled_codes(vqvae),
+        grid_side: h as i64,
+        image_side: h as i64 * vqvae.config.downsample,
+        classes,
+        class_names: names,
+    };
+    Ok((
+        TrainCodes {
+            plain: train,
+            mirrored: None,
+        },
+        test,
+        provenance,
+    ))
 }
 
 /// The codes a prior models: one per position. For a residual quantizer that is the first
@@ -219,52 +446,17 @@ impl Task for PriorTask {
                 .with_context(|| format!("opening the VQ-VAE {}", path.display()))?,
             None => Checkpoint::bundled(device).context("opening the bundled VQ-VAE")?,
         };
-        let data = vq_data::describe(&config.data.path)
-            .with_context(|| format!("reading the dataset {}", config.data.path.display()))?;
-        let (classes, class_names) = if config.conditional {
-            (data.class_names.len() as i64, data.class_names.clone())
-        } else {
-            (0, Vec::new())
+        let (train, test, provenance) = match &config.codes {
+            Some(codes) => external_codes(codes, config, &vqvae)?,
+            None => dataset_codes(config, run, &vqvae, device)?,
         };
         let prior_config = PriorConfig {
             arch: config.prior.clone(),
-            provenance: Provenance {
-                vqvae_model_id: vq_store::hex(&vqvae.codes_id()),
-                codes: modelled_codes(&vqvae),
-                grid_side: vqvae.config.grid_side(data.side as i64),
-                image_side: data.side as i64,
-                classes,
-                class_names,
-            },
+            provenance,
             sampling: None,
         };
         ConfigFile::validate(&prior_config)
             .map_err(|e| anyhow::anyhow!("the prior for {}: {e}", vqvae.origin()))?;
-        let train_images = load_split(&config.data, Split::Train)?;
-        let train = train_codes(
-            &run.codes(),
-            &[],
-            &train_images,
-            config.hflip,
-            &vqvae,
-            device,
-        )?;
-        drop(train_images);
-        let train = TrainCodes {
-            plain: train.plain.first_level(),
-            mirrored: train.mirrored.map(CodeSet::first_level),
-        };
-        let test_images = load_split(&config.data, Split::Test)?;
-        let test = cached_codes(
-            &run.codes(),
-            &[],
-            "test",
-            &test_images,
-            false,
-            &vqvae,
-            device,
-        )?
-        .first_level();
         let vqvae = (config.fid_samples > 0).then_some(vqvae);
         let unigram = unigram_bits_per_code(
             &train.plain,

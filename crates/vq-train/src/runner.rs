@@ -150,9 +150,11 @@ fn run_loop<T: Task>(
     );
     // Which dataset and resolution this run trains on, for whoever uses its checkpoints.
     let data = &config.data().path;
-    let dataset = vq_data::describe(data)
-        .with_context(|| format!("reading the dataset {}", data.display()))?;
-    vq_store::write_json(&run.data(), &dataset)?;
+    if config.reads_dataset() {
+        let dataset = vq_data::describe(data)
+            .with_context(|| format!("reading the dataset {}", data.display()))?;
+        vq_store::write_json(&run.data(), &dataset)?;
+    }
 
     tch::manual_seed(schedule.seed as i64);
     let mut task = T::build(config, run, device, from.is_none())?;
@@ -174,6 +176,8 @@ fn run_loop<T: Task>(
     };
     let mut batcher = Batcher::restore(task.train_len(), batch_config, state.batcher)?;
     let mut metrics = run.metrics_log()?;
+    // The same figures for TensorBoard (`tensorboard --logdir runs/`), and the pictures.
+    let mut board = vq_store::tensorboard::EventWriter::create(run.path())?;
     let bar = crate::view::progress_bar(schedule.steps, state.step);
     let mut window = Window::default();
     let mut clock = Instant::now();
@@ -219,6 +223,7 @@ fn run_loop<T: Task>(
             let line = Value::Object(line);
             tracing::debug!("{line}");
             metrics.append(&line)?;
+            board.scalars(state.step as i64, &crate::view::scalars("train", &line))?;
         }
         let evaluate = state.step % schedule.eval_every == 0 || last_step;
         if evaluate || state.step % schedule.checkpoint_every == 0 {
@@ -228,6 +233,13 @@ fn run_loop<T: Task>(
                 let eval = task.evaluate(run, state.step, last_step, state.elapsed_s)?;
                 bar.println(format!("step {}: {}", state.step, eval));
                 metrics.append(&json!({ "eval": eval }))?;
+                board.scalars(
+                    state.step as i64,
+                    &crate::view::scalars("eval", &serde_json::to_value(&eval)?),
+                )?;
+                for (tag, width, height, png) in crate::view::pictures_of_step(run, state.step) {
+                    board.image(&tag, state.step as i64, width, height, png)?;
+                }
                 best = state.best_score.is_none_or(|b| eval.score() > b);
                 if best {
                     state.best_score = Some(eval.score());

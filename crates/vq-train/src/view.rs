@@ -119,3 +119,43 @@ pub fn progress_bar(steps: usize, done: usize) -> indicatif::ProgressBar {
     bar.set_position(done as u64);
     bar
 }
+
+/// The numbers of a log line or an evaluation as TensorBoard scalars `GROUP/KEY` (nested
+/// objects as `GROUP/KEY/SUBKEY`; the step itself and lists left out).
+pub fn scalars(group: &str, value: &Value) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    if let Value::Object(fields) = value {
+        for (key, v) in fields {
+            match v {
+                Value::Number(n) if key != "step" => {
+                    if let Some(x) = n.as_f64() {
+                        out.push((format!("{group}/{key}"), x));
+                    }
+                }
+                Value::Object(_) => out.extend(scalars(&format!("{group}/{key}"), v)),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// The pictures an evaluation at `step` wrote into the run folder (`NAME-step-NNNNNN.png`), as
+/// `(NAME, width, height, PNG bytes)`.
+pub fn pictures_of_step(run: &vq_store::RunDir, step: usize) -> Vec<(String, u32, u32, Vec<u8>)> {
+    let suffix = format!("-step-{step:06}.png");
+    let Ok(entries) = std::fs::read_dir(run.path()) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, u32, u32, Vec<u8>)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let tag = name.strip_suffix(&suffix)?.to_string();
+            let (width, height) = image::image_dimensions(e.path()).ok()?;
+            Some((tag, width, height, std::fs::read(e.path()).ok()?))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}

@@ -771,6 +771,32 @@ fn extend_to_trains_a_finished_run_further() {
     let tmp = tempfile::tempdir().unwrap();
     let data = dataset(tmp.path());
     let vq = tiny_vqvae(tmp.path(), &data);
+    // The run logs for TensorBoard too: the training figures, the evaluation's, its picture.
+    let events: Vec<vq_store::tensorboard::Event> = std::fs::read_dir(&vq)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("events.out.tfevents.")
+        })
+        .flat_map(|p| vq_store::tensorboard::read_events(&std::fs::read(p).unwrap()).unwrap())
+        .collect();
+    let tags: Vec<&str> = events
+        .iter()
+        .flat_map(|e| e.values.iter().map(|v| v.tag.as_str()))
+        .collect();
+    for tag in [
+        "train/loss",
+        "train/lr",
+        "train/psnr",
+        "eval/psnr",
+        "eval/perplexity",
+        "recon",
+    ] {
+        assert!(tags.contains(&tag), "{tag} not in {tags:?}");
+    }
     let run = vq.to_str().unwrap();
     let out = output(&mut vq_train(&[
         "--json",
@@ -793,4 +819,102 @@ fn extend_to_trains_a_finished_run_further() {
     let out = output(&mut vq_train(&["--resume", run, "--extend-to", "3"]));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("never shortened"));
+}
+
+/// `vq-train prior --codes A.npy --labels B.npy` trains on codes made elsewhere (no dataset
+/// read), holding out the last 5% for the test NLL; codes that do not fit the VQ-VAE, and
+/// labels that do not fit the codes, are errors naming the file.
+#[test]
+fn a_prior_trains_on_codes_made_elsewhere() {
+    use vq_codes::npy::{Array, Dtype};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = dataset(dir);
+    let vq = tiny_vqvae(dir, &data);
+    // 40 grids of 8 × 8 codes of the tiny model's 32, in 3 classes.
+    let codes: Vec<i64> = (0..40 * 64).map(|i| (i * 7 + i / 64) % 32).collect();
+    let write = |name: &str, shape: Vec<usize>, values: Vec<i64>| {
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            Array::new(shape, values, Dtype::I16).unwrap().to_bytes(),
+        )
+        .unwrap();
+        path
+    };
+    let train = write("codes.npy", vec![40, 1, 8, 8], codes.clone());
+    let labels = write("labels.npy", vec![40], (0..40).map(|i| i % 3).collect());
+    let config = dir.join("tiny-prior.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({
+            "format": 2,
+            "prior": {"kind": "pixelcnn", "channels": 8, "layers": 2},
+            // No dataset at this path: codes made elsewhere do not read one.
+            "data": {"path": dir.join("no-such-dataset"), "any_record_count": true},
+            "schedule": {"steps": 4, "batch_size": 8, "log_every": 2, "eval_every": 4, "checkpoint_every": 4},
+            "runtime": {"threads": 1, "device": "cpu"}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let run = dir.join("prior-run");
+    let args = |codes: &Path, labels: &Path, run: &Path| -> Vec<String> {
+        [
+            "--json",
+            "prior",
+            "--checkpoint",
+            vq.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--codes",
+            codes.to_str().unwrap(),
+            "--labels",
+            labels.to_str().unwrap(),
+            "--run-dir",
+            run.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let a = args(&train, &labels, &run);
+    let out = output(&mut vq_train(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["final_eval"]["grids"], 2, "{summary}");
+    assert!(summary["final_eval"]["bits_per_code"]
+        .as_f64()
+        .unwrap()
+        .is_finite());
+    let prior_config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("checkpoints/last/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(prior_config["provenance"]["classes"], 3, "{prior_config}");
+    assert_eq!(prior_config["provenance"]["grid_side"], 8, "{prior_config}");
+
+    let failed = |codes: &Path, labels: &Path, named: &[&str]| {
+        let a = args(codes, labels, &dir.join(format!("bad-{}", named[0])));
+        let out = output(&mut vq_train(
+            &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        ));
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stdout);
+        for n in named {
+            assert!(err.contains(n), "{n}: {err}");
+        }
+    };
+    let mut outside = codes.clone();
+    outside[5] = 32;
+    let outside = write("outside.npy", vec![40, 1, 8, 8], outside);
+    failed(&outside, &labels, &["outside.npy", "code 32", "vocabulary"]);
+    let short = write("short.npy", vec![39], (0..39).collect());
+    failed(&train, &short, &["short.npy", "(40,)"]);
+    let oblong = write("oblong.npy", vec![40, 1, 4, 16], codes);
+    failed(&oblong, &labels, &["oblong.npy", "square"]);
 }
