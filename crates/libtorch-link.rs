@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::process::Command;
 
-fn main() {
+pub fn main() {
     println!("cargo:rerun-if-changed=../libtorch-link.rs");
     // Where `cargo xtask setup` installs what the binaries need beside LibTorch (the FID
     // network): the checkout's `.libtorch`, a link to the per-user data folder, which the rpath

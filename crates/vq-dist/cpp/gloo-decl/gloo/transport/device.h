@@ -1,0 +1,2 @@
+#pragma once
+namespace gloo { namespace transport { class Device; class UnboundBuffer; } }
