@@ -3,6 +3,7 @@
 
 mod bundled;
 pub mod checkpoint;
+pub mod collective;
 mod config;
 pub mod cuda;
 pub mod discriminator;

@@ -73,6 +73,16 @@ impl Adam {
             "a gradient for every parameter"
         );
         let _guard = tch::no_grad_guard();
+        // Data-parallel: the mean of the ranks' gradients (each the mean over its part of the
+        // global batch), summed in one bucket, so that every rank applies the same update.
+        if let Some(group) = vq_model::collective::group() {
+            let defined: Vec<&Tensor> = grads.iter().filter(|g| g.defined()).collect();
+            vq_model::collective::all_reduce_sum(&defined);
+            let world = group.world_size() as f64;
+            for g in defined {
+                let _ = g.shallow_clone().divide_scalar_(world);
+            }
+        }
         self.steps += 1;
         let t = self.steps as i32;
         let bias1 = 1.0 - self.beta1.powi(t);

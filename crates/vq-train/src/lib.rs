@@ -8,6 +8,7 @@ pub mod codes;
 pub mod config;
 mod curves;
 pub mod decoder;
+pub mod dist;
 pub mod prior;
 pub mod runner;
 pub mod task;

@@ -93,6 +93,13 @@ struct RunArgs {
     #[arg(long, value_name = "N", requires = "resume")]
     #[serde(skip)]
     extend_to: Option<usize>,
+    /// Train data-parallel in N local processes (ranks), each on 1/N of every global batch, as
+    /// `torchrun --nproc-per-node N --no-python vq-train ...` does; a job torchrun (or another
+    /// launcher) started is joined by its RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
+    /// [default: 1, one process]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[serde(skip)]
+    nproc: Option<u16>,
     /// Print the settings the run would use (the config with every default and flag applied)
     /// as JSON, and stop
     #[arg(long, conflicts_with = "resume")]
@@ -213,7 +220,10 @@ impl RunArgs {
                 vq_train::train::<T>(config, &self.run_dir(kind))?
             }
         };
-        vq_report::print(&summary, output.json);
+        // Rank 0 speaks for the job.
+        if vq_train::dist::Dist::current()?.is_main() {
+            vq_report::print(&summary, output.json);
+        }
         Ok(())
     }
 }
@@ -380,6 +390,9 @@ fn main() {
     let matches = Args::command().get_matches();
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     check_usage(&args, &matches);
+    if let Some(n) = launch_ranks(&args) {
+        std::process::exit(launch(n));
+    }
     let output = &args.output;
     output.init_logging();
     vq_train::view::set_quiet(output.quiet || output.json);
@@ -525,5 +538,99 @@ mod tests {
     fn every_flag_says_its_default_and_values_are_kebab_case() {
         let gaps = vq_report::help_gaps(&<super::Args as clap::CommandFactory>::command());
         assert!(gaps.is_empty(), "{}", gaps.join("\n"));
+    }
+}
+
+/// The `--nproc N` of whichever run kind was chosen, when it asks for several ranks and this
+/// process is not already one of a job.
+fn launch_ranks(args: &Args) -> Option<u16> {
+    let run = match &args.command {
+        Some(Sub::Prior(p)) => &p.run,
+        Some(Sub::Decoder(d)) => &d.run,
+        Some(Sub::Curves { .. }) => return None,
+        None => &args.run,
+    };
+    let n = run.nproc.filter(|&n| n > 1)?;
+    (std::env::var_os("WORLD_SIZE").is_none() && !run.print_config).then_some(n)
+}
+
+/// Starts `n` ranks of this command on this machine (torchrun's variables, a free port on the
+/// loopback), each with its share of the cores; waits for them. The first to fail stops the
+/// others; its exit code is the job's.
+fn launch(n: u16) -> i32 {
+    let port = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+        Ok(addr) => addr.port(),
+        Err(e) => {
+            eprintln!("error: no free port for the rendezvous: {e}");
+            return 1;
+        }
+    };
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("error: cannot find this program to start its ranks: {e}");
+            return 1;
+        }
+    };
+    // The arguments without `--nproc N` / `--nproc=N`.
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    let mut skip = false;
+    for a in std::env::args_os().skip(1) {
+        if skip {
+            skip = false;
+            continue;
+        }
+        match a.to_str() {
+            Some("--nproc") => skip = true,
+            Some(s) if s.starts_with("--nproc=") => {}
+            _ => args.push(a),
+        }
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let threads = (cores / n as usize).max(1);
+    let mut children = Vec::new();
+    for rank in 0..n {
+        let child = std::process::Command::new(&exe)
+            .args(&args)
+            .env("RANK", rank.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("WORLD_SIZE", n.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .env("VQVAE_RANK_THREADS", threads.to_string())
+            .spawn();
+        match child {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                eprintln!("error: starting rank {rank}: {e}");
+                for mut c in children {
+                    let _ = c.kill();
+                }
+                return 1;
+            }
+        }
+    }
+    let mut code = 0;
+    loop {
+        let mut running = 0;
+        for (rank, child) in children.iter_mut().enumerate() {
+            match child.try_wait() {
+                Ok(Some(status)) if !status.success() && code == 0 => {
+                    code = status.code().unwrap_or(1);
+                    eprintln!("error: rank {rank} failed ({status}); stopping the others");
+                }
+                Ok(Some(_)) => {}
+                _ => running += 1,
+            }
+        }
+        if running == 0 {
+            return code;
+        }
+        if code != 0 {
+            for c in children.iter_mut() {
+                let _ = c.kill();
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }

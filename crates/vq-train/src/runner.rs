@@ -71,6 +71,10 @@ pub fn train<T: Task>(config: T::Config, run_dir: &Path) -> Result<RunSummary<T:
         .check()
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     let run = RunDir::new(run_dir);
+    if !crate::dist::Dist::current()?.is_main() {
+        // Rank 0 makes the folder and writes its files; the others only train.
+        return run_loop::<T>(&config, &run, None);
+    }
     let created = run.create()?;
     let result = vq_store::write_config(&run.config(), &config)
         .map_err(anyhow::Error::from)
@@ -138,10 +142,18 @@ fn run_loop<T: Task>(
     run: &RunDir,
     from: Option<PathBuf>,
 ) -> Result<RunSummary<T::Eval>> {
+    let dist = crate::dist::Dist::current()?;
+    let main = dist.is_main();
     let runtime = config.runtime();
     let schedule = config.schedule().clone();
     if let Some(n) = runtime.threads {
         tch::set_num_threads(n);
+    } else if let Some(n) = std::env::var("VQVAE_RANK_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    {
+        // A rank `vq-train --nproc` started: its share of the machine's cores.
+        tch::set_num_threads(n.max(1));
     }
     let device: Device = runtime.device.resolve()?;
     tracing::info!(
@@ -153,7 +165,26 @@ fn run_loop<T: Task>(
     if config.reads_dataset() {
         let dataset = vq_data::describe(data)
             .with_context(|| format!("reading the dataset {}", data.display()))?;
-        vq_store::write_json(&run.data(), &dataset)?;
+        if main {
+            vq_store::write_json(&run.data(), &dataset)?;
+        }
+    }
+    if dist.world_size > 1 {
+        if T::KIND != crate::view::RunKind::VqVae {
+            anyhow::bail!(
+                "data-parallel training runs the VQ-VAE task so far; train priors and decoders in one process"
+            );
+        }
+        if main {
+            vq_store::write_json(
+                &run.path().join("distributed.json"),
+                &json!({
+                    "world_size": dist.world_size,
+                    "engine": crate::dist::ENGINE,
+                    "global_batch_size": schedule.batch_size,
+                }),
+            )?;
+        }
     }
 
     tch::manual_seed(schedule.seed as i64);
@@ -162,12 +193,25 @@ fn run_loop<T: Task>(
         Some(dir) => {
             let state = RunState::read(dir)?;
             task.load(dir, &state)?;
-            run.rewind_metrics(state.step)?;
+            if main {
+                run.rewind_metrics(state.step)?;
+            }
             tracing::info!("resuming from {} (step {})", dir.display(), state.step);
             state
         }
         None => RunState::new(),
     };
+    // Every rank starts from rank 0's state (its k-means codebook, or the checkpoint all read).
+    if dist.world_size > 1 {
+        let replicated = task.replicated();
+        dist.broadcast(&replicated)?;
+        tracing::info!(
+            "rank {} of {}: state {} after the broadcast",
+            dist.rank,
+            dist.world_size,
+            crate::dist::Dist::digest(&replicated)
+        );
+    }
     let batch_config = BatchConfig {
         batch_size: schedule.batch_size,
         seed: schedule.seed,
@@ -175,9 +219,12 @@ fn run_loop<T: Task>(
         ..BatchConfig::default()
     };
     let mut batcher = Batcher::restore(task.train_len(), batch_config, state.batcher)?;
-    let mut metrics = run.metrics_log()?;
+    // Rank 0 writes the logs; with `None` the other ranks write nothing.
+    let mut metrics = main.then(|| run.metrics_log()).transpose()?;
     // The same figures for TensorBoard (`tensorboard --logdir runs/`), and the pictures.
-    let mut board = vq_store::tensorboard::EventWriter::create(run.path())?;
+    let mut board = main
+        .then(|| vq_store::tensorboard::EventWriter::create(run.path()))
+        .transpose()?;
     let bar = crate::view::progress_bar(schedule.steps, state.step);
     let mut window = Window::default();
     let mut clock = Instant::now();
@@ -186,12 +233,13 @@ fn run_loop<T: Task>(
     while state.step < schedule.steps {
         let step = state.step;
         tch::manual_seed(step_seed(schedule.seed, step));
-        let batch = batcher.next_indices();
+        let batch = dist.shard(batcher.next_indices())?;
         let lr = schedule.lr_at(step);
         let Some(report) = task.step(step, lr, &batch)? else {
             bar.abandon();
             return Err(non_finite_loss(run, step));
         };
+        dist.check()?;
         state.step += 1;
         state.batcher = batcher.state();
         state.adam_steps = task.optimizer_steps();
@@ -222,8 +270,10 @@ fn run_loop<T: Task>(
             ));
             let line = Value::Object(line);
             tracing::debug!("{line}");
-            metrics.append(&line)?;
-            board.scalars(state.step as i64, &crate::view::scalars("train", &line))?;
+            if let (Some(metrics), Some(board)) = (&mut metrics, &mut board) {
+                metrics.append(&line)?;
+                board.scalars(state.step as i64, &crate::view::scalars("train", &line))?;
+            }
         }
         let evaluate = state.step % schedule.eval_every == 0 || last_step;
         if evaluate || state.step % schedule.checkpoint_every == 0 {
@@ -232,13 +282,16 @@ fn run_loop<T: Task>(
             if evaluate {
                 let eval = task.evaluate(run, state.step, last_step, state.elapsed_s)?;
                 bar.println(format!("step {}: {}", state.step, eval));
-                metrics.append(&json!({ "eval": eval }))?;
-                board.scalars(
-                    state.step as i64,
-                    &crate::view::scalars("eval", &serde_json::to_value(&eval)?),
-                )?;
-                for (tag, width, height, png) in crate::view::pictures_of_step(run, state.step) {
-                    board.image(&tag, state.step as i64, width, height, png)?;
+                if let (Some(metrics), Some(board)) = (&mut metrics, &mut board) {
+                    metrics.append(&json!({ "eval": eval }))?;
+                    board.scalars(
+                        state.step as i64,
+                        &crate::view::scalars("eval", &serde_json::to_value(&eval)?),
+                    )?;
+                    for (tag, width, height, png) in crate::view::pictures_of_step(run, state.step)
+                    {
+                        board.image(&tag, state.step as i64, width, height, png)?;
+                    }
                 }
                 best = state.best_score.is_none_or(|b| eval.score() > b);
                 if best {
@@ -247,19 +300,31 @@ fn run_loop<T: Task>(
                 }
                 last_eval = Some(eval);
             }
-            run.save_checkpoint(state.step, best, |dir| {
-                task.save(dir).map_err(|e| vq_store::StoreError::Invalid {
-                    path: dir.to_path_buf(),
-                    reason: format!("{e:#}"),
+            if main {
+                run.save_checkpoint(state.step, best, |dir| {
+                    task.save(dir).map_err(|e| vq_store::StoreError::Invalid {
+                        path: dir.to_path_buf(),
+                        reason: format!("{e:#}"),
+                    })?;
+                    vq_store::write_json(&dir.join(STATE_FILE), &state)
                 })?;
-                vq_store::write_json(&dir.join(STATE_FILE), &state)
-            })?;
+            }
             clock = Instant::now();
         }
     }
     bar.finish_and_clear();
     drop(metrics);
-    crate::curves::plot(&run.metrics(), &T::KIND.panels(), &run.curves())?;
+    if dist.world_size > 1 {
+        tracing::info!(
+            "rank {} of {}: final state {}",
+            dist.rank,
+            dist.world_size,
+            crate::dist::Dist::digest(&task.replicated())
+        );
+    }
+    if main {
+        crate::curves::plot(&run.metrics(), &T::KIND.panels(), &run.curves())?;
+    }
 
     let final_eval = match last_eval {
         Some(e) => e,
@@ -279,7 +344,9 @@ fn run_loop<T: Task>(
         // elapsed_s carries over a resume, so the rate is over all steps.
         items_per_second: (state.step * schedule.batch_size) as f64 / state.elapsed_s.max(1e-9),
     };
-    vq_store::write_json(&run.summary(), &summary)?;
+    if main {
+        vq_store::write_json(&run.summary(), &summary)?;
+    }
     Ok(summary)
 }
 

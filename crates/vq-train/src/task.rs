@@ -164,6 +164,13 @@ pub trait Task: Sized {
     /// Optimizer updates applied so far (saved in `state.json`).
     fn optimizer_steps(&self) -> i64;
 
+    /// Every tensor of the task's state that must be the same on every rank of a data-parallel
+    /// job (weights, codebook statistics, averages): rank 0's are broadcast at the start.
+    /// Empty: the task does not train data-parallel.
+    fn replicated(&self) -> Vec<tch::Tensor> {
+        Vec::new()
+    }
+
     /// Restores the task from the checkpoint folder `dir` that `state` was read from.
     fn load(&mut self, dir: &Path, state: &RunState) -> Result<()>;
 

@@ -193,7 +193,9 @@ impl Task for VqVaeTask {
             None => &self.model,
         };
         let eval = evaluate(served, &self.test, count, self.device, step, elapsed_s)?;
-        save_reconstructions(served, &self.test, self.device, &run.picture(PICTURE, step))?;
+        if crate::dist::Dist::current()?.is_main() {
+            save_reconstructions(served, &self.test, self.device, &run.picture(PICTURE, step))?;
+        }
         Ok(eval)
     }
 
@@ -216,6 +218,21 @@ impl Task for VqVaeTask {
         self.adam.steps
     }
 
+    fn replicated(&self) -> Vec<Tensor> {
+        let mut all: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        if let Some(avg) = &self.average {
+            all.extend(
+                avg.vs
+                    .variables()
+                    .into_iter()
+                    .map(|(k, v)| (format!("average.{k}"), v)),
+            );
+        }
+        // One fixed order on every rank.
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all.into_iter().map(|(_, t)| t).collect()
+    }
+
     fn load(&mut self, dir: &Path, state: &RunState) -> Result<()> {
         match &mut self.average {
             Some(avg) => {
@@ -230,7 +247,7 @@ impl Task for VqVaeTask {
     }
 
     fn generation_figures(&mut self, _run: &RunDir) -> Result<Option<serde_json::Value>> {
-        if !self.config.fid {
+        if !self.config.fid || !crate::dist::Dist::current()?.is_main() {
             return Ok(None);
         }
         let served = match &mut self.average {

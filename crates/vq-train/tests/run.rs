@@ -918,3 +918,162 @@ fn a_prior_trains_on_codes_made_elsewhere() {
     let oblong = write("oblong.npy", vec![40, 1, 4, 16], codes);
     failed(&oblong, &labels, &["oblong.npy", "square"]);
 }
+
+/// A config for the data-parallel tests: no dead-code restarts (each rank would draw them
+/// from its own half of the batch, so one process's would differ), global batch 32.
+fn dp_config(dir: &Path, data: &Path, steps: usize) -> PathBuf {
+    let path = dir.join(format!("dp-{steps}.json"));
+    let json = serde_json::json!({
+        "format": 2,
+        "model": {"hidden_channels": 16, "residual": {"hidden_channels": 8, "layers": 1},
+                  "quantizer": {"kind": "vq", "codebook_size": 32, "code_dim": 8, "dead_code_steps": 0},
+                  "compute": "f32"},
+        "data": {"path": data, "any_record_count": true},
+        "schedule": {"steps": steps, "batch_size": 32, "lr": 2e-3, "warmup_steps": 2,
+                     "log_every": 2, "eval_every": steps, "checkpoint_every": 2},
+        "runtime": {"threads": 1, "device": "cpu"},
+        "kmeans_init_images": 64, "kmeans_iters": 5, "eval_images": 20
+    });
+    std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    path
+}
+
+fn weights(run: &Path) -> Vec<(String, tch::Tensor)> {
+    let mut w =
+        tch::Tensor::read_safetensors(run.join("checkpoints/last/model.safetensors")).unwrap();
+    w.sort_by(|a, b| a.0.cmp(&b.0));
+    w
+}
+
+/// The digests each rank logs of its state at the end (`final state ...`).
+fn final_digests(stderr: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter_map(|l| l.split("final state ").nth(1).map(|d| d.trim().to_string()))
+        .collect()
+}
+
+/// `vq-train --nproc 2`: two ranks on localhost through LibTorch's c10d, each on half of every
+/// global batch of 32. Both end with bit-identical state (weights, codebook statistics,
+/// averages), and their weights equal one process's on the whole batch of 32 up to rounding:
+/// the ranks average two half-batch gradients where one process takes one mean, a different
+/// order of the same sums (about 1e-7 relative per step), which Adam's step-size normalisation
+/// keeps at that scale over a few steps. The run folder records the world size and engine; a
+/// two-rank run resumes in one process and in two.
+#[test]
+fn two_ranks_train_as_one_process_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = dataset(dir);
+    let config = dp_config(dir, &data, 6);
+    let (dp, single) = (dir.join("dp"), dir.join("single"));
+    let out = output(
+        vq_train(&[
+            "--nproc",
+            "2",
+            "--config",
+            config.to_str().unwrap(),
+            "--run-dir",
+            dp.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "info"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let digests = final_digests(&out.stderr);
+    assert_eq!(digests.len(), 2, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(digests[0], digests[1], "the ranks' states differ");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dp.join("distributed.json")).unwrap()).unwrap();
+    assert_eq!(record["world_size"], 2);
+    assert!(record["engine"].as_str().unwrap().contains("c10d"));
+
+    succeed(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--run-dir",
+        single.to_str().unwrap(),
+    ]);
+    let worst = weights(&dp)
+        .iter()
+        .zip(weights(&single))
+        .map(|((na, a), (nb, b))| {
+            assert_eq!(na, &nb);
+            (a - &b).abs().max().double_value(&[])
+        })
+        .fold(0.0f64, f64::max);
+    eprintln!("two ranks against one process: largest weight difference {worst:e}");
+    assert!(worst < 1e-4, "two ranks and one process differ by {worst}");
+
+    // Resumed at world size 1 and at 2, on to more steps.
+    succeed(&["--resume", dp.to_str().unwrap(), "--extend-to", "8"]);
+    let out = output(&mut vq_train(&[
+        "--nproc",
+        "2",
+        "--resume",
+        dp.to_str().unwrap(),
+        "--extend-to",
+        "10",
+    ]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dp.join("checkpoints/step-000010").is_dir());
+}
+
+/// A rank killed mid-run stops the other with an error naming it, within the timeout.
+#[test]
+fn a_killed_rank_stops_the_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = dataset(dir);
+    let config = dp_config(dir, &data, 100_000);
+    let run = dir.join("dp");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let rank = |r: usize| {
+        let mut c = vq_train(&[
+            "--config",
+            config.to_str().unwrap(),
+            "--run-dir",
+            run.to_str().unwrap(),
+        ]);
+        c.env("RANK", r.to_string())
+            .env("WORLD_SIZE", "2")
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .env("VQVAE_DIST_TIMEOUT", "20")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let survivor = rank(0);
+    let mut victim = rank(1);
+    // Let them train a while (the first checkpoint is at step 2), then kill rank 1.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !run.join("checkpoints/step-000004").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    victim.kill().unwrap();
+    let _ = victim.wait();
+    let killed_at = Instant::now();
+    let out = survivor.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(killed_at.elapsed() < Duration::from_secs(60));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rank 1"), "{err}");
+}

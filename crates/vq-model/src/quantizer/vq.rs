@@ -340,10 +340,20 @@ impl VectorQuantizer {
         step: i64,
     ) -> i64 {
         let _guard = tch::no_grad_guard();
-        if let CodebookUpdate::Ema { decay, epsilon } = self.config.codebook.update {
+        let ema = matches!(self.config.codebook.update, CodebookUpdate::Ema { .. });
+        let sums = ema.then(|| {
+            Tensor::zeros_like(&self.ema_sum).index_add(0, codes, &inputs.to_kind(Kind::Float))
+        });
+        // Data-parallel: every rank updates with the whole global batch's statistics, so the
+        // codebooks stay the same (one process: nothing happens).
+        match &sums {
+            Some(sums) => crate::collective::all_reduce_sum(&[counts, sums]),
+            None => crate::collective::all_reduce_sum(&[counts]),
+        }
+        if let (CodebookUpdate::Ema { decay, epsilon }, Some(sums)) =
+            (self.config.codebook.update, sums)
+        {
             let k = self.codebook_size();
-            let sums =
-                Tensor::zeros_like(&self.ema_sum).index_add(0, codes, &inputs.to_kind(Kind::Float));
             self.ema_count
                 .copy_(&(&self.ema_count * decay + counts * (1.0 - decay)));
             self.ema_sum
@@ -377,6 +387,16 @@ impl VectorQuantizer {
         let pick = Tensor::randint(rows, [n_dead], (Kind::Int64, inputs.device()));
         let fresh = inputs.index_select(0, &pick).to_kind(Kind::Float);
         self.set_codes(&dead, &fresh, step);
+        // Each rank drew from its own part of the batch: rank 0's choice stands everywhere.
+        crate::collective::broadcast(
+            &[
+                &self.codebook,
+                &self.ema_count,
+                &self.ema_sum,
+                &self.last_used,
+            ],
+            0,
+        );
         n_dead
     }
 

@@ -1,0 +1,62 @@
+//! The seam to data-parallel training: the trainer registers its process group here (once, at
+//! start), and what must agree across ranks uses it: a quantizer's codebook statistics are
+//! summed over the ranks before each update, and its dead-code restarts (drawn from each rank's
+//! own batch) are taken from rank 0. One process registers nothing and every call is a no-op.
+
+use std::sync::{Mutex, OnceLock};
+
+use tch::Tensor;
+
+/// Sums and broadcasts over the ranks of a job (implemented on `vq-dist`'s process group).
+pub trait Collective: Send + Sync {
+    fn world_size(&self) -> usize;
+    /// Sums `tensors` (CPU) over the ranks, in place.
+    fn all_reduce_sum(&self, tensors: &[&Tensor]) -> Result<(), String>;
+    /// Copies rank `root`'s `tensors` to every rank, in place.
+    fn broadcast(&self, tensors: &[&Tensor], root: usize) -> Result<(), String>;
+}
+
+static GROUP: OnceLock<Box<dyn Collective>> = OnceLock::new();
+/// The first failure of a collective called where no error can be returned (inside a
+/// quantizer's update); the training loop checks it after every step.
+static FAILURE: Mutex<Option<String>> = Mutex::new(None);
+
+/// Registers the process group; only the first registration counts.
+pub fn register(group: Box<dyn Collective>) {
+    let _ = GROUP.set(group);
+}
+
+/// The registered group of a job of more than one rank.
+pub fn group() -> Option<&'static dyn Collective> {
+    GROUP
+        .get()
+        .map(|g| g.as_ref())
+        .filter(|g| g.world_size() > 1)
+}
+
+fn record(result: Result<(), String>) {
+    if let Err(e) = result {
+        let mut failure = FAILURE.lock().unwrap_or_else(|p| p.into_inner());
+        failure.get_or_insert(e);
+    }
+}
+
+/// Sums `tensors` over the ranks in place (nothing in one process); a failure is kept for
+/// [`take_failure`].
+pub fn all_reduce_sum(tensors: &[&Tensor]) {
+    if let Some(g) = group() {
+        record(g.all_reduce_sum(tensors));
+    }
+}
+
+/// Copies rank `root`'s `tensors` to every rank (nothing in one process).
+pub fn broadcast(tensors: &[&Tensor], root: usize) {
+    if let Some(g) = group() {
+        record(g.broadcast(tensors, root));
+    }
+}
+
+/// The first collective failure since the last call, if any.
+pub fn take_failure() -> Option<String> {
+    FAILURE.lock().unwrap_or_else(|p| p.into_inner()).take()
+}

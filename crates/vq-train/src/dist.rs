@@ -1,0 +1,150 @@
+//! Data-parallel training, as PyTorch's DDP does it, on LibTorch's own c10d (`vq-dist`): each
+//! rank of a job (launched by `vq-train --nproc N`, or by torchrun through RANK, WORLD_SIZE,
+//! LOCAL_RANK, MASTER_ADDR, MASTER_PORT) trains on its own contiguous share of every global
+//! batch, the one batch sequence a single process would draw with the same seed and batch size.
+//! Gradients are averaged over the ranks in one flat bucket before each optimizer step
+//! (`Adam`), the codebook's statistics summed before each update and its dead-code restarts
+//! taken from rank 0 (`vq_model::collective`), and rank 0's initial state (its k-means
+//! codebook) broadcast at the start. Rank 0 alone writes the run folder.
+
+use std::sync::{Arc, OnceLock};
+
+use anyhow::{bail, Result};
+use tch::Tensor;
+use vq_data::BatchIndices;
+use vq_dist::{ProcessGroup, Rendezvous};
+
+/// This process's place in the job.
+#[derive(Debug, Clone)]
+pub struct Dist {
+    pub rank: usize,
+    pub world_size: usize,
+    /// The rendezvous, for the run folder's record.
+    pub rendezvous: Option<Rendezvous>,
+    group: Option<Arc<ProcessGroup>>,
+}
+
+/// `vq-dist`'s process group as the model crate's collective seam.
+struct GroupCollective(Arc<ProcessGroup>);
+
+impl vq_model::collective::Collective for GroupCollective {
+    fn world_size(&self) -> usize {
+        self.0.world_size()
+    }
+
+    fn all_reduce_sum(&self, tensors: &[&Tensor]) -> Result<(), String> {
+        self.0.all_reduce_sum(tensors).map_err(|e| e.to_string())
+    }
+
+    fn broadcast(&self, tensors: &[&Tensor], root: usize) -> Result<(), String> {
+        self.0.broadcast(tensors, root).map_err(|e| e.to_string())
+    }
+}
+
+static CURRENT: OnceLock<Dist> = OnceLock::new();
+
+/// What the collective engine is, as the run folder records it.
+pub const ENGINE: &str = "LibTorch c10d: TCPStore rendezvous, ProcessGroupGloo";
+
+impl Dist {
+    /// One process.
+    pub fn single() -> Dist {
+        Dist {
+            rank: 0,
+            world_size: 1,
+            rendezvous: None,
+            group: None,
+        }
+    }
+
+    /// The job this process belongs to: joined once, from the launcher's variables (one
+    /// process when there are none).
+    pub fn current() -> Result<&'static Dist> {
+        if let Some(d) = CURRENT.get() {
+            return Ok(d);
+        }
+        let dist = match Rendezvous::from_env()? {
+            None => Dist::single(),
+            Some(rdv) if rdv.world_size == 1 => Dist {
+                rank: 0,
+                world_size: 1,
+                rendezvous: Some(rdv),
+                group: None,
+            },
+            Some(rdv) => {
+                tracing::info!(
+                    "rank {} of {}: joining at {}:{}",
+                    rdv.rank,
+                    rdv.world_size,
+                    rdv.master_addr,
+                    rdv.master_port
+                );
+                let group = Arc::new(ProcessGroup::init(&rdv)?);
+                vq_model::collective::register(Box::new(GroupCollective(group.clone())));
+                Dist {
+                    rank: rdv.rank,
+                    world_size: rdv.world_size,
+                    rendezvous: Some(rdv),
+                    group: Some(group),
+                }
+            }
+        };
+        Ok(CURRENT.get_or_init(|| dist))
+    }
+
+    /// Whether this rank writes the run folder (rank 0).
+    pub fn is_main(&self) -> bool {
+        self.rank == 0
+    }
+
+    /// This rank's contiguous share of a global batch.
+    pub fn shard(&self, batch: BatchIndices) -> Result<BatchIndices> {
+        if self.world_size == 1 {
+            return Ok(batch);
+        }
+        let n = batch.indices.len();
+        if !n.is_multiple_of(self.world_size) {
+            bail!(
+                "a global batch of {n} does not split evenly over {} ranks: choose a batch size that is a multiple of the world size",
+                self.world_size
+            );
+        }
+        let per = n / self.world_size;
+        let range = self.rank * per..(self.rank + 1) * per;
+        Ok(BatchIndices {
+            indices: batch.indices[range.clone()].to_vec(),
+            flips: batch.flips[range].to_vec(),
+        })
+    }
+
+    /// Rank 0's values of `tensors` on every rank.
+    pub fn broadcast(&self, tensors: &[Tensor]) -> Result<()> {
+        if let Some(group) = &self.group {
+            let refs: Vec<&Tensor> = tensors.iter().collect();
+            group.broadcast(&refs, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Fails with the first error a collective hit inside the model (a lost rank).
+    pub fn check(&self) -> Result<()> {
+        match vq_model::collective::take_failure() {
+            Some(e) => bail!("{e}"),
+            None => Ok(()),
+        }
+    }
+
+    /// A digest of `tensors`' values, to show in the logs that the ranks agree.
+    pub fn digest(tensors: &[Tensor]) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for t in tensors {
+            let flat = t.to_kind(tch::Kind::Float).flatten(0, -1);
+            let values = Vec::<f32>::try_from(flat).unwrap_or_default();
+            for v in values {
+                v.to_bits().hash(&mut h);
+            }
+        }
+        format!("{:016x}", h.finish())
+    }
+}
