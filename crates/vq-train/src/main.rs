@@ -532,15 +532,6 @@ fn curves(metrics: &Path, kind: RunKind, picture: Option<PathBuf>) -> Result<()>
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn every_flag_says_its_default_and_values_are_kebab_case() {
-        let gaps = vq_report::help_gaps(&<super::Args as clap::CommandFactory>::command());
-        assert!(gaps.is_empty(), "{}", gaps.join("\n"));
-    }
-}
-
 /// The `--nproc N` of whichever run kind was chosen, when it asks for several ranks and this
 /// process is not already one of a job.
 fn launch_ranks(args: &Args) -> Option<u16> {
@@ -632,5 +623,14 @@ fn launch(n: u16) -> i32 {
             }
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_flag_says_its_default_and_values_are_kebab_case() {
+        let gaps = vq_report::help_gaps(&<super::Args as clap::CommandFactory>::command());
+        assert!(gaps.is_empty(), "{}", gaps.join("\n"));
     }
 }
