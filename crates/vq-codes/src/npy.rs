@@ -326,9 +326,8 @@ fn parse_header(header: &str) -> Result<(Dtype, bool, Vec<usize>), NpyError> {
         return Err(NpyError::FortranOrder);
     }
     let shape = shape.ok_or_else(|| bad("no 'shape'"))?;
-    let (order, kind) = match descr.len() {
-        3 => descr.split_at(1),
-        _ => return Err(NpyError::NotIntegers(descr)),
+    let (Some(order), Some(kind)) = (descr.get(..1), descr.get(1..)) else {
+        return Err(NpyError::NotIntegers(descr));
     };
     let dtype = match kind {
         "i1" => Dtype::I8,

@@ -395,8 +395,11 @@ fn main() {
     }
     let output = &args.output;
     output.init_logging();
-    vq_train::view::set_quiet(output.quiet || output.json);
-    let json = output.json;
+    // A rank other than 0 of a data-parallel job shows no progress and reports its errors as
+    // text on standard error: rank 0 speaks for the job.
+    let rank0 = std::env::var("RANK").map_or(true, |r| r.trim() == "0");
+    vq_train::view::set_quiet(output.quiet || output.json || !rank0);
+    let json = output.json && rank0;
     if let Err(e) = run(args) {
         vq_report::print_error(&format!("{e:#}"), json);
         std::process::exit(1);

@@ -216,7 +216,7 @@ fn read_grids(path: &Path, vqvae: &Checkpoint) -> Result<(Vec<i64>, [usize; 3])>
             path.display()
         ),
     };
-    if n == 0 || h == 0 || h != w {
+    if n == 0 || l == 0 || h == 0 || h != w {
         anyhow::bail!(
             "{}: {n} grids of {h}×{w}; a prior trains on square grids, at least one",
             path.display()
@@ -320,8 +320,11 @@ fn external_codes(
             (set(a, n - held, la), set(b, held, lb))
         }
     };
+    // The classes of the training and the test grids alike (a held-out tail may hold a class
+    // the rest lacks).
     let classes = if config.conditional && codes.labels.is_some() {
-        let labels = Vec::<i64>::try_from(&train.labels)?;
+        let mut labels = Vec::<i64>::try_from(&train.labels)?;
+        labels.extend(Vec::<i64>::try_from(&test.labels)?);
         labels.iter().max().map_or(0, |m| m + 1)
     } else {
         0

@@ -111,7 +111,9 @@ pub fn resume_to<T: Task>(run_dir: &Path, extend_to: Option<usize>) -> Result<Ru
         }
         if steps > recorded {
             config.schedule_mut().steps = steps;
-            vq_store::write_config(&run.config(), &config)?;
+            if crate::dist::Dist::current()?.is_main() {
+                vq_store::write_config(&run.config(), &config)?;
+            }
             tracing::info!(
                 "{}: extended from {recorded} to {steps} steps",
                 run_dir.display()
@@ -170,6 +172,11 @@ fn run_loop<T: Task>(
         }
     }
     if dist.world_size > 1 {
+        if device != Device::Cpu {
+            anyhow::bail!(
+                "data-parallel training runs on CPUs so far (NCCL is not wired in): add --device cpu"
+            );
+        }
         if T::KIND != crate::view::RunKind::VqVae {
             anyhow::bail!(
                 "data-parallel training runs the VQ-VAE task so far; train priors and decoders in one process"

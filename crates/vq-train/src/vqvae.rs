@@ -273,7 +273,11 @@ pub fn train_step(
     step: usize,
 ) -> Option<(vq_model::VqVaeOutput, i64)> {
     let out = model.forward_t(xs, true);
-    if !out.loss.double_value(&[]).is_finite() {
+    // Data-parallel: the ranks agree whether any of them saw a non-finite loss, so that all
+    // stop together instead of some waiting in the gradient all-reduce.
+    let bad = Tensor::from_slice(&[f32::from(!out.loss.double_value(&[]).is_finite())]);
+    vq_model::collective::all_reduce_sum(&[&bad]);
+    if bad.double_value(&[0]) > 0.0 {
         return None;
     }
     adam.zero_grad();

@@ -15,7 +15,7 @@ fn main() -> anyhow::Result<()> {
     );
     for (row, class) in classes.iter().enumerate() {
         for (col, codes) in prior
-            .sample(per_class, Some(row), row as u64)
+            .sample(per_class, Some(row), row as u64)?
             .iter()
             .enumerate()
         {

@@ -19,14 +19,14 @@ pub enum Error {
     #[error(transparent)]
     CodeFile(#[from] crate::files::CodeFileMismatch),
     /// Bytes that are not a `.vqz` file.
-    #[error("{path}: not a valid .vqz code file: {source}")]
+    #[error("{path}: not a valid .vqz code file")]
     Vqz {
         path: PathBuf,
         #[source]
         source: vq_codes::CodeFileError,
     },
     /// A `.npy` file that is not an integer array.
-    #[error("{path}: {source}")]
+    #[error("{path}: not an integer array this reads")]
     Npy {
         path: PathBuf,
         #[source]
@@ -37,7 +37,7 @@ pub enum Error {
     /// A dataset or an output file that cannot be read or written.
     #[error(transparent)]
     Data(#[from] vq_data::DataError),
-    #[error("{path}: {source}")]
+    #[error("{path}: cannot read or write it")]
     Io {
         path: PathBuf,
         #[source]

@@ -57,7 +57,7 @@
 //! # fn main() -> Result<(), vqvae::Error> {
 //! let tokenizer = vqvae::Tokenizer::bundled()?.with_decoder(vqvae::Decoder::Sharp)?;
 //! let prior = vqvae::Prior::bundled(&tokenizer)?;
-//! let grids = prior.sample(4, prior.class("ship"), 0);
+//! let grids = prior.sample(4, prior.class("ship"), 0)?;
 //! let pictures: Vec<image::RgbImage> = grids.iter().map(|g| tokenizer.decode(g)).collect();
 //! assert_eq!(pictures.len(), 4);
 //! # Ok(())

@@ -18,7 +18,7 @@ use crate::Tokenizer;
 /// let tokenizer = vqvae::Tokenizer::bundled()?;
 /// let prior = vqvae::Prior::bundled(&tokenizer)?;
 /// let cat = prior.class("cat").expect("a CIFAR-10 class");
-/// let grids = prior.sample(2, Some(cat), 7);
+/// let grids = prior.sample(2, Some(cat), 7)?;
 /// assert_eq!(grids.len(), 2);
 /// let picture = tokenizer.decode(&grids[0]);
 /// assert_eq!(picture.dimensions(), (32, 32));
@@ -93,17 +93,32 @@ impl Prior {
 
     /// `n` new code grids of `class` (or, for a conditional prior, `None`: the classes in turn;
     /// an unconditional prior takes `None`), with the prior's own settings, drawn from `seed`.
-    pub fn sample(&self, n: usize, class: Option<usize>, seed: u64) -> Vec<CodeGrid> {
+    pub fn sample(&self, n: usize, class: Option<usize>, seed: u64) -> Result<Vec<CodeGrid>> {
         let classes = self.class_names().len();
         let labels: Option<Vec<i64>> = match (class, classes) {
+            (Some(_), 0) => {
+                return Err(crate::Error::Invalid(
+                    "this prior is not class-conditional: sample it without a class".into(),
+                ))
+            }
+            (Some(c), k) if c >= k => {
+                return Err(crate::Error::Invalid(format!(
+                    "class {c}: this prior has classes 0 to {}",
+                    k - 1
+                )))
+            }
             (Some(c), _) => Some(vec![c as i64; n]),
             (None, 0) => None,
             (None, k) => Some((0..n as i64).map(|i| i % k as i64).collect()),
         };
-        self.sample_with(n, labels.as_deref(), &self.default_options(), seed)
+        Ok(self.sample_with(n, labels.as_deref(), &self.default_options(), seed))
     }
 
     /// `n` new code grids, of `labels` (one a grid) when given, drawn with `options`.
+    ///
+    /// # Panics
+    /// If a label is not one of the prior's classes, or `labels` is given to an unconditional
+    /// prior ([`Prior::sample`] checks both).
     pub fn sample_with(
         &self,
         n: usize,

@@ -183,6 +183,11 @@ impl Tokenizer {
     }
 
     /// The image of `codes`, the grid's size times [`Tokenizer::downsample`].
+    ///
+    /// # Panics
+    /// If an id is not below [`Tokenizer::vocabulary`], or `codes` holds more levels than
+    /// [`Tokenizer::depth`] or not `depth × height × width` ids (grids made by this tokenizer
+    /// or read by [`crate::CodeArray::read`] and checked with [`crate::CodeArray::check`] fit).
     pub fn decode(&self, codes: &CodeGrid) -> RgbImage {
         let f = self.downsample();
         self.decode_to(codes, codes.width * f, codes.height * f)

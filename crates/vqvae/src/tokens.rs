@@ -116,6 +116,10 @@ impl CodeArray {
                 .map_err(|source| npy_error(path, source))?;
                 write_bytes(path, &array.to_bytes())?;
                 write_bytes(&names_path, &json_bytes(&self.names, true))?;
+                if self.labels.is_none() && labels_path.exists() {
+                    // An earlier array's labels would be read as this one's.
+                    std::fs::remove_file(&labels_path).map_err(|e| Error::io(&labels_path, e))?;
+                }
                 if let Some(labels) = &self.labels {
                     let (lo, hi) = min_max(labels);
                     let array = Array::new(
@@ -204,6 +208,12 @@ impl CodeArray {
                 path.display()
             ))),
         };
+        if shape.contains(&0) {
+            return Err(invalid(format!(
+                "{}: codes of shape {shape:?}: an array of code grids has no empty dimension",
+                path.display()
+            )));
+        }
         if shape.iter().product::<usize>() != codes.len() {
             return Err(invalid(format!(
                 "{}: shape {shape:?} but {} codes",

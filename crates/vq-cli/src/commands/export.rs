@@ -86,7 +86,7 @@ pub fn run(session: &Session, args: &ExportArgs) -> Result<ExportReport> {
         "# vqvae-rs model for PyTorch\n\nWritten by `vq-cli export --pytorch` ({}). Load it with the \
          module beside this file (it needs torch only):\n\n```python\nimport vqvae_rs\nmodel = \
          vqvae_rs.load(\"{}\")\ncodes = model.encode(images)  # (N, 3, H, W) uint8 -> (N, L, h, w) int64\n\
-         pixels = model.decode(codes)  # -> (N, 3, H, W) float on [0, 1]\n```\n\nEach folder holds \
+         pixels = model.decode(codes)  # -> (N, 3, H, W) floats, [0, 1] unclamped\n```\n\nEach folder holds \
          `config.json` (the networks' shapes, vqvae-rs config format 2) and `model.safetensors`, \
          whose tensors are named as below (PyTorch layouts: convolutions `(out, in, kh, kw)`, \
          transposed convolutions `(in, out, kh, kw)`, codebooks `(K, D)`; `ema_*` and \
@@ -124,6 +124,14 @@ pub fn run(session: &Session, args: &ExportArgs) -> Result<ExportReport> {
             write_part(&out.join("prior"), &prior.vs, &prior.config)?,
         );
         parts.push("prior/".to_string());
+    }
+    // Parts an earlier export left that this one did not write would load as this model's.
+    for stale in ["sharp", "prior"] {
+        let dir = out.join(stale);
+        if !parts.contains(&format!("{stale}/")) && dir.join("model.safetensors").is_file() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("removing the earlier export's {}", dir.display()))?;
+        }
     }
     let module = out.join(PYTHON_FILE);
     vq_data::write_atomic(&module, |w| w.write_all(PYTHON_MODULE.as_bytes()))

@@ -241,8 +241,15 @@ pub fn decode_array(
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating the output folder {}", dir.display()))?;
     let [n, _, h, w] = array.shape;
-    let f = ckpt.config.downsample as u32;
-    let (width, height) = (w as u32 * f, h as u32 * f);
+    let f = ckpt.config.downsample as usize;
+    if h.max(w) * f > crate::MAX_IMAGE_SIDE as usize {
+        bail!(
+            "{}: {h}×{w} code grids make images larger than vq-cli writes (at most {} pixels a side)",
+            input.display(),
+            crate::MAX_IMAGE_SIDE
+        );
+    }
+    let (width, height) = ((w * f) as u32, (h * f) as u32);
     let codec = codec(decoder, session.device);
     let bar = session.bar(n as u64, "images decoded");
     let mut taken = std::collections::HashSet::new();
