@@ -86,6 +86,30 @@ fn a_folder_of_images_to_one_array_and_back() {
         std::fs::read(dir.join("a.recon.png")).unwrap()
     );
     assert!(dir.join("out/b.png").is_file() && dir.join("out/c.png").is_file());
+    // The sharp decoder by name, in decode and reconstruct alike.
+    ok(&cli(
+        &["decode", "codes.npy", "-o", "sharp", "--decoder", "sharp"],
+        dir,
+    ));
+    ok(&cli(
+        &[
+            "reconstruct",
+            "in/a.png",
+            "-o",
+            "a.sharp.png",
+            "--decoder",
+            "sharp",
+        ],
+        dir,
+    ));
+    assert_eq!(
+        std::fs::read(dir.join("sharp/a.png")).unwrap(),
+        std::fs::read(dir.join("a.sharp.png")).unwrap()
+    );
+    assert_ne!(
+        std::fs::read(dir.join("sharp/a.png")).unwrap(),
+        std::fs::read(dir.join("out/a.png")).unwrap()
+    );
     // An array NumPy would write, (N, h, w) without names, decodes too (00000.png, ...).
     let plain = Array::new(vec![2, 8, 8], array.data[..128].to_vec(), Dtype::I64).unwrap();
     std::fs::write(dir.join("plain.npy"), plain.to_bytes()).unwrap();

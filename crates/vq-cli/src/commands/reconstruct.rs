@@ -18,6 +18,11 @@ pub struct ReconstructArgs {
     pub files: FilesArgs,
     #[command(flatten)]
     pub search: SearchArgs,
+    /// Which bundled decoder draws the pixels: `plain` (the bundled model's own, what `.vqz`
+    /// files decode to) or `sharp` (models/cifar10-sharp, trained adversarially for the same
+    /// codes). Not with --checkpoint [default: plain]
+    #[arg(long, value_enum)]
+    pub decoder: Option<crate::sampling::DecoderChoice>,
 }
 
 /// One reconstructed image.
@@ -64,6 +69,12 @@ pub fn run(session: &Session, args: &ReconstructArgs) -> Result<FilesReport> {
     let search = args.search.code_search();
     check_search(&ckpt, search.as_ref())?;
     let codec = codec(&ckpt, session.device);
+    let decoder = crate::sampling::open_decoder(
+        session,
+        args.decoder,
+        crate::sampling::DecoderChoice::Plain,
+    )?;
+    let decoding = super::files::codec(&decoder, session.device);
     let bits_per_code = ckpt.config.code_space().bits_per_code() as f64;
     each_input_batched(session, &args.files, "recon.png", BATCH_INPUTS, |jobs| {
         let start = Instant::now();
@@ -90,7 +101,7 @@ pub fn run(session: &Session, args: &ReconstructArgs) -> Result<FilesReport> {
                 .iter()
                 .map(|&i| grids[i].as_ref().expect("loaded, so encoded"))
                 .collect();
-            let decoded = codec.decode_batch(&gs, w, h);
+            let decoded = decoding.decode_batch(&gs, w, h);
             // Compared as written: a grayscale input is written back as grayscale.
             let (originals, outputs): (Vec<_>, Vec<_>) = group
                 .iter()
