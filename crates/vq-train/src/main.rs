@@ -23,6 +23,9 @@ use vq_train::{
 struct Args {
     #[command(flatten)]
     output: vq_report::OutputArgs,
+    /// Where and how a run computes: accepted before or after the subcommand.
+    #[command(flatten)]
+    runtime: RuntimeFlags,
     #[command(subcommand)]
     command: Option<Sub>,
     #[command(flatten)]
@@ -109,8 +112,6 @@ struct RunArgs {
     data: DataFlags,
     #[command(flatten)]
     schedule: ScheduleFlags,
-    #[command(flatten)]
-    runtime: RuntimeFlags,
 }
 
 #[derive(clap::Args, Serialize)]
@@ -146,11 +147,17 @@ struct ScheduleFlags {
 #[derive(clap::Args, Serialize)]
 struct RuntimeFlags {
     /// Where to train [default: auto, a CUDA GPU if there is one]
-    #[arg(long, value_enum, conflicts_with = "resume")]
+    #[arg(long, value_enum, global = true, conflicts_with = "resume")]
     device: Option<DeviceChoice>,
     /// LibTorch CPU threads [default: one per core]
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(long, global = true, conflicts_with = "resume")]
     threads: Option<i32>,
+}
+
+/// The runtime flags as the config's `"runtime"` section, for laying over it.
+#[derive(Serialize)]
+struct RuntimeSection<'a> {
+    runtime: &'a RuntimeFlags,
 }
 
 /// Lays `over` onto `base`: each field `over` gives (not null) replaces the same field of
@@ -437,6 +444,28 @@ fn check_usage(args: &Args, matches: &clap::ArgMatches) {
         Some(Sub::Decoder(d)) => &d.run,
         _ => &args.run,
     };
+    // The runtime flags are global (either side of the subcommand), so clap's own conflict
+    // with --resume does not see them across levels.
+    if run.resume.is_some() {
+        let given: Vec<&str> = [
+            ("--device", args.runtime.device.is_some()),
+            ("--threads", args.runtime.threads.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect();
+        if !given.is_empty() {
+            command
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!(
+                        "the argument '--resume <RESUME>' cannot be used with '{}': a resumed run keeps the settings it recorded",
+                        given.join("', '")
+                    ),
+                )
+                .exit();
+        }
+    }
     if run.extend_to.is_some() && run.resume.is_none() {
         command
             .error(
@@ -454,6 +483,9 @@ fn flags(value: &impl Serialize) -> Result<Value> {
 
 fn run(args: Args) -> Result<()> {
     let output = &args.output;
+    let runtime = flags(&RuntimeSection {
+        runtime: &args.runtime,
+    })?;
     match args.command {
         Some(Sub::Prior(prior)) => {
             let arch = prior.arch;
@@ -467,7 +499,7 @@ fn run(args: Args) -> Result<()> {
                     test_labels: prior.test_labels.clone(),
                 });
             prior.run.train::<PriorTask>(
-                &[flags(&prior)?],
+                &[flags(&prior)?, runtime.clone()],
                 "prior",
                 |config: &mut PriorTrainConfig| {
                     if codes.is_some() {
@@ -488,7 +520,7 @@ fn run(args: Args) -> Result<()> {
         Some(Sub::Decoder(decoder)) => {
             let stages = decoder.decoder_stages.as_deref();
             decoder.run.train::<DecoderTask>(
-                &[flags(&decoder)?],
+                &[flags(&decoder)?, runtime.clone()],
                 "decoder",
                 |config: &mut DecoderTrainConfig| {
                     if let Some(text) = stages {
@@ -509,7 +541,7 @@ fn run(args: Args) -> Result<()> {
         None => {
             let quantizer = &args.quantizer;
             args.run.train::<VqVaeTask>(
-                &[flags(&args.settings)?],
+                &[flags(&args.settings)?, runtime.clone()],
                 "run",
                 |config: &mut TrainConfig| {
                     quantizer

@@ -735,6 +735,13 @@ fn one_contract_for_flags_output_and_errors() {
         (&serde_json::json!("some-run"), &serde_json::json!(true))
     );
     assert_eq!(prior["prior"]["kind"], "transformer", "{prior}");
+    // --device and --threads are global, like vq-cli's: either side of the subcommand.
+    for args in [
+        &["--threads", "3", "prior", "--print-config"][..],
+        &["prior", "--threads", "3", "--print-config"][..],
+    ] {
+        assert_eq!(printed(args)["runtime"]["threads"], 3, "{args:?}");
+    }
     let decoder = printed(&["-q", "decoder", "--print-config", "--fixed-weight"]);
     assert_eq!(decoder["adaptive_weight"], false, "{decoder}");
     assert!(printed(&["decoder", "--print-config"])["adaptive_weight"] == true);
@@ -752,6 +759,10 @@ fn one_contract_for_flags_output_and_errors() {
         );
     }
     for (args, named) in [
+        (
+            &["--threads", "1", "decoder", "--resume", "r"][..],
+            "--threads",
+        ),
         (&["--steps", "5", "prior", "--print-config"][..], "--steps"),
         (&["prior", "--extend-to", "5"][..], "--extend-to"),
     ] {
