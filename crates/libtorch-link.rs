@@ -16,11 +16,17 @@ pub fn main() {
     // network): the checkout's `.libtorch`, a link to the per-user data folder, which the rpath
     // below points into as well. Both are baked in as the real folder, not the link, so that an
     // installed binary keeps working after its checkout is deleted.
+    let mut setup_home = None;
     if let Ok(dir) = std::env::var("CARGO_MANIFEST_DIR") {
         let home = Path::new(&dir).join("../../.libtorch");
         println!("cargo:rerun-if-changed={}", home.display());
         let home = home.canonicalize().unwrap_or(home);
         println!("cargo:rustc-env=VQ_LIBTORCH_HOME={}", home.display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            home.join("installed.json").display()
+        );
+        setup_home = Some(home);
     }
     println!("cargo:rerun-if-env-changed=VQ_LINK_CUDA");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
@@ -44,7 +50,14 @@ pub fn main() {
     let cuda = match std::env::var("VQ_LINK_CUDA").as_deref() {
         Ok("1") => true,
         Ok("0") => false,
-        _ => cuda_loadable(&lib.join("libtorch_cuda.so")),
+        // Set-up's own install says which set it is: the CPU set may hold the CUDA libraries
+        // too (Python's torch needs them for the export test) without being meant for a GPU,
+        // and linking them would cost every process a tenth of a second at start-up.
+        _ => setup_home
+            .filter(|home| lib.starts_with(home))
+            .and_then(|home| std::fs::read_to_string(home.join("installed.json")).ok())
+            .map(|marker| marker.contains("\"cuda\""))
+            .unwrap_or_else(|| cuda_loadable(&lib.join("libtorch_cuda.so"))),
     };
     if cuda {
         println!("cargo:rustc-link-search=native={}", lib.display());

@@ -220,11 +220,13 @@ fn install(layout: &Layout, variant: Variant) -> Result<()> {
     match variant {
         Variant::Cpu => {
             tracing::info!("installing LibTorch {TORCH_VERSION}, CPU-only set (about 1.2 GB)");
-            pip.arg("--no-deps").arg(&torch).args(CPU_EXTRA_WHEELS);
+            pip.args(["--no-deps", "--no-cache-dir"])
+                .arg(&torch)
+                .args(CPU_EXTRA_WHEELS);
         }
         Variant::Cuda => {
             tracing::info!("installing LibTorch {TORCH_VERSION} with CUDA (about 4.7 GB)");
-            pip.arg(&torch);
+            pip.arg("--no-cache-dir").arg(&torch);
         }
     }
     cmd::run(&mut pip).context("pip could not install torch")?;
@@ -287,12 +289,50 @@ fn symlink(_target: &Path, _link: &Path) -> Result<()> {
     bail!("the LibTorch set-up supports Linux and macOS; set LIBTORCH to your LibTorch instead")
 }
 
-/// A Python with PyTorch 2.13.0 for the PyTorch-export test (`vq-cli export --pytorch`):
-/// `<data folder>/pytorch/`, made on first use. Python's torch module links cuDNN, NCCL and
-/// cuBLAS even on a CPU, so it needs the full wheel set (about 4.7 GB), unlike LibTorch's lean
-/// install that the binaries link.
-pub fn ensure_pytorch() -> Result<PathBuf> {
-    let venv = data_home()?.join("pytorch");
+/// What Python's `torch` module needs beside the lean LibTorch install: the pure-Python
+/// dependencies and the CUDA libraries `libtorch_cuda.so` and `libtorch_python.so` link, which
+/// the dynamic loader wants even on a CPU. The versions are what pip resolves for torch 2.13.0's
+/// requirements; left out: triton (0.7 GB, only for `torch.compile` on a GPU), cuSOLVER (loaded
+/// lazily) and the CUDA Python bindings. Installed without dependencies, so nothing else comes.
+const PYTHON_WHEELS: &[&str] = &[
+    "filelock==4.3.2",
+    "typing-extensions==4.16.0",
+    "sympy==1.14.0",
+    "mpmath==1.3.0",
+    "networkx==3.6.1",
+    "jinja2==3.1.6",
+    "markupsafe==3.0.4",
+    "fsspec==2026.9.0",
+    "numpy==2.4.6",
+    "nvidia-cublas==13.1.1.3",
+    "nvidia-cuda-cupti==13.0.85",
+    "nvidia-cuda-nvrtc==13.0.88",
+    "nvidia-cuda-runtime==13.0.96",
+    "nvidia-cudnn-cu13==9.20.0.48",
+    "nvidia-cufft==12.0.0.61",
+    "nvidia-cufile==1.15.1.6",
+    "nvidia-curand==10.4.0.35",
+    "nvidia-cusparse==12.6.3.3",
+    "nvidia-cusparselt-cu13==0.8.1",
+    "nvidia-nccl-cu13==2.29.7",
+    "nvidia-nvjitlink==13.5.37",
+    "nvidia-nvshmem-cu13==3.4.5",
+    "nvidia-nvtx==13.0.85",
+];
+
+/// A Python that imports PyTorch 2.13.0, for the PyTorch-export test (`vq-cli export
+/// --pytorch`): LibTorch's own virtualenv, given the wheels Python's `torch` needs
+/// ([`PYTHON_WHEELS`], about 2.6 GB more), so that one copy of torch serves the binaries and
+/// Python. With a LibTorch of the user's own, a separate virtualenv in the data folder's
+/// `pytorch/`. An earlier set-up's separate `pytorch/` (4.7 GB) is removed once LibTorch's
+/// virtualenv imports torch.
+pub fn ensure_pytorch(root: &Path) -> Result<PathBuf> {
+    let separate = data_home()?.join("pytorch");
+    let venv = if user_libtorch(root).is_some() {
+        separate.clone()
+    } else {
+        Layout::new(root).venv()
+    };
     let python = venv.join("bin").join("python");
     let ready = || {
         Command::new(&python)
@@ -303,33 +343,46 @@ pub fn ensure_pytorch() -> Result<PathBuf> {
             .output()
             .is_ok_and(|o| o.status.success())
     };
-    if ready() {
-        return Ok(python);
-    }
-    if !python.exists() {
-        std::fs::create_dir_all(&venv)?;
-        cmd::run(Command::new("python3").args(["-m", "venv"]).arg(&venv)).context(
-            "creating the PyTorch virtualenv (on Debian/Ubuntu: apt-get install python3-venv)",
-        )?;
-    }
-    tracing::info!(
-        "installing PyTorch {TORCH_VERSION} into {} for the PyTorch-export test (about 4.7 GB)",
-        venv.display()
-    );
-    cmd::run(Command::new(&python).args([
-        "-m",
-        "pip",
-        "install",
-        "--disable-pip-version-check",
-        "--no-input",
-        &format!("torch=={TORCH_VERSION}"),
-    ]))
-    .context("pip could not install torch")?;
     if !ready() {
-        bail!(
-            "{}: torch {TORCH_VERSION} does not import",
-            python.display()
+        if !python.exists() {
+            std::fs::create_dir_all(&venv)?;
+            cmd::run(Command::new("python3").args(["-m", "venv"]).arg(&venv)).context(
+                "creating the PyTorch virtualenv (on Debian/Ubuntu: apt-get install python3-venv)",
+            )?;
+        }
+        tracing::info!(
+            "installing what Python's torch {TORCH_VERSION} needs into {} (about 2.6 GB)",
+            venv.display()
         );
+        cmd::run(
+            Command::new(&python)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--disable-pip-version-check",
+                    "--no-input",
+                    "--no-cache-dir",
+                    "--no-deps",
+                    &format!("torch=={TORCH_VERSION}"),
+                ])
+                .args(PYTHON_WHEELS),
+        )
+        .context("pip could not install PyTorch's Python dependencies")?;
+        if !ready() {
+            bail!(
+                "{}: torch {TORCH_VERSION} does not import",
+                python.display()
+            );
+        }
+    }
+    if venv != separate && separate.join("bin").join("python").exists() {
+        tracing::info!(
+            "removing {}: LibTorch's virtualenv now runs PyTorch",
+            separate.display()
+        );
+        std::fs::remove_dir_all(&separate)
+            .with_context(|| format!("removing {}", separate.display()))?;
     }
     Ok(python)
 }

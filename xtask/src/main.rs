@@ -34,8 +34,9 @@ enum Command {
         /// Install the full CUDA wheel set even if no GPU is detected.
         #[arg(long)]
         cuda: bool,
-        /// Also a Python with PyTorch 2.13.0 (data folder's pytorch/, about 4.7 GB), what the
-        /// PyTorch-export test runs the exported module with (`cargo xtask test` installs it).
+        /// Also what Python's torch needs beside LibTorch (about 2.6 GB more, into LibTorch's
+        /// virtualenv): the PyTorch-export test runs the exported module with it (`cargo xtask
+        /// test` installs it).
         #[arg(long)]
         pytorch: bool,
     },
@@ -222,7 +223,7 @@ fn real_main() -> Result<()> {
             libtorch::ensure(&root, choice)?;
             fid::ensure(&root)?;
             if pytorch {
-                let python = libtorch::ensure_pytorch()?;
+                let python = libtorch::ensure_pytorch(&root)?;
                 tracing::info!("PyTorch for the export test: {}", python.display());
             }
             tracing::info!(
@@ -245,7 +246,7 @@ fn real_main() -> Result<()> {
         Command::Test { args } => {
             libtorch::ensure(&root, libtorch::CudaChoice::Auto)?;
             fid::ensure(&root)?;
-            let torch_python = libtorch::ensure_pytorch()?;
+            let torch_python = libtorch::ensure_pytorch(&root)?;
             cmd::run(cmd::cargo(&root).args(["fmt", "--all", "--", "--check"]))
                 .context("code is not formatted: run `cargo fmt --all`")?;
             cmd::run(cmd::cargo(&root).args([

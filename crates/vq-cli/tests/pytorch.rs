@@ -2,9 +2,9 @@
 //! same codes and pixels as vqvae-rs on CIFAR-10 test images, and a model saved back from
 //! PyTorch loads in `vq-cli --checkpoint`.
 //!
-//! It needs a Python with PyTorch 2.13.0: `VQVAE_TORCH_PYTHON`, else the virtualenv that
-//! `cargo xtask test` (or `cargo xtask setup --pytorch`) makes in the data folder. Python's
-//! torch module needs the CUDA wheels too, so this is not LibTorch's own install.
+//! It needs a Python with PyTorch 2.13.0: `VQVAE_TORCH_PYTHON`, else LibTorch's own virtualenv
+//! (`.libtorch/venv`), which `cargo xtask test` (or `cargo xtask setup --pytorch`) gives what
+//! Python's torch needs beside the lean LibTorch (the CUDA wheels, even on a CPU).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,17 +16,14 @@ fn torch_python() -> PathBuf {
     if let Some(p) = std::env::var_os("VQVAE_TORCH_PYTHON") {
         return PathBuf::from(p);
     }
-    let home = std::env::var_os("VQVAE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_DATA_HOME").map(|d| PathBuf::from(d).join("vqvae-rs")))
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/vqvae-rs"))
-        })
-        .expect("HOME is set");
-    let python = home.join("pytorch/bin/python");
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.libtorch/venv/bin/python");
+    let imports = Command::new(&python)
+        .args(["-c", "import torch"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     assert!(
-        python.exists(),
-        "{} is missing: run `cargo xtask setup --pytorch` (or the whole suite with `cargo xtask test`), or set VQVAE_TORCH_PYTHON to a Python with torch 2.13.0",
+        imports,
+        "{} cannot import torch: run `cargo xtask setup --pytorch` (or the whole suite with `cargo xtask test`), or set VQVAE_TORCH_PYTHON to a Python with torch 2.13.0",
         python.display()
     );
     python
