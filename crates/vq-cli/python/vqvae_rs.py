@@ -1,4 +1,5 @@
-"""A vqvae-rs VQ-VAE in PyTorch, from the files `vq-cli export --pytorch DIR` writes.
+"""A vqvae-rs VQ-VAE and its transformer prior in PyTorch, from the files `vq-cli export
+--pytorch DIR` writes.
 
 Self-contained: it needs `torch` and nothing else (not this project, not `safetensors`).
 
@@ -8,9 +9,13 @@ Self-contained: it needs `torch` and nothing else (not this project, not `safete
     codes = model.encode(images)      # (N, 3, H, W) uint8 → (N, L, h, w) int64 token ids
     pixels = model.decode(codes)      # → (N, 3, h·f, w·f) float pixels, [0, 1] when clamped
     images = model.decode_uint8(codes)  # → (N, 3, h·f, w·f) uint8, as vq-cli writes them
+    prior = vqvae_rs.load_prior("DIR")               # the transformer prior, where exported
+    logits = prior.logits(codes[:, 0], labels)        # → (N, V, h, w), each code given those before
+    grids = prior.sample(8, labels=torch.full((8,), 3), guidance=2.0)  # → (8, h, w) new codes
 
-The networks are the ones of `crates/vq-model` (`nets.rs`, `quantizer/`): the tensor names of
-`model.safetensors` are its variable names (README.md in DIR lists them). Encoding pads an
+The networks are the ones of `crates/vq-model` (`nets.rs`, `quantizer/`) and
+`crates/vq-prior` (`transformer.rs`): the tensor names of each `model.safetensors` are their
+variable names (README.md in DIR lists them). Encoding pads an
 image by repeating its edge pixels to a multiple of the downsampling factor, as `vq-cli` does;
 `vq-cli` encodes images over 256 pixels in overlapping tiles whose results equal one pass, so
 one pass here gives the same codes.
@@ -27,7 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["load", "VqVae", "read_safetensors", "write_safetensors", "save"]
+__all__ = [
+    "load",
+    "load_prior",
+    "VqVae",
+    "TransformerPrior",
+    "read_safetensors",
+    "write_safetensors",
+    "save",
+]
 
 _DTYPES = {
     "F32": torch.float32,
@@ -68,7 +81,8 @@ def write_safetensors(path, tensors):
     header, chunks, offset = {}, [], 0
     for name in sorted(tensors):
         t = tensors[name].detach().contiguous().cpu()
-        raw = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        # A 0-d tensor has no byte view of its own: flatten it first.
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
         header[name] = {
             "dtype": names[t.dtype],
             "shape": list(t.shape),
@@ -429,6 +443,163 @@ class VqVae(nn.Module):
         """(N, L, h, w) codes → (N, 3, h·f, w·f) uint8 pixels, rounded as vq-cli writes them."""
         x = self.decoder(self.quantizer.embed(codes.long()))
         return ((x - self.offset) / self.scale).round().clamp(0, 255).to(torch.uint8)
+
+
+# --- the prior --------------------------------------------------------------------------
+
+
+class _Block(nn.Module):
+    """A pre-norm transformer block (`crates/vq-prior/src/transformer.rs`): causal
+    self-attention with `kv_heads` key/value heads shared by the query heads, then an MLP."""
+
+    def __init__(self, width, heads, kv_heads):
+        super().__init__()
+        self.heads, self.kv_heads = heads, kv_heads
+        head_dim = width // heads
+        self.ln1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, width + 2 * kv_heads * head_dim)
+        self.proj = nn.Linear(width, width)
+        self.ln2 = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, 4 * width)
+        self.fc2 = nn.Linear(4 * width, width)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        head_dim = d // self.heads
+        kv = self.kv_heads * head_dim
+        parts = self.qkv(self.ln1(x))
+
+        def split(start, heads):
+            return parts[:, :, start : start + heads * head_dim].view(b, t, heads, head_dim).transpose(1, 2)
+
+        q, k, v = split(0, self.heads), split(d, self.kv_heads), split(d + kv, self.kv_heads)
+        group = self.heads // self.kv_heads
+        if group > 1:
+            k = k.repeat_interleave(group, dim=1)
+            v = v.repeat_interleave(group, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, t, d))
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+
+
+class TransformerPrior(nn.Module):
+    """The transformer code prior over raster-ordered code grids, from a vqvae-rs prior
+    `config.json` (`"arch": {"kind": "transformer", ...}`). Its first token is the class (the
+    last row of `classes` is the null class, which classifier-free guidance uses)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        arch, prov = cfg["arch"], cfg["provenance"]
+        if arch.get("kind") != "transformer":
+            raise ValueError(f"this module runs the transformer prior, not {arch.get('kind')!r}")
+        if prov["codes"].get("depth", 1) != 1:
+            raise ValueError("a prior over one code level is expected")
+        self.config = cfg
+        d, vocabulary = arch["width"], prov["codes"]["vocabulary"]
+        self.side, self.vocabulary = prov["grid_side"], vocabulary
+        self.class_count = prov["classes"]
+        self.class_names = prov.get("class_names") or []
+        self.codes = nn.Embedding(vocabulary, d)
+        self.classes = nn.Embedding(self.class_count + 1, d)
+        self.positions = nn.Parameter(torch.zeros(self.side * self.side, d))
+        heads = arch["heads"]
+        kv_heads = arch.get("kv_heads") or heads
+        self.blocks = nn.ModuleList(_Block(d, heads, kv_heads) for _ in range(arch["layers"]))
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocabulary)
+
+    def tensor_names(self):
+        """Parameter by the tensor name the prior's `model.safetensors` gives it."""
+        out = {"positions": self.positions}
+        for name, module in [("codes", self.codes), ("classes", self.classes)]:
+            out[f"{name}.weight"] = module.weight
+        linears = [("ln_f", self.ln_f), ("head", self.head)]
+        for i, block in enumerate(self.blocks):
+            for part in ("ln1", "qkv", "proj", "ln2", "fc1", "fc2"):
+                linears.append((f"block{i}.{part}", getattr(block, part)))
+        for name, module in linears:
+            out[f"{name}.weight"] = module.weight
+            out[f"{name}.bias"] = module.bias
+        return out
+
+    load_tensors = VqVae.load_tensors
+
+    def _class_rows(self, labels, n, device):
+        null = torch.full((n,), self.class_count, dtype=torch.long, device=device)
+        if labels is None or self.class_count == 0:
+            return null
+        labels = torch.as_tensor(labels, device=device).long().reshape(n)
+        if labels.min() < 0 or labels.max() >= self.class_count:
+            raise ValueError(f"labels are classes 0 to {self.class_count - 1}")
+        return labels
+
+    @torch.no_grad()
+    def logits(self, codes, labels=None):
+        """(B, h, w) codes (and (B,) labels, or None: the null class) → (B, V, h, w) logits of
+        each code given the class and the codes before it in raster order."""
+        if codes.dim() == 4:
+            codes = codes[:, 0]
+        b, h, w = codes.shape
+        t = h * w
+        flat = codes.reshape(b, t).long()
+        x = self.classes(self._class_rows(labels, b, codes.device)).unsqueeze(1)
+        if t > 1:
+            x = torch.cat([x, self.codes(flat[:, : t - 1])], 1)
+        x = x + self.positions[:t]
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x)).view(b, h, w, -1).permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def sample(self, n, labels=None, temperature=1.0, top_k=0, top_p=1.0, guidance=1.0, generator=None):
+        """`n` new (n, h, w) code grids in raster order, of `labels` ((n,) classes) when given,
+        with classifier-free guidance (`u + guidance · (c − u)` on the logits, u the null
+        class's) and the usual temperature, top-k and top-p. Defaults: the plain conditional
+        distribution; the prior's own settings are `config["sampling"]`. Each code reruns the
+        network over the grid so far (simple, not fast: vq-cli keeps a key/value cache)."""
+        device = self.positions.device
+        length = self.side * self.side
+        guided = labels is not None and self.class_count > 0 and guidance != 1.0
+        cond = self._class_rows(labels, n, device)
+        rows = torch.cat([cond, torch.full_like(cond, self.class_count)]) if guided else cond
+        x = self.classes(rows).unsqueeze(1)
+        codes = torch.zeros(n, length, dtype=torch.long, device=device)
+        for t in range(length):
+            h = x + self.positions[: t + 1]
+            for block in self.blocks:
+                h = block(h)
+            logits = self.head(self.ln_f(h[:, -1])).float()
+            if guided:
+                c, u = logits[:n], logits[n:]
+                logits = u + (c - u) * guidance
+            logits = logits / max(temperature, 1e-6)
+            if 0 < top_k < self.vocabulary:
+                kth = logits.topk(top_k, 1).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            if top_p < 1.0:
+                sorted_logits, order = logits.sort(1, descending=True)
+                probs = sorted_logits.softmax(1)
+                drop_sorted = (probs.cumsum(1) - probs) >= top_p
+                drop = drop_sorted.scatter(1, order, drop_sorted)
+                logits = logits.masked_fill(drop, float("-inf"))
+            nxt = torch.multinomial(logits.softmax(1), 1, generator=generator).squeeze(1)
+            codes[:, t] = nxt
+            fed = torch.cat([nxt, nxt]) if guided else nxt
+            x = torch.cat([x, self.codes(fed).unsqueeze(1)], 1)
+        return codes.view(n, self.side, self.side)
+
+
+def load_prior(directory):
+    """The prior `vq-cli export --pytorch` wrote to `directory` (its `prior/` folder), for the
+    exported model's codes."""
+    path = os.path.join(directory, "prior")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no prior was exported (export the bundled model, or pass --prior)")
+    with open(os.path.join(path, "config.json")) as f:
+        cfg = json.load(f)
+    prior = TransformerPrior(cfg)
+    prior.load_tensors(read_safetensors(os.path.join(path, "model.safetensors")))
+    return prior.eval()
 
 
 def load(directory, decoder="plain"):

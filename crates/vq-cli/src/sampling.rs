@@ -2,9 +2,9 @@
 
 use anyhow::Context;
 use tch::{Device, Tensor};
-use vq_model::checkpoint::Checkpoint;
 use vq_model::ComputeKind;
-use vq_prior::{PriorCheckpoint, SampleOptions};
+use vq_prior::SampleOptions;
+use vqvae::{Decoder, Prior, Tokenizer};
 
 use crate::session::Session;
 
@@ -65,16 +65,16 @@ pub fn open_decoder(
     session: &Session,
     choice: Option<DecoderChoice>,
     default: DecoderChoice,
-) -> anyhow::Result<Checkpoint> {
+) -> anyhow::Result<Tokenizer> {
     match (&session.checkpoint, choice) {
         (Some(path), Some(_)) => anyhow::bail!(
             "--decoder picks one of the bundled decoders; with --checkpoint {} its own decoder is used, so drop --decoder",
             path.display()
         ),
-        (Some(_), None) => session.open(),
+        (Some(_), None) => session.tokenizer(),
         (None, choice) => match choice.unwrap_or(default) {
-            DecoderChoice::Plain => session.open(),
-            DecoderChoice::Sharp => Checkpoint::bundled_tuned_decoder(session.device).context(
+            DecoderChoice::Plain => session.tokenizer(),
+            DecoderChoice::Sharp => session.tokenizer()?.with_decoder(Decoder::Sharp).context(
                 "opening the bundled sharp decoder, models/cifar10-sharp (--decoder plain uses the bundled model's own)",
             ),
         },
@@ -84,17 +84,13 @@ pub fn open_decoder(
 impl SamplingArgs {
     /// The VQ-VAE whose decoder renders the samples: `--checkpoint`'s, else the bundled model
     /// with the decoder `--decoder` picks (the sharp one by default).
-    pub fn open_decoder(&self, session: &Session) -> anyhow::Result<Checkpoint> {
+    pub fn open_decoder(&self, session: &Session) -> anyhow::Result<Tokenizer> {
         open_decoder(session, self.decoder, DecoderChoice::Sharp)
     }
 
     /// Puts the prior in the number type `--compute` asks for; a bf16 request the prior cannot
     /// honour (the PixelCNN) is an error, `auto` then stays f32. Returns the number type used.
-    pub fn set_compute(
-        &self,
-        prior: &mut PriorCheckpoint,
-        device: Device,
-    ) -> anyhow::Result<&'static str> {
+    pub fn set_compute(&self, prior: &mut Prior, device: Device) -> anyhow::Result<&'static str> {
         let asked = self.compute.unwrap_or(ComputeKind::Auto);
         let kind = asked.kind(device);
         if kind == tch::Kind::Float {
@@ -108,13 +104,13 @@ impl SamplingArgs {
         }
         anyhow::bail!(
             "{}: --compute bf16 needs a transformer prior (this one samples in f32 only)",
-            prior.origin()
+            prior.checkpoint().origin()
         )
     }
 
     /// The options, checked (guidance only where the prior has an unconditional model).
-    pub fn options(&self, prior: &PriorCheckpoint) -> anyhow::Result<SampleOptions> {
-        let base = prior.config.sampling.unwrap_or_default();
+    pub fn options(&self, prior: &Prior) -> anyhow::Result<SampleOptions> {
+        let base = prior.default_options();
         let options = SampleOptions {
             temperature: self.temperature.unwrap_or(base.temperature),
             top_k: self.top_k.unwrap_or(base.top_k),
@@ -123,10 +119,10 @@ impl SamplingArgs {
             guided_codes: self.guided_codes.or(base.guided_codes),
         };
         options.validate().map_err(|e| anyhow::anyhow!("--{e}"))?;
-        if options.guidance != 1.0 && !prior.model.supports_guidance() {
+        if options.guidance != 1.0 && !prior.checkpoint().model.supports_guidance() {
             anyhow::bail!(
                 "{}: this prior has no unconditional model, so --guidance must be 1",
-                prior.origin()
+                prior.checkpoint().origin()
             );
         }
         Ok(options)
@@ -165,22 +161,20 @@ pub struct Samples {
     pub decoding_seconds: f64,
 }
 
-/// `n` new images with their code grids.
+/// `n` new images with their code grids: the library's [`Prior::sample_codes`], then
+/// [`Tokenizer::decode_tensor`].
 pub fn sample_images(
-    prior: &PriorCheckpoint,
-    vqvae: &Checkpoint,
+    prior: &Prior,
+    tokenizer: &Tokenizer,
     labels: Option<&Tensor>,
     n: i64,
     options: &SampleOptions,
-    device: Device,
 ) -> Samples {
     let start = std::time::Instant::now();
-    let codes = prior.model.sample(n, labels, options, device);
+    let codes = prior.sample_codes(n, labels, options);
     let sampling_seconds = start.elapsed().as_secs_f64();
     let start = std::time::Instant::now();
-    let _guard = tch::no_grad_guard();
-    // One code level: the depth axis the decoder takes.
-    let images = vqvae.model.decode(&codes.unsqueeze(1));
+    let images = tokenizer.decode_tensor(&codes);
     Samples {
         images,
         codes,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use tch::Device;
-use vq_model::checkpoint::Checkpoint;
+use vqvae::Tokenizer;
 
 use crate::report;
 
@@ -22,13 +22,14 @@ pub struct Session {
 }
 
 impl Session {
-    /// The VQ-VAE the commands use.
-    pub fn open(&self) -> Result<Checkpoint> {
-        match &self.checkpoint {
-            Some(path) => Checkpoint::open(path, self.device).context("opening the checkpoint"),
-            None => Checkpoint::bundled(self.device)
-                .context("opening the bundled model (pass --checkpoint RUN_DIR to use your own)"),
-        }
+    /// The VQ-VAE the commands use, through the library's [`vqvae::Tokenizer`] as any other
+    /// program would open it.
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
+        let context = match &self.checkpoint {
+            Some(_) => "opening the checkpoint",
+            None => "opening the bundled model (pass --checkpoint RUN_DIR to use your own)",
+        };
+        Tokenizer::open_or_bundled(self.checkpoint.as_deref(), self.device).context(context)
     }
 
     pub(crate) fn print(&self, bar: &ProgressBar, report: &impl report::Report) {

@@ -101,6 +101,16 @@ fn the_exported_model_in_pytorch_gives_the_same_codes_and_pixels() {
         .permute([2, 0, 1])
         .unsqueeze(0)
         .contiguous();
+    // The bundled prior's logits of those codes given their classes.
+    let labels = Tensor::from_slice(&set.labels.iter().map(|&l| i64::from(l)).collect::<Vec<_>>());
+    let prior = vqvae::Prior::bundled(&vqvae::Tokenizer::bundled().unwrap()).unwrap();
+    let prior_logits = {
+        let _guard = tch::no_grad_guard();
+        prior
+            .checkpoint()
+            .model
+            .logits(&codes.select(1, 0), Some(&labels), false)
+    };
     let reference = tmp.path().join("reference.safetensors");
     Tensor::write_safetensors(
         &[
@@ -123,6 +133,8 @@ fn the_exported_model_in_pytorch_gives_the_same_codes_and_pixels() {
                 vq_model::to_bytes(&sharp_out, range).contiguous(),
             ),
             ("odd_image", odd_tensor),
+            ("labels", labels.shallow_clone()),
+            ("prior_logits", prior_logits.contiguous()),
             (
                 "odd_codes",
                 Tensor::from_slice(&odd_codes.data).view([1, 1, 10, 12]),
@@ -135,7 +147,7 @@ fn the_exported_model_in_pytorch_gives_the_same_codes_and_pixels() {
     let resaved = tmp.path().join("resaved");
     let out = Command::new(&python)
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/check_pytorch.py"))
-        .args([&export, &reference, &resaved])
+        .args([&export, &reference, &resaved, &odd_codes_path])
         .output()
         .unwrap();
     assert!(
@@ -162,6 +174,26 @@ fn the_exported_model_in_pytorch_gives_the_same_codes_and_pixels() {
         figures["odd_codes_equal"].as_f64().unwrap() >= 0.99,
         "{figures}"
     );
+    // The prior: the same logits (f32 both sides, summed in other orders), and samples drawn
+    // in Python that the prior finds likely (far below the 9 bits of a uniform code out of
+    // 512; CIFAR-10's own test codes cost about 6.6).
+    assert!(
+        figures["prior_logits_max_diff"].as_f64().unwrap() <= 1e-3,
+        "{figures}"
+    );
+    assert!(
+        figures["prior_argmax_equal"].as_f64().unwrap() >= 0.999,
+        "{figures}"
+    );
+    assert_eq!(figures["prior_samples_shape"], serde_json::json!([8, 8, 8]));
+    let sampled = figures["prior_samples_bits_per_code"].as_f64().unwrap();
+    assert!((1.0..8.0).contains(&sampled), "{figures}");
+    // The NumPy reader of the Python side reads vq-cli's array of codes.
+    assert_eq!(
+        figures["odd_npy_equal"],
+        serde_json::json!(true),
+        "{figures}"
+    );
 
     // The other way: the model written by vqvae_rs.save loads in vq-cli --checkpoint and
     // encodes to the same codes.
@@ -178,4 +210,62 @@ fn the_exported_model_in_pytorch_gives_the_same_codes_and_pixels() {
     let back = vq_codes::npy::Array::from_bytes(&std::fs::read(&back).unwrap()).unwrap();
     let ours: Vec<i64> = Vec::<i64>::try_from(codes.flatten(0, -1)).unwrap();
     assert_eq!(back.data, ours);
+}
+
+/// NumPy itself reads the `.npy` arrays vqvae-rs writes (and `numpy.save` writes the same
+/// bytes), and vqvae-rs reads NumPy's, every integer type and both byte orders.
+#[test]
+fn numpy_and_vqvae_rs_read_each_others_arrays() {
+    use vq_codes::npy::{Array, Dtype};
+    let python = torch_python();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let types = [
+        ("i1", Dtype::I8, vec![3, 4]),
+        ("u1", Dtype::U8, vec![2, 3, 4]),
+        ("i2", Dtype::I16, vec![2, 1, 3, 4]),
+        ("u2", Dtype::U16, vec![5]),
+        ("i4", Dtype::I32, vec![2, 2]),
+        ("u4", Dtype::U32, vec![3]),
+        ("i8", Dtype::I64, vec![4, 1, 2, 2]),
+        ("u8", Dtype::U64, vec![2]),
+    ];
+    // check_numpy.py's `expected`: (i · 37) mod 200, less 100 for signed types.
+    let expected = |code: &str, shape: &[usize]| -> Vec<i64> {
+        let n: usize = shape.iter().product();
+        let shift = if code.starts_with('i') { 100 } else { 0 };
+        (0..n as i64).map(|i| (i * 37) % 200 - shift).collect()
+    };
+    for (code, dtype, shape) in &types {
+        let array = Array::new(shape.clone(), expected(code, shape), *dtype).unwrap();
+        std::fs::write(dir.join(format!("ours_{code}.npy")), array.to_bytes()).unwrap();
+    }
+    let out = Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/check_numpy.py"))
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        python.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("NumPy against vq_codes::npy: {report}");
+    assert_eq!(report["mismatches"], serde_json::json!([]), "{report}");
+    assert_eq!(report["checked"].as_array().unwrap().len(), types.len());
+    for (code, dtype, shape) in &types {
+        let mut files = vec![format!("numpy_{code}.npy")];
+        if dtype.size() > 1 {
+            files.push(format!("numpy_big_{code}.npy"));
+        }
+        for file in files {
+            let read = Array::from_bytes(&std::fs::read(dir.join(&file)).unwrap())
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert_eq!(read.shape, *shape, "{file}");
+            assert_eq!(read.dtype, *dtype, "{file}");
+            assert_eq!(read.data, expected(code, shape), "{file}");
+        }
+    }
 }

@@ -51,9 +51,50 @@ impl Prior {
         Self::open_source(Source::Path(path.as_ref()), tokenizer)
     }
 
+    /// The prior at `path` when given, else the bundled one, checked against the tokenizer's
+    /// codes, on `device` (entropy coding runs on the CPU whatever the tokenizer's device):
+    /// what `vq-cli --prior` opens.
+    pub fn open_or_bundled(
+        path: Option<&Path>,
+        tokenizer: &Tokenizer,
+        device: Device,
+    ) -> Result<Self> {
+        let source = match path {
+            Some(p) => Source::Path(p),
+            None => Source::Bundled(&vq_prior::BUNDLED),
+        };
+        Self::open_source_on(source, tokenizer, device)
+    }
+
+    /// The bundled prior whose model id begins with `prior_id` (what a coded `.vqz` file
+    /// records of its prior), on the CPU: the current one, else a retired one
+    /// (`vq_prior::RETIRED`) that older files were coded with; the current one when none
+    /// matches, so that the caller's mismatch error can name it.
+    pub fn bundled_coded_as(tokenizer: &Tokenizer, prior_id: &[u8]) -> Result<Self> {
+        let current =
+            Self::open_source_on(Source::Bundled(&vq_prior::BUNDLED), tokenizer, Device::Cpu)?;
+        if current.checkpoint().model_id.starts_with(prior_id) {
+            return Ok(current);
+        }
+        for retired in vq_prior::RETIRED {
+            // A retired prior of another VQ-VAE is not this file's.
+            if let Ok(prior) =
+                Self::open_source_on(Source::Bundled(retired), tokenizer, Device::Cpu)
+            {
+                if prior.checkpoint().model_id.starts_with(prior_id) {
+                    return Ok(prior);
+                }
+            }
+        }
+        Ok(current)
+    }
+
     fn open_source(source: Source<'_>, tokenizer: &Tokenizer) -> Result<Self> {
+        Self::open_source_on(source, tokenizer, tokenizer.device())
+    }
+
+    fn open_source_on(source: Source<'_>, tokenizer: &Tokenizer, device: Device) -> Result<Self> {
         let ckpt = tokenizer.checkpoint();
-        let device = tokenizer.device();
         let prior = PriorCheckpoint::open_for(
             source,
             &ckpt.origin(),
@@ -64,6 +105,30 @@ impl Prior {
             coder: EntropyCoder::new(prior),
             device,
         })
+    }
+
+    /// The coder, for [`crate::code_file`] and [`crate::decode_entropy`].
+    pub fn into_coder(self) -> EntropyCoder {
+        self.coder
+    }
+
+    /// Samples with the transformer's matrix products in `kind` (`tch::Kind::BFloat16` is
+    /// faster where the CPU or GPU runs it natively; its draws differ from f32's). False when
+    /// the prior cannot (the PixelCNN samples in f32 only).
+    pub fn set_sampling_kind(&mut self, kind: tch::Kind) -> bool {
+        self.coder.prior.set_sampling_kind(kind)
+    }
+
+    /// `n` new `(n, h, w)` code grids (on the prior's device), of `labels` (`(n,)` classes)
+    /// when given, drawn with `options` from LibTorch's current random state.
+    ///
+    /// # Panics
+    /// As [`Prior::sample_with`].
+    pub fn sample_codes(&self, n: i64, labels: Option<&Tensor>, options: &SampleOptions) -> Tensor {
+        self.coder
+            .prior
+            .model
+            .sample(n, labels, options, self.device)
     }
 
     /// The checkpoint: its config and weights.
@@ -78,7 +143,12 @@ impl Prior {
 
     /// The class names it is conditioned on (empty: unconditional).
     pub fn class_names(&self) -> Vec<String> {
-        self.coder.prior.model.provenance().class_names()
+        let provenance = self.coder.prior.model.provenance();
+        // The provenance names CIFAR-10's classes when it lists none, even for an
+        // unconditional prior: only as many as the prior has classes are its own.
+        let mut names = provenance.class_names();
+        names.truncate(provenance.classes.max(0) as usize);
+        names
     }
 
     /// The index of the class `name`.
@@ -129,10 +199,7 @@ impl Prior {
         tch::manual_seed(seed as i64);
         let labels = labels.map(|l| Tensor::from_slice(l).to_device(self.device));
         let codes = self
-            .coder
-            .prior
-            .model
-            .sample(n as i64, labels.as_ref(), options, self.device)
+            .sample_codes(n as i64, labels.as_ref(), options)
             .to_device(Device::Cpu);
         let size = codes.size();
         let (h, w) = (size[1] as u32, size[2] as u32);

@@ -67,6 +67,15 @@ impl Tokenizer {
         Self::open_on(path, Device::Cpu)
     }
 
+    /// The model at `path` (a checkpoint or run folder) when given, else the bundled one, on
+    /// `device`: what `vq-cli --checkpoint` opens.
+    pub fn open_or_bundled(path: Option<&Path>, device: Device) -> Result<Self> {
+        match path {
+            Some(path) => Self::open_on(path, device),
+            None => Self::bundled_on(device),
+        }
+    }
+
     /// [`Tokenizer::open`] on `device`.
     pub fn open_on(path: impl AsRef<Path>, device: Device) -> Result<Self> {
         Ok(Self::from_checkpoint(
@@ -115,6 +124,25 @@ impl Tokenizer {
         &self.checkpoint
     }
 
+    /// The model whose decoder turns codes into pixels: the sharp decoder's when
+    /// [`Tokenizer::with_decoder`] chose it, else the model's own.
+    pub fn decoding_checkpoint(&self) -> &Checkpoint {
+        self.decoder.as_ref().unwrap_or(&self.checkpoint)
+    }
+
+    /// `(N, h, w)` or `(N, L, h, w)` codes (on any device) → `(N, 3, H, W)` pixels in the
+    /// model's input range, by [`Tokenizer::decoding_checkpoint`]'s decoder, in one pass.
+    pub fn decode_tensor(&self, codes: &tch::Tensor) -> tch::Tensor {
+        let _guard = tch::no_grad_guard();
+        let codes = codes.to_device(self.device);
+        let codes = if codes.dim() == 3 {
+            codes.unsqueeze(1)
+        } else {
+            codes
+        };
+        self.decoding_checkpoint().model.decode(&codes)
+    }
+
     /// The device it runs on.
     pub fn device(&self) -> Device {
         self.device
@@ -145,7 +173,30 @@ impl Tokenizer {
         }
     }
 
-    fn decoding_codec(&self) -> Codec<'_> {
+    /// MSE, PSNR and SSIM (on `[0, 1]` pixels), perplexity and codes used of the model's
+    /// reconstructions of `images` (the first `scope.count`, their codes searched when
+    /// `scope.search` says so), by the model's own decoder; `progress` gets the images done
+    /// after each chunk. What `vq-cli eval` reports.
+    pub fn evaluate(
+        &self,
+        images: &vq_data::Cifar10,
+        scope: vq_model::EvalScope,
+        progress: impl FnMut(usize),
+    ) -> Result<vq_model::Evaluation> {
+        let step = self.checkpoint.info.step.unwrap_or(0) as usize;
+        Ok(vq_model::evaluate_with_progress(
+            &self.checkpoint.model,
+            images,
+            scope,
+            self.device,
+            step,
+            0.0,
+            progress,
+        )?)
+    }
+
+    /// The [`Codec`] that decodes: [`Tokenizer::decoding_checkpoint`]'s decoder.
+    pub fn decoding_codec(&self) -> Codec<'_> {
         let model = &self.decoder.as_ref().unwrap_or(&self.checkpoint).model;
         Codec {
             model,

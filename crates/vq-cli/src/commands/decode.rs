@@ -31,12 +31,12 @@ pub struct DecodeArgs {
 
 /// `vq-cli decode`: write each `.vqz` file's image as `NAME.decoded.png`.
 pub fn run(session: &Session, args: &DecodeArgs) -> Result<Decoded> {
-    let ckpt = session.open()?;
-    let decoder = crate::sampling::open_decoder(
+    let tokenizer = crate::sampling::open_decoder(
         session,
         args.decoder,
         crate::sampling::DecoderChoice::Plain,
     )?;
+    let ckpt = tokenizer.checkpoint();
     if let [input] = args.files.inputs.as_slice() {
         if super::tokens::is_array(input) {
             if args.levels.is_some() {
@@ -46,8 +46,7 @@ pub fn run(session: &Session, args: &DecodeArgs) -> Result<Decoded> {
                 session,
                 input,
                 args.files.output.as_deref(),
-                &ckpt,
-                &decoder,
+                &tokenizer,
             )?));
         }
     }
@@ -74,25 +73,27 @@ pub fn run(session: &Session, args: &DecodeArgs) -> Result<Decoded> {
                 crate::MAX_IMAGE_SIDE
             );
         }
-        crate::check_code_file(input, &file, &ckpt)?;
+        crate::check_code_file(input, &file, ckpt)?;
         file.resolve_vocabulary(ckpt.config.code_space().vocabulary as u32);
         if let Some(prior_id) = file.entropy.as_ref().map(|c| c.prior_id.clone()) {
             if let Entry::Vacant(vacant) = priors.entry(prior_id.clone()) {
                 let prior = match args.prior.as_deref() {
-                    Some(path) => crate::prior::open_prior_on(Some(path), &ckpt, Device::Cpu),
-                    None => crate::prior::open_bundled_prior_coded_as(&ckpt, &prior_id),
+                    Some(path) => crate::prior::open_prior_on(Some(path), &tokenizer, Device::Cpu),
+                    None => vqvae::Prior::bundled_coded_as(&tokenizer, &prior_id)
+                        .context("opening the bundled prior"),
                 }
                 .with_context(|| format!("{}: arithmetic-coded with a prior", input.display()))?;
-                if !prior.model_id.starts_with(&prior_id) {
+                let opened = prior.checkpoint();
+                if !opened.model_id.starts_with(&prior_id) {
                     bail!(
                         "{}: coded with prior {}, but {} is prior {}; decode it with the prior that encoded it (--prior)",
                         input.display(),
                         vq_store::hex(&prior_id),
-                        prior.origin(),
-                        vq_store::hex(&prior.model_id[..prior_id.len()])
+                        opened.origin(),
+                        vq_store::hex(&opened.model_id[..prior_id.len()])
                     );
                 }
-                vacant.insert(vqvae::EntropyCoder::new(prior));
+                vacant.insert(prior.into_coder());
             }
             vqvae::decode_entropy(input, &mut file, &priors[&prior_id])?;
         }
@@ -112,7 +113,7 @@ pub fn run(session: &Session, args: &DecodeArgs) -> Result<Decoded> {
             depth: file.depth() as u32,
             codes: file.codes.clone(),
         };
-        let img = codec(&decoder, session.device).decode(&grid, file.width, file.height);
+        let img = tokenizer.decode_to(&grid, file.width, file.height);
         write_file(dest, &codec::encode_png(&img, file.colour)?)?;
         // A decoded file reports its files and size.
         Ok(FileHead::new(input, dest, file.width, file.height))

@@ -93,17 +93,18 @@ pub fn run(session: &Session, args: &EncodeArgs) -> Result<Encoded> {
             out,
         )?));
     }
-    let ckpt = session.open()?;
+    let tokenizer = session.tokenizer()?;
+    let ckpt = tokenizer.checkpoint();
     // Entropy coding reads the prior's probabilities from its portable forward pass.
     let prior = if args.entropy {
-        let prior = crate::prior::open_prior_on(args.prior.as_deref(), &ckpt, Device::Cpu)?;
+        let prior = crate::prior::open_prior_on(args.prior.as_deref(), &tokenizer, Device::Cpu)?;
         if ckpt.config.code_space().depth != 1 {
             bail!(
                 "--entropy: priors model one code per position; this model's codes have depth {}",
                 ckpt.config.code_space().depth
             );
         }
-        let coder = vqvae::EntropyCoder::new(prior);
+        let coder = prior.into_coder();
         if coder.portable.is_none() {
             bail!(
                 "--entropy: {} is a PixelCNN prior, which has no portable forward pass for coding; use a transformer prior (`vq-train prior --arch transformer`)",
@@ -115,7 +116,7 @@ pub fn run(session: &Session, args: &EncodeArgs) -> Result<Encoded> {
         None
     };
     let search = args.search.code_search();
-    check_search(&ckpt, search.as_ref())?;
+    check_search(ckpt, search.as_ref())?;
     // With --entropy, the search weighs each code's bits under the prior (the null class's:
     // the class is chosen after the search).
     let rate = match (&prior, &search) {
@@ -130,7 +131,7 @@ pub fn run(session: &Session, args: &EncodeArgs) -> Result<Encoded> {
         .as_ref()
         .filter(|_| lambda > 0.0)
         .map(|r| (r as &dyn vq_model::CodeRate, lambda));
-    let codec = codec(&ckpt, session.device);
+    let codec = tokenizer.codec();
     each_input_batched(session, &args.files, "vqz", BATCH_INPUTS, |jobs| {
         let images = load_images(jobs);
         let grids = match encode_images(
@@ -150,7 +151,7 @@ pub fn run(session: &Session, args: &EncodeArgs) -> Result<Encoded> {
             .map(|((img, grid), job)| {
                 let img = img?;
                 let grid = grid.expect("loaded, so encoded");
-                write_code_file(&ckpt, prior.as_ref(), job, &img, &grid)
+                write_code_file(ckpt, prior.as_ref(), job, &img, &grid)
             })
             .collect()
     })

@@ -56,7 +56,8 @@ pub use vq_report::EvalReport;
 
 /// `vq-cli eval`: MSE, PSNR, SSIM, perplexity and codes used over a split.
 pub fn run(session: &Session, args: &EvalArgs) -> Result<EvalReport> {
-    let ckpt = session.open()?;
+    let tokenizer = session.tokenizer()?;
+    let ckpt = tokenizer.checkpoint();
     let images = vq_data::load_split(&args.data, args.split.into(), &Default::default())
         .with_context(|| {
             format!(
@@ -76,7 +77,7 @@ pub fn run(session: &Session, args: &EvalArgs) -> Result<EvalReport> {
         levels: args.levels,
         search: args.search.code_search(),
     };
-    check_search(&ckpt, scope.search.as_ref())?;
+    check_search(ckpt, scope.search.as_ref())?;
     let bar = if session.json || session.quiet {
         ProgressBar::hidden()
     } else {
@@ -86,16 +87,7 @@ pub fn run(session: &Session, args: &EvalArgs) -> Result<EvalReport> {
         )
     };
     let start = Instant::now();
-    let step = ckpt.info.step.unwrap_or(0) as usize;
-    let e = vq_model::evaluate_with_progress(
-        &ckpt.model,
-        &images,
-        scope,
-        session.device,
-        step,
-        0.0,
-        |n| bar.set_position(n as u64),
-    )?;
+    let e = tokenizer.evaluate(&images, scope, |n| bar.set_position(n as u64))?;
     bar.finish_and_clear();
     let (rfid, rkid) = if args.fid {
         let net = args.fid_options.network(session.device)?;

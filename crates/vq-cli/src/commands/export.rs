@@ -80,7 +80,8 @@ fn write_part(dir: &Path, vs: &nn::VarStore, config: &impl Serialize) -> Result<
 pub fn run(session: &Session, args: &ExportArgs) -> Result<ExportReport> {
     let out = &args.pytorch;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let ckpt = session.open()?;
+    let tokenizer = session.tokenizer()?;
+    let ckpt = tokenizer.checkpoint();
     let mut parts = Vec::new();
     let mut readme = format!(
         "# vqvae-rs model for PyTorch\n\nWritten by `vq-cli export --pytorch` ({}). Load it with the \
@@ -115,12 +116,19 @@ pub fn run(session: &Session, args: &ExportArgs) -> Result<ExportReport> {
         parts.push("sharp/".to_string());
     }
     if !args.no_prior && (args.prior.is_some() || ckpt.bundled) {
-        let prior = crate::prior::open_prior_on(args.prior.as_deref(), &ckpt, tch::Device::Cpu)?;
+        let prior =
+            crate::prior::open_prior_on(args.prior.as_deref(), &tokenizer, tch::Device::Cpu)?;
+        let prior = prior.checkpoint();
+        let runs = match prior.config.arch {
+            vq_prior::PriorArch::Transformer(_) => {
+                "`prior = vqvae_rs.load_prior(DIR)`: `prior.logits(codes, labels)`, `prior.sample(n, labels, guidance=...)`"
+            }
+            vq_prior::PriorArch::PixelCnn(_) => {
+                "weights only: the module runs the transformer prior, not this PixelCNN"
+            }
+        };
         section(
-            &format!(
-                "prior/: {} (weights for a prior of the same config; the module does not run it)",
-                prior.origin()
-            ),
+            &format!("prior/: {} ({runs})", prior.origin()),
             write_part(&out.join("prior"), &prior.vs, &prior.config)?,
         );
         parts.push("prior/".to_string());

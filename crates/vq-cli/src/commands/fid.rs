@@ -163,13 +163,13 @@ fn side_stats(
             stats
         }
         FidSource::Reconstructions { dir, split } => {
-            let ckpt = session.open()?;
+            let tokenizer = session.tokenizer()?;
             let set = vq_data::load_split(dir, *split, &Default::default())
                 .with_context(|| format!("loading {}:{split}", dir.display()))?;
             let bar = session.bar(set.len() as u64, "reconstructions");
             let features = vq_fid::models::reconstruction_features(
                 net,
-                &ckpt.model,
+                &tokenizer.checkpoint().model,
                 &set,
                 vq_model::EvalScope::first(set.len()),
                 session.device,
@@ -196,9 +196,12 @@ fn side_stats(
             FeatureStats::from_features(&features)?
         }
         FidSource::Samples(n) => {
-            let ckpt = args.sampling.open_decoder(session)?;
-            description = format!("{description}, decoded by {}", ckpt.origin());
-            let mut prior = open_prior(session, args.prior.as_deref(), &ckpt)?;
+            let tokenizer = args.sampling.open_decoder(session)?;
+            description = format!(
+                "{description}, decoded by {}",
+                tokenizer.decoding_checkpoint().origin()
+            );
+            let mut prior = open_prior(session, args.prior.as_deref(), &tokenizer)?;
             let compute = args.sampling.set_compute(&mut prior, session.device)?;
             if compute != "f32" {
                 description = format!("{description}, sampled in {compute}");
@@ -208,8 +211,8 @@ fn side_stats(
             let bar = session.bar(*n as u64, "samples");
             let features = vq_fid::models::sample_features(
                 net,
-                &ckpt.model,
-                prior.model.as_ref(),
+                &tokenizer.decoding_checkpoint().model,
+                prior.checkpoint().model.as_ref(),
                 vq_fid::models::Sampling {
                     n: *n,
                     options,

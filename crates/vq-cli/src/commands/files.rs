@@ -8,10 +8,9 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde::Serialize;
-use tch::Device;
 use vq_model::checkpoint::Checkpoint;
 
-use crate::codec::{CodeGrid, Codec, Tiling};
+use crate::codec::{CodeGrid, Codec};
 use crate::report::{self};
 use crate::session::Session;
 
@@ -297,14 +296,6 @@ pub(crate) fn display_list(paths: &[PathBuf]) -> String {
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-pub(crate) fn codec(ckpt: &Checkpoint, device: Device) -> Codec<'_> {
-    Codec {
-        model: &ckpt.model,
-        device,
-        tiling: Tiling::for_model(&ckpt.model),
-    }
 }
 
 pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -103,7 +103,8 @@ impl fmt::Display for InfoReport {
 
 /// `vq-cli info`.
 pub fn run(session: &Session) -> Result<InfoReport> {
-    let ckpt = session.open()?;
+    let tokenizer = session.tokenizer()?;
+    let ckpt = tokenizer.checkpoint();
     Ok(InfoReport {
         checkpoint: ckpt.origin(),
         model_id: vq_store::hex(&ckpt.model_id),

@@ -65,16 +65,16 @@ impl fmt::Display for ReconstructReport {
 
 /// `vq-cli reconstruct`: encode and decode each image, write `NAME.recon.png`.
 pub fn run(session: &Session, args: &ReconstructArgs) -> Result<FilesReport> {
-    let ckpt = session.open()?;
-    let search = args.search.code_search();
-    check_search(&ckpt, search.as_ref())?;
-    let codec = codec(&ckpt, session.device);
-    let decoder = crate::sampling::open_decoder(
+    let tokenizer = crate::sampling::open_decoder(
         session,
         args.decoder,
         crate::sampling::DecoderChoice::Plain,
     )?;
-    let decoding = super::files::codec(&decoder, session.device);
+    let ckpt = tokenizer.checkpoint();
+    let search = args.search.code_search();
+    check_search(ckpt, search.as_ref())?;
+    let codec = tokenizer.codec();
+    let decoding = tokenizer.decoding_codec();
     let bits_per_code = ckpt.config.code_space().bits_per_code() as f64;
     each_input_batched(session, &args.files, "recon.png", BATCH_INPUTS, |jobs| {
         let start = Instant::now();

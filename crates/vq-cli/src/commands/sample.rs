@@ -84,12 +84,12 @@ pub fn run(session: &Session, args: &SampleArgs) -> Result<SampleReport> {
             bail!("-n must be 1 to 4096, not {n}");
         }
     }
-    let ckpt = args.sampling.open_decoder(session)?;
-    let mut prior = crate::prior::open_prior(session, args.prior.as_deref(), &ckpt)?;
+    let tokenizer = args.sampling.open_decoder(session)?;
+    let mut prior = crate::prior::open_prior(session, args.prior.as_deref(), &tokenizer)?;
     let compute = args.sampling.set_compute(&mut prior, session.device)?;
     let options = args.sampling.options(&prior)?;
-    let provenance = prior.model.provenance();
-    let classes = provenance.classes;
+    let names = prior.class_names();
+    let classes = names.len() as i64;
     let n = match (args.n, &args.class) {
         (Some(n), _) => n,
         (None, None) if classes > 0 => 8 * classes,
@@ -98,7 +98,6 @@ pub fn run(session: &Session, args: &SampleArgs) -> Result<SampleReport> {
     let labels: Option<Vec<i64>> = match (&args.class, classes) {
         (Some(_), 0) => bail!("this prior is not class-conditional; drop --class"),
         (Some(name), _) => {
-            let names = provenance.class_names();
             let index = names
                 .iter()
                 .position(|c| c == name)
@@ -121,8 +120,7 @@ pub fn run(session: &Session, args: &SampleArgs) -> Result<SampleReport> {
     let labels = labels.map(|l| Tensor::from_slice(&l).to_device(session.device));
     tch::manual_seed(args.seed as i64);
     let start = Instant::now();
-    let samples =
-        crate::sampling::sample_images(&prior, &ckpt, labels.as_ref(), n, &options, session.device);
+    let samples = crate::sampling::sample_images(&prior, &tokenizer, labels.as_ref(), n, &options);
     let seconds = start.elapsed().as_secs_f64();
     let images = &samples.images;
     let rows: Vec<Tensor> = (0..(n + 7) / 8)
@@ -133,7 +131,7 @@ pub fn run(session: &Session, args: &SampleArgs) -> Result<SampleReport> {
         &refs,
         8,
         vq_model::VIEW_SCALE,
-        ckpt.config.input_range,
+        tokenizer.decoding_checkpoint().config.input_range,
         &args.output,
     )
     .context("writing the samples")?;
@@ -148,7 +146,7 @@ pub fn run(session: &Session, args: &SampleArgs) -> Result<SampleReport> {
         guidance: options.guidance,
         guided_codes: options.guided_codes,
         seed: args.seed,
-        decoder: ckpt.origin(),
+        decoder: tokenizer.decoding_checkpoint().origin(),
         compute: compute.to_string(),
     })
 }

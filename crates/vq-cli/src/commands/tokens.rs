@@ -9,9 +9,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use vq_data::Split;
-use vq_model::checkpoint::Checkpoint;
+use vqvae::Tokenizer;
 
-use super::files::{codec, encode_images, load_images_at, SearchArgs};
+use super::files::{encode_images, load_images_at, SearchArgs};
 use crate::codec::CodeGrid;
 use crate::session::Session;
 pub use vqvae::{sidecars, ArrayFormat, CodeArray};
@@ -75,10 +75,11 @@ pub fn encode_to_array(
 ) -> Result<CodesReport> {
     ArrayFormat::of(out)?;
     let start = Instant::now();
-    let ckpt = session.open()?;
+    let tokenizer = session.tokenizer()?;
+    let ckpt = tokenizer.checkpoint();
     let search = search.code_search();
-    super::files::check_search(&ckpt, search.as_ref())?;
-    let codec = codec(&ckpt, session.device);
+    super::files::check_search(ckpt, search.as_ref())?;
+    let codec = tokenizer.codec();
     let split = match inputs {
         [one] => one.to_str().and_then(parse_split),
         _ => None,
@@ -228,9 +229,9 @@ pub fn decode_array(
     session: &Session,
     input: &Path,
     output: Option<&Path>,
-    ckpt: &Checkpoint,
-    decoder: &Checkpoint,
+    tokenizer: &Tokenizer,
 ) -> Result<ImagesReport> {
+    let ckpt = tokenizer.checkpoint();
     let start = Instant::now();
     let array = CodeArray::read(input)?;
     array.check(input, ckpt)?;
@@ -250,7 +251,7 @@ pub fn decode_array(
         );
     }
     let (width, height) = ((w * f) as u32, (h * f) as u32);
-    let codec = codec(decoder, session.device);
+    let codec = tokenizer.decoding_codec();
     let bar = session.bar(n as u64, "images decoded");
     let mut taken = std::collections::HashSet::new();
     for chunk_start in (0..n).step_by(CHUNK) {
@@ -276,7 +277,7 @@ pub fn decode_array(
         images: n,
         width,
         height,
-        decoder: decoder.origin(),
+        decoder: tokenizer.decoding_checkpoint().origin(),
         seconds: start.elapsed().as_secs_f64(),
     })
 }
