@@ -10,6 +10,8 @@ use tch::Tensor;
 /// Sums and broadcasts over the ranks of a job (implemented on `vq-dist`'s process group).
 pub trait Collective: Send + Sync {
     fn world_size(&self) -> usize;
+    /// This process's rank, 0 to `world_size − 1`.
+    fn rank(&self) -> usize;
     /// Sums `tensors` (CPU) over the ranks, in place.
     fn all_reduce_sum(&self, tensors: &[&Tensor]) -> Result<(), String>;
     /// Copies rank `root`'s `tensors` to every rank, in place.
@@ -39,6 +41,11 @@ fn record(result: Result<(), String>) {
         let mut failure = FAILURE.lock().unwrap_or_else(|p| p.into_inner());
         failure.get_or_insert(e);
     }
+}
+
+/// `(rank, world size)` of this process: `(0, 1)` alone.
+pub fn place() -> (usize, usize) {
+    group().map_or((0, 1), |g| (g.rank(), g.world_size()))
 }
 
 /// Sums `tensors` over the ranks in place (nothing in one process); a failure is kept for

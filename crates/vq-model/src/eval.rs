@@ -107,8 +107,14 @@ pub fn evaluate_with_progress(
     let k = space.vocabulary;
     let mut sums = QualitySums::default();
     let mut counts = Tensor::zeros([space.depth, k], (Kind::Float, device));
-    let chunk = 500;
-    for start in (0..count).step_by(chunk) {
+    // Data-parallel: each rank takes every world-size-th chunk (small enough that every rank
+    // has one), and the sums are added up below; alone, every chunk of 500.
+    let (rank, world) = crate::collective::place();
+    let chunk = 500.min(count.div_ceil(world)).max(1);
+    for (index, start) in (0..count).step_by(chunk).enumerate() {
+        if index % world != rank {
+            continue;
+        }
         let end = (start + chunk).min(count);
         let batch = BatchIndices {
             indices: (start..end).collect(),
@@ -132,6 +138,28 @@ pub fn evaluate_with_progress(
         ));
         counts += batch_counts;
         progress(end);
+    }
+    if world > 1 {
+        let figures = Tensor::from_slice(&[
+            sums.images as f64,
+            sums.mse,
+            sums.psnr,
+            sums.ssim,
+            sums.psnr_y,
+        ]);
+        let on_cpu = counts.to_device(Device::Cpu);
+        // One kind a call: the sums in f64, the code counts in f32.
+        crate::collective::all_reduce_sum(&[&figures]);
+        crate::collective::all_reduce_sum(&[&on_cpu]);
+        let f = Vec::<f64>::try_from(&figures).expect("five sums");
+        sums = QualitySums {
+            images: f[0].round() as i64,
+            mse: f[1],
+            psnr: f[2],
+            ssim: f[3],
+            psnr_y: f[4],
+        };
+        counts = on_cpu.to_device(counts.device());
     }
     let levels = crate::quantizer::level_usage(&counts);
     // The first level's usage (the only level of a plain VQ).

@@ -198,6 +198,10 @@ impl Cache<'_> {
             set.len(),
             started.elapsed().as_secs_f64()
         );
+        // Data-parallel: every rank encodes the split, rank 0 alone caches it.
+        if !crate::dist::Dist::current()?.is_main() {
+            return Ok(set);
+        }
         std::fs::create_dir_all(write_to)
             .with_context(|| format!("creating {}", write_to.display()))?;
         let path = write_to.join(&file);

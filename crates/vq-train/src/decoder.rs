@@ -507,8 +507,9 @@ impl Task for DecoderTask {
         };
         let loss_value = loss.double_value(&[]);
         let disc_value = disc_loss.as_ref().map(|l| l.double_value(&[]));
-        // Nothing is updated unless both losses are finite.
-        if !loss_value.is_finite() || disc_value.is_some_and(|v| !v.is_finite()) {
+        // Nothing is updated unless both losses are finite (on every rank).
+        let finite = loss_value.is_finite() && disc_value.is_none_or(f64::is_finite);
+        if crate::dist::Dist::any_non_finite(if finite { 0.0 } else { f64::NAN }) {
             return Ok(None);
         }
         // Each player's gradients come from its own loss alone, as autograd's inputs: the
@@ -561,12 +562,14 @@ impl Task for DecoderTask {
             step,
             elapsed_s,
         )?;
-        save_reconstructions(
-            &self.served.model,
-            &self.test,
-            self.device,
-            &run.picture(crate::vqvae::PICTURE, step),
-        )?;
+        if crate::dist::Dist::current()?.is_main() {
+            save_reconstructions(
+                &self.served.model,
+                &self.test,
+                self.device,
+                &run.picture(crate::vqvae::PICTURE, step),
+            )?;
+        }
         Ok(DecoderEvaluation { eval })
     }
 
@@ -585,6 +588,10 @@ impl Task for DecoderTask {
         self.adam.steps
     }
 
+    fn replicated(&self) -> Vec<Tensor> {
+        crate::dist::sorted_variables(&[&self.vs, &self.served.vs, &self.disc_vs])
+    }
+
     fn load(&mut self, dir: &Path, state: &RunState) -> Result<()> {
         vq_store::weights::load(&mut self.vs, &dir.join(MODEL_FILE))?;
         vq_store::weights::load(&mut self.served.vs, &dir.join(MODEL_FILE))?;
@@ -598,7 +605,7 @@ impl Task for DecoderTask {
     }
 
     fn generation_figures(&mut self, _run: &RunDir) -> Result<Option<serde_json::Value>> {
-        if !self.config.fid {
+        if !self.config.fid || !crate::dist::Dist::current()?.is_main() {
             return Ok(None);
         }
         self.sync();

@@ -24,12 +24,29 @@ pub struct Dist {
     group: Option<Arc<ProcessGroup>>,
 }
 
+/// The variables of `stores` in one fixed order (by store, then by name): the state every rank
+/// must hold alike, for [`crate::task::Task::replicated`].
+pub fn sorted_variables(stores: &[&tch::nn::VarStore]) -> Vec<Tensor> {
+    stores
+        .iter()
+        .flat_map(|vs| {
+            let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+            named.sort_by(|a, b| a.0.cmp(&b.0));
+            named.into_iter().map(|(_, t)| t)
+        })
+        .collect()
+}
+
 /// `vq-dist`'s process group as the model crate's collective seam.
 struct GroupCollective(Arc<ProcessGroup>);
 
 impl vq_model::collective::Collective for GroupCollective {
     fn world_size(&self) -> usize {
         self.0.world_size()
+    }
+
+    fn rank(&self) -> usize {
+        self.0.rank()
     }
 
     fn all_reduce_sum(&self, tensors: &[&Tensor]) -> Result<(), String> {
@@ -132,6 +149,14 @@ impl Dist {
             Some(e) => bail!("{e}"),
             None => Ok(()),
         }
+    }
+
+    /// Whether any rank saw a non-finite `loss`: the ranks agree, so that all of them stop
+    /// together instead of some waiting in the gradient all-reduce.
+    pub fn any_non_finite(loss: f64) -> bool {
+        let bad = Tensor::from_slice(&[f32::from(!loss.is_finite())]);
+        vq_model::collective::all_reduce_sum(&[&bad]);
+        bad.double_value(&[0]) > 0.0
     }
 
     /// A digest of `tensors`' values, to show in the logs that the ranks agree.

@@ -396,11 +396,23 @@ pub fn evaluate_prior(
     let _guard = tch::no_grad_guard();
     let n = set.len() as i64;
     let mut total = 0.0;
-    for start in (0..n).step_by(500) {
-        let len = 500.min(n - start);
+    // Data-parallel: each rank takes every world-size-th chunk (small enough that every rank
+    // has one), and the totals are summed; alone, every chunk of 500.
+    let (rank, world) = vq_model::collective::place();
+    let chunk = 500.min((n as usize).div_ceil(world)).max(1);
+    for (index, start) in (0..n).step_by(chunk).enumerate() {
+        if index % world != rank {
+            continue;
+        }
+        let len = (chunk as i64).min(n - start);
         let codes = set.codes.narrow(0, start, len).to_device(device);
         let labels = set.labels.narrow(0, start, len).to_device(device);
         total += prior.nll(&codes, Some(&labels), false).double_value(&[]) * len as f64;
+    }
+    if world > 1 {
+        let sum = Tensor::from_slice(&[total]);
+        vq_model::collective::all_reduce_sum(&[&sum]);
+        total = sum.double_value(&[0]);
     }
     let bits_per_code = total / n.max(1) as f64 / std::f64::consts::LN_2;
     PriorEvaluation {
@@ -502,7 +514,7 @@ impl Task for PriorTask {
         let labels = self.train.labels_of(batch).to_device(self.device);
         let loss = self.model.nll(&codes, Some(&labels), true);
         let value = loss.double_value(&[]);
-        if !value.is_finite() {
+        if crate::dist::Dist::any_non_finite(value) {
             return Ok(None);
         }
         self.adam.zero_grad();
@@ -545,6 +557,10 @@ impl Task for PriorTask {
         self.adam.steps
     }
 
+    fn replicated(&self) -> Vec<Tensor> {
+        crate::dist::sorted_variables(&[&self.vs])
+    }
+
     fn load(&mut self, dir: &Path, state: &RunState) -> Result<()> {
         let saved: PriorConfig = vq_store::read_config(&dir.join(CONFIG_FILE))?;
         let (ours, theirs) = (
@@ -566,6 +582,9 @@ impl Task for PriorTask {
         let Some(vqvae) = &self.vqvae else {
             return Ok(None);
         };
+        if !crate::dist::Dist::current()?.is_main() {
+            return Ok(None);
+        }
         let net = vq_fid::InceptionV3::load(&vq_fid::default_weights(), self.device)?;
         tracing::info!(
             "FID of {} samples against the training split (minutes on a CPU)",

@@ -177,11 +177,6 @@ fn run_loop<T: Task>(
                 "data-parallel training runs on CPUs so far (NCCL is not wired in): add --device cpu"
             );
         }
-        if T::KIND != crate::view::RunKind::VqVae {
-            anyhow::bail!(
-                "data-parallel training runs the VQ-VAE task so far; train priors and decoders in one process"
-            );
-        }
         if main {
             vq_store::write_json(
                 &run.path().join("distributed.json"),
@@ -288,6 +283,8 @@ fn run_loop<T: Task>(
             let mut best = false;
             if evaluate {
                 let eval = task.evaluate(run, state.step, last_step, state.elapsed_s)?;
+                // A rank lost during the evaluation's all-reduce.
+                dist.check()?;
                 bar.println(format!("step {}: {}", state.step, eval));
                 if let (Some(metrics), Some(board)) = (&mut metrics, &mut board) {
                     metrics.append(&json!({ "eval": eval }))?;

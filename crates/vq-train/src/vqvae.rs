@@ -219,18 +219,9 @@ impl Task for VqVaeTask {
     }
 
     fn replicated(&self) -> Vec<Tensor> {
-        let mut all: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
-        if let Some(avg) = &self.average {
-            all.extend(
-                avg.vs
-                    .variables()
-                    .into_iter()
-                    .map(|(k, v)| (format!("average.{k}"), v)),
-            );
-        }
-        // One fixed order on every rank.
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        all.into_iter().map(|(_, t)| t).collect()
+        let mut stores = vec![&self.vs];
+        stores.extend(self.average.as_ref().map(|avg| &avg.vs));
+        crate::dist::sorted_variables(&stores)
     }
 
     fn load(&mut self, dir: &Path, state: &RunState) -> Result<()> {
@@ -273,11 +264,7 @@ pub fn train_step(
     step: usize,
 ) -> Option<(vq_model::VqVaeOutput, i64)> {
     let out = model.forward_t(xs, true);
-    // Data-parallel: the ranks agree whether any of them saw a non-finite loss, so that all
-    // stop together instead of some waiting in the gradient all-reduce.
-    let bad = Tensor::from_slice(&[f32::from(!out.loss.double_value(&[]).is_finite())]);
-    vq_model::collective::all_reduce_sum(&[&bad]);
-    if bad.double_value(&[0]) > 0.0 {
+    if crate::dist::Dist::any_non_finite(out.loss.double_value(&[])) {
         return None;
     }
     adam.zero_grad();

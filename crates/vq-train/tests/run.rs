@@ -1018,6 +1018,12 @@ fn two_ranks_train_as_one_process_does() {
         .fold(0.0f64, f64::max);
     eprintln!("two ranks against one process: largest weight difference {worst:e}");
     assert!(worst < 1e-4, "two ranks and one process differ by {worst}");
+    // The last evaluation (the whole test split) is sharded, each rank 20 of the 40 images,
+    // and summed: one process's figures.
+    let (a, b) = (last_eval(&dp), last_eval(&single));
+    assert_eq!(a["images"], 40, "{a}");
+    let psnr = |e: &serde_json::Value| e["psnr"].as_f64().unwrap();
+    assert!((psnr(&a) - psnr(&b)).abs() < 1e-3, "{a} against {b}");
 
     // Resumed at world size 1 and at 2, on to more steps.
     succeed(&["--resume", dp.to_str().unwrap(), "--extend-to", "8"]);
@@ -1035,6 +1041,138 @@ fn two_ranks_train_as_one_process_does() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(dp.join("checkpoints/step-000010").is_dir());
+}
+
+/// The last evaluation a run logged (`{"eval": ...}` in metrics.jsonl).
+fn last_eval(run: &Path) -> serde_json::Value {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v.get("eval").cloned())
+        .expect("an evaluation in metrics.jsonl")
+}
+
+/// Runs `args` as two ranks (`--nproc 2`) into `dp` and as one process into `single`; checks
+/// that both ranks end with the same state, that the weights of `file` in the last checkpoints
+/// agree within `tolerance`, and returns the two runs' last evaluations.
+fn two_ranks_against_one(
+    args: &[&str],
+    dp: &Path,
+    single: &Path,
+    file: &str,
+    tolerance: f64,
+) -> (serde_json::Value, serde_json::Value) {
+    let with = |run: &Path| {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend(["--run-dir".to_string(), run.display().to_string()]);
+        all
+    };
+    let mut ranked = with(dp);
+    ranked.extend(["--nproc".to_string(), "2".to_string()]);
+    let out = output(vq_train(&strs(&ranked)).env("RUST_LOG", "info"));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let digests = final_digests(&out.stderr);
+    assert_eq!(digests.len(), 2, "{log}");
+    assert_eq!(digests[0], digests[1], "the ranks' states differ");
+    succeed(&strs(&with(single)));
+    let read = |run: &Path| {
+        let mut w = tch::Tensor::read_safetensors(run.join("checkpoints/last").join(file)).unwrap();
+        w.sort_by(|a, b| a.0.cmp(&b.0));
+        w
+    };
+    let worst = read(dp)
+        .iter()
+        .zip(read(single))
+        .map(|((na, a), (nb, b))| {
+            assert_eq!(na, &nb);
+            (a - &b).abs().max().double_value(&[])
+        })
+        .fold(0.0f64, f64::max);
+    eprintln!("{args:?}: two ranks against one process, largest difference of {file}: {worst:e}");
+    assert!(
+        worst < tolerance,
+        "two ranks and one process differ by {worst}"
+    );
+    (last_eval(dp), last_eval(single))
+}
+
+/// A prior and a decoder train data-parallel too: both ranks end alike, their weights equal
+/// one process's up to rounding (as the VQ-VAE's above; no dropout, so that both draw the same
+/// network), and the sharded evaluation covers the whole test split, each rank half of it,
+/// with the figures one process computes.
+#[test]
+fn two_ranks_train_a_prior_and_a_decoder_as_one_process_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = dataset(dir);
+    let vq = tiny_vqvae(dir, &data);
+    let prior_config = dir.join("prior-dp.json");
+    std::fs::write(
+        &prior_config,
+        serde_json::json!({
+            "format": 2,
+            "prior": {"kind": "transformer", "width": 16, "layers": 1, "heads": 2,
+                      "dropout": 0.0, "class_dropout": 0.0},
+            "data": {"path": data, "any_record_count": true},
+            "schedule": {"steps": 6, "batch_size": 16, "lr": 1e-3, "log_every": 2,
+                         "eval_every": 6, "checkpoint_every": 2},
+            "runtime": {"threads": 1, "device": "cpu"}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let (dp, single) = two_ranks_against_one(
+        &[
+            "prior",
+            "--checkpoint",
+            vq.to_str().unwrap(),
+            "--config",
+            prior_config.to_str().unwrap(),
+        ],
+        &dir.join("prior-dp"),
+        &dir.join("prior-single"),
+        "model.safetensors",
+        1e-4,
+    );
+    assert_eq!(dp["grids"], 40, "{dp}");
+    let bits = |e: &serde_json::Value| e["bits_per_code"].as_f64().unwrap();
+    assert!(
+        (bits(&dp) - bits(&single)).abs() < 1e-3,
+        "{dp} against {single}"
+    );
+
+    let decoder_config = dir.join("decoder-dp.json");
+    std::fs::write(
+        &decoder_config,
+        serde_json::json!({
+            "format": 2,
+            "vqvae": vq,
+            "discriminator": {"channels": 4, "compute": "f32"},
+            "data": {"path": data, "any_record_count": true},
+            "schedule": {"steps": 6, "batch_size": 16, "lr": 1e-3,
+                         "log_every": 2, "eval_every": 6, "checkpoint_every": 2},
+            "runtime": {"threads": 1, "device": "cpu"},
+            "disc_start": 3, "eval_images": 40
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let (dp, single) = two_ranks_against_one(
+        &["decoder", "--config", decoder_config.to_str().unwrap()],
+        &dir.join("decoder-dp"),
+        &dir.join("decoder-single"),
+        "model.safetensors",
+        1e-4,
+    );
+    let eval = |e: &serde_json::Value, key: &str| e[key].as_f64().unwrap();
+    assert_eq!(eval(&dp, "images"), 40.0, "{dp}");
+    assert!(
+        (eval(&dp, "psnr") - eval(&single, "psnr")).abs() < 1e-3,
+        "{dp} against {single}"
+    );
 }
 
 /// A rank killed mid-run stops the other with an error naming it, within the timeout.
