@@ -187,7 +187,7 @@ pub fn machine() -> Value {
 }
 
 /// The median (the mean of the middle two for an even count); NaN for none.
-fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     match v.len() {

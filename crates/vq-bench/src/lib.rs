@@ -7,6 +7,7 @@ pub mod benches;
 pub mod cmd;
 mod import;
 pub mod peers;
+mod scaling;
 
 use std::path::{Path, PathBuf};
 
@@ -92,6 +93,17 @@ pub enum Which {
     },
     /// CIFAR-10 load rate from page cache (MB/s).
     Data,
+    /// Data-parallel training on this machine: 1 rank × every core against 2 ranks × half the
+    /// cores (`vq-train --nproc 2`), for the default VQ-VAE and the default prior: images/s of
+    /// the global batch, and the bytes and time of a step's all-reduces.
+    Scaling {
+        /// Steps of each run (the second half is timed).
+        #[arg(long, default_value_t = 40)]
+        steps: usize,
+        /// Alternating rounds of the two; the ratio is their median.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
 }
 
 impl Which {
@@ -153,6 +165,7 @@ pub fn run(root: &Path, data: &Path, which: &Which) -> Result<()> {
                 .args(["bench", "-p", "vq-data", "--bench", "load", "--"])
                 .arg(data),
         ),
+        Which::Scaling { steps, rounds } => scaling::scaling(root, data, steps, rounds),
     }
 }
 

@@ -595,11 +595,16 @@ def load_prior(directory):
     path = os.path.join(directory, "prior")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: no prior was exported (export the bundled model, or pass --prior)")
+    return _load_part(path, TransformerPrior)
+
+
+def _load_part(path, network):
+    """`network` built from `path`/config.json, its weights from `path`/model.safetensors."""
     with open(os.path.join(path, "config.json")) as f:
         cfg = json.load(f)
-    prior = TransformerPrior(cfg)
-    prior.load_tensors(read_safetensors(os.path.join(path, "model.safetensors")))
-    return prior.eval()
+    module = network(cfg)
+    module.load_tensors(read_safetensors(os.path.join(path, "model.safetensors")))
+    return module.eval()
 
 
 def load(directory, decoder="plain"):
@@ -611,11 +616,7 @@ def load(directory, decoder="plain"):
     path = os.path.join(directory, sub)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: not exported (export the bundled model for 'sharp')")
-    with open(os.path.join(path, "config.json")) as f:
-        cfg = json.load(f)
-    model = VqVae(cfg)
-    model.load_tensors(read_safetensors(os.path.join(path, "model.safetensors")))
-    return model.eval()
+    return _load_part(path, VqVae)
 
 
 def save(model, directory):

@@ -29,6 +29,26 @@ fn torch_python() -> PathBuf {
     python
 }
 
+/// Runs `tests/SCRIPT` with `python` and `args`; its one JSON line of figures.
+fn run_script(python: &Path, script: &str, args: &[&Path]) -> serde_json::Value {
+    let out = Command::new(python)
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests")
+                .join(script),
+        )
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} {script}: {}",
+        python.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/cifar10-test-100")
 }
@@ -145,18 +165,11 @@ fn the_exported_model_in_pytorch_gives_the_same_codes_and_pixels() {
     .unwrap();
 
     let resaved = tmp.path().join("resaved");
-    let out = Command::new(&python)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/check_pytorch.py"))
-        .args([&export, &reference, &resaved, &odd_codes_path])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        python.display(),
-        String::from_utf8_lossy(&out.stderr)
+    let figures = run_script(
+        &python,
+        "check_pytorch.py",
+        &[&export, &reference, &resaved, &odd_codes_path],
     );
-    let figures: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     eprintln!("PyTorch against vqvae-rs: {figures}");
     // The bar: 99.9% of codes equal, decoded pixels within 1e-4 (both networks run in
     // f32 on the CPU; their kernels may sum in other orders).
@@ -240,18 +253,7 @@ fn numpy_and_vqvae_rs_read_each_others_arrays() {
         let array = Array::new(shape.clone(), expected(code, shape), *dtype).unwrap();
         std::fs::write(dir.join(format!("ours_{code}.npy")), array.to_bytes()).unwrap();
     }
-    let out = Command::new(&python)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/check_numpy.py"))
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        python.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = run_script(&python, "check_numpy.py", &[dir]);
     eprintln!("NumPy against vq_codes::npy: {report}");
     assert_eq!(report["mismatches"], serde_json::json!([]), "{report}");
     assert_eq!(report["checked"].as_array().unwrap().len(), types.len());

@@ -3,7 +3,9 @@
 //! summed over the ranks before each update, and its dead-code restarts (drawn from each rank's
 //! own batch) are taken from rank 0. One process registers nothing and every call is a no-op.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
 
 use tch::Tensor;
 
@@ -43,6 +45,19 @@ fn record(result: Result<(), String>) {
     }
 }
 
+/// Bytes summed by [`all_reduce_sum`] and nanoseconds spent in it since the start, for the
+/// training log and `cargo xtask bench scaling`.
+static REDUCED_BYTES: AtomicU64 = AtomicU64::new(0);
+static REDUCE_NANOS: AtomicU64 = AtomicU64::new(0);
+
+/// `(bytes, seconds)` that [`all_reduce_sum`] has summed and taken since the process started.
+pub fn all_reduce_totals() -> (u64, f64) {
+    (
+        REDUCED_BYTES.load(Ordering::Relaxed),
+        REDUCE_NANOS.load(Ordering::Relaxed) as f64 * 1e-9,
+    )
+}
+
 /// `(rank, world size)` of this process: `(0, 1)` alone.
 pub fn place() -> (usize, usize) {
     group().map_or((0, 1), |g| (g.rank(), g.world_size()))
@@ -52,7 +67,14 @@ pub fn place() -> (usize, usize) {
 /// [`take_failure`].
 pub fn all_reduce_sum(tensors: &[&Tensor]) {
     if let Some(g) = group() {
+        let bytes: usize = tensors
+            .iter()
+            .map(|t| t.numel() * t.kind().elt_size_in_bytes())
+            .sum();
+        let start = Instant::now();
         record(g.all_reduce_sum(tensors));
+        REDUCE_NANOS.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        REDUCED_BYTES.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 }
 

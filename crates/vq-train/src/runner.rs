@@ -231,6 +231,8 @@ fn run_loop<T: Task>(
     let mut window = Window::default();
     let mut clock = Instant::now();
     let mut last_eval = None;
+    // Data-parallel: the all-reduces' bytes and time at the last log line.
+    let mut reduced_at_log = (vq_model::collective::all_reduce_totals(), state.step);
 
     while state.step < schedule.steps {
         let step = state.step;
@@ -263,6 +265,23 @@ fn run_loop<T: Task>(
                 json!(rate / seconds.max(1e-9)),
             );
             line.insert("elapsed_s".into(), json!(state.elapsed_s));
+            if dist.world_size > 1 {
+                // What the ranks exchanged per step since the last line (gradients, codebook
+                // statistics, flags; an evaluation's sums land in the next line), and the time
+                // spent in the calls, waiting for the slowest rank included.
+                let ((bytes, seconds), step) = reduced_at_log;
+                let now = vq_model::collective::all_reduce_totals();
+                let steps = (state.step - step).max(1) as f64;
+                line.insert(
+                    "allreduce_bytes_per_step".into(),
+                    json!((now.0 - bytes) as f64 / steps),
+                );
+                line.insert(
+                    "allreduce_ms_per_step".into(),
+                    json!((now.1 - seconds) * 1e3 / steps),
+                );
+                reduced_at_log = (now, state.step);
+            }
             task.finish_log_line(&mut line);
             bar.set_message(format!(
                 "{} {:.0} {}/s",
