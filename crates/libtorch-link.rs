@@ -22,10 +22,12 @@ pub fn main() {
         println!("cargo:rerun-if-changed={}", home.display());
         let home = home.canonicalize().unwrap_or(home);
         println!("cargo:rustc-env=VQ_LIBTORCH_HOME={}", home.display());
-        println!(
-            "cargo:rerun-if-changed={}",
-            home.join("installed.json").display()
-        );
+        // Watched only where set-up wrote it: cargo reruns a build script on every build while
+        // a watched file is missing (a LibTorch of the user's own has none).
+        let marker = home.join("installed.json");
+        if marker.exists() {
+            println!("cargo:rerun-if-changed={}", marker.display());
+        }
         setup_home = Some(home);
     }
     println!("cargo:rerun-if-env-changed=VQ_LINK_CUDA");

@@ -97,7 +97,7 @@ pub enum Which {
     /// cores (`vq-train --nproc 2`), for the default VQ-VAE and the default prior: images/s of
     /// the global batch, and the bytes and time of a step's all-reduces.
     Scaling {
-        /// Steps of each run (the second half is timed).
+        /// Steps of each run, even (the second half is timed).
         #[arg(long, default_value_t = 40)]
         steps: usize,
         /// Alternating rounds of the two; the ratio is their median.

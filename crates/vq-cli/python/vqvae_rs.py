@@ -551,20 +551,37 @@ class TransformerPrior(nn.Module):
         return self.head(self.ln_f(x)).view(b, h, w, -1).permute(0, 3, 1, 2)
 
     @torch.no_grad()
-    def sample(self, n, labels=None, temperature=1.0, top_k=0, top_p=1.0, guidance=1.0, generator=None):
+    def sample(
+        self,
+        n,
+        labels=None,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        guidance=1.0,
+        guided_codes=None,
+        generator=None,
+    ):
         """`n` new (n, h, w) code grids in raster order, of `labels` ((n,) classes) when given,
         with classifier-free guidance (`u + guidance · (c − u)` on the logits, u the null
-        class's) and the usual temperature, top-k and top-p. Defaults: the plain conditional
-        distribution; the prior's own settings are `config["sampling"]`. Each code reruns the
-        network over the grid so far (simple, not fast: vq-cli keeps a key/value cache)."""
+        class's) on the first `guided_codes` codes (None: all) and the usual temperature, top-k
+        and top-p. Defaults: the plain conditional distribution; the prior's own settings are
+        `config["sampling"]` (`sample(n, labels, **prior.config["sampling"])`). Each code reruns
+        the network over the grid so far (simple, not fast: vq-cli keeps a key/value cache)."""
         device = self.positions.device
         length = self.side * self.side
         guided = labels is not None and self.class_count > 0 and guidance != 1.0
+        guided_until = length if guided_codes is None else max(0, min(guided_codes, length))
+        guided = guided and guided_until > 0
         cond = self._class_rows(labels, n, device)
         rows = torch.cat([cond, torch.full_like(cond, self.class_count)]) if guided else cond
         x = self.classes(rows).unsqueeze(1)
         codes = torch.zeros(n, length, dtype=torch.long, device=device)
         for t in range(length):
+            if guided and t == guided_until:
+                # The rest from the conditional model alone: drop the unconditional rows.
+                guided = False
+                x = x[:n]
             h = x + self.positions[: t + 1]
             for block in self.blocks:
                 h = block(h)

@@ -108,7 +108,8 @@ pub fn evaluate_with_progress(
     let mut sums = QualitySums::default();
     let mut counts = Tensor::zeros([space.depth, k], (Kind::Float, device));
     // Data-parallel: each rank takes every world-size-th chunk (small enough that every rank
-    // has one), and the sums are added up below; alone, every chunk of 500.
+    // has one when there are as many images as ranks), and the sums are added up below (by
+    // every rank, with a chunk or not); alone, every chunk of 500.
     let (rank, world) = crate::collective::place();
     let chunk = 500.min(count.div_ceil(world)).max(1);
     for (index, start) in (0..count).step_by(chunk).enumerate() {

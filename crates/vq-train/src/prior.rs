@@ -397,7 +397,8 @@ pub fn evaluate_prior(
     let n = set.len() as i64;
     let mut total = 0.0;
     // Data-parallel: each rank takes every world-size-th chunk (small enough that every rank
-    // has one), and the totals are summed; alone, every chunk of 500.
+    // has one when there are as many grids as ranks), and the totals are summed (by every rank,
+    // with a chunk or not); alone, every chunk of 500.
     let (rank, world) = vq_model::collective::place();
     let chunk = 500.min((n as usize).div_ceil(world)).max(1);
     for (index, start) in (0..n).step_by(chunk).enumerate() {

@@ -236,7 +236,9 @@ fn run_loop<T: Task>(
 
     while state.step < schedule.steps {
         let step = state.step;
-        tch::manual_seed(step_seed(schedule.seed, step));
+        // Each rank draws its own dropout masks (rank 0 the ones one process draws); what must
+        // agree across ranks (dead-code restarts) is broadcast from rank 0.
+        tch::manual_seed(step_seed(schedule.seed, step).wrapping_add(dist.rank as i64));
         let batch = dist.shard(batcher.next_indices())?;
         let lr = schedule.lr_at(step);
         let Some(report) = task.step(step, lr, &batch)? else {
@@ -352,7 +354,11 @@ fn run_loop<T: Task>(
     let final_eval = match last_eval {
         Some(e) => e,
         // A resume of a finished run: nothing trained, evaluate once more for the summary.
-        None => task.evaluate(run, state.step, true, state.elapsed_s)?,
+        None => {
+            let eval = task.evaluate(run, state.step, true, state.elapsed_s)?;
+            dist.check()?;
+            eval
+        }
     };
     let generation = task.generation_figures(run)?;
     let summary = RunSummary {

@@ -88,8 +88,8 @@ pub fn run(session: &Session, args: &SampleArgs) -> Result<SampleReport> {
     let mut prior = crate::prior::open_prior(session, args.prior.as_deref(), &tokenizer)?;
     let compute = args.sampling.set_compute(&mut prior, session.device)?;
     let options = args.sampling.options(&prior)?;
-    let names = prior.class_names();
-    let classes = names.len() as i64;
+    let provenance = prior.checkpoint().model.provenance();
+    let (classes, names) = (provenance.classes, provenance.class_names());
     let n = match (args.n, &args.class) {
         (Some(n), _) => n,
         (None, None) if classes > 0 => 8 * classes,
