@@ -401,6 +401,33 @@ fn sample_with_the_bundled_prior_is_reproducible_and_checks_its_arguments() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(image::open(dir.join("c.png")).unwrap().to_rgb8() != a);
+    // Unconditional samples (the null class): other pictures, reported without guidance; a
+    // guidance or class flag beside it is refused.
+    let out = cli(
+        &[
+            "--json",
+            "sample",
+            "-n",
+            "10",
+            "--seed",
+            "5",
+            "--unconditional",
+            "-o",
+            "u.png",
+        ],
+        dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(report["guidance"], 1.0, "{report}");
+    assert!(image::open(dir.join("u.png")).unwrap().to_rgb8() != a);
+    for refused in [
+        &["sample", "--unconditional", "--guidance", "2"][..],
+        &["sample", "--unconditional", "--class", "cat"][..],
+    ] {
+        let out = cli(refused, dir);
+        assert!(!out.status.success(), "{refused:?} was accepted");
+    }
 
     // The tuned decoder draws the samples by default; --decoder plain gives the same codes to
     // the bundled model's own decoder: other pixels, the same picture in outline.

@@ -47,6 +47,12 @@ pub struct SamplingArgs {
     /// probability moves a draw) [default: auto]
     #[arg(long, value_enum)]
     pub compute: Option<ComputeKind>,
+    /// Draw every sample with the null class: a class-conditional prior trained with class
+    /// dropout (the transformer) then samples its unconditional model, as a prior trained
+    /// without labels would; guidance does not apply [default: class-conditional where the
+    /// prior is]
+    #[arg(long)]
+    pub unconditional: bool,
 }
 
 /// The bundled decoders the prior's codes can be decoded with.
@@ -119,6 +125,17 @@ impl SamplingArgs {
             guided_codes: self.guided_codes.or(base.guided_codes),
         };
         options.validate().map_err(|e| anyhow::anyhow!("--{e}"))?;
+        if self.unconditional {
+            if self.guidance.is_some_and(|g| g != 1.0) || self.guided_codes.is_some() {
+                anyhow::bail!("--guidance and --guided-codes steer towards a class: drop them with --unconditional");
+            }
+            // Guidance mixes in the class-conditional model, which unconditional samples lack.
+            return Ok(SampleOptions {
+                guidance: 1.0,
+                guided_codes: None,
+                ..options
+            });
+        }
         if options.guidance != 1.0 && !prior.checkpoint().model.supports_guidance() {
             anyhow::bail!(
                 "{}: this prior has no unconditional model, so --guidance must be 1",

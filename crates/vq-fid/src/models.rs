@@ -66,6 +66,9 @@ pub struct Sampling {
     pub options: SampleOptions,
     /// Seeds LibTorch's generator before the first sample.
     pub seed: u64,
+    /// Draw every sample with the null class (a conditional prior's unconditional model)
+    /// instead of class-balanced labels.
+    pub unconditional: bool,
 }
 
 /// Features of `spec.n` images sampled from `prior` (class-balanced when it is conditional) and
@@ -77,10 +80,19 @@ pub fn sample_features(
     spec: Sampling,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Tensor, FidError> {
-    let Sampling { n, options, seed } = spec;
+    let Sampling {
+        n,
+        options,
+        seed,
+        unconditional,
+    } = spec;
     let device = net.device();
     tch::manual_seed(seed as i64);
-    let labels = balanced_labels(n, prior.provenance().classes);
+    let labels = if unconditional {
+        None
+    } else {
+        balanced_labels(n, prior.provenance().classes)
+    };
     let range = vqvae.config.input_range;
     let mut parts = Vec::new();
     for start in (0..n).step_by(SAMPLE_CHUNK as usize) {

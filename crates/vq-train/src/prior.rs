@@ -600,6 +600,7 @@ impl Task for PriorTask {
                 n: self.fid_samples,
                 options: Default::default(),
                 seed: 0,
+                unconditional: false,
             },
             &mut |_| {},
         )?;

@@ -208,6 +208,9 @@ fn side_stats(
             }
             let options = args.sampling.options(&prior)?;
             description = format!("{description}, {}", crate::sampling::describe(&options));
+            if args.sampling.unconditional {
+                description = format!("{description}, unconditional (the null class)");
+            }
             let bar = session.bar(*n as u64, "samples");
             let features = vq_fid::models::sample_features(
                 net,
@@ -217,6 +220,7 @@ fn side_stats(
                     n: *n,
                     options,
                     seed: args.seed,
+                    unconditional: args.sampling.unconditional,
                 },
                 &mut |done| bar.set_position(done as u64),
             )?;

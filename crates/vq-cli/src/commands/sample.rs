@@ -17,7 +17,7 @@ pub struct SampleArgs {
     #[arg(short)]
     pub n: Option<i64>,
     /// Only this class (name, e.g. cat, or number 0-9) [default: every class, a row each]
-    #[arg(long)]
+    #[arg(long, conflicts_with = "unconditional")]
     pub class: Option<String>,
     #[command(flatten)]
     pub sampling: crate::sampling::SamplingArgs,
@@ -90,6 +90,12 @@ pub fn run(session: &Session, args: &SampleArgs) -> Result<SampleReport> {
     let options = args.sampling.options(&prior)?;
     let provenance = prior.checkpoint().model.provenance();
     let (classes, names) = (provenance.classes, provenance.class_names());
+    // Unconditional samples: the null class, as for a prior without classes.
+    let classes = if args.sampling.unconditional {
+        0
+    } else {
+        classes
+    };
     let n = match (args.n, &args.class) {
         (Some(n), _) => n,
         (None, None) if classes > 0 => 8 * classes,
