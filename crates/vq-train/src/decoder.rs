@@ -261,10 +261,24 @@ impl DecoderTask {
             Tensor::run_backward(&[loss], &[&last], true, false)
                 .pop()
                 .expect("one input, one gradient")
-                .norm()
-                .double_value(&[])
         };
-        let (g_rec, g_adv) = (grad(rec), grad(adv));
+        let (mut rec_grad, mut adv_grad) = (grad(rec), grad(adv));
+        // Data-parallel: the whole global batch's gradients (the mean of the ranks'), so that
+        // every rank takes the weight one process would.
+        if let Some(group) = vq_model::collective::group() {
+            let both = Tensor::cat(
+                &[
+                    rec_grad.to_kind(Kind::Float).flatten(0, -1),
+                    adv_grad.to_kind(Kind::Float).flatten(0, -1),
+                ],
+                0,
+            );
+            vq_model::collective::all_reduce_sum(&[&both]);
+            let halves = (both / group.world_size() as f64).chunk(2, 0);
+            (rec_grad, adv_grad) = (halves[0].shallow_clone(), halves[1].shallow_clone());
+        }
+        let norm = |t: &Tensor| t.norm().double_value(&[]);
+        let (g_rec, g_adv) = (norm(&rec_grad), norm(&adv_grad));
         (g_rec / (g_adv + 1e-4)).clamp(0.0, 1e4) * self.config.adversarial_weight
     }
 }
