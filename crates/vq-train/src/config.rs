@@ -331,6 +331,8 @@ mod tests {
                 let text = std::fs::read_to_string(&path).unwrap();
                 let checked = if kind.starts_with("sharp-decoder") {
                     parse_config::<crate::DecoderTrainConfig>(&text).and_then(|c| c.check())
+                } else if kind.starts_with("prior") {
+                    parse_config::<crate::PriorTrainConfig>(&text).and_then(|c| c.check())
                 } else {
                     parse_config::<TrainConfig>(&text).and_then(|c| c.check())
                 };
@@ -338,7 +340,7 @@ mod tests {
                 read += 1;
             }
         }
-        assert!(read >= 2, "{read} recipes in {}", dir.display());
+        assert!(read >= 3, "{read} recipes in {}", dir.display());
     }
 
     /// What users copy to reproduce a result must use their machine's cores: the recipes and
