@@ -63,6 +63,20 @@ pub fn place() -> (usize, usize) {
     group().map_or((0, 1), |g| (g.rank(), g.world_size()))
 }
 
+/// This rank's share of `count` items for a sharded evaluation: every world-size-th chunk of
+/// at most `max_chunk` (chunks small enough that every rank has one when there are as many
+/// items as ranks); alone, every chunk of `max_chunk`. Every rank must still take part in the
+/// all-reduce of the sums afterwards, with a chunk or not.
+pub fn my_chunks(count: usize, max_chunk: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let (rank, world) = place();
+    let chunk = max_chunk.min(count.div_ceil(world)).max(1);
+    (0..count)
+        .step_by(chunk)
+        .enumerate()
+        .filter(move |(index, _)| index % world == rank)
+        .map(move |(_, start)| start..(start + chunk).min(count))
+}
+
 /// Sums `tensors` over the ranks in place (nothing in one process); a failure is kept for
 /// [`take_failure`].
 pub fn all_reduce_sum(tensors: &[&Tensor]) {

@@ -107,16 +107,10 @@ pub fn evaluate_with_progress(
     let k = space.vocabulary;
     let mut sums = QualitySums::default();
     let mut counts = Tensor::zeros([space.depth, k], (Kind::Float, device));
-    // Data-parallel: each rank takes every world-size-th chunk (small enough that every rank
-    // has one when there are as many images as ranks), and the sums are added up below (by
-    // every rank, with a chunk or not); alone, every chunk of 500.
-    let (rank, world) = crate::collective::place();
-    let chunk = 500.min(count.div_ceil(world)).max(1);
-    for (index, start) in (0..count).step_by(chunk).enumerate() {
-        if index % world != rank {
-            continue;
-        }
-        let end = (start + chunk).min(count);
+    // Data-parallel: this rank's chunks, the sums added up over the ranks below.
+    let world = crate::collective::place().1;
+    for chunk in crate::collective::my_chunks(count, 500) {
+        let (start, end) = (chunk.start, chunk.end);
         let batch = BatchIndices {
             indices: (start..end).collect(),
             flips: vec![false; end - start],

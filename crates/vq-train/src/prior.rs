@@ -396,16 +396,10 @@ pub fn evaluate_prior(
     let _guard = tch::no_grad_guard();
     let n = set.len() as i64;
     let mut total = 0.0;
-    // Data-parallel: each rank takes every world-size-th chunk (small enough that every rank
-    // has one when there are as many grids as ranks), and the totals are summed (by every rank,
-    // with a chunk or not); alone, every chunk of 500.
-    let (rank, world) = vq_model::collective::place();
-    let chunk = 500.min((n as usize).div_ceil(world)).max(1);
-    for (index, start) in (0..n).step_by(chunk).enumerate() {
-        if index % world != rank {
-            continue;
-        }
-        let len = (chunk as i64).min(n - start);
+    // Data-parallel: this rank's chunks, the totals summed over the ranks below.
+    let world = vq_model::collective::place().1;
+    for chunk in vq_model::collective::my_chunks(n as usize, 500) {
+        let (start, len) = (chunk.start as i64, chunk.len() as i64);
         let codes = set.codes.narrow(0, start, len).to_device(device);
         let labels = set.labels.narrow(0, start, len).to_device(device);
         total += prior.nll(&codes, Some(&labels), false).double_value(&[]) * len as f64;

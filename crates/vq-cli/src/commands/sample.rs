@@ -89,12 +89,12 @@ pub fn run(session: &Session, args: &SampleArgs) -> Result<SampleReport> {
     let compute = args.sampling.set_compute(&mut prior, session.device)?;
     let options = args.sampling.options(&prior)?;
     let provenance = prior.checkpoint().model.provenance();
-    let (classes, names) = (provenance.classes, provenance.class_names());
+    let names = provenance.class_names();
     // Unconditional samples: the null class, as for a prior without classes.
     let classes = if args.sampling.unconditional {
         0
     } else {
-        classes
+        provenance.classes
     };
     let n = match (args.n, &args.class) {
         (Some(n), _) => n,
