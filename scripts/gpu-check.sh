@@ -110,7 +110,41 @@ for batch in 32 128 512; do
         --amp bf16 --channels-last
 done
 
-# 5. Prior sampling (the bundled transformer prior) and FID feature extraction rates.
+# 5. Data-parallel training's NCCL path (issue 43): a world of one rank per GPU (one rank on a
+#    one-GPU machine) runs all-reduce, broadcast and barrier through ProcessGroupNCCL on CUDA
+#    tensors (summary.json's `values_ok` checks what each rank got); with two GPUs or more, also 200 steps of
+#    `vq-train --nproc 2` on NCCL, whose distributed.json names the engine. On the CPU
+#    (a rehearsal) the same steps run on gloo.
+GPUS=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | wc -l)
+if [ "$DEV" = cuda ]; then BACKEND=nccl; else BACKEND=gloo; GPUS=1; fi
+NRANKS=$((GPUS >= 2 ? 2 : 1))
+# probe.sh SCENARIO PORT: NRANKS ranks of vq-dist-probe at once, each rank's JSON on its own line.
+cat >"$W/probe.sh" <<EOF
+pids=()
+for ((r = 0; r < $NRANKS; r++)); do
+    RANK=\$r LOCAL_RANK=\$r WORLD_SIZE=$NRANKS MASTER_ADDR=127.0.0.1 MASTER_PORT=\$2 \\
+        VQVAE_DIST_TIMEOUT=30 VQVAE_DIST_BACKEND=$BACKEND "$W/bin/vq-dist-probe" "\$1" &
+    pids+=(\$!)
+done
+rc=0
+for p in "\${pids[@]}"; do wait "\$p" || rc=1; done
+exit \$rc
+EOF
+step "dist-$BACKEND-sum" 60 bash "$W/probe.sh" sum 29611
+step "dist-$BACKEND-broadcast" 60 bash "$W/probe.sh" broadcast 29612
+step "dist-$BACKEND-barrier" 60 bash "$W/probe.sh" barrier 29613
+if [ "$NRANKS" -ge 2 ]; then
+    cat >"$W/dp-config.json" <<EOF
+{"format": 2, "data": {"path": "$DATA", "any_record_count": true},
+ "schedule": {"steps": 200, "eval_every": 200, "checkpoint_every": 200}}
+EOF
+    step "dist-train-$BACKEND" 120 env MASTER_PORT=29614 "$W/bin/vq-train" --config "$W/dp-config.json" \
+        --run-dir "$W/dp-run" --device "$DEV" --nproc 2
+    cp "$W/dp-run/distributed.json" "$OUT/dist-train-distributed.json" 2>/dev/null
+    cp "$W/dp-run/summary.json" "$OUT/dist-train-summary.json" 2>/dev/null
+fi
+
+# 6. Prior sampling (the bundled transformer prior) and FID feature extraction rates.
 step sampling 60 "$W/benches/sampling" --device "$DEV" --images "$SAMPLES"
 step fid-features 60 "$W/benches/features" --device "$DEV" --images "$FID_IMAGES" \
     --timing-weights "$W/fid/inception-zeroed.pt"

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Gathers the figures of a scripts/gpu-check.sh run (its $OUT folder) into one JSON object:
 steps and exit codes, the device check, the 2,000-step run's test PSNR, training images/s of
-ours and the PyTorch reference with their ratios, sampling and FID-feature rates, peak GPU
-memory. Standard library only (it runs on the GPU machine).
+ours and the PyTorch reference with their ratios, the data-parallel (NCCL) probes, sampling
+and FID-feature rates, peak GPU memory. Standard library only (it runs on the GPU machine).
 
   python3 scripts/gpu_check_summary.py OUT_DIR > OUT_DIR/summary.json
 """
@@ -30,6 +30,17 @@ def json_lines(path):
 def last(path):
     rows = json_lines(path)
     return rows[-1] if rows else None
+
+
+def probe_expected(scenario, n, row):
+    """What vq-dist-probe's rank holds after SCENARIO in a world of n: rank r starts with
+    a = [r + 1, 2r, 1], b = [10r, 5] (vq-dist-probe.rs)."""
+    if scenario == "sum":
+        return [n * (n + 1) / 2, n * (n - 1), n, 5.0 * n * (n - 1), 5.0 * n]
+    if scenario == "broadcast":
+        return [1.0, 0.0, 1.0, 0.0, 5.0]
+    # A barrier changes nothing: each rank keeps its own values.
+    return row.get("values")
 
 
 def main():
@@ -78,6 +89,25 @@ def main():
             row["ratio_best_vs_best"] = best_ours / best_ref
         bench.append(row)
     summary["training_images_per_s"] = bench
+    dist = {}
+    for s in steps:
+        if s["step"].startswith("dist-") and not s["step"].startswith("dist-train"):
+            rows = json_lines(p(s["step"] + ".out"))
+            dist[s["step"]] = {
+                "rc": s.get("rc"),
+                "ranks": rows,
+                "values_ok": bool(rows) and all(
+                    r.get("values") == probe_expected(s["step"].rsplit("-", 1)[1], len(rows), r)
+                    for r in rows
+                ),
+            }
+    if os.path.exists(p("dist-train-distributed.json")):
+        dist["train"] = {
+            "distributed": json.load(open(p("dist-train-distributed.json"))),
+            "summary": json.load(open(p("dist-train-summary.json")))
+            if os.path.exists(p("dist-train-summary.json")) else None,
+        }
+    summary["data_parallel"] = dist
     summary["sampling"] = json_lines(p("sampling.out")) or open(p("sampling.out")).read().splitlines() if os.path.exists(p("sampling.out")) else None
     summary["fid_features"] = json_lines(p("fid-features.out"))
     peak = None

@@ -13,6 +13,12 @@
 //! of several GB): `libtorch_cuda` is linked for real (`VQ_LINK_CUDA=1`: kept with
 //! `--no-as-needed`, see crates/libtorch-link.rs) while the CUDA libraries it needs are only
 //! found at run time on the GPU machine (`--allow-shlib-undefined` lets the linker leave them).
+//!
+//! NCCL: vq-dist's shim is compiled with `ProcessGroupNCCL` (`VQ_CUDA_INCLUDE`), which needs the
+//! CUDA and NCCL headers LibTorch's own headers include. They come from the NVIDIA wheels that
+//! torch 2.11 pins ([`HEADER_WHEELS`]): downloaded once, their `include` folders kept
+//! (about 25 MB), the wheels themselves deleted. Nothing of NVIDIA's is linked or carried: the
+//! GPU machine's own torch install has libnccl and the CUDA runtime.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,11 +31,24 @@ use crate::cmd;
 /// What the GPU machine has; torch-sys 0.24 is built for it.
 pub const TORCH_VERSION: &str = "2.11.0";
 const TCH_VERSION: &str = "0.24.0";
+/// The NVIDIA wheels whose headers the NCCL shim compiles against: the versions torch 2.11.0's
+/// wheel requires (`cuda-toolkit==13.0.2`'s parts, `nvidia-nccl-cu13==2.28.9`).
+const HEADER_WHEELS: [&str; 7] = [
+    "nvidia-cuda-runtime==13.0.96",
+    "nvidia-cuda-crt==13.0.88",
+    "nvidia-cuda-cccl==13.0.85",
+    "nvidia-cublas==13.1.0.3",
+    "nvidia-cusparse==12.6.3.3",
+    "nvidia-cusolver==12.0.4.66",
+    "nvidia-nccl-cu13==2.28.9",
+];
 /// The `device` tool carries at most 64 MiB; leave room for the rest of the working tree.
 const MAX_BUNDLE_BYTES: u64 = 60 << 20;
 /// The test suites that take a device (`VQ_TEST_DEVICE=cuda`), and those of the commands that
 /// run the models.
-const TEST_PACKAGES: [&str; 5] = ["vq-model", "vq-prior", "vq-fid", "vq-cli", "vq-train"];
+const TEST_PACKAGES: [&str; 6] = [
+    "vq-model", "vq-prior", "vq-fid", "vq-cli", "vq-train", "vq-dist",
+];
 /// The benchmark executables the check runs (package, bench target).
 const BENCHES: [(&str, &str); 3] = [
     ("vq-train", "train_step"),
@@ -58,7 +77,7 @@ pub struct GpuBundleArgs {
     #[arg(long, default_value = "datasets/cifar-10-batches-bin")]
     pub data: PathBuf,
     /// A rehearsal bundle instead (target/gpu-bundle/rehearsal.tar): the same contents from
-    /// the normal CPU build, so that `GPU_CHECK_DEVICE=cpu bash scripts/gpu-check.sh
+    /// the normal CPU build (gloo only), so that `GPU_CHECK_DEVICE=cpu bash scripts/gpu-check.sh
     /// target/gpu-bundle/rehearsal.tar` runs the whole check here first.
     #[arg(long)]
     pub rehearsal: bool,
@@ -104,6 +123,7 @@ pub fn run(root: &Path, args: &GpuBundleArgs) -> Result<()> {
         None
     } else {
         let torch = ensure_libtorch(root)?;
+        ensure_cuda_headers(root)?;
         let changed = sync_sources(root, &layout.src())?;
         tracing::info!(
             "workspace copy at {} ({changed} files changed)",
@@ -126,9 +146,28 @@ pub fn run(root: &Path, args: &GpuBundleArgs) -> Result<()> {
         root,
         &layout,
         torch,
-        &["build", "--release", "-p", "vq-cli", "-p", "vq-train"],
+        &[
+            "build",
+            "--release",
+            "-p",
+            "vq-cli",
+            "-p",
+            "vq-train",
+            "-p",
+            "vq-dist",
+            "--bin",
+            "vq-cli",
+            "--bin",
+            "vq-train",
+            "--bin",
+            "vq-dist-probe",
+        ],
     )?;
-    copy_executables(&bins, &["vq-cli", "vq-train"], &stage.join("bin"))?;
+    copy_executables(
+        &bins,
+        &["vq-cli", "vq-train", "vq-dist-probe"],
+        &stage.join("bin"),
+    )?;
     let mut test_args = vec!["test", "--release", "--no-run", "--lib"];
     for p in TEST_PACKAGES {
         test_args.extend(["-p", p]);
@@ -147,6 +186,7 @@ pub fn run(root: &Path, args: &GpuBundleArgs) -> Result<()> {
     }
     if !args.rehearsal {
         check_cuda_linked(&stage.join("bin/vq-cli"))?;
+        check_nccl_linked(&stage.join("bin/vq-dist-probe"))?;
     }
 
     cut_cifar(&root.join(&args.data), &stage.join("data"), args)?;
@@ -154,9 +194,16 @@ pub fn run(root: &Path, args: &GpuBundleArgs) -> Result<()> {
 
     let archive = layout.archive();
     let partial = archive.with_extension("partial");
+    // The executables embed the same model weights several times over (vq-cli carries all
+    // four, the test and bench executables two or three): xz's window must span the whole
+    // archive (about 200 MB, most of it the zeroed FID network) for the copies after the first
+    // to cost nothing. A 256 MiB window: 49 MiB instead of 63.5 MiB with `-9`'s 64 MiB
+    // (docs/experiments.md); unpacking needs 256 MiB of memory. One thread: xz's threads split
+    // the input into blocks, each with its own window.
     cmd::run(
         Command::new("tar")
-            .env("XZ_OPT", "-9 -T0")
+            .env("XZ_OPT", "--lzma2=preset=9,dict=256MiB -T1")
+            .arg("--sort=name")
             .arg(if args.rehearsal { "-cf" } else { "-cJf" })
             .arg(&partial)
             .arg("-C")
@@ -182,7 +229,7 @@ pub fn run(root: &Path, args: &GpuBundleArgs) -> Result<()> {
     println!("bundle ready: {}", archive.display());
     if args.rehearsal {
         println!("rehearse the check here, on the CPU:");
-        println!("  GPU_CHECK_DEVICE=cpu PYTHON=target/bench-venv/bin/python OUT=target/gpu-bundle/rehearsal-out bash scripts/gpu-check.sh target/gpu-bundle/rehearsal.tar");
+        println!("  GPU_CHECK_QUICK=1 GPU_CHECK_DEVICE=cpu PYTHON=.libtorch/venv/bin/python OUT=target/gpu-bundle/rehearsal-out bash scripts/gpu-check.sh target/gpu-bundle/rehearsal.tar");
         return Ok(());
     }
     println!("run it on the GPU machine (device tool), carrying that one file:");
@@ -233,6 +280,95 @@ fn ensure_libtorch(root: &Path) -> Result<PathBuf> {
             venv.display()
         )
     })
+}
+
+/// The CUDA and NCCL headers of [`HEADER_WHEELS`] in `.libtorch/torch-2.11/cuda-include`
+/// (`nvidia/cu13/include`, `nvidia/nccl/include`); returns the folders to include, in
+/// `VQ_CUDA_INCLUDE`'s form.
+fn ensure_cuda_headers(root: &Path) -> Result<String> {
+    let dir = root.join(".libtorch/torch-2.11/cuda-include");
+    let marker = dir.join("wheels.txt");
+    let want = HEADER_WHEELS.join("\n");
+    if std::fs::read_to_string(&marker).ok().as_deref() != Some(want.as_str()) {
+        let python = root.join(".libtorch/torch-2.11/venv/bin/python");
+        let download = root.join(".libtorch/torch-2.11/header-wheels");
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(&download)?;
+        tracing::info!("fetching the CUDA and NCCL headers (NVIDIA wheels, about 1 GB to download, 25 MB kept)");
+        cmd::run(
+            Command::new(&python)
+                .args([
+                    "-m",
+                    "pip",
+                    "download",
+                    "--disable-pip-version-check",
+                    "--no-input",
+                    "--no-deps",
+                    "-d",
+                ])
+                .arg(&download)
+                .args(HEADER_WHEELS),
+        )
+        .context("pip could not download the NVIDIA wheels whose headers the NCCL shim needs")?;
+        let partial = dir.with_extension("partial");
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial)?;
+        }
+        for entry in std::fs::read_dir(&download)? {
+            let wheel = entry?.path();
+            if wheel.extension().is_some_and(|e| e == "whl") {
+                extract_includes(&wheel, &partial)
+                    .with_context(|| format!("unpacking the headers of {}", wheel.display()))?;
+            }
+        }
+        std::fs::write(partial.join("wheels.txt"), &want)?;
+        std::fs::rename(&partial, &dir)?;
+        std::fs::remove_dir_all(&download)?;
+    }
+    let includes = [
+        "nvidia/cu13/include",
+        "nvidia/cu13/include/cccl",
+        "nvidia/nccl/include",
+    ];
+    for sub in includes {
+        if !dir.join(sub).is_dir() {
+            bail!(
+                "{}: no {sub} in the NVIDIA wheels' headers (delete the folder to fetch again)",
+                dir.display()
+            );
+        }
+    }
+    Ok(includes
+        .iter()
+        .map(|sub| dir.join(sub).display().to_string())
+        .collect::<Vec<_>>()
+        .join(":"))
+}
+
+/// Writes the wheel's `nvidia/<part>/include/...` files under `dest`.
+fn extract_includes(wheel: &Path, dest: &Path) -> Result<()> {
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(wheel)?)?;
+    for i in 0..zip.len() {
+        let mut entry = zip.by_index(i)?;
+        let Some(name) = entry.enclosed_name().map(Path::to_path_buf) else {
+            continue;
+        };
+        let mut parts = name.components().map(|c| c.as_os_str());
+        let is_header = parts.next().is_some_and(|p| p == "nvidia")
+            && parts.next().is_some()
+            && parts.next().is_some_and(|p| p == "include")
+            && entry.is_file();
+        if !is_header {
+            continue;
+        }
+        let out = dest.join(&name);
+        std::fs::create_dir_all(out.parent().expect("a file has a parent"))?;
+        let mut file = std::fs::File::create(&out)?;
+        std::io::copy(&mut entry, &mut file)?;
+    }
+    Ok(())
 }
 
 /// Copies the tracked files under [`SOURCES`] into `dest`, writing only files whose bytes
@@ -364,6 +500,7 @@ fn build(
                 .env("LIBTORCH", torch)
                 .env_remove("LIBTORCH_USE_PYTORCH")
                 .env("VQ_LINK_CUDA", "1")
+                .env("VQ_CUDA_INCLUDE", ensure_cuda_headers(root)?)
                 .env("RUSTFLAGS", "-C link-arg=-Wl,--allow-shlib-undefined")
                 .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
                 .env("CARGO_PROFILE_RELEASE_STRIP", "symbols")
@@ -431,6 +568,23 @@ fn check_cuda_linked(exe: &Path) -> Result<()> {
     if !text.contains("[libtorch_cuda.so]") {
         bail!(
             "{} does not link libtorch_cuda.so: it would see no GPU",
+            exe.display()
+        );
+    }
+    Ok(())
+}
+
+/// The NCCL path is in: the probe's dynamic symbols name `ProcessGroupNCCL` (from
+/// libtorch_cuda), so vq-dist's shim was compiled with it.
+fn check_nccl_linked(exe: &Path) -> Result<()> {
+    let out = Command::new("readelf")
+        .args(["--dyn-syms", "-W"])
+        .arg(exe)
+        .output()
+        .context("running readelf (binutils) on the bundled probe")?;
+    if !String::from_utf8_lossy(&out.stdout).contains("ProcessGroupNCCL") {
+        bail!(
+            "{} has no ProcessGroupNCCL: vq-dist was built without NCCL (VQ_CUDA_INCLUDE)",
             exe.display()
         );
     }

@@ -1,7 +1,10 @@
 //! Data-parallel collectives for vqvae-rs on LibTorch's own c10d: the engine under PyTorch's
 //! DDP. Ranks meet at a `TCPStore` (rank 0 serves it at `MASTER_ADDR:MASTER_PORT`), and
-//! `ProcessGroupGloo` runs the collectives on CPU tensors. A small C++ shim (`cpp/shim.cpp`)
-//! is the only unsafe code, and it stays in this crate.
+//! `ProcessGroupGloo` runs the collectives on CPU buckets, or, in a build against a CUDA
+//! LibTorch with NCCL's headers (the GPU bundle; [`nccl_available`]), `ProcessGroupNCCL` on
+//! the rank's GPU. Tensors may live anywhere: each call gathers them into one flat bucket on
+//! the group's device and copies the result back. A small C++ shim (`cpp/shim.cpp`) is the only
+//! unsafe code, and it stays in this crate.
 //!
 //! ```text
 //! let group = ProcessGroup::init(&Rendezvous::from_env()?)?;   // RANK, WORLD_SIZE, MASTER_*
@@ -39,8 +42,83 @@ pub enum DistError {
         /// ", rank N stopped responding" when the heartbeats tell which.
         lost: String,
     },
-    #[error("tensors to {0} must be on the CPU, contiguous and of one kind")]
+    #[error("tensors to {0} must all be of one kind")]
     Tensors(&'static str),
+    /// `VQVAE_DIST_BACKEND` names no engine this build has.
+    #[error("VQVAE_DIST_BACKEND={0:?}: {1}")]
+    Backend(String, String),
+}
+
+/// Which c10d engine runs the collectives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `ProcessGroupGloo`: buckets on the CPU (any machine).
+    Gloo,
+    /// `ProcessGroupNCCL`: buckets on CUDA device `device` (the rank's GPU, by its
+    /// `LOCAL_RANK`). Only in builds where [`nccl_available`] is true.
+    Nccl { device: usize },
+}
+
+impl Backend {
+    /// The name PyTorch gives it (`init_process_group(backend=...)`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Gloo => "gloo",
+            Backend::Nccl { .. } => "nccl",
+        }
+    }
+
+    /// Where its buckets live.
+    pub fn device(&self) -> tch::Device {
+        match *self {
+            Backend::Gloo => tch::Device::Cpu,
+            Backend::Nccl { device } => tch::Device::Cuda(device),
+        }
+    }
+
+    /// The engine for a job whose models live on `device`, as PyTorch users choose it: NCCL for
+    /// CUDA (on this rank's GPU), gloo for the CPU; `VQVAE_DIST_BACKEND=gloo|nccl` overrides.
+    pub fn for_device(device: tch::Device) -> Result<Backend, DistError> {
+        let requested = std::env::var("VQVAE_DIST_BACKEND").unwrap_or_default();
+        Self::choose(&requested, device, nccl_available())
+    }
+
+    /// [`Backend::for_device`] with the request and the build's NCCL given.
+    fn choose(requested: &str, device: tch::Device, nccl: bool) -> Result<Backend, DistError> {
+        let requested = requested.to_string();
+        let cuda = match device {
+            tch::Device::Cuda(i) => Some(i),
+            _ => None,
+        };
+        match (requested.as_str(), cuda) {
+            ("", None) | ("gloo", _) => Ok(Backend::Gloo),
+            ("" | "nccl", Some(device)) if nccl => Ok(Backend::Nccl { device }),
+            // A CUDA job in a build without NCCL still runs, its buckets staged through the CPU.
+            ("", Some(_)) => Ok(Backend::Gloo),
+            ("nccl", Some(_)) => Err(DistError::Backend(
+                requested,
+                "this build has no NCCL (only the GPU bundle's is built against a CUDA LibTorch with NCCL's headers)".into(),
+            )),
+            ("nccl", None) => Err(DistError::Backend(
+                requested,
+                "NCCL needs the models on a GPU (--device cuda)".into(),
+            )),
+            (other, _) => Err(DistError::Backend(
+                other.to_string(),
+                "not an engine: gloo or nccl".into(),
+            )),
+        }
+    }
+}
+
+/// Whether this build can make NCCL groups: compiled against a CUDA LibTorch with NCCL's
+/// headers (`VQ_LINK_CUDA=1` and `VQ_CUDA_INCLUDE`, as `cargo xtask gpu-bundle` builds).
+pub fn nccl_available() -> bool {
+    // SAFETY: a function of no arguments that returns a constant.
+    #[allow(unsafe_code)]
+    unsafe {
+        vqd_has_nccl() != 0
+    }
 }
 
 /// Where and as whom a rank joins: the variables torchrun sets.
@@ -121,12 +199,15 @@ type CTensor = torch_sys::C_tensor;
 
 #[allow(unsafe_code)]
 extern "C" {
+    fn vqd_has_nccl() -> i32;
     fn vqd_init(
         master_addr: *const c_char,
         master_port: u16,
         rank: i32,
         world_size: i32,
         timeout_ms: i64,
+        backend: i32,
+        cuda_device: i32,
         device_interface: *const c_char,
         device_host: *const c_char,
         err: *mut c_char,
@@ -196,6 +277,7 @@ pub struct ProcessGroup {
     raw: std::sync::Arc<Raw>,
     rank: usize,
     world_size: usize,
+    backend: Backend,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -204,6 +286,7 @@ impl std::fmt::Debug for ProcessGroup {
         f.debug_struct("ProcessGroup")
             .field("rank", &self.rank)
             .field("world_size", &self.world_size)
+            .field("backend", &self.backend)
             .finish()
     }
 }
@@ -213,9 +296,15 @@ fn is_loopback(addr: &str) -> bool {
 }
 
 impl ProcessGroup {
-    /// Joins the job: rank 0 serves the store, every rank waits for all the others (up to the
-    /// timeout), then the gloo group connects them pairwise.
+    /// Joins the job on gloo: rank 0 serves the store, every rank waits for all the others (up
+    /// to the timeout), then the gloo group connects them pairwise.
     pub fn init(rdv: &Rendezvous) -> Result<ProcessGroup, DistError> {
+        Self::init_with(rdv, Backend::Gloo)
+    }
+
+    /// Joins the job on `backend`'s engine (NCCL makes its communicator on the first
+    /// collective).
+    pub fn init_with(rdv: &Rendezvous, backend: Backend) -> Result<ProcessGroup, DistError> {
         let fail = |message: String| DistError::Rendezvous {
             addr: rdv.master_addr.clone(),
             port: rdv.master_port,
@@ -245,6 +334,14 @@ impl ProcessGroup {
                 rdv.rank as i32,
                 rdv.world_size as i32,
                 rdv.timeout.as_millis() as i64,
+                match backend {
+                    Backend::Gloo => 0,
+                    Backend::Nccl { .. } => 1,
+                },
+                match backend {
+                    Backend::Gloo => -1,
+                    Backend::Nccl { device } => device as i32,
+                },
                 interface.as_ptr(),
                 host.as_ptr(),
                 err.as_mut_ptr().cast(),
@@ -258,6 +355,7 @@ impl ProcessGroup {
             raw: std::sync::Arc::new(Raw(raw)),
             rank: rdv.rank,
             world_size: rdv.world_size,
+            backend,
             stop: Default::default(),
         };
         let (raw, stop, key) = (
@@ -321,15 +419,34 @@ impl ProcessGroup {
         self.world_size
     }
 
-    fn check(tensors: &[&Tensor], what: &'static str) -> Result<Kind, DistError> {
+    /// The engine running the collectives.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// `tensors` as one flat bucket on the group's device.
+    fn bucket(&self, tensors: &[&Tensor], what: &'static str) -> Result<Tensor, DistError> {
         let kind = tensors.first().map(|t| t.kind()).unwrap_or(Kind::Float);
-        if tensors
-            .iter()
-            .any(|t| t.device() != tch::Device::Cpu || t.kind() != kind)
-        {
+        if tensors.iter().any(|t| t.kind() != kind) {
             return Err(DistError::Tensors(what));
         }
-        Ok(kind)
+        let device = self.backend.device();
+        let flat: Vec<Tensor> = tensors
+            .iter()
+            .map(|t| t.flatten(0, -1).to_device(device))
+            .collect();
+        Ok(Tensor::cat(&flat, 0))
+    }
+
+    /// Copies the reduced `bucket` back into `tensors`, wherever they live.
+    fn unbucket(tensors: &[&Tensor], bucket: &Tensor) {
+        let mut at = 0;
+        for t in tensors {
+            let n = t.numel() as i64;
+            let mut dst = t.shallow_clone();
+            dst.copy_(&bucket.narrow(0, at, n).view_as(t));
+            at += n;
+        }
     }
 
     fn run(
@@ -353,13 +470,11 @@ impl ProcessGroup {
     /// Sums `tensors` over the ranks, in place, as one flat bucket (one collective, not one a
     /// tensor): each holds the sum of every rank's values afterwards.
     pub fn all_reduce_sum(&self, tensors: &[&Tensor]) -> Result<(), DistError> {
-        if tensors.is_empty() || self.world_size == 1 {
+        if tensors.is_empty() {
             return Ok(());
         }
-        Self::check(tensors, "all-reduce")?;
         let _guard = tch::no_grad_guard();
-        let flat: Vec<Tensor> = tensors.iter().map(|t| t.flatten(0, -1)).collect();
-        let mut bucket = Tensor::cat(&flat, 0);
+        let mut bucket = self.bucket(tensors, "all-reduce")?;
         self.run("all-reduce", &mut bucket, |g, t, e| {
             // SAFETY: `g` is our live group, `t` a live tensor we hold, `e` ERR_LEN bytes.
             #[allow(unsafe_code)]
@@ -367,25 +482,17 @@ impl ProcessGroup {
                 vqd_allreduce_sum(g, t, e, ERR_LEN)
             }
         })?;
-        let mut at = 0;
-        for t in tensors {
-            let n = t.numel() as i64;
-            let mut dst = t.shallow_clone();
-            dst.copy_(&bucket.narrow(0, at, n).view_as(t));
-            at += n;
-        }
+        Self::unbucket(tensors, &bucket);
         Ok(())
     }
 
     /// Copies rank `root`'s values of `tensors` to every rank, in place, as one bucket.
     pub fn broadcast(&self, tensors: &[&Tensor], root: usize) -> Result<(), DistError> {
-        if tensors.is_empty() || self.world_size == 1 {
+        if tensors.is_empty() {
             return Ok(());
         }
-        Self::check(tensors, "broadcast")?;
         let _guard = tch::no_grad_guard();
-        let flat: Vec<Tensor> = tensors.iter().map(|t| t.flatten(0, -1)).collect();
-        let mut bucket = Tensor::cat(&flat, 0);
+        let mut bucket = self.bucket(tensors, "broadcast")?;
         self.run("broadcast", &mut bucket, |g, t, e| {
             // SAFETY: as in `all_reduce_sum`.
             #[allow(unsafe_code)]
@@ -393,13 +500,7 @@ impl ProcessGroup {
                 vqd_broadcast(g, t, root as i32, e, ERR_LEN)
             }
         })?;
-        let mut at = 0;
-        for t in tensors {
-            let n = t.numel() as i64;
-            let mut dst = t.shallow_clone();
-            dst.copy_(&bucket.narrow(0, at, n).view_as(t));
-            at += n;
-        }
+        Self::unbucket(tensors, &bucket);
         Ok(())
     }
 
@@ -457,5 +558,47 @@ impl Drop for ProcessGroup {
     fn drop(&mut self) {
         // The heartbeat thread ends within a beat; the group is freed with its last holder.
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    #[test]
+    fn the_engine_follows_the_device_unless_asked() {
+        let choose = |r: &str, d: Device, nccl: bool| Backend::choose(r, d, nccl);
+        assert_eq!(choose("", Device::Cpu, true), Ok(Backend::Gloo));
+        assert_eq!(
+            choose("", Device::Cuda(1), true),
+            Ok(Backend::Nccl { device: 1 })
+        );
+        // A CUDA job in a build without NCCL stages its buckets through gloo.
+        assert_eq!(choose("", Device::Cuda(0), false), Ok(Backend::Gloo));
+        assert_eq!(choose("gloo", Device::Cuda(0), true), Ok(Backend::Gloo));
+        assert_eq!(
+            choose("nccl", Device::Cuda(0), true),
+            Ok(Backend::Nccl { device: 0 })
+        );
+        for (requested, device, nccl, says) in [
+            ("nccl", Device::Cuda(0), false, "has no NCCL"),
+            ("nccl", Device::Cpu, true, "needs the models on a GPU"),
+            ("mpi", Device::Cpu, true, "gloo or nccl"),
+        ] {
+            let e = choose(requested, device, nccl).unwrap_err().to_string();
+            assert!(
+                e.contains("VQVAE_DIST_BACKEND") && e.contains(says),
+                "{requested}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_build_has_nccl_exactly_when_built_for_it_and_names_its_engines() {
+        // The normal build compiles the shim without NCCL; the GPU bundle's with it.
+        assert_eq!(nccl_available(), env!("VQ_DIST_NCCL") == "1");
+        assert_eq!(Backend::Gloo.name(), "gloo");
+        assert_eq!(Backend::Nccl { device: 3 }.device(), Device::Cuda(3));
     }
 }

@@ -1,6 +1,7 @@
 //! Two processes on localhost through LibTorch's c10d (TCPStore + ProcessGroupGloo): sums and
 //! broadcasts land on both ranks, a lost rank or an unreachable rendezvous is an error within
-//! the timeout, never a hang.
+//! the timeout, never a hang; a world of one runs its collectives; asking a CPU build for NCCL
+//! is a clear error.
 
 use std::net::TcpListener;
 use std::process::{Command, Output};
@@ -22,7 +23,8 @@ fn rank(scenario: &str, rank: usize, world: usize, port: u16, timeout_s: u64) ->
         .env("MASTER_ADDR", "127.0.0.1")
         .env("MASTER_PORT", port.to_string())
         .env("VQVAE_DIST_TIMEOUT", timeout_s.to_string())
-        .env_remove("GLOO_SOCKET_IFNAME");
+        .env_remove("GLOO_SOCKET_IFNAME")
+        .env_remove("VQVAE_DIST_BACKEND");
     c
 }
 
@@ -73,6 +75,7 @@ fn sums_and_broadcasts_reach_both_ranks() {
             report(&out)["values"],
             serde_json::json!([3.0, 2.0, 2.0, 10.0, 10.0])
         );
+        assert_eq!(report(&out)["backend"], "gloo");
     }
     for out in job("broadcast", 60) {
         assert!(
@@ -116,4 +119,44 @@ fn an_unreachable_rendezvous_is_an_error_after_the_timeout() {
     let error = r["error"].as_str().unwrap();
     assert!(error.contains("rendezvous at 127.0.0.1:"), "{error}");
     assert!(r["seconds"].as_f64().unwrap() < 60.0, "{r}");
+}
+
+#[test]
+fn a_world_of_one_runs_its_collectives() {
+    // What scripts/gpu-check.sh does with NCCL on a one-GPU machine, here on gloo: the group is
+    // made and every collective runs (a sum over one rank leaves the values as they were).
+    for scenario in ["sum", "broadcast", "barrier"] {
+        let out = rank(scenario, 0, 1, free_port(), 30)
+            .spawn_out()
+            .wait_with_output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{scenario}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            report(&out)["values"],
+            serde_json::json!([1.0, 0.0, 1.0, 0.0, 5.0]),
+            "{scenario}"
+        );
+    }
+}
+
+#[test]
+fn nccl_in_a_build_without_it_is_a_clear_error() {
+    if env!("VQ_DIST_NCCL") == "1" {
+        return; // the GPU bundle's build has NCCL: scripts/gpu-check.sh runs it on a GPU
+    }
+    let out = rank("sum", 0, 1, free_port(), 10)
+        .env("VQVAE_DIST_BACKEND", "nccl")
+        .spawn_out()
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let error = report(&out)["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("VQVAE_DIST_BACKEND") && error.contains("has no NCCL"),
+        "{error}"
+    );
 }

@@ -1,4 +1,6 @@
-//! Data-parallel training, as PyTorch's DDP does it, on LibTorch's own c10d (`vq-dist`): each
+//! Data-parallel training, as PyTorch's DDP does it, on LibTorch's own c10d (`vq-dist`: gloo
+//! for CPU models, NCCL for CUDA ones where the build has it, each rank on the GPU of its
+//! LOCAL_RANK): each
 //! rank of a job (launched by `vq-train --nproc N`, or by torchrun through RANK, WORLD_SIZE,
 //! LOCAL_RANK, MASTER_ADDR, MASTER_PORT) trains on its own contiguous share of every global
 //! batch, the one batch sequence a single process would draw with the same seed and batch size.
@@ -12,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use anyhow::{bail, Result};
 use tch::Tensor;
 use vq_data::BatchIndices;
-use vq_dist::{ProcessGroup, Rendezvous};
+use vq_dist::{Backend, ProcessGroup, Rendezvous};
 
 /// This process's place in the job.
 #[derive(Debug, Clone)]
@@ -21,7 +23,8 @@ pub struct Dist {
     pub world_size: usize,
     /// The rendezvous, for the run folder's record.
     pub rendezvous: Option<Rendezvous>,
-    group: Option<Arc<ProcessGroup>>,
+    /// The process group, once [`Dist::connect`] joined it (never at world size 1).
+    group: OnceLock<Arc<ProcessGroup>>,
 }
 
 /// The variables of `stores` in one fixed order (by store, then by name): the state every rank
@@ -61,7 +64,13 @@ impl vq_model::collective::Collective for GroupCollective {
 static CURRENT: OnceLock<Dist> = OnceLock::new();
 
 /// What the collective engine is, as the run folder records it.
-pub const ENGINE: &str = "LibTorch c10d: TCPStore rendezvous, ProcessGroupGloo";
+pub fn engine(backend: Backend) -> String {
+    let group = match backend {
+        Backend::Gloo => "ProcessGroupGloo",
+        Backend::Nccl { .. } => "ProcessGroupNCCL",
+    };
+    format!("LibTorch c10d: TCPStore rendezvous, {group}")
+}
 
 impl Dist {
     /// One process.
@@ -70,43 +79,63 @@ impl Dist {
             rank: 0,
             world_size: 1,
             rendezvous: None,
-            group: None,
+            group: OnceLock::new(),
         }
     }
 
-    /// The job this process belongs to: joined once, from the launcher's variables (one
-    /// process when there are none).
+    /// The job this process belongs to, from the launcher's variables (one process when there
+    /// are none). Its process group is joined by [`Dist::connect`], once the device is known.
     pub fn current() -> Result<&'static Dist> {
         if let Some(d) = CURRENT.get() {
             return Ok(d);
         }
         let dist = match Rendezvous::from_env()? {
             None => Dist::single(),
-            Some(rdv) if rdv.world_size == 1 => Dist {
-                rank: 0,
-                world_size: 1,
+            Some(rdv) => Dist {
+                rank: rdv.rank,
+                world_size: rdv.world_size,
                 rendezvous: Some(rdv),
-                group: None,
+                group: OnceLock::new(),
             },
-            Some(rdv) => {
-                tracing::info!(
-                    "rank {} of {}: joining at {}:{}",
-                    rdv.rank,
-                    rdv.world_size,
-                    rdv.master_addr,
-                    rdv.master_port
-                );
-                let group = Arc::new(ProcessGroup::init(&rdv)?);
-                vq_model::collective::register(Box::new(GroupCollective(group.clone())));
-                Dist {
-                    rank: rdv.rank,
-                    world_size: rdv.world_size,
-                    rendezvous: Some(rdv),
-                    group: Some(group),
-                }
-            }
         };
         Ok(CURRENT.get_or_init(|| dist))
+    }
+
+    /// The device this rank trains on when the run asks for `device`: with several ranks and
+    /// CUDA, the GPU of its LOCAL_RANK (as torchrun users set `cuda:LOCAL_RANK`).
+    pub fn rank_device(&self, device: tch::Device) -> tch::Device {
+        match (device, &self.rendezvous) {
+            (tch::Device::Cuda(_), Some(rdv)) if self.world_size > 1 => {
+                let gpus = tch::Cuda::device_count().max(1) as usize;
+                tch::Device::Cuda(rdv.local_rank % gpus)
+            }
+            _ => device,
+        }
+    }
+
+    /// Joins the job's process group (once) on the engine for `device` ([`Backend::for_device`]:
+    /// NCCL for CUDA where the build has it, gloo otherwise), and hands it to the model crate's
+    /// collectives. `None` for a single process.
+    pub fn connect(&self, device: tch::Device) -> Result<Option<Backend>> {
+        let Some(rdv) = self.rendezvous.as_ref().filter(|_| self.world_size > 1) else {
+            return Ok(None);
+        };
+        if let Some(group) = self.group.get() {
+            return Ok(Some(group.backend()));
+        }
+        let backend = Backend::for_device(device)?;
+        tracing::info!(
+            "rank {} of {}: joining at {}:{} ({})",
+            rdv.rank,
+            rdv.world_size,
+            rdv.master_addr,
+            rdv.master_port,
+            backend.name()
+        );
+        let group = Arc::new(ProcessGroup::init_with(rdv, backend)?);
+        vq_model::collective::register(Box::new(GroupCollective(group.clone())));
+        let _ = self.group.set(group);
+        Ok(Some(backend))
     }
 
     /// Whether this rank writes the run folder (rank 0).
@@ -136,7 +165,7 @@ impl Dist {
 
     /// Rank 0's values of `tensors` on every rank.
     pub fn broadcast(&self, tensors: &[Tensor]) -> Result<()> {
-        if let Some(group) = &self.group {
+        if let Some(group) = self.group.get() {
             let refs: Vec<&Tensor> = tensors.iter().collect();
             group.broadcast(&refs, 0)?;
         }

@@ -157,7 +157,8 @@ fn run_loop<T: Task>(
         // A rank `vq-train --nproc` started: its share of the machine's cores.
         tch::set_num_threads(n.max(1));
     }
-    let device: Device = runtime.device.resolve()?;
+    let device: Device = dist.rank_device(runtime.device.resolve()?);
+    let backend = dist.connect(device)?;
     tracing::info!(
         "device {device:?}, {} LibTorch threads",
         tch::get_num_threads()
@@ -171,18 +172,14 @@ fn run_loop<T: Task>(
             vq_store::write_json(&run.data(), &dataset)?;
         }
     }
-    if dist.world_size > 1 {
-        if device != Device::Cpu {
-            anyhow::bail!(
-                "data-parallel training runs on CPUs so far (NCCL is not wired in): add --device cpu"
-            );
-        }
+    if let Some(backend) = backend {
         if main {
             vq_store::write_json(
                 &run.path().join("distributed.json"),
                 &json!({
                     "world_size": dist.world_size,
-                    "engine": crate::dist::ENGINE,
+                    "engine": crate::dist::engine(backend),
+                    "backend": backend.name(),
                     "global_batch_size": schedule.batch_size,
                 }),
             )?;

@@ -1001,6 +1001,7 @@ fn two_ranks_train_as_one_process_does() {
         serde_json::from_slice(&std::fs::read(dp.join("distributed.json")).unwrap()).unwrap();
     assert_eq!(record["world_size"], 2);
     assert!(record["engine"].as_str().unwrap().contains("c10d"));
+    assert_eq!(record["backend"], "gloo");
 
     succeed(&[
         "--config",
