@@ -112,11 +112,12 @@ done
 
 # 5. Data-parallel training's NCCL path (issue 43): a world of one rank per GPU (one rank on a
 #    one-GPU machine) runs all-reduce, broadcast and barrier through ProcessGroupNCCL on CUDA
-#    tensors (summary.json's `values_ok` checks what each rank got); with two GPUs or more, also 200 steps of
-#    `vq-train --nproc 2` on NCCL, whose distributed.json names the engine. On the CPU
-#    (a rehearsal) the same steps run on gloo.
+#    tensors (summary.json's `values_ok` checks what each rank got); with two GPUs or more, also
+#    200 steps of `vq-train --nproc 2` on NCCL, whose distributed.json names the engine. On the
+#    CPU (a rehearsal) the same steps run on gloo, with two ranks.
 GPUS=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | wc -l)
-if [ "$DEV" = cuda ]; then BACKEND=nccl; else BACKEND=gloo; GPUS=1; fi
+if [ "$DEV" = cuda ]; then BACKEND=nccl; else BACKEND=gloo; GPUS=2; fi
+DP_STEPS=$((TRAIN_STEPS / 10))
 NRANKS=$((GPUS >= 2 ? 2 : 1))
 # probe.sh SCENARIO PORT: NRANKS ranks of vq-dist-probe at once, each rank's JSON on its own line.
 cat >"$W/probe.sh" <<EOF
@@ -136,7 +137,7 @@ step "dist-$BACKEND-barrier" 60 bash "$W/probe.sh" barrier 29613
 if [ "$NRANKS" -ge 2 ]; then
     cat >"$W/dp-config.json" <<EOF
 {"format": 2, "data": {"path": "$DATA", "any_record_count": true},
- "schedule": {"steps": 200, "eval_every": 200, "checkpoint_every": 200}}
+ "schedule": {"steps": $DP_STEPS, "eval_every": $DP_STEPS, "checkpoint_every": $DP_STEPS}}
 EOF
     step "dist-train-$BACKEND" 120 env MASTER_PORT=29614 "$W/bin/vq-train" --config "$W/dp-config.json" \
         --run-dir "$W/dp-run" --device "$DEV" --nproc 2

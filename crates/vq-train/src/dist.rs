@@ -124,6 +124,18 @@ impl Dist {
             return Ok(Some(group.backend()));
         }
         let backend = Backend::for_device(device)?;
+        if let Backend::Nccl { .. } = backend {
+            // NCCL refuses two ranks on one GPU, with a message about duplicate GPUs.
+            let gpus = tch::Cuda::device_count().max(0) as usize;
+            let local = std::env::var("LOCAL_WORLD_SIZE")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok());
+            if let Some(local) = local.filter(|&l| l > gpus) {
+                bail!(
+                    "{local} ranks on this machine but {gpus} GPU(s): NCCL needs a GPU for each rank (start at most {gpus} ranks a machine, or set VQVAE_DIST_BACKEND=gloo)"
+                );
+            }
+        }
         tracing::info!(
             "rank {} of {}: joining at {}:{} ({})",
             rdv.rank,
