@@ -110,8 +110,8 @@ for batch in 32 128 512; do
         --amp bf16 --channels-last
 done
 
-# 5. Data-parallel training's NCCL path (issue 43): a world of one rank per GPU (one rank on a
-#    one-GPU machine) runs all-reduce, broadcast and barrier through ProcessGroupNCCL on CUDA
+# 5. Data-parallel training's NCCL path (issue 43): a world of two ranks on two GPUs or more, one
+#    rank on a one-GPU machine, runs all-reduce, broadcast and barrier through ProcessGroupNCCL on CUDA
 #    tensors (summary.json's `values_ok` checks what each rank got); with two GPUs or more, also
 #    200 steps of `vq-train --nproc 2` on NCCL, whose distributed.json names the engine. On the
 #    CPU (a rehearsal) the same steps run on gloo, with two ranks.
@@ -139,7 +139,7 @@ if [ "$NRANKS" -ge 2 ]; then
 {"format": 2, "data": {"path": "$DATA", "any_record_count": true},
  "schedule": {"steps": $DP_STEPS, "eval_every": $DP_STEPS, "checkpoint_every": $DP_STEPS}}
 EOF
-    step "dist-train-$BACKEND" 120 env MASTER_PORT=29614 "$W/bin/vq-train" --config "$W/dp-config.json" \
+    step "dist-train-$BACKEND" 120 "$W/bin/vq-train" --config "$W/dp-config.json" \
         --run-dir "$W/dp-run" --device "$DEV" --nproc 2
     cp "$W/dp-run/distributed.json" "$OUT/dist-train-distributed.json" 2>/dev/null
     cp "$W/dp-run/summary.json" "$OUT/dist-train-summary.json" 2>/dev/null

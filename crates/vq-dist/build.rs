@@ -32,6 +32,10 @@ fn main() {
         _ => Vec::new(),
     };
     let nccl = !cuda_includes.is_empty();
+    // Other headers at the same folders (another wheel set) must recompile the shim.
+    for dir in &cuda_includes {
+        println!("cargo:rerun-if-changed={dir}");
+    }
     // For the tests: whether this build was meant to have NCCL.
     println!("cargo:rustc-env=VQ_DIST_NCCL={}", u8::from(nccl));
     let mut build = cc::Build::new();

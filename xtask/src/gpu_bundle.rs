@@ -198,7 +198,8 @@ pub fn run(root: &Path, args: &GpuBundleArgs) -> Result<()> {
     // four, the test and bench executables two or three): xz's window must span the whole
     // archive (about 200 MB, most of it the zeroed FID network) for the copies after the first
     // to cost nothing. A 256 MiB window: 49 MiB instead of 63.5 MiB with `-9`'s 64 MiB
-    // (docs/experiments.md); unpacking needs 256 MiB of memory. One thread: xz's threads split
+    // (docs/experiments.md); packing needs about 2.7 GiB of memory, unpacking 256 MiB. One
+    // thread: xz's threads split
     // the input into blocks, each with its own window.
     cmd::run(
         Command::new("tar")
@@ -292,8 +293,11 @@ fn ensure_cuda_headers(root: &Path) -> Result<String> {
     if std::fs::read_to_string(&marker).ok().as_deref() != Some(want.as_str()) {
         let python = root.join(".libtorch/torch-2.11/venv/bin/python");
         let download = root.join(".libtorch/torch-2.11/header-wheels");
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
+        // Wheels an earlier, failed fetch left would be unpacked too: start empty.
+        for stale in [&dir, &download] {
+            if stale.exists() {
+                std::fs::remove_dir_all(stale)?;
+            }
         }
         std::fs::create_dir_all(&download)?;
         tracing::info!("fetching the CUDA and NCCL headers (NVIDIA wheels, about 1 GB to download, 25 MB kept)");

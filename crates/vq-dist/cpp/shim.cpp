@@ -14,6 +14,7 @@
 #endif
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -87,6 +88,11 @@ VqdGroup* vqd_init(const char* master_addr, uint16_t master_port, int rank, int 
     if (backend == VQD_NCCL_BACKEND) {
 #ifdef VQD_NCCL
       c10::cuda::set_device(static_cast<c10::DeviceIndex>(cuda_device));
+      // Blocking waits: a collective's `wait()` then holds the host until it completes or the
+      // timeout passes, and throws, so a lost rank is an error here (named by vq-dist's
+      // heartbeats) as with gloo, not a later abort by NCCL's watchdog; the host also sees the
+      // collective's real duration. Read by the constructor; a user's own setting stands.
+      setenv("TORCH_NCCL_BLOCKING_WAIT", "1", 0);
       auto nccl_options = c10d::ProcessGroupNCCL::Options::create();
       nccl_options->timeout = timeout;
       auto pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(prefixed, rank, world_size,

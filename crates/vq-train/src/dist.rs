@@ -126,11 +126,15 @@ impl Dist {
         let backend = Backend::for_device(device)?;
         if let Backend::Nccl { .. } = backend {
             // NCCL refuses two ranks on one GPU, with a message about duplicate GPUs.
+            // A launcher that gives each rank its own GPU through CUDA_VISIBLE_DEVICES (one
+            // device listed) shows every rank one GPU: nothing to check then.
+            let one_each = std::env::var("CUDA_VISIBLE_DEVICES")
+                .is_ok_and(|v| !v.trim().is_empty() && !v.contains(','));
             let gpus = tch::Cuda::device_count().max(0) as usize;
             let local = std::env::var("LOCAL_WORLD_SIZE")
                 .ok()
                 .and_then(|v| v.parse::<usize>().ok());
-            if let Some(local) = local.filter(|&l| l > gpus) {
+            if let Some(local) = local.filter(|&l| l > gpus && !one_each) {
                 bail!(
                     "{local} ranks on this machine but {gpus} GPU(s): NCCL needs a GPU for each rank (start at most {gpus} ranks a machine, or set VQVAE_DIST_BACKEND=gloo)"
                 );
@@ -177,6 +181,12 @@ impl Dist {
 
     /// Rank 0's values of `tensors` on every rank.
     pub fn broadcast(&self, tensors: &[Tensor]) -> Result<()> {
+        if self.world_size > 1 && self.group.get().is_none() {
+            bail!(
+                "rank {}: a broadcast before the process group was joined (Dist::connect)",
+                self.rank
+            );
+        }
         if let Some(group) = self.group.get() {
             let refs: Vec<&Tensor> = tensors.iter().collect();
             group.broadcast(&refs, 0)?;

@@ -13,7 +13,7 @@ use vq_dist::{Backend, ProcessGroup, Rendezvous};
 fn main() {
     let scenario = std::env::args().nth(1).unwrap_or_else(|| "sum".into());
     let start = Instant::now();
-    let result = (|| -> Result<(Vec<f64>, &'static str), vq_dist::DistError> {
+    let result = (|| -> Result<(Vec<f64>, &'static str, usize), vq_dist::DistError> {
         let rdv = Rendezvous::from_env()?.ok_or(vq_dist::DistError::Env {
             name: "WORLD_SIZE",
             reason: "not set".into(),
@@ -44,13 +44,13 @@ fn main() {
             Tensor::cat(&[a, b.flatten(0, -1)], 0).to_device(tch::Device::Cpu),
         )
         .expect("f64 values");
-        Ok((values, group.backend().name()))
+        Ok((values, group.backend().name(), group.rank()))
     })();
     let seconds = start.elapsed().as_secs_f64();
     match result {
-        Ok((values, backend)) => println!(
+        Ok((values, backend, rank)) => println!(
             "{}",
-            serde_json::json!({"values": values, "backend": backend, "seconds": seconds})
+            serde_json::json!({"values": values, "backend": backend, "rank": rank, "seconds": seconds})
         ),
         Err(e) => {
             println!(
