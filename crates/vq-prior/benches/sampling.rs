@@ -1,10 +1,11 @@
 //! Sampling rate of a prior (codes only, no decoding): `cargo bench -p vq-prior --bench
 //! sampling -- [--prior DIR] [--images N] [--threads T] [--guidance G] [--guided-codes N]
-//! [--batches 250,500,1000]` (guidance and guided codes: the prior's own sampling defaults
-//! unless given), for a few batch sizes, with the matrix products in f32 and in bf16 (where the
-//! CPU has bf16 arithmetic, LibTorch uses it). Prints images/s of each and, for
-//! bf16, how many codes equal the f32 draws of the same seed (the draws follow the
-//! probabilities, which bf16 rounds).
+//! [--batches 250,500,1000] [--streams 1,2]` (guidance and guided codes: the prior's own
+//! sampling defaults unless given), for a few batch sizes and sampling streams (default: one,
+//! and as many as LibTorch has threads, each on one thread), with the matrix products in f32
+//! and in bf16 (where the CPU has bf16 arithmetic, LibTorch uses it). Prints images/s of each
+//! and how many codes equal one f32 stream's draws of the same seed (the draws follow the
+//! probabilities, which bf16 rounds, and streams run products in smaller batches).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -46,6 +47,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|v| v.split(',').filter_map(|b| b.parse().ok()).collect())
         .unwrap_or_else(|| vec![250, 500, 1000]);
     let widest = *batches.iter().max().unwrap_or(&1000);
+    // Sampling streams (`PriorCheckpoint::sample_in_streams`; `vq-cli sample` runs as many as
+    // LibTorch has threads on a CPU): 1 and the thread count unless given.
+    let threads = tch::get_num_threads().max(1) as usize;
+    let streams: Vec<usize> = arg("--streams")
+        .map(|v| v.split(',').filter_map(|b| b.parse().ok()).collect())
+        .unwrap_or_else(|| {
+            let mut s = vec![1, threads];
+            s.dedup();
+            s
+        });
     println!(
         "prior {}, {images} images, {} threads, {device:?}, guidance {} on {}",
         prior.origin(),
@@ -65,14 +76,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut reference: Option<Tensor> = None;
     for (kind, name) in [(Kind::Float, "f32"), (Kind::BFloat16, "bf16")] {
         prior.set_sampling_kind(kind);
-        for &batch in &batches {
+        for (&batch, &stream_count) in batches
+            .iter()
+            .flat_map(|b| streams.iter().map(move |s| (b, s)))
+        {
             tch::manual_seed(0);
             let start = Instant::now();
             let mut parts = Vec::new();
             for s in (0..images).step_by(batch as usize) {
                 let n = batch.min(images - s);
                 let l = labels.as_ref().map(|l| l.narrow(0, s, n));
-                parts.push(prior.model.sample(n, l.as_ref(), &options, device));
+                parts.push(prior.sample_in_streams(n, l.as_ref(), &options, stream_count)?);
             }
             if let Device::Cuda(i) = device {
                 tch::Cuda::synchronize(i as i64);
@@ -80,20 +94,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let seconds = start.elapsed().as_secs_f64();
             let codes = Tensor::cat(&parts, 0);
             let same = match &reference {
-                Some(r) if batch == widest => {
+                Some(r) if batch == widest && (kind != Kind::Float || stream_count != 1) => {
                     let eq = codes.eq_tensor(r).to_kind(Kind::Float).mean(Kind::Float);
                     format!(
-                        ", {:.1}% of codes equal to f32's",
+                        ", {:.1}% of codes equal to one f32 stream's",
                         100.0 * eq.double_value(&[])
                     )
                 }
                 _ => String::new(),
             };
-            if kind == Kind::Float && batch == widest {
+            if kind == Kind::Float && batch == widest && stream_count == 1 {
                 reference = Some(codes.shallow_clone());
             }
             println!(
-                "{name} batch {batch:>5}: {:.2} s, {:.0} images/s{same}",
+                "{name} batch {batch:>5}, {stream_count} stream{}: {:.2} s, {:.0} images/s{same}",
+                if stream_count == 1 { "" } else { "s" },
                 seconds,
                 images as f64 / seconds
             );

@@ -309,6 +309,18 @@ pub fn draw(
     unconditional: Option<&Tensor>,
     options: &SampleOptions,
 ) -> Tensor {
+    draw_with(conditional, unconditional, options, None)
+}
+
+/// [`draw`] with the `(B,)` uniform numbers in [0, 1) given (`None`: drawn from LibTorch's
+/// generator here), so that samplers on several threads draw what the numbers say, not what
+/// the threads' turns at the shared generator would give.
+pub fn draw_with(
+    conditional: &Tensor,
+    unconditional: Option<&Tensor>,
+    options: &SampleOptions,
+    uniforms: Option<&Tensor>,
+) -> Tensor {
     let logits = conditional.to_kind(Kind::Float);
     let logits = match unconditional {
         // Guidance 1 is the conditional model exactly (no round trip through u + (c − u)).
@@ -336,7 +348,7 @@ pub fn draw(
         let drop = drop_sorted.scatter(1, &order, &drop_sorted);
         logits = logits.masked_fill(&drop, f64::NEG_INFINITY);
     }
-    draw_from(&logits.softmax(-1, Kind::Float))
+    draw_from(&logits.softmax(-1, Kind::Float), uniforms)
 }
 
 /// One index per row of `(B, V)` probabilities, by inverse transform sampling: one uniform
@@ -344,11 +356,14 @@ pub fn draw(
 /// exponential number for every entry (`V` per row), which was a tenth of sampling's time;
 /// this needs one. An entry of probability zero is never drawn: the first index whose
 /// cumulative sum exceeds `u · total` always has a positive probability.
-fn draw_from(probs: &Tensor) -> Tensor {
+fn draw_from(probs: &Tensor, uniforms: Option<&Tensor>) -> Tensor {
     let (b, v) = probs.size2().expect("(B, V) probabilities");
     let cdf = probs.cumsum(1, Kind::Float);
     let total = cdf.narrow(1, v - 1, 1);
-    let u = Tensor::rand([b, 1], (Kind::Float, probs.device())) * total;
+    let u = match uniforms {
+        Some(u) => u.to_device(probs.device()).view([b, 1]),
+        None => Tensor::rand([b, 1], (Kind::Float, probs.device())),
+    } * total;
     u.searchsorted(&cdf, false, true, "right", None::<Tensor>)
         .clamp_max(v - 1)
         .squeeze_dim(1)
@@ -516,6 +531,9 @@ pub struct PriorCheckpoint {
     /// The first 16 bytes of the SHA-256 of its weights file (what an entropy-coded `.vqz`
     /// names).
     pub model_id: [u8; 16],
+    /// The number type its sampler's products use ([`PriorCheckpoint::set_sampling_kind`]),
+    /// for the copies [`PriorCheckpoint::sample_in_streams`] makes.
+    sampling_kind: Kind,
 }
 
 impl PriorCheckpoint {
@@ -528,7 +546,83 @@ impl PriorCheckpoint {
     /// the probabilities of a `.vqz` file being part of its format.
     pub fn set_sampling_kind(&mut self, kind: Kind) -> bool {
         let supported = self.model.set_sampling_kind(kind);
+        if supported {
+            self.sampling_kind = kind;
+        }
         supported || kind == Kind::Float
+    }
+
+    /// `n` grids as [`CodePrior::sample`] draws them, in `streams` threads on the CPU: each
+    /// thread samples a contiguous share of the grids with its own copy of the model and one
+    /// LibTorch thread (LibTorch's thread count is set to 1 meanwhile and restored after). On
+    /// a CPU the sampler's many small products use LibTorch's threads poorly, while
+    /// independent streams keep every core busy (docs/experiments.md). The uniform numbers the
+    /// draws use are drawn first, on the calling thread, from LibTorch's generator, so the
+    /// grids depend on its seed, not on the threads' timing; each row gets the same numbers
+    /// whatever `streams` is (its grid then differs only where rounding, which depends on the
+    /// batch a product runs in, moves a draw across a boundary). One stream, or a device other
+    /// than the CPU, is [`CodePrior::sample`] on the calling thread with those numbers.
+    pub fn sample_in_streams(
+        &self,
+        n: i64,
+        labels: Option<&Tensor>,
+        options: &SampleOptions,
+        streams: usize,
+    ) -> Result<Tensor, tch::TchError> {
+        let device = self.vs.device();
+        let model = &self.model;
+        let guided = options.guided_positions(
+            labels.is_some() && model.supports_guidance(),
+            model.provenance().grid_side.pow(2),
+        );
+        let positions = model.provenance().grid_side.pow(2);
+        let uniforms = Tensor::rand([n, positions.max(1)], (Kind::Float, Device::Cpu));
+        // What each stream runs: `model` over the rows whose uniform numbers are `mine`.
+        let run = |model: &dyn CodePrior, mine: Tensor, labels: Option<&Tensor>| {
+            let mut at = 0;
+            model.step(mine.size()[0], labels, guided, device, &mut |c, u| {
+                let column = mine.select(1, at);
+                at += 1;
+                draw_with(c, u, options, Some(&column))
+            })
+        };
+        let streams = (streams.max(1) as i64).min(n.max(1));
+        if streams == 1 || device != Device::Cpu {
+            return Ok(run(model.as_ref(), uniforms, labels));
+        }
+        let share = (n + streams - 1) / streams;
+        let ranges: Vec<std::ops::Range<i64>> = (0..streams)
+            .map(|s| (s * share).min(n)..((s + 1) * share).min(n))
+            .filter(|r| !r.is_empty())
+            .collect();
+        let threads = tch::get_num_threads();
+        tch::set_num_threads(1);
+        let (config, source, kind) = (&self.config, &self.vs, self.sampling_kind);
+        let parts = std::thread::scope(|scope| {
+            let handles: Vec<_> = ranges
+                .iter()
+                .map(|rows| {
+                    let rows = rows.clone();
+                    let count = rows.end - rows.start;
+                    let labels = labels.map(|l| l.narrow(0, rows.start, count));
+                    let mine = uniforms.narrow(0, rows.start, count);
+                    scope.spawn(move || -> Result<Tensor, tch::TchError> {
+                        let _guard = tch::no_grad_guard();
+                        let mut vs = nn::VarStore::new(device);
+                        let mut copy = build(vs.root(), config);
+                        vs.copy(source)?;
+                        copy.set_sampling_kind(kind);
+                        Ok(run(copy.as_ref(), mine, labels.as_ref()))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a sampling stream panicked"))
+                .collect::<Result<Vec<Tensor>, tch::TchError>>()
+        });
+        tch::set_num_threads(threads);
+        Ok(Tensor::cat(&parts?, 0))
     }
 
     /// Opens a prior (checkpoint folder, run folder or the bundled one).
@@ -567,6 +661,7 @@ impl PriorCheckpoint {
             model,
             vs,
             model_id: vq_store::model_id(&weights),
+            sampling_kind: Kind::Float,
         })
     }
 
@@ -649,7 +744,7 @@ mod tests {
         let probs = Tensor::from_slice(&[0.0f32, 0.5, 0.0, 0.25, 0.25, 0.0])
             .view([1, 6])
             .repeat([20_000, 1]);
-        let drawn = draw_from(&probs);
+        let drawn = draw_from(&probs, None);
         assert_eq!(drawn.size(), vec![20_000]);
         let counts: Vec<i64> = (0..6)
             .map(|c| drawn.eq(c).sum(Kind::Int64).int64_value(&[]))
@@ -664,9 +759,41 @@ mod tests {
             .view([1, 3])
             .repeat([50, 1]);
         assert_eq!(
-            draw_from(&last),
+            draw_from(&last, None),
             Tensor::full([50], 2, (Kind::Int64, Device::Cpu))
         );
+    }
+
+    #[test]
+    fn streams_draw_the_same_grids_for_a_seed_and_restore_the_thread_count() {
+        let prior = PriorCheckpoint::open(Source::Bundled(&BUNDLED), Device::Cpu).unwrap();
+        let labels = Tensor::arange(24, (Kind::Int64, Device::Cpu)).remainder(10);
+        let options = prior.config.sampling.unwrap_or_default();
+        let threads = tch::get_num_threads();
+        let draw = |streams: usize, seed: i64| {
+            let _rng = vq_model::seeded(seed);
+            prior
+                .sample_in_streams(24, Some(&labels), &options, streams)
+                .unwrap()
+        };
+        let two = draw(2, 3);
+        assert_eq!(tch::get_num_threads(), threads);
+        assert_eq!(two.size(), vec![24, 8, 8]);
+        assert!(two.min().int64_value(&[]) >= 0 && two.max().int64_value(&[]) < 512);
+        // The numbers are drawn before the threads start: the same seed, the same grids.
+        assert_eq!(two, draw(2, 3));
+        assert_ne!(two, draw(2, 4));
+        // Every row gets the same numbers in any number of streams: the first code of each
+        // grid (from its class alone) is the same in one stream, where the products run in a
+        // batch of 24 rather than 12, unless rounding moves a draw across a boundary.
+        let one = draw(1, 3);
+        let first = |g: &Tensor| g.select(1, 0).select(1, 0);
+        let agree = first(&one)
+            .eq_tensor(&first(&two))
+            .to_kind(Kind::Float)
+            .mean(Kind::Float)
+            .double_value(&[]);
+        assert!(agree >= 0.9, "{agree}");
     }
 
     #[test]

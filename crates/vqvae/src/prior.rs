@@ -120,15 +120,23 @@ impl Prior {
     }
 
     /// `n` new `(n, h, w)` code grids (on the prior's device), of `labels` (`(n,)` classes)
-    /// when given, drawn with `options` from LibTorch's current random state.
+    /// when given, drawn with `options` from LibTorch's current random state. On the CPU the
+    /// grids are drawn in as many independent streams as LibTorch has threads, each on one
+    /// thread with its own copy of the prior
+    /// ([`vq_prior::PriorCheckpoint::sample_in_streams`]): the same draws for a seed and a
+    /// thread count.
     ///
     /// # Panics
-    /// As [`Prior::sample_with`].
+    /// As [`Prior::sample_with`], and if the prior's weights cannot be copied for a stream.
     pub fn sample_codes(&self, n: i64, labels: Option<&Tensor>, options: &SampleOptions) -> Tensor {
+        let streams = match self.device {
+            tch::Device::Cpu => tch::get_num_threads().max(1) as usize,
+            _ => 1,
+        };
         self.coder
             .prior
-            .model
-            .sample(n, labels, options, self.device)
+            .sample_in_streams(n, labels, options, streams)
+            .expect("copying the prior's weights for a sampling stream")
     }
 
     /// The checkpoint: its config and weights.
