@@ -44,6 +44,51 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// `(N, L, h, w)` codes → `(N, 3, H, W)` pixels as [`VqVae::decode`], in `streams` threads
+    /// on the CPU: each decodes a contiguous share with its own copy of the model and one
+    /// LibTorch thread (LibTorch's thread count is set to 1 meanwhile and restored after),
+    /// which keeps each core busier than LibTorch's own threads on one batch do
+    /// (docs/experiments.md). The pixels depend on `streams` as a decode depends on its batch
+    /// (rounding). One stream, or another device: one pass on the calling thread.
+    pub fn decode_in_streams(
+        &self,
+        codes: &tch::Tensor,
+        streams: usize,
+    ) -> Result<tch::Tensor, tch::TchError> {
+        let device = self.vs.device();
+        let n = codes.size().first().copied().unwrap_or(0);
+        let streams = (streams.max(1) as i64).min(n.max(1));
+        if streams == 1 || device != Device::Cpu {
+            return Ok(self.model.decode(codes));
+        }
+        let share = (n + streams - 1) / streams;
+        let threads = tch::get_num_threads();
+        tch::set_num_threads(1);
+        let (config, source) = (&self.model.config, &self.vs);
+        let parts = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..streams)
+                .map(|s| ((s * share).min(n), ((s + 1) * share).min(n)))
+                .filter(|(start, end)| end > start)
+                .map(|(start, end)| {
+                    let mine = codes.narrow(0, start, end - start);
+                    scope.spawn(move || -> Result<tch::Tensor, tch::TchError> {
+                        let _guard = tch::no_grad_guard();
+                        let mut vs = nn::VarStore::new(device);
+                        let model = VqVae::new(vs.root(), config);
+                        vs.copy(source)?;
+                        Ok(model.decode(&mine))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a decoding stream panicked"))
+                .collect::<Result<Vec<tch::Tensor>, tch::TchError>>()
+        });
+        tch::set_num_threads(threads);
+        Ok(tch::Tensor::cat(&parts?, 0))
+    }
+
     /// A checkpoint folder or a run folder (its best checkpoint, else its last).
     pub fn open(path: &Path, device: Device) -> Result<Self, StoreError> {
         Self::open_source(Source::Path(path), device)
@@ -155,6 +200,21 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
     use tch::Tensor;
+
+    #[test]
+    fn decoding_in_streams_gives_one_pass_pixels_and_restores_the_thread_count() {
+        let plain = Checkpoint::bundled(Device::Cpu).unwrap();
+        let _rng = crate::seeded(5);
+        let codes = Tensor::randint(512, [7, 1, 8, 8], (tch::Kind::Int64, Device::Cpu));
+        let threads = tch::get_num_threads();
+        let one = plain.decode_in_streams(&codes, 1).unwrap();
+        let three = plain.decode_in_streams(&codes, 3).unwrap();
+        assert_eq!(tch::get_num_threads(), threads);
+        assert_eq!(three.size(), vec![7, 3, 32, 32]);
+        // The same images, in their order; only a product's rounding may differ with its batch.
+        let diff = (&one - &three).abs().max().double_value(&[]);
+        assert!(diff < 1e-4, "{diff}");
+    }
 
     /// The bundled tuned decoder is the bundled model's twin: it declares the bundled model's
     /// codes, and its encoder and codebook are the bundled model's, bit for bit, so it reads and

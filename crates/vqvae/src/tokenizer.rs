@@ -131,7 +131,12 @@ impl Tokenizer {
     }
 
     /// `(N, h, w)` or `(N, L, h, w)` codes (on any device) → `(N, 3, H, W)` pixels in the
-    /// model's input range, by [`Tokenizer::decoding_checkpoint`]'s decoder, in one pass.
+    /// model's input range, by [`Tokenizer::decoding_checkpoint`]'s decoder: on a CPU in as
+    /// many streams as LibTorch has threads
+    /// ([`vq_model::Checkpoint::decode_in_streams`]), elsewhere in one pass.
+    ///
+    /// # Panics
+    /// If the decoder's weights cannot be copied for a stream.
     pub fn decode_tensor(&self, codes: &tch::Tensor) -> tch::Tensor {
         let _guard = tch::no_grad_guard();
         let codes = codes.to_device(self.device);
@@ -140,7 +145,13 @@ impl Tokenizer {
         } else {
             codes
         };
-        self.decoding_checkpoint().model.decode(&codes)
+        let streams = match self.device {
+            Device::Cpu => tch::get_num_threads().max(1) as usize,
+            _ => 1,
+        };
+        self.decoding_checkpoint()
+            .decode_in_streams(&codes, streams)
+            .expect("copying the decoder's weights for a decoding stream")
     }
 
     /// The device it runs on.
