@@ -792,6 +792,26 @@ fn fid_of_folders_and_statistics_files() {
         "{again} vs {value}"
     );
 
+    // The prior's samples against the folder, drawn as `vq-cli sample` draws them (in
+    // streams): a seed and a thread count give the same figure again.
+    let samples = |seed: &str| {
+        let r = fid(&[
+            "--samples",
+            "6",
+            "--seed",
+            seed,
+            "--compute",
+            "f32",
+            "real.fidstats",
+        ]);
+        assert_eq!(r["a"]["images"], 6, "{r}");
+        r["fid"].as_f64().unwrap()
+    };
+    let drawn = samples("2");
+    assert!(drawn.is_finite() && drawn > 0.0, "{drawn}");
+    assert_eq!(drawn, samples("2"));
+    assert_ne!(drawn, samples("3"));
+
     assert_clean_failure(&cli(&["fid", "real", "nowhere"], dir), "nowhere");
     std::fs::write(dir.join("bad.fidstats"), b"junk").unwrap();
     assert_clean_failure(&cli(&["fid", "bad.fidstats", "real"], dir), "bad.fidstats");

@@ -2,7 +2,7 @@
 //! samples decoded by its VQ-VAE.
 
 use tch::{Device, Tensor};
-use vq_data::{gather, BatchIndices, Cifar10};
+use vq_data::{gather, BatchIndices, Cifar10, PixelRange};
 use vq_model::{images_to_tensor, to_bytes, VqVae};
 use vq_prior::{CodePrior, SampleOptions};
 
@@ -72,7 +72,7 @@ pub struct Sampling {
 }
 
 /// Features of `spec.n` images sampled from `prior` (class-balanced when it is conditional) and
-/// decoded by `vqvae`.
+/// decoded by `vqvae`, on the calling thread.
 pub fn sample_features(
     net: &InceptionV3,
     vqvae: &VqVae,
@@ -80,28 +80,53 @@ pub fn sample_features(
     spec: Sampling,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Tensor, FidError> {
+    let device = net.device();
+    let options = spec.options;
+    sample_features_with(
+        net,
+        spec,
+        prior.provenance().classes,
+        vqvae.config.input_range,
+        &mut |n, labels| prior.sample(n, labels, &options, device),
+        &|codes| vqvae.decode(&codes.unsqueeze(1)),
+        progress,
+    )
+}
+
+/// [`sample_features`] with the sampling and the decoding given: `sample(n, labels)` draws `n`
+/// `(n, h, w)` grids (of `labels` when given) and `decode` turns them into pixels in `range`;
+/// a prior with `classes` classes gets class-balanced labels unless `spec` is unconditional.
+/// LibTorch's generator is seeded with `spec.seed` first.
+pub fn sample_features_with(
+    net: &InceptionV3,
+    spec: Sampling,
+    classes: i64,
+    range: PixelRange,
+    sample: &mut dyn FnMut(i64, Option<&Tensor>) -> Tensor,
+    decode: &dyn Fn(&Tensor) -> Tensor,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Tensor, FidError> {
     let Sampling {
         n,
-        options,
         seed,
         unconditional,
+        ..
     } = spec;
     let device = net.device();
     tch::manual_seed(seed as i64);
     let labels = if unconditional {
         None
     } else {
-        balanced_labels(n, prior.provenance().classes)
+        balanced_labels(n, classes)
     };
-    let range = vqvae.config.input_range;
     let mut parts = Vec::new();
     for start in (0..n).step_by(SAMPLE_CHUNK as usize) {
         let len = SAMPLE_CHUNK.min(n - start);
         let chunk_labels = labels.as_ref().map(|l| {
             Tensor::from_slice(&l[start as usize..(start + len) as usize]).to_device(device)
         });
-        let codes = prior.sample(len, chunk_labels.as_ref(), &options, device);
-        let images = to_bytes(&vqvae.decode(&codes.unsqueeze(1)), range);
+        let codes = sample(len, chunk_labels.as_ref());
+        let images = to_bytes(&decode(&codes), range);
         parts.push(crate::features_of(net, &images, &mut |done| {
             progress(start as usize + done)
         })?);

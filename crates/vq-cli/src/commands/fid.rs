@@ -212,16 +212,19 @@ fn side_stats(
                 description = format!("{description}, unconditional (the null class)");
             }
             let bar = session.bar(*n as u64, "samples");
-            let features = vq_fid::models::sample_features(
+            // Drawn and decoded as `vq-cli sample` does: in streams on a CPU.
+            let features = vq_fid::models::sample_features_with(
                 net,
-                &tokenizer.decoding_checkpoint().model,
-                prior.checkpoint().model.as_ref(),
                 vq_fid::models::Sampling {
                     n: *n,
                     options,
                     seed: args.seed,
                     unconditional: args.sampling.unconditional,
                 },
+                prior.checkpoint().model.provenance().classes,
+                tokenizer.decoding_checkpoint().model.config.input_range,
+                &mut |count, labels| prior.sample_codes(count, labels, &options),
+                &|codes| tokenizer.decode_tensor(codes),
                 &mut |done| bar.set_position(done as u64),
             )?;
             bar.finish_and_clear();
