@@ -812,6 +812,53 @@ fn fid_of_folders_and_statistics_files() {
     assert_eq!(drawn, samples("2"));
     assert_ne!(drawn, samples("3"));
 
+    // The first samples' figures beside all of them, and features kept in a folder of parts:
+    // a second run resumes from them and gives the same figures; other samples are refused it.
+    let with_parts = |seed: &str| {
+        let mut all = vec![
+            "--json",
+            "fid",
+            "--samples",
+            "6",
+            "--seed",
+            seed,
+            "--compute",
+            "f32",
+        ];
+        all.extend(["--report-at", "3,5", "--parts", "parts", "real.fidstats"]);
+        cli(&all, dir)
+    };
+    let out = with_parts("2");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let kept: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(kept["fid"].as_f64().unwrap(), drawn, "{kept}");
+    assert_eq!(kept["first"][0]["images"], 3, "{kept}");
+    assert_eq!(kept["first"][1]["images"], 5, "{kept}");
+    let first = kept["first"][0]["fid"].as_f64().unwrap();
+    assert!(first.is_finite() && first > 0.0 && first != drawn, "{kept}");
+    assert!(dir.join("parts/identity.txt").is_file());
+    let out = with_parts("2");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let resumed: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(resumed["fid"], kept["fid"]);
+    assert_eq!(resumed["first"], kept["first"]);
+    let refused = with_parts("3");
+    assert_eq!(refused.status.code(), Some(1));
+    let error = stdout(&refused);
+    assert!(
+        error.contains("\"error\"") && error.contains("parts") && error.contains("seed 3"),
+        "{error}"
+    );
+    for (bad, names) in [
+        (
+            &["fid", "--samples", "6", "--report-at", "6", "real.fidstats"][..],
+            "--report-at 6",
+        ),
+        (&["fid", "--parts", "p", "real", "recon"], "--parts"),
+    ] {
+        assert_clean_failure(&cli(bad, dir), names);
+    }
+
     assert_clean_failure(&cli(&["fid", "real", "nowhere"], dir), "nowhere");
     std::fs::write(dir.join("bad.fidstats"), b"junk").unwrap();
     assert_clean_failure(&cli(&["fid", "bad.fidstats", "real"], dir), "bad.fidstats");

@@ -186,6 +186,65 @@ pub fn resumable_features(
     Ok(Tensor::cat(&parts, 0))
 }
 
+/// The file in a folder of parts naming what the parts are features of.
+pub const PARTS_IDENTITY: &str = "identity.txt";
+
+/// Makes `dir` the folder of parts of features described by `identity` (any text naming
+/// everything the features depend on): creates it and writes the identity there, or, when it
+/// already holds parts, checks they are of the same `identity`, so that a resumed run never
+/// mixes in features of other images.
+pub fn claim_parts(dir: &Path, identity: &str) -> Result<(), FidError> {
+    let file = dir.join(PARTS_IDENTITY);
+    let unwritable = |e: std::io::Error| FidError::Unreadable {
+        path: dir.to_path_buf(),
+        reason: format!("cannot keep features there: {e}"),
+    };
+    match std::fs::read_to_string(&file) {
+        Ok(found) if found == identity => return Ok(()),
+        Ok(found) => {
+            return Err(FidError::Invalid(format!(
+                "{}: holds the features of other images ({}), not of these ({}): give another \
+                 folder, or remove it",
+                dir.display(),
+                summary(&found),
+                summary(identity)
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(FidError::Unreadable {
+                path: file,
+                reason: e.to_string(),
+            })
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(unwritable)?;
+    let stray = std::fs::read_dir(dir)
+        .map_err(unwritable)?
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().starts_with("part-"));
+    if stray {
+        return Err(FidError::Invalid(format!(
+            "{}: holds parts of features without {PARTS_IDENTITY}: give another folder, or \
+             remove it",
+            dir.display()
+        )));
+    }
+    let tmp = dir.join(format!(".{PARTS_IDENTITY}.tmp"));
+    std::fs::write(&tmp, identity).map_err(unwritable)?;
+    std::fs::rename(&tmp, &file).map_err(unwritable)
+}
+
+/// An identity on one line, for messages.
+fn summary(identity: &str) -> String {
+    identity
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// A part written by [`resumable_features`]: `(len, FEATURES)` finite f32 features.
 fn read_part(file: &Path, len: usize) -> Result<Tensor, FidError> {
     let bad = |reason: String| FidError::Unreadable {
@@ -325,5 +384,36 @@ mod tests {
         assert!(
             resumable_features(&parts, 0, 3, &mut |_, _| {}, &mut |s, l| Ok(fake(s, l))).is_err()
         );
+    }
+
+    #[test]
+    fn a_folder_of_parts_belongs_to_one_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let parts = dir.path().join("samples");
+        claim_parts(&parts, "prior a\nseed 0\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(parts.join(PARTS_IDENTITY)).unwrap(),
+            "prior a\nseed 0\n"
+        );
+        // The same identity again (a resumed run) is accepted, another one refused by name.
+        claim_parts(&parts, "prior a\nseed 0\n").unwrap();
+        let err = claim_parts(&parts, "prior a\nseed 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("samples") && err.contains("seed 1"), "{err}");
+        assert!(err.contains("prior a; seed 0"), "{err}");
+        // A folder of parts that names nothing is not claimed either.
+        let bare = dir.path().join("bare");
+        std::fs::create_dir_all(&bare).unwrap();
+        std::fs::write(bare.join("part-0000000-3.safetensors"), b"x").unwrap();
+        let err = claim_parts(&bare, "x").unwrap_err().to_string();
+        assert!(
+            err.contains("bare") && err.contains(PARTS_IDENTITY),
+            "{err}"
+        );
+        // An empty existing folder is fine.
+        let empty = dir.path().join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        claim_parts(&empty, "x").unwrap();
     }
 }

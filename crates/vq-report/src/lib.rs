@@ -115,11 +115,23 @@ pub struct FidSide {
     pub images: i64,
 }
 
+/// FID and KID of the first `images` of a set of samples against the same other side (the
+/// figures of a shorter run, from a longer one).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FirstSamples {
+    pub images: i64,
+    pub fid: f64,
+    pub kid: Kid,
+}
+
 /// FID and KID of two sets (`vq-cli fid`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FidReport {
     pub fid: f64,
     pub kid: Kid,
+    /// The same of the first samples (`--report-at`), when A is samples.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub first: Vec<FirstSamples>,
     pub a: FidSide,
     pub b: FidSide,
     /// Seconds of the whole measurement.
@@ -130,28 +142,38 @@ pub struct FidReport {
 
 impl fmt::Display for FidReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        table(
-            f,
-            &[
-                ("FID", format!("{:.3}", self.fid)),
-                (
-                    "KID",
-                    format!(
-                        "{:.5} ± {:.5} ({} subsets of {})",
-                        self.kid.mean, self.kid.std, self.kid.subsets, self.kid.subset_size
-                    ),
-                ),
-                ("A", format!("{} ({} images)", self.a.source, self.a.images)),
-                ("B", format!("{} ({} images)", self.b.source, self.b.images)),
-                (
-                    "time",
-                    format!(
-                        "{:.1} s ({:.1} images/s through the network)",
-                        self.seconds, self.images_per_second
-                    ),
-                ),
-            ],
-        )
+        let kid = |k: &Kid| {
+            format!(
+                "{:.5} ± {:.5} ({} subsets of {})",
+                k.mean, k.std, k.subsets, k.subset_size
+            )
+        };
+        let mut rows = vec![
+            ("FID".to_string(), format!("{:.3}", self.fid)),
+            ("KID".to_string(), kid(&self.kid)),
+        ];
+        for first in &self.first {
+            let of = format!("first {}", first.images);
+            rows.push((format!("FID, {of}"), format!("{:.3}", first.fid)));
+            rows.push((format!("KID, {of}"), kid(&first.kid)));
+        }
+        rows.push((
+            "A".into(),
+            format!("{} ({} images)", self.a.source, self.a.images),
+        ));
+        rows.push((
+            "B".into(),
+            format!("{} ({} images)", self.b.source, self.b.images),
+        ));
+        rows.push((
+            "time".into(),
+            format!(
+                "{:.1} s ({:.1} images/s through the network)",
+                self.seconds, self.images_per_second
+            ),
+        ));
+        let rows: Vec<(&str, String)> = rows.iter().map(|(l, v)| (l.as_str(), v.clone())).collect();
+        table(f, &rows)
     }
 }
 
@@ -426,6 +448,16 @@ mod tests {
                 subsets: 10,
                 subset_size: 100,
             },
+            first: vec![FirstSamples {
+                images: 2,
+                fid: 20.0,
+                kid: Kid {
+                    mean: 0.02,
+                    std: 0.002,
+                    subsets: 10,
+                    subset_size: 2,
+                },
+            }],
             a: FidSide {
                 source: "a".into(),
                 images: 3,
@@ -439,6 +471,16 @@ mod tests {
         };
         let back: FidReport = serde_json::from_str(&serde_json::to_string(&fid).unwrap()).unwrap();
         assert_eq!(back, fid);
+        let shown = fid.to_string();
+        assert!(shown.contains("FID, first 2   20.000"), "{shown}");
+        // Reports without first samples (and those written before them) leave them out.
+        let plain = FidReport {
+            first: Vec::new(),
+            ..fid.clone()
+        };
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(!json.contains("first"), "{json}");
+        assert_eq!(serde_json::from_str::<FidReport>(&json).unwrap(), plain);
         let old = r#"{"run_dir": "r", "steps": 3, "final_eval": {"step": 3, "grids": 2,
             "bits_per_code": 6.5, "bits_per_dim": 0.1, "elapsed_s": 1.0}, "best_score": -6.5,
             "best_step": 3, "train_seconds": 1.0, "items_per_second": 2.0}"#;

@@ -596,7 +596,7 @@ impl Task for PriorTask {
                 seed: 0,
                 unconditional: false,
             },
-            &mut |_| {},
+            &|_| {},
         )?;
         let ours = vq_fid::FeatureStats::from_features(&features)?;
         let fid = vq_fid::frechet_distance(&ours, &reference)?;

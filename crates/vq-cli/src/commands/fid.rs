@@ -60,6 +60,18 @@ pub struct FidArgs {
     /// Seed of the samples.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// With --samples, also report FID and KID of the first N samples (each below --samples;
+    /// with N a multiple of 500 they are the very samples `--samples N` draws with the same
+    /// seed and thread count), so that 10,000 and 50,000 come from one run [default: 10000
+    /// when --samples is above it]
+    #[arg(long, value_name = "N", value_delimiter = ',')]
+    pub report_at: Option<Vec<i64>>,
+    /// With --samples, keep each finished 500 samples' features in this folder and resume from
+    /// those already there: a stopped 50,000-sample run loses at most 500 samples. The folder
+    /// names the sampling it holds (prior, decoder, options, seed, threads) and is refused for
+    /// another [default: none, nothing kept]
+    #[arg(long, value_name = "DIR")]
+    pub parts: Option<PathBuf>,
     /// The CIFAR-10 folder that `cifar10:` names.
     #[arg(long, default_value = "datasets/cifar-10-batches-bin")]
     pub data: PathBuf,
@@ -135,7 +147,7 @@ impl FidSource {
     }
 }
 
-pub use vq_report::{FidReport, FidSide};
+pub use vq_report::{FidReport, FidSide, FirstSamples};
 
 /// The statistics of one side and what it was; `through` counts the images put through the
 /// network.
@@ -145,8 +157,9 @@ fn side_stats(
     net: &InceptionV3,
     source: &FidSource,
     through: &mut i64,
-) -> Result<(FeatureStats, String)> {
+) -> Result<(FeatureStats, String, Option<tch::Tensor>)> {
     let mut description = source.describe();
+    let mut sample_features = None;
     let stats = match source {
         FidSource::Stats(path) => FeatureStats::load(path)?,
         FidSource::Split { dir, split } => {
@@ -212,6 +225,22 @@ fn side_stats(
                 description = format!("{description}, unconditional (the null class)");
             }
             let bar = session.bar(*n as u64, "samples");
+            let parts = match &args.parts {
+                Some(dir) => {
+                    let identity = samples_identity(
+                        args,
+                        &prior,
+                        &tokenizer,
+                        compute,
+                        &options,
+                        session.device,
+                    );
+                    vq_fid::claim_parts(dir, &identity)?;
+                    Some(dir.as_path())
+                }
+                None => None,
+            };
+            let sample_options = options;
             // Drawn and decoded as `vq-cli sample` does: in streams on a CPU.
             let features = vq_fid::models::sample_features_with(
                 net,
@@ -221,18 +250,70 @@ fn side_stats(
                     seed: args.seed,
                     unconditional: args.sampling.unconditional,
                 },
-                prior.checkpoint().model.provenance().classes,
-                tokenizer.decoding_checkpoint().model.config.input_range,
-                &mut |count, labels| prior.sample_codes(count, labels, &options),
-                &|codes| tokenizer.decode_tensor(codes),
-                &mut |done| bar.set_position(done as u64),
+                vq_fid::models::Generator {
+                    classes: prior.checkpoint().model.provenance().classes,
+                    range: tokenizer.decoding_checkpoint().model.config.input_range,
+                    sample: &mut |count, labels| prior.sample_codes(count, labels, &sample_options),
+                    decode: &|codes| tokenizer.decode_tensor(codes),
+                },
+                parts,
+                &|done| bar.set_position(done as u64),
             )?;
             bar.finish_and_clear();
             *through += n;
-            FeatureStats::from_features(&features)?
+            let stats = FeatureStats::from_features(&features)?;
+            sample_features = Some(features);
+            stats
         }
     };
-    Ok((stats, description))
+    Ok((stats, description, sample_features))
+}
+
+/// Everything the features of `--samples` depend on, for `--parts`: the prior's and the
+/// decoder's weights (by id), how codes are drawn, the seed, the streams (LibTorch threads) and
+/// the device.
+fn samples_identity(
+    args: &FidArgs,
+    prior: &vqvae::Prior,
+    tokenizer: &vqvae::Tokenizer,
+    compute: &str,
+    options: &vq_prior::SampleOptions,
+    device: Device,
+) -> String {
+    let hex = |id: &[u8]| id.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    format!(
+        "vqvae-rs sample features v1\nprior {}\ndecoder {}\noptions {options:?}\n\
+         compute {compute}\nunconditional {}\nseed {}\nthreads {}\nchunk {}\ndevice {:?}\n",
+        hex(&prior.checkpoint().model_id),
+        hex(&tokenizer.decoding_checkpoint().model_id),
+        args.sampling.unconditional,
+        args.seed,
+        tch::get_num_threads(),
+        vq_fid::models::SAMPLE_CHUNK,
+        device,
+    )
+}
+
+/// The counts of first samples to report beside all of them (`--report-at`), checked.
+fn first_counts(args: &FidArgs) -> Result<Vec<i64>> {
+    let Some(n) = args.samples else {
+        if args.report_at.is_some() || args.parts.is_some() {
+            bail!("--report-at and --parts go with --samples N");
+        }
+        return Ok(Vec::new());
+    };
+    let counts = match &args.report_at {
+        Some(counts) => counts.clone(),
+        None if n > 10_000 => vec![10_000],
+        None => Vec::new(),
+    };
+    if let Some(bad) = counts.iter().find(|&&c| !(2..n).contains(&c)) {
+        bail!(
+            "--report-at {bad}: give counts of 2 to {} (below --samples {n})",
+            n - 1
+        );
+    }
+    Ok(counts)
 }
 
 /// FID and KID between two sets of images.
@@ -262,26 +343,42 @@ pub fn run(session: &Session, args: &FidArgs) -> Result<FidReport> {
         ),
         (None, _, _) => bail!("give two sets of images (A and B), or --samples N"),
     };
+    let report_at = first_counts(args)?;
     let net = args.options.network(session.device)?;
     let mut through = 0;
     let extraction = Instant::now();
-    let (sa, a_description) = side_stats(session, args, &net, &a, &mut through)?;
+    let (sa, a_description, a_features) = side_stats(session, args, &net, &a, &mut through)?;
     if let Some(path) = &args.save_stats {
         sa.save(path)?;
     }
-    let (sb, b_description) = side_stats(session, args, &net, &b, &mut through)?;
+    let (sb, b_description, _) = side_stats(session, args, &net, &b, &mut through)?;
     let extraction = extraction.elapsed().as_secs_f64();
     let fid = vq_fid::frechet_distance(&sa, &sb)?;
-    let kid = vq_fid::kernel_inception_distance(
-        &sa.sample,
-        &sb.sample,
-        args.options.kid_subsets,
-        args.options.kid_subset_size,
-        0,
-    )?;
+    let kid_of = |a: &FeatureStats| {
+        vq_fid::kernel_inception_distance(
+            &a.sample,
+            &sb.sample,
+            args.options.kid_subsets,
+            args.options.kid_subset_size,
+            0,
+        )
+    };
+    let kid = kid_of(&sa)?;
+    let mut first = Vec::new();
+    if let Some(features) = &a_features {
+        for &count in &report_at {
+            let stats = FeatureStats::from_features(&features.narrow(0, 0, count))?;
+            first.push(FirstSamples {
+                images: count,
+                fid: vq_fid::frechet_distance(&stats, &sb)?,
+                kid: kid_of(&stats)?,
+            });
+        }
+    }
     Ok(FidReport {
         fid,
         kid,
+        first,
         a: FidSide {
             source: a_description,
             images: sa.count,
