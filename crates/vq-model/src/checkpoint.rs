@@ -61,32 +61,18 @@ impl Checkpoint {
         if streams == 1 || device != Device::Cpu {
             return Ok(self.model.decode(codes));
         }
-        let share = (n + streams - 1) / streams;
-        let threads = tch::get_num_threads();
-        tch::set_num_threads(1);
         let (config, source) = (&self.model.config, &self.vs);
-        let parts = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..streams)
-                .map(|s| ((s * share).min(n), ((s + 1) * share).min(n)))
-                .filter(|(start, end)| end > start)
-                .map(|(start, end)| {
-                    let mine = codes.narrow(0, start, end - start);
-                    scope.spawn(move || -> Result<tch::Tensor, tch::TchError> {
-                        let _guard = tch::no_grad_guard();
-                        let mut vs = nn::VarStore::new(device);
-                        let model = VqVae::new(vs.root(), config);
-                        vs.copy(source)?;
-                        Ok(model.decode(&mine))
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("a decoding stream panicked"))
-                .collect::<Result<Vec<tch::Tensor>, tch::TchError>>()
-        });
-        tch::set_num_threads(threads);
-        Ok(tch::Tensor::cat(&parts?, 0))
+        crate::streams::in_streams(
+            n,
+            streams as usize,
+            |start, len| codes.narrow(0, start, len),
+            |mine| {
+                let mut vs = nn::VarStore::new(device);
+                let model = VqVae::new(vs.root(), config);
+                vs.copy(source)?;
+                Ok(model.decode(&mine))
+            },
+        )
     }
 
     /// A checkpoint folder or a run folder (its best checkpoint, else its last).

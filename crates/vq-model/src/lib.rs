@@ -15,6 +15,7 @@ mod nets;
 mod picture;
 pub mod quantizer;
 pub mod search;
+pub mod streams;
 
 pub use bundled::{BUNDLED, BUNDLED_TUNED_DECODER};
 pub use checkpoint::Checkpoint;

@@ -590,39 +590,22 @@ impl PriorCheckpoint {
         if streams == 1 || device != Device::Cpu {
             return Ok(run(model.as_ref(), uniforms, labels));
         }
-        let share = (n + streams - 1) / streams;
-        let ranges: Vec<std::ops::Range<i64>> = (0..streams)
-            .map(|s| (s * share).min(n)..((s + 1) * share).min(n))
-            .filter(|r| !r.is_empty())
-            .collect();
-        let threads = tch::get_num_threads();
-        tch::set_num_threads(1);
         let (config, source, kind) = (&self.config, &self.vs, self.sampling_kind);
-        let parts = std::thread::scope(|scope| {
-            let handles: Vec<_> = ranges
-                .iter()
-                .map(|rows| {
-                    let rows = rows.clone();
-                    let count = rows.end - rows.start;
-                    let labels = labels.map(|l| l.narrow(0, rows.start, count));
-                    let mine = uniforms.narrow(0, rows.start, count);
-                    scope.spawn(move || -> Result<Tensor, tch::TchError> {
-                        let _guard = tch::no_grad_guard();
-                        let mut vs = nn::VarStore::new(device);
-                        let mut copy = build(vs.root(), config);
-                        vs.copy(source)?;
-                        copy.set_sampling_kind(kind);
-                        Ok(run(copy.as_ref(), mine, labels.as_ref()))
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("a sampling stream panicked"))
-                .collect::<Result<Vec<Tensor>, tch::TchError>>()
-        });
-        tch::set_num_threads(threads);
-        Ok(Tensor::cat(&parts?, 0))
+        vq_model::streams::in_streams(
+            n,
+            streams as usize,
+            |start, len| {
+                let labels = labels.map(|l| l.narrow(0, start, len));
+                (uniforms.narrow(0, start, len), labels)
+            },
+            |(mine, labels)| {
+                let mut vs = nn::VarStore::new(device);
+                let mut copy = build(vs.root(), config);
+                vs.copy(source)?;
+                copy.set_sampling_kind(kind);
+                Ok(run(copy.as_ref(), mine, labels.as_ref()))
+            },
+        )
     }
 
     /// Opens a prior (checkpoint folder, run folder or the bundled one).
