@@ -472,6 +472,14 @@ fn sample_with_the_bundled_prior_is_reproducible_and_checks_its_arguments() {
     let f = image::open(dir.join("f.png")).unwrap().to_rgb8();
     assert!(h1 == image::open(dir.join("h2.png")).unwrap().to_rgb8());
     assert!(h1 != f, "bf16 drew exactly the f32 samples");
+    // int8 sampling (CPU): reproducible, reported, other draws than f32's.
+    for name in ["i1.png", "i2.png"] {
+        let report = sample(&["--compute", "int8"], name);
+        assert_eq!(report["compute"], "int8", "{report}");
+    }
+    let i1 = image::open(dir.join("i1.png")).unwrap().to_rgb8();
+    assert!(i1 == image::open(dir.join("i2.png")).unwrap().to_rgb8());
+    assert!(i1 != f, "int8 drew exactly the f32 samples");
     assert!(if default_kind == "f32" {
         f == a
     } else {
@@ -692,9 +700,11 @@ fn format_1_checkpoints_and_an_old_vqz_still_work() {
     };
     let out = with_compute("f32");
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = with_compute("bf16");
-    assert_clean_failure(&out, "pixelcnn-format1");
-    assert!(stderr(&out).contains("transformer"), "{}", stderr(&out));
+    for compute in ["bf16", "int8"] {
+        let out = with_compute(compute);
+        assert_clean_failure(&out, "pixelcnn-format1");
+        assert!(stderr(&out).contains("transformer"), "{}", stderr(&out));
+    }
     assert!(with_compute("auto").status.success());
 
     // Made with the build before format 2 (`vq-cli encode picture.png`, then `decode`).

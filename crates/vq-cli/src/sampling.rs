@@ -42,17 +42,32 @@ pub struct SamplingArgs {
     #[arg(long, value_enum)]
     pub decoder: Option<DecoderChoice>,
     /// Number type of the transformer prior's matrix products while it samples: `auto` (bf16
-    /// where the hardware runs it natively, else f32), `f32`, or `bf16` (faster on CPUs with
-    /// AMX or AVX-512 BF16 and on recent GPUs; its draws differ from f32's, as a rounded
-    /// probability moves a draw) [default: auto]
+    /// where the hardware runs it natively, else f32), `f32`, `bf16` (faster on CPUs with AMX
+    /// or AVX-512 BF16 and on recent GPUs) or `int8` (on a CPU: weights and each row of
+    /// activations quantized to 8 bits, products summed exactly); bf16's and int8's draws
+    /// differ from f32's, as a rounded probability moves a draw [default: auto]
     #[arg(long, value_enum)]
-    pub compute: Option<ComputeKind>,
+    pub compute: Option<SamplingCompute>,
     /// Draw every sample with the null class: a class-conditional prior trained with class
     /// dropout (the transformer) then samples its unconditional model, as a prior trained
     /// without labels would; guidance does not apply [default: class-conditional where the
     /// prior is]
     #[arg(long)]
     pub unconditional: bool,
+}
+
+/// The number type of a prior's products while it samples (`--compute`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SamplingCompute {
+    /// bf16 where the hardware runs it natively (see `vq_model::native_bf16`), else f32.
+    #[default]
+    Auto,
+    F32,
+    /// bfloat16 products: faster on CPUs with AMX or AVX-512 BF16 and on recent GPUs.
+    Bf16,
+    /// int8 products on a CPU: each weight channel and each row of activations scaled to
+    /// −127..127, products summed exactly in int32, rescaled to f32.
+    Int8,
 }
 
 /// The bundled decoders the prior's codes can be decoded with.
@@ -94,22 +109,36 @@ impl SamplingArgs {
         open_decoder(session, self.decoder, DecoderChoice::Sharp)
     }
 
-    /// Puts the prior in the number type `--compute` asks for; a bf16 request the prior cannot
-    /// honour (the PixelCNN) is an error, `auto` then stays f32. Returns the number type used.
+    /// Puts the prior in the number type `--compute` asks for; a bf16 or int8 request the
+    /// prior cannot honour (the PixelCNN) is an error, `auto` then stays f32, and int8 runs on
+    /// a CPU only. Returns the number type used.
     pub fn set_compute(&self, prior: &mut Prior, device: Device) -> anyhow::Result<&'static str> {
-        let asked = self.compute.unwrap_or(ComputeKind::Auto);
-        let kind = asked.kind(device);
+        let asked = self.compute.unwrap_or_default();
+        let (kind, name) = match asked {
+            SamplingCompute::Auto => match ComputeKind::Auto.kind(device) {
+                tch::Kind::Float => (tch::Kind::Float, "f32"),
+                other => (other, "bf16"),
+            },
+            SamplingCompute::F32 => (tch::Kind::Float, "f32"),
+            SamplingCompute::Bf16 => (tch::Kind::BFloat16, "bf16"),
+            SamplingCompute::Int8 if device != Device::Cpu => {
+                anyhow::bail!(
+                    "--compute int8 runs on a CPU only: give --device cpu, or bf16 on a GPU"
+                )
+            }
+            SamplingCompute::Int8 => (tch::Kind::Int8, "int8"),
+        };
         if kind == tch::Kind::Float {
             return Ok("f32");
         }
         if prior.set_sampling_kind(kind) {
-            return Ok("bf16");
+            return Ok(name);
         }
-        if asked == ComputeKind::Auto {
+        if asked == SamplingCompute::Auto {
             return Ok("f32");
         }
         anyhow::bail!(
-            "{}: --compute bf16 needs a transformer prior (this one samples in f32 only)",
+            "{}: --compute {name} needs a transformer prior (this one samples in f32 only)",
             prior.checkpoint().origin()
         )
     }

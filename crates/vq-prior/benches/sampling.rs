@@ -1,11 +1,12 @@
 //! Sampling rate of a prior (codes only, no decoding): `cargo bench -p vq-prior --bench
 //! sampling -- [--prior DIR] [--images N] [--threads T] [--guidance G] [--guided-codes N]
-//! [--batches 250,500,1000] [--streams 1,2]` (guidance and guided codes: the prior's own
+//! [--batches 250,500,1000] [--streams 1,2] [--kinds f32,bf16,int8]` (guidance and guided codes: the prior's own
 //! sampling defaults unless given), for a few batch sizes and sampling streams (default: one,
-//! and as many as LibTorch has threads, each on one thread), with the matrix products in f32
-//! and in bf16 (where the CPU has bf16 arithmetic, LibTorch uses it). Prints images/s of each
+//! and as many as LibTorch has threads, each on one thread), with the matrix products in f32,
+//! in bf16 (where the CPU has bf16 arithmetic, LibTorch uses it) and in int8 (`--kinds
+//! f32,bf16,int8`, the default: all three). Prints images/s of each
 //! and how many codes equal one f32 stream's draws of the same seed (the draws follow the
-//! probabilities, which bf16 rounds, and streams run products in smaller batches).
+//! probabilities, which bf16 and int8 round, and streams run products in smaller batches).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -47,6 +48,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|v| v.split(',').filter_map(|b| b.parse().ok()).collect())
         .unwrap_or_else(|| vec![250, 500, 1000]);
     let widest = *batches.iter().max().unwrap_or(&1000);
+    let kinds: Vec<String> = arg("--kinds")
+        .map(|v| v.split(',').map(str::to_string).collect())
+        .unwrap_or_else(|| vec!["f32".into(), "bf16".into(), "int8".into()]);
     // Sampling streams (`PriorCheckpoint::sample_in_streams`; `vq-cli sample` runs as many as
     // LibTorch has threads on a CPU): 1 and the thread count unless given.
     let threads = tch::get_num_threads().max(1) as usize;
@@ -74,7 +78,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if auto == Kind::Float { "f32" } else { "bf16" }
     );
     let mut reference: Option<Tensor> = None;
-    for (kind, name) in [(Kind::Float, "f32"), (Kind::BFloat16, "bf16")] {
+    let kinds: Vec<(Kind, &str)> = [
+        (Kind::Float, "f32"),
+        (Kind::BFloat16, "bf16"),
+        (Kind::Int8, "int8"),
+    ]
+    .into_iter()
+    .filter(|(_, name)| kinds.iter().any(|k| k == name))
+    .collect();
+    for (kind, name) in kinds {
         prior.set_sampling_kind(kind);
         for (&batch, &stream_count) in batches
             .iter()

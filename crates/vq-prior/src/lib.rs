@@ -446,9 +446,10 @@ pub trait CodePrior: std::fmt::Debug {
     }
 
     /// Computes the matrix products of [`CodePrior::step`] (sampling) in `kind`: bf16 where the
-    /// hardware runs it natively, the layer norms, the residual stream and the logits staying
-    /// f32. Returns whether the model supports it (the transformer does; the PixelCNN stays
-    /// f32). Entropy coding keeps f32: a `.vqz` file's probabilities are part of its format.
+    /// hardware runs it natively, or int8 (weights per output channel and activations per row
+    /// quantized symmetrically, products summed in int32; CPU only), the layer norms, the
+    /// residual stream and the logits staying f32. Returns whether the model supports it (the
+    /// transformer does f32, bf16 and int8; the PixelCNN stays f32). Entropy coding keeps f32: a `.vqz` file's probabilities are part of its format.
     fn set_sampling_kind(&mut self, _kind: Kind) -> bool {
         false
     }
@@ -537,13 +538,14 @@ pub struct PriorCheckpoint {
 }
 
 impl PriorCheckpoint {
-    /// Draw samples with the matrix products in `kind`: f32, or bf16 for the transformer prior
-    /// (its linear layers then run in bf16, while the weights, layer norms, residual stream,
-    /// key/value cache and logits stay f32: faster where the CPU or GPU has bf16
-    /// arithmetic, and its draws differ from f32's, since a rounded probability moves a draw
-    /// and the rest of the grid follows). Returns false, changing nothing, for the PixelCNN,
-    /// which samples in f32 only. For sampling only: entropy coding and evaluation need f32,
-    /// the probabilities of a `.vqz` file being part of its format.
+    /// Draw samples with the matrix products in `kind`: f32, or bf16 or int8 (on a CPU) for the
+    /// transformer prior (its linear layers then run in bf16 or int8, while the weights, layer
+    /// norms, residual stream, key/value cache and logits stay f32: faster where the CPU or GPU
+    /// has bf16 arithmetic, int8 where it has not, and the draws differ from f32's, since a
+    /// rounded probability moves a draw and the rest of the grid follows). Returns false,
+    /// changing nothing, for the PixelCNN, which samples in f32 only, and for other kinds. For
+    /// sampling only: entropy coding and evaluation need f32, the probabilities of a `.vqz`
+    /// file being part of its format.
     pub fn set_sampling_kind(&mut self, kind: Kind) -> bool {
         let supported = self.model.set_sampling_kind(kind);
         if supported {

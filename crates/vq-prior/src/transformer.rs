@@ -120,32 +120,91 @@ struct LayerCache {
     values: Tensor,
 }
 
+/// A linear layer as one pass computes it.
+enum PassLinear {
+    /// Weights and bias in the products' number type (f32 or bf16).
+    Cast(Linear),
+    /// int8 products: the weights quantized once per output channel (symmetric, `(I, O)` for
+    /// `_int_mm`), each input row quantized as it comes (symmetric, its own scale), products
+    /// summed exactly in int32 and scaled back to f32, the bias added in f32.
+    Int8 {
+        weights: Tensor,
+        scales: Tensor,
+        bias: Tensor,
+    },
+}
+
+/// The largest magnitude of a symmetric int8 code (−127..=127: −128 is left out so that a
+/// value and its negation quantize alike).
+const INT8_LEVELS: f64 = 127.0;
+
+impl PassLinear {
+    fn new(linear: &Linear, kind: Kind) -> Self {
+        if kind != Kind::Int8 {
+            return PassLinear::Cast(linear.cast(kind));
+        }
+        // Per output channel: row o of the weights is scaled by its own largest magnitude.
+        let scales =
+            (linear.ws.abs().amax([1], true) / INT8_LEVELS).clamp_min(f32::MIN_POSITIVE as f64);
+        let weights = (&linear.ws / &scales)
+            .round()
+            .to_kind(Kind::Int8)
+            .transpose(0, 1)
+            .contiguous();
+        PassLinear::Int8 {
+            weights,
+            scales: scales.view([1, -1]),
+            bias: linear.bs.shallow_clone(),
+        }
+    }
+}
+
 /// A block's linear layers as one pass computes them: cast to `kind`, the number type of
-/// their products (f32, or bf16 where the CPU or GPU runs it natively). The layer norms, the
-/// residual stream and the logits stay f32.
+/// their products (f32, bf16 where the CPU or GPU runs it natively, or int8 for sampling). The
+/// layer norms, the residual stream and the logits stay f32.
 struct Products {
-    qkv: Linear,
-    proj: Linear,
-    fc1: Linear,
-    fc2: Linear,
+    qkv: PassLinear,
+    proj: PassLinear,
+    fc1: PassLinear,
+    fc2: PassLinear,
     kind: Kind,
     /// Whether a product's result stays in `kind` (sampling: GELU then runs in bf16 too, and
     /// the residual additions and the key/value cache widen it) or is widened to f32 at once
-    /// (training, whose bf16 passes keep the rest in f32).
+    /// (training, whose bf16 passes keep the rest in f32). int8 products always give f32.
     low_results: bool,
 }
 
 impl Products {
     /// `x · Wᵀ + b` with `linear` (one of this struct's) in `kind`.
-    fn apply(&self, linear: &Linear, xs: &Tensor) -> Tensor {
-        if self.kind == Kind::Float {
-            return linear.forward(xs);
-        }
-        let product = xs.to_kind(self.kind).apply(linear);
-        if self.low_results {
-            product
-        } else {
-            product.to_kind(Kind::Float)
+    fn apply(&self, linear: &PassLinear, xs: &Tensor) -> Tensor {
+        match linear {
+            PassLinear::Cast(linear) if self.kind == Kind::Float => linear.forward(xs),
+            PassLinear::Cast(linear) => {
+                let product = xs.to_kind(self.kind).apply(linear);
+                if self.low_results {
+                    product
+                } else {
+                    product.to_kind(Kind::Float)
+                }
+            }
+            PassLinear::Int8 {
+                weights,
+                scales,
+                bias,
+            } => {
+                let mut shape = xs.size();
+                let inputs = *shape
+                    .last()
+                    .expect("a linear layer's input has a last dimension");
+                let rows = xs.to_kind(Kind::Float).reshape([-1, inputs]);
+                let row_scales =
+                    (rows.abs().amax([1], true) / INT8_LEVELS).clamp_min(f32::MIN_POSITIVE as f64);
+                let codes = (&rows / &row_scales).round().to_kind(Kind::Int8);
+                let sums = codes.internal_int_mm(weights).to_kind(Kind::Float);
+                let out = sums * (row_scales * scales) + bias;
+                *shape.last_mut().expect("checked above") = out.size()[1];
+                out.view(shape.as_slice())
+            }
         }
     }
 }
@@ -188,10 +247,10 @@ impl Block {
     /// The linear layers cast for products in `kind`.
     fn products(&self, kind: Kind, low_results: bool) -> Products {
         Products {
-            qkv: self.qkv.cast(kind),
-            proj: self.proj.cast(kind),
-            fc1: self.fc1.cast(kind),
-            fc2: self.fc2.cast(kind),
+            qkv: PassLinear::new(&self.qkv, kind),
+            proj: PassLinear::new(&self.proj, kind),
+            fc1: PassLinear::new(&self.fc1, kind),
+            fc2: PassLinear::new(&self.fc2, kind),
             kind,
             low_results,
         }
@@ -432,8 +491,11 @@ impl CodePrior for TransformerPrior {
     }
 
     fn set_sampling_kind(&mut self, kind: Kind) -> bool {
-        self.sample_kind = kind;
-        true
+        let supported = matches!(kind, Kind::Float | Kind::BFloat16 | Kind::Int8);
+        if supported {
+            self.sample_kind = kind;
+        }
+        supported
     }
 
     fn portable(&self) -> Option<PortableTransformer> {
@@ -680,17 +742,56 @@ mod tests {
             Tensor::stack(&seen, 0)
         };
         let f32_logits = logits_seen(&prior);
-        assert!(prior.set_sampling_kind(Kind::BFloat16));
-        let bf16_logits = logits_seen(&prior);
-        assert_eq!(bf16_logits.kind(), Kind::Float);
-        assert_eq!(bf16_logits.size(), vec![16, 4, 11]);
-        let diff = (&bf16_logits - &f32_logits).abs().max().double_value(&[]);
-        assert!(diff > 0.0 && diff < 0.05, "bf16 moved the logits by {diff}");
-        for (name, var) in vs.variables() {
-            assert_eq!(var.kind(), Kind::Float, "{name}");
+        // bf16 rounds to 8 bits of mantissa; int8 to 127 levels of each row's and each weight
+        // channel's largest magnitude.
+        for (kind, bound) in [(Kind::BFloat16, 0.05), (Kind::Int8, 0.1)] {
+            assert!(prior.set_sampling_kind(kind));
+            let logits = logits_seen(&prior);
+            assert_eq!(logits.kind(), Kind::Float);
+            assert_eq!(logits.size(), vec![16, 4, 11]);
+            let diff = (&logits - &f32_logits).abs().max().double_value(&[]);
+            assert!(
+                diff > 0.0 && diff < bound,
+                "{kind:?} moved the logits by {diff}"
+            );
+            for (name, var) in vs.variables() {
+                assert_eq!(var.kind(), Kind::Float, "{name}");
+            }
         }
+        assert!(!prior.set_sampling_kind(Kind::Half));
         assert!(prior.set_sampling_kind(Kind::Float));
         assert_eq!(logits_seen(&prior), f32_logits);
+    }
+
+    /// An int8 product is the f32 product up to the quantization of both sides: within a few
+    /// steps of the two scales, for any leading shape.
+    #[test]
+    fn int8_products_approximate_f32_products() {
+        let _rng = vq_model::seeded(9);
+        let linear = Linear {
+            ws: Tensor::randn([40, 24], (Kind::Float, Device::Cpu)) * 0.1,
+            bs: Tensor::rand([40], (Kind::Float, Device::Cpu)) * 0.2 - 0.1,
+        };
+        let xs = Tensor::randn([3, 5, 24], (Kind::Float, Device::Cpu));
+        let exact = linear.forward(&xs);
+        let int8 = Products {
+            qkv: PassLinear::new(&linear, Kind::Int8),
+            proj: PassLinear::new(&linear, Kind::Float),
+            fc1: PassLinear::new(&linear, Kind::Float),
+            fc2: PassLinear::new(&linear, Kind::Float),
+            kind: Kind::Int8,
+            low_results: true,
+        };
+        let got = int8.apply(&int8.qkv, &xs);
+        assert_eq!(got.size(), vec![3, 5, 40]);
+        assert_eq!(got.kind(), Kind::Float);
+        let err = (&got - &exact).abs().max().double_value(&[]);
+        let scale = exact.abs().max().double_value(&[]);
+        assert!(err > 0.0 && err < 0.02 * scale, "{err} of {scale}");
+        // A row of zeros stays zero (plus the bias), not NaN.
+        let zeros = Tensor::zeros([2, 24], (Kind::Float, Device::Cpu));
+        let bias = int8.apply(&int8.qkv, &zeros);
+        assert_eq!(bias, linear.bs.unsqueeze(0).expand([2, 40], false));
     }
 
     #[test]

@@ -113,8 +113,9 @@ impl Prior {
     }
 
     /// Samples with the transformer's matrix products in `kind` (`tch::Kind::BFloat16` is
-    /// faster where the CPU or GPU runs it natively; its draws differ from f32's). False when
-    /// the prior cannot (the PixelCNN samples in f32 only).
+    /// faster where the CPU or GPU runs it natively, `tch::Kind::Int8` quantizes weights and
+    /// activations to 8 bits on a CPU; their draws differ from f32's). False when the prior
+    /// cannot (the PixelCNN samples in f32 only; no other kinds).
     pub fn set_sampling_kind(&mut self, kind: tch::Kind) -> bool {
         self.coder.prior.set_sampling_kind(kind)
     }
