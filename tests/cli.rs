@@ -847,6 +847,7 @@ fn fid_of_folders_and_statistics_files() {
     let first = kept["first"][0]["fid"].as_f64().unwrap();
     assert!(first.is_finite() && first > 0.0 && first != drawn, "{kept}");
     assert!(dir.join("parts/identity.txt").is_file());
+    assert!(dir.join("parts/part-0000000-6.safetensors").is_file());
     let out = with_parts("2");
     assert!(out.status.success(), "{}", stderr(&out));
     let resumed: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();

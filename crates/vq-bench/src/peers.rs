@@ -63,7 +63,8 @@ pub fn peer_python(root: &Path) -> Result<PathBuf> {
     Ok(python)
 }
 
-/// The torch version the PyTorch peers run (LibTorch's).
+/// The torch version the PyTorch peers run: LibTorch's, `TORCH_VERSION` in xtask's
+/// `libtorch.rs` (change both together).
 const TORCH: &str = "2.13.0";
 
 /// A virtualenv with PyTorch 2.13.0 for the PyTorch reference, made on first use. Python's
@@ -131,7 +132,11 @@ fn share_packages(python: &Path, shared: &Path) -> Result<()> {
     }
     let purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])";
     let site = PathBuf::from(python_says(python, purelib)?);
-    let packages = python_says(shared, purelib)?;
+    // Where torch itself is (purelib, platlib or a user site, by distribution).
+    let packages = python_says(
+        shared,
+        "import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))",
+    )?;
     let pth = site.join("vqvae-rs-shared-torch.pth");
     let tmp = site.join(".vqvae-rs-shared-torch.pth.tmp");
     std::fs::write(&tmp, format!("{packages}\n"))?;

@@ -203,11 +203,9 @@ pub fn claim_parts(dir: &Path, identity: &str) -> Result<(), FidError> {
         Ok(found) if found == identity => return Ok(()),
         Ok(found) => {
             return Err(FidError::Invalid(format!(
-                "{}: holds the features of other images ({}), not of these ({}): give another \
-                 folder, or remove it",
+                "{}: holds the features of other images ({}): give another folder, or remove it",
                 dir.display(),
-                summary(&found),
-                summary(identity)
+                differences(&found, identity)
             )))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -235,12 +233,18 @@ pub fn claim_parts(dir: &Path, identity: &str) -> Result<(), FidError> {
     std::fs::rename(&tmp, &file).map_err(unwritable)
 }
 
-/// An identity on one line, for messages.
-fn summary(identity: &str) -> String {
-    identity
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
+/// How identity `found` differs from `wanted`, line by line, on one line: `there: X, here: Y`
+/// for each line that differs.
+fn differences(found: &str, wanted: &str) -> String {
+    let (a, b): (Vec<&str>, Vec<&str>) = (found.lines().collect(), wanted.lines().collect());
+    (0..a.len().max(b.len()))
+        .filter_map(|i| {
+            let (x, y) = (
+                a.get(i).copied().unwrap_or(""),
+                b.get(i).copied().unwrap_or(""),
+            );
+            (x != y).then(|| format!("there: {x:?}, here: {y:?}"))
+        })
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -400,8 +404,9 @@ mod tests {
         let err = claim_parts(&parts, "prior a\nseed 1\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("samples") && err.contains("seed 1"), "{err}");
-        assert!(err.contains("prior a; seed 0"), "{err}");
+        assert!(err.contains("samples"), "{err}");
+        assert!(err.contains(r#"there: "seed 0", here: "seed 1""#), "{err}");
+        assert!(!err.contains("prior a"), "only what differs: {err}");
         // A folder of parts that names nothing is not claimed either.
         let bare = dir.path().join("bare");
         std::fs::create_dir_all(&bare).unwrap();

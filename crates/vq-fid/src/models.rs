@@ -266,7 +266,9 @@ mod tests {
                 (1, Some(vec![1]))
             ]
         );
-        // The first 4 of 5 samples are the samples of a run of 4 with the same seed.
+        // The first 4 of 5 samples are the samples of a run of 4 with the same seed (chunks
+        // drawn in order from one seed would give that too; the resumption below needs each
+        // chunk's own seed).
         let four = features(&net, 4, 7, None, &drawn);
         assert_eq!(four, five.narrow(0, 0, 4));
         assert_ne!(features(&net, 4, 8, None, &drawn), four);

@@ -20,19 +20,23 @@ pub fn shares(n: i64, streams: usize) -> Vec<(i64, i64)> {
 /// gradients, and concatenates the results in row order. `input(start, len)` makes a share's
 /// input on the calling thread (tensors cannot be shared between threads, only moved); `work`
 /// typically copies the model into a `VarStore` of its own first. LibTorch's thread count is 1
-/// meanwhile, so streams do not compete for cores, and is restored after.
+/// meanwhile, so streams do not compete for cores, and is restored after (after a panic too).
+/// No rows: `work` runs once, on the calling thread, on the empty share `(0, 0)`.
 pub fn in_streams<T: Send>(
     n: i64,
     streams: usize,
     mut input: impl FnMut(i64, i64) -> T,
     work: impl Fn(T) -> Result<Tensor, TchError> + Sync,
 ) -> Result<Tensor, TchError> {
+    if n < 1 {
+        let _guard = tch::no_grad_guard();
+        return work(input(0, 0));
+    }
     let inputs: Vec<T> = shares(n, streams)
         .into_iter()
         .map(|(start, len)| input(start, len))
         .collect();
-    let threads = tch::get_num_threads();
-    tch::set_num_threads(1);
+    let _threads = OneThread::new();
     let work = &work;
     let parts = std::thread::scope(|scope| {
         let handles: Vec<_> = inputs
@@ -49,8 +53,24 @@ pub fn in_streams<T: Send>(
             .map(|h| h.join().expect("a stream panicked"))
             .collect::<Result<Vec<Tensor>, TchError>>()
     });
-    tch::set_num_threads(threads);
     Ok(Tensor::cat(&parts?, 0))
+}
+
+/// LibTorch's thread count set to 1 until dropped, then restored.
+struct OneThread(i32);
+
+impl OneThread {
+    fn new() -> Self {
+        let threads = tch::get_num_threads();
+        tch::set_num_threads(1);
+        OneThread(threads)
+    }
+}
+
+impl Drop for OneThread {
+    fn drop(&mut self) {
+        tch::set_num_threads(self.0);
+    }
 }
 
 #[cfg(test)]
@@ -73,7 +93,11 @@ mod tests {
         // The thread count is global: held one test at a time, as the generator is.
         let _rng = crate::seeded(0);
         let x = Tensor::arange(7, (Kind::Float, Device::Cpu)).view([7, 1]);
+        // A count other than 1, so that restoring it shows.
+        let outside = tch::get_num_threads();
+        tch::set_num_threads(3);
         let before = tch::get_num_threads();
+        assert_eq!(before, 3);
         let y = in_streams(
             7,
             3,
@@ -101,5 +125,18 @@ mod tests {
         );
         assert!(err.unwrap_err().to_string().contains("second stream"));
         assert_eq!(tch::get_num_threads(), before);
+        // No rows: one empty share on the calling thread.
+        let none = in_streams(
+            0,
+            2,
+            |start, len| (start, len),
+            |share| {
+                assert_eq!(share, (0, 0));
+                Ok(Tensor::zeros([0, 1], (Kind::Float, Device::Cpu)))
+            },
+        )
+        .unwrap();
+        assert_eq!(none.size(), vec![0, 1]);
+        tch::set_num_threads(outside);
     }
 }

@@ -1,10 +1,10 @@
 //! Sampling rate of a prior (codes only, no decoding): `cargo bench -p vq-prior --bench
 //! sampling -- [--prior DIR] [--images N] [--threads T] [--guidance G] [--guided-codes N]
-//! [--batches 250,500,1000] [--streams 1,2] [--kinds f32,bf16,int8]` (guidance and guided codes: the prior's own
-//! sampling defaults unless given), for a few batch sizes and sampling streams (default: one,
+//! [--batches 250,500,1000] [--streams 1,2] [--kinds f32,bf16,int8]` (guidance and guided
+//! codes: the prior's own sampling defaults unless given), for a few batch sizes and sampling streams (default: one,
 //! and as many as LibTorch has threads, each on one thread), with the matrix products in f32,
-//! in bf16 (where the CPU has bf16 arithmetic, LibTorch uses it) and in int8 (`--kinds
-//! f32,bf16,int8`, the default: all three). Prints images/s of each
+//! in bf16 (where the CPU has bf16 arithmetic, LibTorch uses it) and in int8 (CPU only;
+//! `--kinds`, default all three on a CPU, f32 and bf16 on a GPU). Prints images/s of each
 //! and how many codes equal one f32 stream's draws of the same seed (the draws follow the
 //! probabilities, which bf16 and int8 round, and streams run products in smaller batches).
 
@@ -48,9 +48,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|v| v.split(',').filter_map(|b| b.parse().ok()).collect())
         .unwrap_or_else(|| vec![250, 500, 1000]);
     let widest = *batches.iter().max().unwrap_or(&1000);
-    let kinds: Vec<String> = arg("--kinds")
-        .map(|v| v.split(',').map(str::to_string).collect())
-        .unwrap_or_else(|| vec!["f32".into(), "bf16".into(), "int8".into()]);
+    let kinds: Vec<String> = match arg("--kinds") {
+        Some(v) => v.split(',').map(str::to_string).collect(),
+        None if device == Device::Cpu => vec!["f32".into(), "bf16".into(), "int8".into()],
+        None => vec!["f32".into(), "bf16".into()],
+    };
+    if let Some(bad) = kinds
+        .iter()
+        .find(|k| !["f32", "bf16", "int8"].contains(&k.as_str()))
+    {
+        return Err(format!("--kinds {bad}: give f32, bf16 and/or int8").into());
+    }
     // Sampling streams (`PriorCheckpoint::sample_in_streams`; `vq-cli sample` runs as many as
     // LibTorch has threads on a CPU): 1 and the thread count unless given.
     let threads = tch::get_num_threads().max(1) as usize;
@@ -87,7 +95,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     .filter(|(_, name)| kinds.iter().any(|k| k == name))
     .collect();
     for (kind, name) in kinds {
-        prior.set_sampling_kind(kind);
+        if !prior.set_sampling_kind(kind) {
+            println!("{name}: not supported by this prior on {device:?}");
+            continue;
+        }
         for (&batch, &stream_count) in batches
             .iter()
             .flat_map(|b| streams.iter().map(move |s| (b, s)))

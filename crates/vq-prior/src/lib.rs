@@ -449,7 +449,8 @@ pub trait CodePrior: std::fmt::Debug {
     /// hardware runs it natively, or int8 (weights per output channel and activations per row
     /// quantized symmetrically, products summed in int32; CPU only), the layer norms, the
     /// residual stream and the logits staying f32. Returns whether the model supports it (the
-    /// transformer does f32, bf16 and int8; the PixelCNN stays f32). Entropy coding keeps f32: a `.vqz` file's probabilities are part of its format.
+    /// transformer does f32, bf16 and, on a CPU, int8; the PixelCNN stays f32). Entropy coding
+    /// keeps f32: a `.vqz` file's probabilities are part of its format.
     fn set_sampling_kind(&mut self, _kind: Kind) -> bool {
         false
     }

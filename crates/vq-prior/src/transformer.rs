@@ -167,7 +167,6 @@ struct Products {
     proj: PassLinear,
     fc1: PassLinear,
     fc2: PassLinear,
-    kind: Kind,
     /// Whether a product's result stays in `kind` (sampling: GELU then runs in bf16 too, and
     /// the residual additions and the key/value cache widen it) or is widened to f32 at once
     /// (training, whose bf16 passes keep the rest in f32). int8 products always give f32.
@@ -175,12 +174,12 @@ struct Products {
 }
 
 impl Products {
-    /// `x · Wᵀ + b` with `linear` (one of this struct's) in `kind`.
+    /// `x · Wᵀ + b` with `linear` (one of this struct's) in its number type.
     fn apply(&self, linear: &PassLinear, xs: &Tensor) -> Tensor {
         match linear {
-            PassLinear::Cast(linear) if self.kind == Kind::Float => linear.forward(xs),
+            PassLinear::Cast(linear) if linear.ws.kind() == Kind::Float => linear.forward(xs),
             PassLinear::Cast(linear) => {
-                let product = xs.to_kind(self.kind).apply(linear);
+                let product = xs.to_kind(linear.ws.kind()).apply(linear);
                 if self.low_results {
                     product
                 } else {
@@ -251,7 +250,6 @@ impl Block {
             proj: PassLinear::new(&self.proj, kind),
             fc1: PassLinear::new(&self.fc1, kind),
             fc2: PassLinear::new(&self.fc2, kind),
-            kind,
             low_results,
         }
     }
@@ -491,7 +489,13 @@ impl CodePrior for TransformerPrior {
     }
 
     fn set_sampling_kind(&mut self, kind: Kind) -> bool {
-        let supported = matches!(kind, Kind::Float | Kind::BFloat16 | Kind::Int8);
+        // int8 products (`_int_mm`) run on the CPU only: CUDA's has shape limits a batch's
+        // last rows may not meet.
+        let supported = match kind {
+            Kind::Float | Kind::BFloat16 => true,
+            Kind::Int8 => self.positions.device() == Device::Cpu,
+            _ => false,
+        };
         if supported {
             self.sample_kind = kind;
         }
@@ -779,7 +783,6 @@ mod tests {
             proj: PassLinear::new(&linear, Kind::Float),
             fc1: PassLinear::new(&linear, Kind::Float),
             fc2: PassLinear::new(&linear, Kind::Float),
-            kind: Kind::Int8,
             low_results: true,
         };
         let got = int8.apply(&int8.qkv, &xs);

@@ -157,9 +157,9 @@ fn side_stats(
     net: &InceptionV3,
     source: &FidSource,
     through: &mut i64,
-) -> Result<(FeatureStats, String, Option<tch::Tensor>)> {
+) -> Result<(FeatureStats, String, Vec<FeatureStats>)> {
     let mut description = source.describe();
-    let mut sample_features = None;
+    let mut first = Vec::new();
     let stats = match source {
         FidSource::Stats(path) => FeatureStats::load(path)?,
         FidSource::Split { dir, split } => {
@@ -224,7 +224,6 @@ fn side_stats(
             if args.sampling.unconditional {
                 description = format!("{description}, unconditional (the null class)");
             }
-            let bar = session.bar(*n as u64, "samples");
             let parts = match &args.parts {
                 Some(dir) => {
                     let identity = samples_identity(
@@ -240,6 +239,7 @@ fn side_stats(
                 }
                 None => None,
             };
+            let bar = session.bar(*n as u64, "samples");
             let sample_options = options;
             // Drawn and decoded as `vq-cli sample` does: in streams on a CPU.
             let features = vq_fid::models::sample_features_with(
@@ -261,12 +261,15 @@ fn side_stats(
             )?;
             bar.finish_and_clear();
             *through += n;
-            let stats = FeatureStats::from_features(&features)?;
-            sample_features = Some(features);
-            stats
+            // The first samples' statistics now: the features (410 MB at 50,000) go before the
+            // other side is computed.
+            for &count in &first_counts(args)? {
+                first.push(FeatureStats::from_features(&features.narrow(0, 0, count))?);
+            }
+            FeatureStats::from_features(&features)?
         }
     };
-    Ok((stats, description, sample_features))
+    Ok((stats, description, first))
 }
 
 /// Everything the features of `--samples` depend on, for `--parts`: the prior's and the
@@ -343,11 +346,11 @@ pub fn run(session: &Session, args: &FidArgs) -> Result<FidReport> {
         ),
         (None, _, _) => bail!("give two sets of images (A and B), or --samples N"),
     };
-    let report_at = first_counts(args)?;
+    first_counts(args)?;
     let net = args.options.network(session.device)?;
     let mut through = 0;
     let extraction = Instant::now();
-    let (sa, a_description, a_features) = side_stats(session, args, &net, &a, &mut through)?;
+    let (sa, a_description, a_first) = side_stats(session, args, &net, &a, &mut through)?;
     if let Some(path) = &args.save_stats {
         sa.save(path)?;
     }
@@ -365,15 +368,12 @@ pub fn run(session: &Session, args: &FidArgs) -> Result<FidReport> {
     };
     let kid = kid_of(&sa)?;
     let mut first = Vec::new();
-    if let Some(features) = &a_features {
-        for &count in &report_at {
-            let stats = FeatureStats::from_features(&features.narrow(0, 0, count))?;
-            first.push(FirstSamples {
-                images: count,
-                fid: vq_fid::frechet_distance(&stats, &sb)?,
-                kid: kid_of(&stats)?,
-            });
-        }
+    for stats in &a_first {
+        first.push(FirstSamples {
+            images: stats.count,
+            fid: vq_fid::frechet_distance(stats, &sb)?,
+            kid: kid_of(stats)?,
+        });
     }
     Ok(FidReport {
         fid,

@@ -48,7 +48,7 @@ pub struct SampleReport {
     pub seed: u64,
     /// The VQ-VAE whose decoder drew the pixels.
     pub decoder: String,
-    /// The prior's number type while sampling (`f32` or `bf16`).
+    /// The prior's number type while sampling (`f32`, `bf16` or `int8`).
     pub compute: String,
 }
 
