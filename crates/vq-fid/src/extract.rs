@@ -61,6 +61,16 @@ pub fn cache_path(dir: &Path, split: Split, identity: &str) -> PathBuf {
     dir.join("fid").join(format!("{split}-{identity}.fidstats"))
 }
 
+/// What a computation that reads back finished work made, and how many of its items went
+/// through the network in this run (the others were read back: a cache, finished parts).
+#[derive(Debug)]
+pub struct Resumed<T> {
+    /// The features or statistics.
+    pub value: T,
+    /// Items computed now, not read back.
+    pub computed: usize,
+}
+
 /// The statistics of a dataset split: from the cache when they were computed before for the
 /// same files and network, else computed (all of the split's images) and cached. A dataset
 /// folder that cannot be written to only loses the cache.
@@ -69,11 +79,14 @@ pub fn split_stats(
     dir: &Path,
     split: Split,
     progress: &mut dyn FnMut(usize, usize),
-) -> Result<FeatureStats, FidError> {
+) -> Result<Resumed<FeatureStats>, FidError> {
     let identity = split_identity(dir, split)?;
     let path = cache_path(dir, split, &identity);
     if path.is_file() {
-        return FeatureStats::load(&path);
+        return Ok(Resumed {
+            value: FeatureStats::load(&path)?,
+            computed: 0,
+        });
     }
     let set =
         vq_data::load_split(dir, split, &Default::default()).map_err(|e| FidError::Unreadable {
@@ -97,7 +110,7 @@ pub fn split_stats(
             &mut |_| {},
         )
     })?;
-    let stats = FeatureStats::from_features(&features)?;
+    let stats = FeatureStats::from_features(&features.value)?;
     let saved = path
         .parent()
         .map(std::fs::create_dir_all)
@@ -110,7 +123,10 @@ pub fn split_stats(
         }
         Err(e) => tracing::warn!("could not cache the statistics in {}: {e}", path.display()),
     }
-    Ok(stats)
+    Ok(Resumed {
+        value: stats,
+        computed: features.computed,
+    })
 }
 
 /// Images in each saved part of a split's features while its statistics are computed: the
@@ -135,7 +151,7 @@ pub fn resumable_features(
     part: usize,
     progress: &mut dyn FnMut(usize, usize),
     compute: &mut dyn FnMut(usize, usize) -> Result<Tensor, FidError>,
-) -> Result<Tensor, FidError> {
+) -> Result<Resumed<Tensor>, FidError> {
     if n == 0 || part == 0 {
         return Err(FidError::Invalid("no images".into()));
     }
@@ -183,7 +199,10 @@ pub fn resumable_features(
             dir.display()
         );
     }
-    Ok(Tensor::cat(&parts, 0))
+    Ok(Resumed {
+        value: Tensor::cat(&parts, 0),
+        computed: n - resumed,
+    })
 }
 
 /// The file in a folder of parts naming what the parts are features of.
@@ -363,7 +382,8 @@ mod tests {
         .unwrap();
         assert_eq!(calls, [(6, 3), (9, 2)]);
         assert_eq!(seen, [(3, 11), (6, 11), (9, 11), (11, 11)]);
-        assert_eq!(got, whole);
+        assert_eq!(got.value, whole);
+        assert_eq!(got.computed, 5);
 
         // A damaged part is computed again rather than trusted.
         std::fs::write(parts.join("part-0000003-3.safetensors"), b"junk").unwrap();
@@ -374,7 +394,8 @@ mod tests {
         })
         .unwrap();
         assert_eq!(calls, [3]);
-        assert_eq!(got, whole);
+        assert_eq!(got.value, whole);
+        assert_eq!(got.computed, 3);
 
         // A part of the wrong shape (another part size) is not mixed in either.
         let t = fake(0, 2);

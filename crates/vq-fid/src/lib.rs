@@ -21,7 +21,7 @@ mod stats;
 pub use distance::{frechet_distance, kernel_inception_distance, Kid};
 pub use extract::{
     cache_path, claim_parts, features_of, files_features, parts_dir, resumable_features,
-    split_identity, split_stats, BATCH, PART,
+    split_identity, split_stats, Resumed, BATCH, PART,
 };
 pub use inception::{default_weights, resize_bilinear, InceptionV3, FEATURES, INPUT_SIDE};
 pub use stats::FeatureStats;

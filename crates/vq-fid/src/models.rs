@@ -8,7 +8,7 @@ use vq_data::{gather, BatchIndices, Cifar10, PixelRange};
 use vq_model::{images_to_tensor, to_bytes, VqVae};
 use vq_prior::{CodePrior, SampleOptions};
 
-use crate::extract::BATCH;
+use crate::extract::{Resumed, BATCH};
 use crate::inception::InceptionV3;
 use crate::FidError;
 
@@ -133,19 +133,21 @@ pub fn sample_features(
         None,
         progress,
     )
+    .map(|made| made.value)
 }
 
 /// [`sample_features`] with the sampling and the decoding given, [`SAMPLE_CHUNK`] grids at a
 /// time. With `parts`, each chunk's features are saved in that folder as they are finished and
 /// read back instead of made again when they are there (see [`crate::resumable_features`]):
 /// the caller makes sure the folder holds features of the same sampling ([`crate::claim_parts`]).
+/// `computed` counts the samples drawn by this run.
 pub fn sample_features_with(
     net: &InceptionV3,
     spec: Sampling,
     generator: Generator<'_>,
     parts: Option<&Path>,
     progress: &dyn Fn(usize),
-) -> Result<Tensor, FidError> {
+) -> Result<Resumed<Tensor>, FidError> {
     chunked_sample_features(net, spec, SAMPLE_CHUNK, generator, parts, progress)
 }
 
@@ -156,7 +158,7 @@ fn chunked_sample_features(
     generator: Generator<'_>,
     parts: Option<&Path>,
     progress: &dyn Fn(usize),
-) -> Result<Tensor, FidError> {
+) -> Result<Resumed<Tensor>, FidError> {
     let Sampling {
         n,
         seed,
@@ -201,7 +203,10 @@ fn chunked_sample_features(
             for start in (0..n).step_by(chunk as usize) {
                 features.push(make(start as usize, chunk.min(n - start) as usize)?);
             }
-            Ok(Tensor::cat(&features, 0))
+            Ok(Resumed {
+                value: Tensor::cat(&features, 0),
+                computed: n as usize,
+            })
         }
     }
 }
@@ -223,7 +228,7 @@ mod tests {
         seed: u64,
         parts: Option<&Path>,
         drawn: &Draws,
-    ) -> Tensor {
+    ) -> Resumed<Tensor> {
         let spec = Sampling {
             n,
             options: SampleOptions::default(),
@@ -255,7 +260,7 @@ mod tests {
         let _rng = vq_model::seeded(0);
         let net = InceptionV3::load(&crate::default_weights(), Device::Cpu).unwrap();
         let drawn = RefCell::new(Vec::new());
-        let five = features(&net, 5, 7, None, &drawn);
+        let five = features(&net, 5, 7, None, &drawn).value;
         assert_eq!(five.size(), vec![5, crate::FEATURES]);
         // Chunks of 2, 2 and 1, class-balanced over 3 classes across chunks.
         assert_eq!(
@@ -269,18 +274,18 @@ mod tests {
         // The first 4 of 5 samples are the samples of a run of 4 with the same seed (chunks
         // drawn in order from one seed would give that too; the resumption below needs each
         // chunk's own seed).
-        let four = features(&net, 4, 7, None, &drawn);
+        let four = features(&net, 4, 7, None, &drawn).value;
         assert_eq!(four, five.narrow(0, 0, 4));
-        assert_ne!(features(&net, 4, 8, None, &drawn), four);
+        assert_ne!(features(&net, 4, 8, None, &drawn).value, four);
 
         // With a folder of parts, a second run draws nothing it already has.
         let dir = tempfile::tempdir().unwrap();
         drawn.take();
         let kept = features(&net, 4, 7, Some(dir.path()), &drawn);
-        assert_eq!(kept, four);
+        assert_eq!((kept.value, kept.computed), (four, 4));
         assert_eq!(drawn.take().len(), 2);
         let resumed = features(&net, 5, 7, Some(dir.path()), &drawn);
-        assert_eq!(resumed, five);
+        assert_eq!((resumed.value, resumed.computed), (five, 1));
         assert_eq!(drawn.take(), [(1, Some(vec![1]))]);
     }
 }

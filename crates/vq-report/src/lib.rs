@@ -136,7 +136,7 @@ pub struct FidReport {
     pub b: FidSide,
     /// Seconds of the whole measurement.
     pub seconds: f64,
-    /// Images put through the network per second (cached sides cost nothing).
+    /// Images put through the network per second (cached sides and resumed parts cost nothing).
     pub images_per_second: f64,
 }
 

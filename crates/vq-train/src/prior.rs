@@ -585,7 +585,8 @@ impl Task for PriorTask {
             "FID of {} samples against the training split (minutes on a CPU)",
             self.fid_samples
         );
-        let reference = vq_fid::split_stats(&net, &self.data.path, Split::Train, &mut |_, _| {})?;
+        let reference =
+            vq_fid::split_stats(&net, &self.data.path, Split::Train, &mut |_, _| {})?.value;
         let features = vq_fid::models::sample_features(
             &net,
             &vqvae.model,

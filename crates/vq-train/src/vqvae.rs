@@ -285,7 +285,7 @@ pub(crate) fn reconstruction_fid(
 ) -> Result<serde_json::Value> {
     let net = vq_fid::InceptionV3::load(&vq_fid::default_weights(), device)?;
     tracing::info!("FID of {count} reconstructions of the test split (minutes on a CPU)");
-    let reference = vq_fid::split_stats(&net, &data.path, Split::Test, &mut |_, _| {})?;
+    let reference = vq_fid::split_stats(&net, &data.path, Split::Test, &mut |_, _| {})?.value;
     let features = vq_fid::models::reconstruction_features(
         &net,
         model,

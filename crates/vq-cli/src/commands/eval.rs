@@ -99,7 +99,7 @@ pub fn run(session: &Session, args: &EvalArgs) -> Result<EvalReport> {
                 bar.set_position(done as u64);
             })?;
             bar.finish_and_clear();
-            stats
+            stats.value
         };
         let bar = session.bar(count as u64, "reconstructions");
         let features = vq_fid::models::reconstruction_features(

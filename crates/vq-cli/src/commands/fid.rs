@@ -169,11 +169,9 @@ fn side_stats(
                 bar.set_position(done as u64);
             })
             .with_context(|| format!("the statistics of {}:{split}", dir.display()))?;
-            if bar.length().unwrap_or(0) > 0 {
-                *through += stats.count;
-            }
+            *through += stats.computed as i64;
             bar.finish_and_clear();
-            stats
+            stats.value
         }
         FidSource::Reconstructions { dir, split } => {
             let tokenizer = session.tokenizer()?;
@@ -260,7 +258,8 @@ fn side_stats(
                 &|done| bar.set_position(done as u64),
             )?;
             bar.finish_and_clear();
-            *through += n;
+            *through += features.computed as i64;
+            let features = features.value;
             // The first samples' statistics now: the features (410 MB at 50,000) go before the
             // other side is computed.
             for &count in &first_counts(args)? {
