@@ -28,6 +28,47 @@ impl From<vq_store::CheckpointInfo> for TrainingInfo {
     }
 }
 
+/// Codes (grid positions, all levels counted once) a CPU decoding pass of
+/// [`Checkpoint::decode_in_streams`] takes: 32 grids of 8 × 8, whose activations stay in the
+/// caches where one pass over hundreds of pictures streams them through memory
+/// (docs/experiments.md, 2026-12-08).
+pub const DECODE_PASS_CODES: i64 = 2048;
+
+/// `model.decode` of `(N, L, h, w)` codes in passes of about `pass_codes` positions (at least
+/// one grid, all passes of one shape), one after another.
+fn decode_in_passes(model: &VqVae, codes: &tch::Tensor, pass_codes: i64) -> tch::Tensor {
+    let size = codes.size();
+    let (n, area) = match size.as_slice() {
+        [n, _, h, w] => (*n, (h * w).max(1)),
+        _ => return model.decode(codes),
+    };
+    let per_pass = (pass_codes / area).max(1);
+    if n <= per_pass {
+        return model.decode(codes);
+    }
+    // The last pass is filled up with copies of the last grid: every pass then has one shape,
+    // and the kernels LibTorch prepares for a new shape (about 0.5 s for the sharp decoder's
+    // convolutions, measured) are prepared once.
+    let filled = (n + per_pass - 1) / per_pass * per_pass;
+    let codes = if filled > n {
+        let last = codes.narrow(0, n - 1, 1);
+        let mut rest = size.clone();
+        rest[0] = filled - n;
+        tch::Tensor::cat(
+            &[codes.shallow_clone(), last.expand(rest.as_slice(), false)],
+            0,
+        )
+    } else {
+        codes.shallow_clone()
+    };
+    let passes: Vec<tch::Tensor> = codes
+        .split(per_pass, 0)
+        .iter()
+        .map(|pass| model.decode(pass))
+        .collect();
+    tch::Tensor::cat(&passes, 0).narrow(0, 0, n)
+}
+
 /// A loaded model and where it came from.
 #[derive(Debug)]
 pub struct Checkpoint {
@@ -48,18 +89,35 @@ impl Checkpoint {
     /// on the CPU: each decodes a contiguous share with its own copy of the model and one
     /// LibTorch thread (LibTorch's thread count is set to 1 meanwhile and restored after),
     /// which keeps each core busier than LibTorch's own threads on one batch do
-    /// (docs/experiments.md). The pixels depend on `streams` as a decode depends on its batch
-    /// (rounding). One stream, or another device: one pass on the calling thread.
+    /// (docs/experiments.md). On the CPU each stream, or the calling thread for one stream,
+    /// decodes its share in passes of about [`DECODE_PASS_CODES`] code positions (32 grids of
+    /// 8 × 8), whose activations stay in the caches. The pixels
+    /// depend on `streams` as a decode depends on its batch (rounding). Another device: one
+    /// pass on the calling thread.
     pub fn decode_in_streams(
         &self,
         codes: &tch::Tensor,
         streams: usize,
     ) -> Result<tch::Tensor, tch::TchError> {
+        self.decode_in_streams_by(codes, streams, DECODE_PASS_CODES)
+    }
+
+    /// [`Checkpoint::decode_in_streams`] with CPU passes of about `pass_codes` code positions
+    /// (`i64::MAX`: each stream's share in one pass), for the decoding bench to compare.
+    pub fn decode_in_streams_by(
+        &self,
+        codes: &tch::Tensor,
+        streams: usize,
+        pass_codes: i64,
+    ) -> Result<tch::Tensor, tch::TchError> {
         let device = self.vs.device();
         let n = codes.size().first().copied().unwrap_or(0);
         let streams = (streams.max(1) as i64).min(n.max(1));
-        if streams == 1 || device != Device::Cpu {
+        if device != Device::Cpu {
             return Ok(self.model.decode(codes));
+        }
+        if streams == 1 {
+            return Ok(decode_in_passes(&self.model, codes, pass_codes));
         }
         let (config, source) = (&self.model.config, &self.vs);
         crate::streams::in_streams(
@@ -70,7 +128,7 @@ impl Checkpoint {
                 let mut vs = nn::VarStore::new(device);
                 let model = VqVae::new(vs.root(), config);
                 vs.copy(source)?;
-                Ok(model.decode(&mine))
+                Ok(decode_in_passes(&model, &mine, pass_codes))
             },
         )
     }
@@ -199,6 +257,27 @@ mod tests {
         assert_eq!(three.size(), vec![7, 3, 32, 32]);
         // The same images, in their order; only a product's rounding may differ with its batch.
         let diff = (&one - &three).abs().max().double_value(&[]);
+        assert!(diff < 1e-4, "{diff}");
+    }
+
+    #[test]
+    fn decoding_in_passes_gives_one_pass_pixels_in_order() {
+        let plain = Checkpoint::bundled(Device::Cpu).unwrap();
+        let _rng = crate::seeded(6);
+        // 75 grids of 8 × 8 in passes of 2 grids (128 codes): 38 passes, the last of one grid.
+        let codes = Tensor::randint(512, [75, 1, 8, 8], (tch::Kind::Int64, Device::Cpu));
+        let whole = plain.decode_in_streams_by(&codes, 1, i64::MAX).unwrap();
+        for streams in [1, 2] {
+            let passes = plain.decode_in_streams_by(&codes, streams, 128).unwrap();
+            assert_eq!(passes.size(), vec![75, 3, 32, 32]);
+            let diff = (&whole - &passes).abs().max().double_value(&[]);
+            assert!(diff < 1e-4, "{streams} streams: {diff}");
+        }
+        // A pass smaller than one grid still decodes a grid a pass.
+        let tiny = plain
+            .decode_in_streams_by(&codes.narrow(0, 0, 3), 1, 1)
+            .unwrap();
+        let diff = (whole.narrow(0, 0, 3) - tiny).abs().max().double_value(&[]);
         assert!(diff < 1e-4, "{diff}");
     }
 
