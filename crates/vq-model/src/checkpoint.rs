@@ -47,8 +47,8 @@ fn decode_in_passes(model: &VqVae, codes: &tch::Tensor, pass_codes: i64) -> tch:
         return model.decode(codes);
     }
     // The last pass is filled up with copies of the last grid: every pass then has one shape,
-    // and the kernels LibTorch prepares for a new shape (about 0.5 s for the sharp decoder's
-    // convolutions, measured) are prepared once.
+    // so the first-call work LibTorch does for each new shape (docs/experiments.md,
+    // 2026-12-08) is done once.
     let filled = (n + per_pass - 1) / per_pass * per_pass;
     let codes = if filled > n {
         let last = codes.narrow(0, n - 1, 1);
@@ -91,9 +91,8 @@ impl Checkpoint {
     /// which keeps each core busier than LibTorch's own threads on one batch do
     /// (docs/experiments.md). On the CPU each stream, or the calling thread for one stream,
     /// decodes its share in passes of about [`DECODE_PASS_CODES`] code positions (32 grids of
-    /// 8 × 8), whose activations stay in the caches. The pixels
-    /// depend on `streams` as a decode depends on its batch (rounding). Another device: one
-    /// pass on the calling thread.
+    /// 8 × 8), whose activations stay in the caches. The pixels depend on `streams` as a
+    /// decode depends on its batch (rounding). Another device: one pass on the calling thread.
     pub fn decode_in_streams(
         &self,
         codes: &tch::Tensor,
@@ -264,7 +263,8 @@ mod tests {
     fn decoding_in_passes_gives_one_pass_pixels_in_order() {
         let plain = Checkpoint::bundled(Device::Cpu).unwrap();
         let _rng = crate::seeded(6);
-        // 75 grids of 8 × 8 in passes of 2 grids (128 codes): 38 passes, the last of one grid.
+        // 75 grids of 8 × 8 in passes of 2 grids (128 codes): 38 passes, the last one grid
+        // filled up with a copy.
         let codes = Tensor::randint(512, [75, 1, 8, 8], (tch::Kind::Int64, Device::Cpu));
         let whole = plain.decode_in_streams_by(&codes, 1, i64::MAX).unwrap();
         for streams in [1, 2] {
